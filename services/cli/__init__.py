@@ -1,0 +1,11 @@
+"""The `bpbench` command line: local runs, servers, and the API client."""
+
+from __future__ import annotations
+
+from services.cli import local  # noqa: F401  (registers commands)
+from services.cli.app import app
+
+
+def main() -> None:
+    """Entry point of the `bpbench` console script."""
+    app()

@@ -1,0 +1,165 @@
+"""The job specification: the one document that `bpbench run spec.json`, `bpbench submit` and
+`POST /api/v1/jobs` all accept.
+
+Every field has a documented default and a bounded range, so a bad value is refused with a message
+that names the field, the value seen and what is accepted. `JobSpec.engine_dict()` gives the fully
+populated plain dict that `engine.jobs.run_job` takes (the engine knows nothing of pydantic).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+JobKind = Literal["train", "gradcheck", "backprop_vs_numerical", "gemm"]
+ModelName = Literal["two_layer_net", "mlp", "simple_convnet"]
+DatasetName = Literal["mnist5k", "mnist", "digits", "synthetic", "spiral"]
+DeviceClass = Literal["cpu", "gpu"]
+
+DEVICE_PATTERN = re.compile(r"^(cpu|gpu|gpu:\d{1,2})$")
+
+# Bounds shared by the API (422) and the CLI (one-line error).
+MAX_STEPS = 1_000_000
+MAX_BATCH = 65_536
+MAX_WIDTH = 16_384
+MAX_LAYERS = 32
+MAX_PARAMETERS = 200_000_000
+MAX_TIME_LIMIT_S = 24 * 3600
+
+Width = Annotated[int, Field(ge=1, le=MAX_WIDTH)]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class ModelSpec(StrictModel):
+    """The network to build.
+
+    `layers` are the widths of an MLP including input and output (`[784, 50, 10]`); for
+    `two_layer_net` it must be three widths and defaults to the textbook's 784-50-10; for
+    `simple_convnet` the first entry is ignored and the input is (1, 28, 28) unless the dataset says otherwise.
+    """
+
+    name: ModelName = "two_layer_net"
+    layers: Annotated[list[Width], Field(min_length=2, max_length=MAX_LAYERS)] | None = None
+    activation: Literal["relu", "sigmoid", "tanh"] = "relu"
+    init: Literal["std", "xavier", "he"] | None = None
+    weight_init_std: float = Field(0.01, gt=0, le=10)
+    batchnorm: bool = False
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+    def resolved_layers(self) -> list[int]:
+        if self.layers is not None:
+            return list(self.layers)
+        if self.name == "simple_convnet":
+            return [784, 100, 10]
+        return [784, 50, 10]
+
+    def resolved_init(self) -> str:
+        # The textbook's two_layer_net uses a plain normal with std 0.01.
+        if self.init is not None:
+            return self.init
+        return "std" if self.name == "two_layer_net" else "he"
+
+
+class OptimizerSpec(StrictModel):
+    name: Literal["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam"] = "sgd"
+    lr: float = Field(0.1, gt=0, le=10)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.999, ge=0, lt=1)
+    decay_rate: float = Field(0.99, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0, le=1)
+
+
+class TimingSpec(StrictModel):
+    """How timings are taken: warm-up, then windows until the CV is under target or the cap is hit."""
+
+    warmup: int = Field(5, ge=0, le=10_000)
+    window: int = Field(10, ge=1, le=10_000)
+    min_repeats: int = Field(5, ge=1, le=10_000)
+    max_repeats: int = Field(50, ge=1, le=100_000)
+    target_cv: float = Field(0.05, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _repeats_ordered(self) -> TimingSpec:
+        if self.max_repeats < self.min_repeats:
+            raise ValueError(
+                f"timing.max_repeats ({self.max_repeats}) must be >= timing.min_repeats ({self.min_repeats})"
+            )
+        return self
+
+
+class JobSpec(StrictModel):
+    """A benchmark job. Fields left out take the defaults shown."""
+
+    kind: JobKind = "train"
+    device: str = Field("cpu", description="cpu, gpu or gpu:N")
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    dataset: DatasetName = "mnist5k"
+    dataset_path: str | None = Field(None, description="directory of the IDX files, for dataset=mnist")
+    synthetic_samples: int = Field(4096, ge=16, le=1_000_000)
+    steps: int = Field(1000, ge=1, le=MAX_STEPS)
+    batch_size: int = Field(100, ge=1, le=MAX_BATCH)
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    dtype: Literal["float32", "float64"] = "float32"
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+    target_accuracy: float | None = Field(None, gt=0, le=1)
+    loss_samples: int = Field(100, ge=1, le=10_000)
+    eval_samples: int | None = Field(None, ge=1, le=1_000_000, description="cap on samples used for accuracy")
+    timing: TimingSpec = Field(default_factory=TimingSpec)
+    gemm_sizes: Annotated[list[Annotated[int, Field(ge=16, le=MAX_WIDTH)]], Field(min_length=1, max_length=16)] = (
+        Field(default_factory=lambda: [256, 512, 1024])
+    )
+    bvn_widths: Annotated[list[Annotated[int, Field(ge=1, le=4096)]], Field(min_length=2, max_length=16)] = Field(
+        default_factory=lambda: [2, 4, 8, 16, 32], description="hidden widths for backprop_vs_numerical"
+    )
+    time_limit_s: float | None = Field(None, gt=0, le=MAX_TIME_LIMIT_S)
+
+    @field_validator("device")
+    @classmethod
+    def _device_known(cls, value: str) -> str:
+        if not DEVICE_PATTERN.match(value):
+            raise ValueError(f"device must be cpu, gpu or gpu:N (N = 0..99), got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _model_fits(self) -> JobSpec:
+        layers = self.model.resolved_layers()
+        if self.model.name == "two_layer_net" and len(layers) != 3:
+            raise ValueError(f"model.layers for two_layer_net must be 3 widths, got {len(layers)}")
+        n_params = count_parameters(layers)
+        if n_params > MAX_PARAMETERS:
+            raise ValueError(f"model has {n_params} parameters, accepted at most {MAX_PARAMETERS}")
+        if self.dataset == "mnist" and not self.dataset_path:
+            raise ValueError("dataset_path is required for dataset=mnist (a directory of the four IDX files)")
+        return self
+
+    @property
+    def device_class(self) -> DeviceClass:
+        return "gpu" if self.device.startswith("gpu") else "cpu"
+
+    def engine_dict(self) -> dict[str, Any]:
+        """The fully populated plain dict the engine takes."""
+        doc = self.model_dump(mode="json")
+        doc["model"]["layers"] = self.model.resolved_layers()
+        doc["model"]["init"] = self.model.resolved_init()
+        return doc
+
+    def spec_hash(self) -> str:
+        """Canonical hash of what is measured: everything but where it runs."""
+        doc = self.engine_dict()
+        doc.pop("device", None)
+        doc.pop("time_limit_s", None)
+        canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def count_parameters(layers: list[int]) -> int:
+    """Weights and biases of a dense stack of these widths."""
+    return sum(a * b + b for a, b in zip(layers[:-1], layers[1:], strict=False))
