@@ -1,0 +1,271 @@
+"""Training-step throughput of the engine against PyTorch on the CPU, side by side in one run.
+
+Run (unsets the OpenBLAS overrides for this command only; see benchmarks/README.md):
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/python benchmarks/bench_engine_vs_torch.py
+
+For each configuration the same architecture is trained in float32 with plain SGD on the same
+batches by: the engine (`Network.train_step` + `SGD`), PyTorch (`nn.Sequential` + `optim.SGD` +
+`CrossEntropyLoss`, `torch.set_num_threads` = the BLAS thread count), and a hand-written NumPy step
+with `out=` buffers and no layer objects (the arithmetic alone). Repetitions are interleaved, the
+order rotating every round, so machine noise hits all of them alike; medians are reported.
+
+The GEMM-bound limit is the step's matrix products alone: the very same `np.matmul` calls the step
+makes (same shapes, same transposed operands, `out=` buffers), timed back to back in the same run.
+limit samples/s = batch / (their time); the step's FLOPs over that time is the matmul rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from threadpoolctl import threadpool_info
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.layers import Affine  # noqa: E402
+from engine.networks import Network, mlp, training_flops, two_layer_net  # noqa: E402
+from engine.optimizers import SGD  # noqa: E402
+
+CONFIGS: dict[str, tuple[list[int], int]] = {
+    "textbook": ([784, 50, 10], 100),
+    "large": ([784, 1024, 1024, 10], 1024),
+    "wide": ([784, 1024, 10], 1024),
+}
+LR = 0.01
+POOL = 8  # distinct batches cycled through, so no framework trains on one cached batch
+
+
+def blas_threads() -> tuple[int, dict[str, Any]]:
+    """The BLAS pool's thread count and a short description of it (kernel, version)."""
+    pools = [p for p in threadpool_info() if p.get("user_api") == "blas"]
+    if not pools:
+        return os.cpu_count() or 1, {}
+    pool = pools[0]
+    keys = ("internal_api", "version", "architecture", "num_threads", "threading_layer", "filepath")
+    return int(pool["num_threads"]), {k: pool.get(k) for k in keys}
+
+
+# --- the three contestants ------------------------------------------------------------------------
+
+
+def engine_runner(widths: list[int], batch: int, xs: list[np.ndarray], ts: list[np.ndarray]) -> Callable[[int], None]:
+    net: Network = (
+        two_layer_net(*widths, seed=0) if len(widths) == 3 and widths[1] == 50 else mlp(widths, init="he", seed=0)
+    )
+    opt = SGD(LR)
+
+    def run(steps: int) -> None:
+        for i in range(steps):
+            net.train_step(xs[i % POOL], ts[i % POOL], opt)
+
+    return run
+
+
+def torch_runner(widths: list[int], batch: int, xs: list[np.ndarray], ts: list[np.ndarray]) -> Callable[[int], None]:
+    import torch
+    from torch import nn
+
+    modules: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+        modules.append(nn.Linear(a, b))
+        if i < len(widths) - 2:
+            modules.append(nn.ReLU())
+    model = nn.Sequential(*modules)
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    loss_fn = nn.CrossEntropyLoss()
+    txs = [torch.from_numpy(x) for x in xs]
+    tts = [torch.from_numpy(t.astype(np.int64)) for t in ts]
+
+    def run(steps: int) -> None:
+        for i in range(steps):
+            opt.zero_grad()
+            loss = loss_fn(model(txs[i % POOL]), tts[i % POOL])
+            loss.backward()
+            opt.step()
+
+    return run
+
+
+def numpy_runner(widths: list[int], batch: int, xs: list[np.ndarray], ts: list[np.ndarray]) -> Callable[[int], None]:
+    """Hand-written float32 MLP step (ReLU, softmax cross-entropy, SGD) with out= buffers, no objects."""
+    rng = np.random.default_rng(0)
+    f32 = np.float32
+    Ws = [(rng.standard_normal((a, b)) * np.sqrt(2 / a)).astype(f32) for a, b in zip(widths, widths[1:], strict=False)]
+    bs = [np.zeros(b, f32) for b in widths[1:]]
+    dWs, dbs = [np.empty_like(W) for W in Ws], [np.empty_like(b) for b in bs]
+    acts = [np.empty((batch, w), f32) for w in widths[1:]]
+    masks = [np.empty((batch, w), bool) for w in widths[1:-1]]
+    douts = [np.empty((batch, w), f32) for w in widths[1:]]
+    tmp = [np.empty_like(W) for W in Ws]
+    rows = np.arange(batch)
+    n_layers = len(Ws)
+
+    def step(x: np.ndarray, t: np.ndarray) -> None:
+        h = x
+        ins = []
+        for i in range(n_layers):
+            ins.append(h)
+            np.matmul(h, Ws[i], out=acts[i])
+            acts[i] += bs[i]
+            if i < n_layers - 1:
+                np.greater(acts[i], 0, out=masks[i])
+                np.maximum(acts[i], 0, out=acts[i])
+            h = acts[i]
+        y = acts[-1]
+        y -= y.max(axis=1, keepdims=True)
+        np.exp(y, out=y)
+        y /= y.sum(axis=1, keepdims=True)
+        d = douts[-1]
+        np.multiply(y, 1.0 / batch, out=d)
+        d[rows, t] -= 1.0 / batch
+        for i in reversed(range(n_layers)):
+            np.matmul(ins[i].T, d, out=dWs[i])
+            np.sum(d, axis=0, out=dbs[i])
+            if i > 0:
+                nd = douts[i - 1]
+                np.matmul(d, Ws[i].T, out=nd)
+                np.multiply(nd, masks[i - 1], out=nd)
+                d = nd
+        for W, dW, b, db, tm in zip(Ws, dWs, bs, dbs, tmp, strict=True):
+            np.multiply(dW, LR, out=tm)
+            W -= tm
+            b -= LR * db
+
+    def run(steps: int) -> None:
+        for i in range(steps):
+            step(xs[i % POOL], ts[i % POOL])
+
+    return run
+
+
+def gemm_runner(widths: list[int], batch: int, xs: list[np.ndarray], ts: list[np.ndarray]) -> Callable[[int], None]:
+    """Only the step's matrix products, exactly as the engine's Affine layers issue them."""
+    net = mlp(widths, init="he", seed=0)
+    affines = [layer for layer in net.layers.values() if isinstance(layer, Affine)]
+    rng = np.random.default_rng(1)
+    calls = []
+    for layer in affines:
+        d, h = layer.W.shape
+        x = rng.standard_normal((batch, d)).astype(np.float32)
+        dout = rng.standard_normal((batch, h)).astype(np.float32)
+        out, dx = np.empty((batch, h), np.float32), np.empty((batch, d), np.float32)
+        calls.append((x, layer.W, out))  # forward x W
+        calls.append((x.T, dout, layer.dW))  # backward x^T dout
+        if layer.need_dx:
+            calls.append((dout, layer.W.T, dx))  # backward dout W^T
+
+    def run(steps: int) -> None:
+        for _ in range(steps):
+            for a, b, out in calls:
+                np.matmul(a, b, out=out)
+
+    return run
+
+
+RUNNERS: dict[str, Callable[..., Callable[[int], None]]] = {
+    "engine": engine_runner,
+    "torch": torch_runner,
+    "numpy": numpy_runner,
+    "gemm": gemm_runner,
+}
+
+
+def measure(name: str, widths: list[int], batch: int, repeats: int, seconds: float) -> dict[str, Any]:
+    """Interleaved, rotating repetitions of every runner; samples/s per repetition."""
+    data = np.random.default_rng(42)
+    xs = [data.random((batch, widths[0]), dtype=np.float32) for _ in range(POOL)]
+    ts = [data.integers(0, widths[-1], batch) for _ in range(POOL)]
+    runners = {key: make(widths, batch, xs, ts) for key, make in RUNNERS.items()}
+    steps: dict[str, int] = {}
+    for key, run in runners.items():  # warm up, then size a repetition to about `seconds`
+        run(3)
+        t0 = time.perf_counter()
+        run(3)
+        per_step = (time.perf_counter() - t0) / 3
+        steps[key] = max(3, int(seconds / max(per_step, 1e-7)))
+    trials: dict[str, list[float]] = {key: [] for key in runners}
+    order = list(runners)
+    for r in range(repeats):
+        for key in order[r % len(order) :] + order[: r % len(order)]:
+            t0 = time.perf_counter()
+            runners[key](steps[key])
+            trials[key].append(steps[key] * batch / (time.perf_counter() - t0))
+    med = {key: statistics.median(v) for key, v in trials.items()}
+    flops = training_flops(mlp(widths, seed=0), batch)
+    return {
+        "config": name,
+        "widths": widths,
+        "batch": batch,
+        "flops_per_step": flops,
+        "samples_per_s": med,
+        "trials": trials,
+        "engine_vs_torch": med["engine"] / med["torch"],
+        "numpy_vs_torch": med["numpy"] / med["torch"],
+        "engine_vs_numpy": med["engine"] / med["numpy"],
+        "gemm_limit_samples_per_s": med["gemm"],
+        "gemm_gflops": flops * med["gemm"] / batch / 1e9,
+        "engine_gflops": flops * med["engine"] / batch / 1e9,
+        "engine_of_gemm_limit": med["engine"] / med["gemm"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", default="textbook,large,wide", help=f"comma list of {', '.join(CONFIGS)}")
+    parser.add_argument("--repeats", type=int, default=9, help="interleaved repetitions per runner")
+    parser.add_argument("--seconds", type=float, default=0.5, help="target length of one repetition")
+    parser.add_argument("--json", type=Path, default=None, help="also write the full results here")
+    args = parser.parse_args()
+
+    import torch
+
+    threads, blas = blas_threads()
+    torch.set_num_threads(threads)
+    env = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS")}
+    load_before = os.getloadavg()
+    results = [measure(c, *CONFIGS[c], args.repeats, args.seconds) for c in args.configs.split(",")]
+    load_after = os.getloadavg()
+
+    print(f"python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}")
+    print(f"BLAS: {blas.get('internal_api')} {blas.get('version')} kernel={blas.get('architecture')} threads={threads}")
+    print(f"torch threads: {torch.get_num_threads()}; env: {env}")
+    print(f"load average before {load_before}, after {load_after}")
+    header = (
+        f"{'config':9} {'batch':>5} {'engine':>10} {'torch':>10} {'numpy':>10} {'eng/torch':>9} "
+        f"{'numpy/torch':>11} {'eng/numpy':>9} {'GEMM GF/s':>9} {'eng/limit':>9}"
+    )
+    print(header)
+    for r in results:
+        s = r["samples_per_s"]
+        print(
+            f"{r['config']:9} {r['batch']:5d} {s['engine']:10.0f} {s['torch']:10.0f} {s['numpy']:10.0f} "
+            f"{r['engine_vs_torch']:9.2f} {r['numpy_vs_torch']:11.2f} {r['engine_vs_numpy']:9.2f} "
+            f"{r['gemm_gflops']:9.1f} {r['engine_of_gemm_limit']:9.2f}"
+        )
+    if args.json:
+        doc = {
+            "blas": blas,
+            "threads": threads,
+            "env": env,
+            "load_before": load_before,
+            "load_after": load_after,
+            "numpy": np.__version__,
+            "torch": torch.__version__,
+            "results": results,
+        }
+        args.json.write_text(json.dumps(doc, indent=2))
+
+
+if __name__ == "__main__":
+    main()

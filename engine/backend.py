@@ -1,0 +1,272 @@
+"""The one module that decides the array library (DeZero's `dezero/cuda.py` idea).
+
+Every other engine module takes `xp` from here (or from the arrays it is handed) and never asks
+"am I on a GPU?". CuPy is imported lazily, only when a GPU device is resolved or a CuPy array is
+seen, so the CPU path never imports it and forked GPU workers do not initialise CUDA early.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import platform
+import re
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+DEFAULT_DTYPE = "float32"
+SUPPORTED_DTYPES = ("float32", "float64")
+_DEVICE_PATTERN = re.compile(r"^(cpu|gpu)(?::(\d+))?$")
+
+
+class DeviceError(RuntimeError):
+    """The requested device cannot be used (unknown spelling, CuPy missing, no such GPU)."""
+
+
+def _import_cupy() -> ModuleType:
+    """Import CuPy on first use; a missing CuPy becomes a DeviceError naming the fix."""
+    try:
+        return importlib.import_module("cupy")
+    except ImportError as exc:  # pragma: no cover - depends on the machine
+        raise DeviceError(
+            "CuPy is not installed, so no GPU device can be used; available: cpu "
+            "(install the gpu extra: pip install 'bpbench[gpu]')"
+        ) from exc
+
+
+def _cupy_if_loaded() -> ModuleType | None:
+    """CuPy only if something already imported it (so CPU-only code never pays for it)."""
+    return sys.modules.get("cupy")
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where arrays live: the CPU (NumPy) or one CUDA GPU (CuPy)."""
+
+    kind: str = "cpu"
+    index: int | None = None
+
+    @property
+    def name(self) -> str:
+        """ "cpu" or "gpu:N"."""
+        return "cpu" if self.kind == "cpu" else f"gpu:{self.index or 0}"
+
+    @property
+    def xp(self) -> ModuleType:
+        """The array module: numpy for the CPU, cupy for a GPU."""
+        return np if self.kind == "cpu" else _import_cupy()
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.kind == "gpu"
+
+    @contextlib.contextmanager
+    def use(self) -> Iterator[None]:
+        """Make this device current (allocations on a GPU land on `index`); a no-op on the CPU."""
+        if self.kind == "cpu":
+            yield
+            return
+        with self.xp.cuda.Device(self.index or 0):
+            yield
+
+
+CPU = Device("cpu", None)
+
+
+def resolve_device(spec: str | Device = "cpu") -> Device:
+    """Turn "cpu", "gpu" or "gpu:N" into a Device, checking that the GPU really exists."""
+    if isinstance(spec, Device):
+        return spec
+    match = _DEVICE_PATTERN.match(spec.strip().lower()) if isinstance(spec, str) else None
+    if match is None:
+        raise DeviceError(f"unknown device {spec!r}; accepted: cpu, gpu, gpu:N")
+    if match.group(1) == "cpu":
+        if match.group(2) is not None:
+            raise DeviceError(f"unknown device {spec!r}; the CPU takes no index (use 'cpu')")
+        return CPU
+    index = int(match.group(2) or 0)
+    try:
+        cupy = _import_cupy()
+    except DeviceError as exc:
+        raise DeviceError(f"device {spec!r} was asked for, but {exc}") from None
+    try:
+        count = int(cupy.cuda.runtime.getDeviceCount())
+    except Exception as exc:  # CUDARuntimeError when no driver/GPU is present
+        raise DeviceError(
+            f"device {spec!r} was asked for, but CUDA reports no usable GPU ({exc}); available: cpu"
+        ) from None
+    if not 0 <= index < count:
+        available = ", ".join(["cpu"] + [f"gpu:{i}" for i in range(count)])
+        raise DeviceError(
+            f"device {spec!r} was asked for, but this machine has {count} GPU(s); available: {available}"
+        )
+    return Device("gpu", index)
+
+
+def get_array_module(*arrays: Any) -> ModuleType:
+    """numpy or cupy, whichever the arrays belong to (numpy when CuPy was never imported)."""
+    cupy = _cupy_if_loaded()
+    if cupy is None:
+        return np
+    return cupy.get_array_module(*arrays)
+
+
+def _is_cupy_array(x: Any) -> bool:
+    # Checked by module name so that asking never imports CuPy.
+    return type(x).__module__.split(".")[0] == "cupy"
+
+
+def as_numpy(x: Any) -> np.ndarray:
+    """A NumPy copy of a CuPy array; NumPy arrays and scalars pass through unchanged."""
+    if _is_cupy_array(x):
+        return x.get()
+    return np.asarray(x)
+
+
+def as_cupy(x: Any) -> Any:
+    """A CuPy array (on the current GPU) from a NumPy array or a CuPy array."""
+    return _import_cupy().asarray(x)
+
+
+def to_device(x: Any, device: Device, dtype: str | None = None) -> Any:
+    """`x` as an array of `device` (and `dtype` if given), without a copy when it is already there."""
+    return device.xp.asarray(x, dtype=dtype)
+
+
+def resolve_dtype(dtype: str | np.dtype[Any] | None) -> np.dtype[Any]:
+    """float32 by default; float64 on request; anything else is refused with the accepted values."""
+    name = DEFAULT_DTYPE if dtype is None else np.dtype(dtype).name
+    if name not in SUPPORTED_DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(SUPPORTED_DTYPES)}, got {dtype!r}")
+    return np.dtype(name)
+
+
+def synchronize(device: Device) -> None:
+    """Wait for the device's queued work, so a clock read afterwards means something (no-op on CPU)."""
+    if device.kind == "gpu":
+        cupy = _import_cupy()
+        with cupy.cuda.Device(device.index or 0):
+            cupy.cuda.get_current_stream().synchronize()
+
+
+class Stopwatch:
+    """Elapsed seconds of device work: CUDA events on a GPU, `perf_counter` after a sync on the CPU.
+
+    Use as `sw.start(); ...; seconds = sw.stop()` or `with Stopwatch(dev) as sw: ...; sw.seconds`.
+    """
+
+    def __init__(self, device: Device = CPU) -> None:
+        self.device = device
+        self.seconds = 0.0
+        self._t0 = 0.0
+        self._events: tuple[Any, Any] | None = None
+
+    def start(self) -> Stopwatch:
+        """Start timing (on a GPU: record an event on the current stream)."""
+        if self.device.kind == "gpu":
+            cuda = _import_cupy().cuda
+            self._events = (cuda.Event(), cuda.Event())
+            self._events[0].record()
+        else:
+            self._t0 = time.perf_counter()
+        return self
+
+    def stop(self) -> float:
+        """Stop timing and return the elapsed seconds (on a GPU: waits for the end event)."""
+        if self._events is not None:
+            start, end = self._events
+            end.record()
+            end.synchronize()
+            self.seconds = float(_import_cupy().cuda.get_elapsed_time(start, end)) / 1000.0
+            self._events = None
+        else:
+            self.seconds = time.perf_counter() - self._t0
+        return self.seconds
+
+    def __enter__(self) -> Stopwatch:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def seed_everything(seed: int, device: Device = CPU) -> Any:
+    """Seed the legacy global generators and return a fresh `xp.random.Generator` for `seed`.
+
+    The engine draws every random number (initial weights, dropout masks) from the generator
+    returned here, so the same seed gives the same parameters and losses.
+    """
+    np.random.seed(seed % 2**32)
+    xp = device.xp
+    if xp is not np:
+        with device.use():
+            xp.random.seed(seed)
+            return xp.random.default_rng(seed)
+    return np.random.default_rng(seed)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _blas_info() -> list[dict[str, Any]]:
+    from threadpoolctl import threadpool_info
+
+    keys = ("user_api", "internal_api", "prefix", "version", "architecture", "threading_layer", "num_threads")
+    return [{k: pool.get(k) for k in keys} for pool in threadpool_info()]
+
+
+def _gpu_info(device: Device) -> dict[str, Any]:
+    cupy = _import_cupy()
+    index = device.index or 0
+    runtime = cupy.cuda.runtime
+    props = runtime.getDeviceProperties(index)
+    name = props.get("name", b"")
+    return {
+        "name": name.decode() if isinstance(name, bytes) else str(name),
+        "index": index,
+        "total_memory_bytes": int(props.get("totalGlobalMem", 0)),
+        "compute_capability": f"{props.get('major')}.{props.get('minor')}",
+        "driver_version": int(runtime.driverGetVersion()),
+        "cuda_runtime_version": int(runtime.runtimeGetVersion()),
+        "cupy_version": str(cupy.__version__),
+        "tf32": os.environ.get("CUPY_TF32", "0"),
+    }
+
+
+def fingerprint(device: Device = CPU) -> dict[str, Any]:
+    """A JSON-serialisable description of the hardware and software a measurement ran on."""
+    import psutil
+
+    doc: dict[str, Any] = {
+        "device": device.name,
+        "cpu_model": _cpu_model(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "logical_cores": psutil.cpu_count(logical=True),
+        "numpy_version": np.__version__,
+        "blas": _blas_info(),
+        "python_version": platform.python_version(),
+        "platform": platform.platform(),
+        "hostname": socket.gethostname(),
+    }
+    coretype = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ}
+    if coretype:
+        doc["blas_env"] = coretype
+    if device.kind == "gpu":
+        doc["gpu"] = _gpu_info(device)
+    return doc

@@ -1,0 +1,695 @@
+"""Job kinds: each a function from a spec (a plain dict, `JobSpec.engine_dict()`) to a JSON-able result.
+
+`run_job(spec, progress, should_stop)` dispatches on `spec["kind"]`:
+
+- `train`: trains `steps` steps; times windows of steps after a warm-up (adaptive: until the CV of the
+  window throughputs is under target or the repeat cap is hit); reports throughput statistics, a loss
+  curve, accuracies, time to a target accuracy, peak memory and FLOP rates.
+- `gradcheck`: backprop against central differences on a small version of the model.
+- `backprop_vs_numerical`: what a full gradient costs by backprop and by numerical differentiation.
+- `gemm`: the device's square matrix-multiply rate.
+
+Every result is `{kind, spec, metrics, statistics, trials, timing, fingerprint, engine_time_s,
+started_at, finished_at, schema_version}`; see the README's "Result schema".
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from engine.backend import (
+    Device,
+    DeviceError,
+    Stopwatch,
+    as_numpy,
+    fingerprint,
+    resolve_device,
+    seed_everything,
+    synchronize,
+)
+from engine.datasets import Dataset, DatasetError, load_dataset
+from engine.gradients import gradient_check, numerical_gradient
+from engine.networks import Network, build_network
+from engine.stats import AdaptiveRepeats, headline, repeat_until_stable, summarize
+
+SCHEMA_VERSION = 1
+KINDS = ("train", "gradcheck", "backprop_vs_numerical", "gemm")
+PROGRESS_INTERVAL_S = 0.2  # the progress callback is called at most this often (plus start and end)
+STOP_CHECK_INTERVAL_S = 0.05  # should_stop() is asked at most this often (it may query a database)
+GRADCHECK_SAMPLES = 3  # the textbook checks on 3 samples
+GRADCHECK_MAX_PARAMETERS = 50_000  # above this, gradcheck shrinks the hidden widths
+GRADCHECK_CONV_INPUT = (1, 8, 8)  # simple_convnet on an 8x8 image: 5x5 conv -> 4x4 -> pool -> 2x2
+GRADCHECK_THRESHOLDS = {"float64": 1e-7, "float32": 1e-2}
+BVN_INPUT, BVN_CLASSES, BVN_SAMPLES = 16, 4, 8  # small enough that numerical differentiation stays feasible
+MIN_TRIAL_S = 0.002  # tiny operations are repeated inside one trial until it lasts this long
+
+# What `JobSpec().engine_dict()` gives (a test keeps them equal); the engine imports nothing of services.
+DEFAULT_SPEC: dict[str, Any] = {
+    "kind": "train",
+    "device": "cpu",
+    "model": {
+        "name": "two_layer_net",
+        "layers": [784, 50, 10],
+        "activation": "relu",
+        "init": "std",
+        "weight_init_std": 0.01,
+        "batchnorm": False,
+        "dropout": 0.0,
+    },
+    "dataset": "mnist5k",
+    "dataset_path": None,
+    "synthetic_samples": 4096,
+    "steps": 1000,
+    "batch_size": 100,
+    "optimizer": {
+        "name": "sgd",
+        "lr": 0.1,
+        "momentum": 0.9,
+        "beta1": 0.9,
+        "beta2": 0.999,
+        "decay_rate": 0.99,
+        "weight_decay": 0.0,
+    },
+    "dtype": "float32",
+    "seed": 0,
+    "target_accuracy": None,
+    "loss_samples": 100,
+    "eval_samples": None,
+    "timing": {"warmup": 5, "window": 10, "min_repeats": 5, "max_repeats": 50, "target_cv": 0.05},
+    "gemm_sizes": [256, 512, 1024],
+    "bvn_widths": [2, 4, 8, 16, 32],
+    "time_limit_s": None,
+}
+
+ProgressFn = Callable[[float, str], None]
+StopFn = Callable[[], bool]
+
+
+class JobError(ValueError):
+    """The spec cannot be run as given (bad value, missing dataset file, unusable device)."""
+
+
+class JobCancelled(RuntimeError):
+    """`should_stop()` turned true; the job stopped between steps."""
+
+
+class JobDiverged(RuntimeError):
+    """The training loss became NaN or infinite; the message is `diverged at step N`."""
+
+    def __init__(self, step: int, loss: float) -> None:
+        super().__init__(f"diverged at step {step}")
+        self.step = step
+        self.loss = loss
+
+
+# --- plumbing ---------------------------------------------------------------------------------------
+
+
+class _Progress:
+    """Rate-limited progress reports and cancellation checks."""
+
+    def __init__(self, progress: ProgressFn | None, should_stop: StopFn | None) -> None:
+        self._progress = progress
+        self._should_stop = should_stop
+        self._last_report = -math.inf
+        self._last_check = -math.inf
+
+    def report(self, fraction: float, message: str, force: bool = False) -> None:
+        """Call the callback if `PROGRESS_INTERVAL_S` has passed since the last call (or `force`)."""
+        if self._progress is None:
+            return
+        now = time.perf_counter()
+        if force or now - self._last_report >= PROGRESS_INTERVAL_S:
+            self._last_report = now
+            self._progress(min(max(float(fraction), 0.0), 1.0), message)
+
+    def check_stop(self, where: str) -> None:
+        """Raise JobCancelled if `should_stop()` says so (asked at most every `STOP_CHECK_INTERVAL_S`)."""
+        if self._should_stop is None:
+            return
+        now = time.perf_counter()
+        if now - self._last_check < STOP_CHECK_INTERVAL_S:
+            return
+        self._last_check = now
+        if self._should_stop():
+            raise JobCancelled(f"cancelled {where}")
+
+
+def _merge_defaults(spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec with every missing field (and nested field) taken from DEFAULT_SPEC."""
+    merged: dict[str, Any] = {}
+    for key, default in DEFAULT_SPEC.items():
+        value = spec.get(key, default)
+        if isinstance(default, dict) and isinstance(value, dict):
+            value = {**default, **value}
+        merged[key] = value
+    model, given = merged["model"], spec.get("model") or {}
+    # As JobSpec resolves them: the textbook's std-0.01 init only for two_layer_net, He for the others.
+    if given.get("init") is None:
+        model["init"] = "std" if model["name"] == "two_layer_net" else "he"
+    if given.get("layers") is None and model["name"] == "simple_convnet":
+        model["layers"] = [784, 100, 10]
+    unknown = sorted(set(spec) - set(DEFAULT_SPEC))
+    if unknown:
+        raise JobError(f"unknown spec field(s) {', '.join(unknown)}; accepted: {', '.join(DEFAULT_SPEC)}")
+    return merged
+
+
+def to_jsonable(value: Any) -> Any:
+    """Plain JSON types: numpy scalars/arrays become Python numbers/lists, tuples lists, NaN/inf None."""
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _device(spec: dict[str, Any]) -> Device:
+    try:
+        return resolve_device(spec["device"])
+    except DeviceError as exc:
+        raise JobError(str(exc)) from None
+
+
+def _memory_probe(device: Device) -> Callable[[], dict[str, int]]:
+    """A function that reads current memory use: host RSS, plus the CuPy pool's bytes on a GPU."""
+    import psutil
+
+    process = psutil.Process()
+    pool = device.xp.get_default_memory_pool() if device.is_gpu else None
+
+    def probe() -> dict[str, int]:
+        reading = {"host_rss_bytes": int(process.memory_info().rss)}
+        if pool is not None:
+            reading["gpu_pool_bytes"] = int(pool.total_bytes())
+        return reading
+
+    return probe
+
+
+def run_job(
+    spec: dict[str, Any],
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+) -> dict[str, Any]:
+    """Run one job and return its result document (JSON-serialisable).
+
+    `spec` is `JobSpec.engine_dict()`; missing fields take the JobSpec defaults. `progress(fraction,
+    message)` is called at most every 0.2 s; `should_stop()` is asked between steps (at most every
+    0.05 s) and a true answer raises JobCancelled. Raises JobDiverged on a NaN/inf loss and JobError
+    (a ValueError) on a spec that cannot run.
+    """
+    if not isinstance(spec, dict):
+        raise JobError(f"spec must be a dict, got {type(spec).__name__}")
+    kind = spec.get("kind", "train")
+    runners: dict[str, Callable[[dict[str, Any], _Progress], dict[str, Any]]] = {
+        "train": _run_train,
+        "gradcheck": _run_gradcheck,
+        "backprop_vs_numerical": _run_backprop_vs_numerical,
+        "gemm": _run_gemm,
+    }
+    if kind not in runners:
+        raise JobError(f"unknown job kind {kind!r}; accepted: {', '.join(KINDS)}")
+    full = _merge_defaults(spec)
+    device = _device(full)
+    reporter = _Progress(progress, should_stop)
+    started_at = _now()
+    t0 = time.perf_counter()
+    reporter.report(0.0, f"{kind}: starting", force=True)
+    # A diverging run overflows; JobDiverged reports that, so NumPy's warnings would only be noise.
+    with device.use(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        body = runners[kind](full, reporter)
+        document = {
+            "schema_version": SCHEMA_VERSION,
+            "kind": kind,
+            "spec": full,
+            "metrics": body["metrics"],
+            "statistics": body.get("statistics", {}),
+            "trials": body.get("trials", []),
+            "timing": body.get("timing", {}),
+            "fingerprint": fingerprint(device),
+            "engine_time_s": time.perf_counter() - t0,
+            "started_at": started_at,
+            "finished_at": _now(),
+        }
+    reporter.report(1.0, f"{kind}: done", force=True)
+    jsonable: dict[str, Any] = to_jsonable(document)
+    return jsonable
+
+
+# --- data and model ---------------------------------------------------------------------------------
+
+
+def _model_input(spec: dict[str, Any]) -> tuple[tuple[int, ...] | None, int]:
+    """The per-sample input shape the model asks of the dataset (None: the dataset's own) and its classes."""
+    model = spec["model"]
+    layers = [int(w) for w in model["layers"]]
+    if model["name"] == "simple_convnet":
+        # The convnet takes images; the generated sets get a 28x28 single-channel image.
+        shape = (1, 28, 28) if spec["dataset"] == "synthetic" else None
+        return shape, layers[-1]
+    return (layers[0],), layers[-1]
+
+
+def _load(spec: dict[str, Any], dtype: str) -> Dataset:
+    input_shape, n_classes = _model_input(spec)
+    name = spec["dataset"]
+    try:
+        data = load_dataset(
+            name,
+            path=spec.get("dataset_path"),
+            dtype=dtype,
+            input_shape=input_shape,
+            n_classes=n_classes,
+            samples=int(spec["synthetic_samples"]),
+            seed=int(spec["seed"]),
+        )
+    except DatasetError as exc:
+        raise JobError(str(exc)) from None
+    if spec["model"]["name"] == "simple_convnet" and len(data.input_shape) == 1:
+        side = math.isqrt(data.input_shape[0])
+        if side * side != data.input_shape[0]:
+            raise JobError(f"simple_convnet needs image inputs; dataset {name} has shape {data.input_shape}")
+        data = _reshape(data, (1, side, side))
+    return data
+
+
+def _reshape(data: Dataset, shape: tuple[int, ...]) -> Dataset:
+    return Dataset(
+        data.x_train.reshape((-1, *shape)),
+        data.t_train,
+        data.x_test.reshape((-1, *shape)),
+        data.t_test,
+        shape,
+        data.n_classes,
+        data.name,
+    )
+
+
+def _build(
+    model: dict[str, Any], input_shape: tuple[int, ...], n_classes: int, dtype: str, device: Device, seed: int
+) -> Network:
+    try:
+        return build_network(model, input_shape, n_classes, dtype, device, seed)
+    except ValueError as exc:  # the builders refuse bad widths, activations and inits with a ValueError
+        raise JobError(f"model: {exc}") from None
+
+
+def _make_optimizer(spec: dict[str, Any]) -> Any:
+    from engine.optimizers import make_optimizer
+
+    try:
+        return make_optimizer(spec["optimizer"])
+    except (ValueError, KeyError) as exc:
+        raise JobError(f"optimizer: {exc}") from None
+
+
+# --- train ------------------------------------------------------------------------------------------
+
+
+def _loss_array(network: Network) -> Any:
+    """The last batch's loss as a device scalar, without synchronising (`last_loss` would)."""
+    return network.last_layer.loss
+
+
+def _accuracy(network: Network, x: Any, t: Any, cap: int | None) -> float:
+    n = len(x) if cap is None else min(cap, len(x))
+    return float(network.accuracy(x[:n], t[:n]))
+
+
+def _window_plan(steps: int, warmup: int, window: int) -> tuple[int, int]:
+    """Warm-up and window lengths that fit into `steps` (a short job still gets one timed window)."""
+    if steps >= warmup + window:
+        return warmup, window
+    warm = min(warmup, steps // 2)
+    return warm, steps - warm
+
+
+def _run_train(spec: dict[str, Any], reporter: _Progress) -> dict[str, Any]:
+    device = _device(spec)
+    dtype = spec["dtype"]
+    seed = int(spec["seed"])
+    steps, batch_size = int(spec["steps"]), int(spec["batch_size"])
+    timing = spec["timing"]
+    reporter.report(0.0, f"loading {spec['dataset']}", force=True)
+    data = _load(spec, dtype)
+    seed_everything(seed, device)
+    network = _build(spec["model"], data.input_shape, data.n_classes, dtype, device, seed)
+    optimizer = _make_optimizer(spec)
+    xp = device.xp
+    x_train, t_train = xp.asarray(data.x_train), xp.asarray(data.t_train)
+    x_test, t_test = xp.asarray(data.x_test), xp.asarray(data.t_test)
+    n_train = data.n_train
+    batch_rng = np.random.default_rng(seed)  # minibatch indices drawn on the host: same on CPU and GPU
+
+    warmup, window = _window_plan(steps, int(timing["warmup"]), int(timing["window"]))
+    repeats = AdaptiveRepeats(
+        int(timing["min_repeats"]), int(timing["max_repeats"]), float(timing["target_cv"])
+    )
+    step_times: list[float] = []
+    loss_stride = max(1, steps // int(spec["loss_samples"]))
+    loss_curve: list[list[float]] = []
+    target = spec.get("target_accuracy")
+    eval_cap = spec.get("eval_samples")
+    eval_every = max(1, n_train // batch_size)  # once per epoch, as the textbook does
+    next_eval = eval_every
+    time_to_target: float | None = None
+    steps_to_target: int | None = None
+    target_checks = 0
+    probe = _memory_probe(device)
+    peak: dict[str, int] = probe()
+    train_time = 0.0  # seconds spent in training steps only (no evaluation, no bookkeeping)
+    stopwatch = Stopwatch(device)
+    done = 0
+
+    def flush(losses: list[Any], first_step: int) -> None:
+        """Move a chunk's losses to the host (one sync), check them, keep the sampled points."""
+        values = as_numpy(xp.stack(losses)) if device.is_gpu else np.array([float(v) for v in losses])
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size:
+            raise JobDiverged(first_step + int(bad[0]), float(values[bad[0]]))
+        for offset, value in enumerate(values):
+            step = first_step + offset
+            if step % loss_stride == 0 or step == 1 or step == steps:
+                loss_curve.append([step, float(value)])
+
+    while done < steps:
+        in_warmup = done < warmup
+        chunk = warmup - done if in_warmup else min(window, steps - done)
+        timed = not in_warmup and chunk == window and not repeats.done
+        indices = xp.asarray(batch_rng.integers(0, n_train, size=(chunk, batch_size)))
+        losses: list[Any] = []
+        synchronize(device)
+        stopwatch.start()
+        for i in range(chunk):
+            reporter.check_stop(f"at step {done + i + 1}")
+            batch = indices[i]
+            network.train_step(x_train[batch], t_train[batch], optimizer)
+            losses.append(_loss_array(network))
+        seconds = stopwatch.stop()
+        train_time += seconds
+        if timed:
+            repeats.add(chunk * batch_size / seconds)
+            step_times.append(seconds / chunk)
+        flush(losses, done + 1)
+        done += chunk
+        for key, value in probe().items():
+            peak[key] = max(peak.get(key, 0), value)
+        if target is not None and steps_to_target is None and (done >= next_eval or done == steps):
+            next_eval = done + eval_every
+            target_checks += 1
+            if _accuracy(network, x_test, t_test, eval_cap) >= float(target):
+                time_to_target, steps_to_target = train_time, done
+        reporter.report(done / steps, f"step {done}/{steps}, loss {loss_curve[-1][1]:.4f}")
+
+    reporter.report(1.0, "evaluating", force=True)
+    train_accuracy = _accuracy(network, x_train, t_train, eval_cap)
+    test_accuracy = _accuracy(network, x_test, t_test, eval_cap)
+    throughput = summarize(repeats.trials)
+    step_time = summarize(step_times)
+    flops_per_step = int(network.flops_per_step(batch_size))
+    median_rate = throughput["median"]
+    metrics: dict[str, Any] = {
+        "samples_per_s": headline(throughput),
+        "step_time_s": headline(step_time),
+        "train_accuracy": train_accuracy,
+        "test_accuracy": test_accuracy,
+        "final_loss": loss_curve[-1][1],
+        "loss_curve": loss_curve,
+        "steps": steps,
+        "batch_size": batch_size,
+        "train_time_s": train_time,
+        "overall_samples_per_s": steps * batch_size / train_time if train_time > 0 else None,
+        "target_accuracy": target,
+        "time_to_target_s": time_to_target,
+        "steps_to_target": steps_to_target,
+        "target_checks": target_checks,
+        "peak_memory_bytes": peak.get("gpu_pool_bytes", peak["host_rss_bytes"]),
+        "peak_memory_source": "cupy_pool" if device.is_gpu else "host_rss",
+        "peak_host_rss_bytes": peak["host_rss_bytes"],
+        "flops_per_step": flops_per_step,
+        "flops_per_s": flops_per_step * median_rate / batch_size if median_rate else None,
+        "parameters": network.n_params,
+        "train_samples": data.n_train,
+        "test_samples": data.n_test,
+        "eval_samples": eval_cap,
+        "input_shape": list(data.input_shape),
+        "n_classes": data.n_classes,
+    }
+    if device.is_gpu:
+        metrics["peak_gpu_pool_bytes"] = peak.get("gpu_pool_bytes")
+    return {
+        "metrics": metrics,
+        "statistics": {"samples_per_s": throughput, "step_time_s": step_time},
+        "trials": list(repeats.trials),
+        "timing": {
+            "warmup_steps": warmup,
+            "window_steps": window,
+            "windows": len(repeats.trials),
+            "stop_reason": repeats.stop_reason(),
+            "target_cv": repeats.target_cv,
+            "achieved_cv": throughput["cv"],
+            "eval_every_steps": eval_every,
+        },
+    }
+
+
+# --- gradcheck --------------------------------------------------------------------------------------
+
+
+def _gradcheck_network(
+    spec: dict[str, Any], dtype: str, device: Device
+) -> tuple[Network, tuple[int, ...], int]:
+    """A small network of the spec's model: the model as given if small, else narrower hidden layers."""
+    model = dict(spec["model"])
+    layers = [int(w) for w in model["layers"]]
+    n_classes = layers[-1]
+    if model["name"] == "simple_convnet":
+        model["layers"] = [layers[0], min(layers[1], 32) if len(layers) >= 3 else 32, n_classes]
+        shape: tuple[int, ...] = GRADCHECK_CONV_INPUT
+    else:
+        size = sum(a * b + b for a, b in itertools.pairwise(layers))
+        if size > GRADCHECK_MAX_PARAMETERS:
+            layers = [min(layers[0], 64), *(min(w, 16) for w in layers[1:-1]), n_classes]
+        model["layers"] = layers
+        shape = (layers[0],)
+    return _build(model, shape, n_classes, dtype, device, int(spec["seed"])), shape, n_classes
+
+
+def _run_gradcheck(spec: dict[str, Any], reporter: _Progress) -> dict[str, Any]:
+    device = _device(spec)
+    dtype = spec["dtype"]
+    seed_everything(int(spec["seed"]), device)
+    network, shape, n_classes = _gradcheck_network(spec, dtype, device)
+    rng = np.random.default_rng(int(spec["seed"]))
+    # Random inputs: the check is about the derivative, not the data; a few samples keep it cheap.
+    x = device.xp.asarray(rng.random((GRADCHECK_SAMPLES, *shape)).astype(dtype))
+    t = device.xp.asarray(rng.integers(0, n_classes, GRADCHECK_SAMPLES))
+    reporter.report(0.05, f"gradcheck: {network.n_params} parameters", force=True)
+    reporter.check_stop("before the gradient check")
+    t0 = time.perf_counter()
+    check = gradient_check(network, x, t)
+    seconds = time.perf_counter() - t0
+    threshold = GRADCHECK_THRESHOLDS[dtype]
+    parameters = {
+        name: {**errors, "passed": errors["max_rel"] <= threshold}
+        for name, errors in check["parameters"].items()
+    }
+    return {
+        "metrics": {
+            "max_relative_error": check["max_relative_error"],
+            "max_abs_error": check["max_abs_error"],
+            "parameters": parameters,
+            "threshold": threshold,
+            "passed": check["max_relative_error"] <= threshold,
+            "dtype": dtype,
+            "h": check["h"],
+            "network": repr(network),
+            "n_parameters": network.n_params,
+            "input_shape": list(shape),
+            "samples": GRADCHECK_SAMPLES,
+            "check_time_s": seconds,
+        },
+        "trials": [],
+    }
+
+
+# --- backprop vs numerical --------------------------------------------------------------------------
+
+
+def _timed_trials(
+    fn: Callable[[], Any], device: Device, timing: dict[str, Any], reporter: _Progress, label: str
+) -> tuple[list[float], str, int]:
+    """Seconds per call of `fn`: inner repeats so a trial lasts >= MIN_TRIAL_S, then the adaptive loop."""
+    stopwatch = Stopwatch(device)
+    stopwatch.start()
+    fn()
+    single = max(stopwatch.stop(), 1e-9)
+    inner = max(1, math.ceil(MIN_TRIAL_S / single))
+
+    def trial() -> float:
+        reporter.check_stop(label)
+        stopwatch.start()
+        for _ in range(inner):
+            fn()
+        return stopwatch.stop() / inner
+
+    trials, reason = repeat_until_stable(
+        trial,
+        warmup=min(int(timing["warmup"]), 2),
+        min_repeats=int(timing["min_repeats"]),
+        max_repeats=int(timing["max_repeats"]),
+        target_cv=float(timing["target_cv"]),
+        should_stop=None,
+    )
+    return trials, reason, inner
+
+
+def _run_backprop_vs_numerical(spec: dict[str, Any], reporter: _Progress) -> dict[str, Any]:
+    device = _device(spec)
+    dtype = spec["dtype"]
+    seed = int(spec["seed"])
+    widths = [int(w) for w in spec["bvn_widths"]]
+    model = spec["model"]
+    rng = np.random.default_rng(seed)
+    x = device.xp.asarray(rng.random((BVN_SAMPLES, BVN_INPUT)).astype(dtype))
+    t = device.xp.asarray(rng.integers(0, BVN_CLASSES, BVN_SAMPLES))
+    rows: list[dict[str, Any]] = []
+    statistics: dict[str, Any] = {}
+    trials: dict[str, list[float]] = {}
+    reasons: dict[str, str] = {}
+    for index, width in enumerate(sorted(widths)):
+        reporter.report(index / len(widths), f"width {width}: timing", force=True)
+        small = {**model, "name": "mlp", "layers": [BVN_INPUT, width, BVN_CLASSES], "dropout": 0.0}
+        network = _build(small, (BVN_INPUT,), BVN_CLASSES, dtype, device, seed)
+        evaluations = 0
+
+        def loss(_: Any, net: Network = network) -> float:
+            nonlocal evaluations
+            evaluations += 1
+            return net.loss(x, t, train=True)
+
+        def numerical(net: Network = network) -> dict[str, Any]:
+            return {name: numerical_gradient(loss, p) for name, p in net.params.items()}
+
+        def backprop(net: Network = network) -> dict[str, Any]:
+            return net.gradient(x, t)
+
+        bp_trials, bp_reason, _ = _timed_trials(
+            backprop, device, spec["timing"], reporter, f"at width {width}"
+        )
+        evaluations = 0
+        numerical_grads = numerical()  # also counts the forward evaluations of one numerical gradient
+        numerical_evaluations = evaluations
+        num_trials, num_reason, _ = _timed_trials(
+            numerical, device, spec["timing"], reporter, f"at width {width}"
+        )
+        backprop_grads = {name: as_numpy(g) for name, g in backprop().items()}
+        a = np.concatenate([backprop_grads[name].ravel() for name in numerical_grads])
+        b = np.concatenate([as_numpy(g).ravel() for g in numerical_grads.values()])
+        # Whole-vector agreement ||a - b|| / (||a|| + ||b||): elements near a ReLU kink do not dominate.
+        scale = float(np.linalg.norm(a) + np.linalg.norm(b))
+        difference = float(np.linalg.norm(a - b)) / max(scale, 1e-30)
+        bp, num = summarize(bp_trials), summarize(num_trials)
+        statistics[f"width_{width}"] = {"backprop_s": bp, "numerical_s": num}
+        trials[f"width_{width}/backprop_s"] = bp_trials
+        trials[f"width_{width}/numerical_s"] = num_trials
+        reasons[f"width_{width}"] = f"backprop: {bp_reason}, numerical: {num_reason}"
+        rows.append(
+            {
+                "width": width,
+                "layers": [BVN_INPUT, width, BVN_CLASSES],
+                "parameters": network.n_params,
+                "backprop_s": bp["median"],
+                "numerical_s": num["median"],
+                "time_ratio": num["median"] / bp["median"],
+                "backprop_forward_evaluations": 1,
+                "backprop_backward_passes": 1,
+                "numerical_forward_evaluations": numerical_evaluations,
+                "evaluation_ratio": numerical_evaluations / 1,
+                "relative_difference": difference,
+            }
+        )
+    return {
+        "metrics": {
+            "sizes": rows,
+            "input_width": BVN_INPUT,
+            "n_classes": BVN_CLASSES,
+            "samples": BVN_SAMPLES,
+            "ratio_grows_with_parameters": all(
+                b["time_ratio"] > a["time_ratio"] for a, b in itertools.pairwise(rows)
+            ),
+        },
+        "statistics": statistics,
+        "trials": trials,
+        "timing": {"stop_reasons": reasons},
+    }
+
+
+# --- gemm ---------------------------------------------------------------------------------------------
+
+
+def _run_gemm(spec: dict[str, Any], reporter: _Progress) -> dict[str, Any]:
+    device = _device(spec)
+    dtype = spec["dtype"]
+    xp = device.xp
+    rng = np.random.default_rng(int(spec["seed"]))
+    sizes = [int(n) for n in spec["gemm_sizes"]]
+    rows: list[dict[str, Any]] = []
+    statistics: dict[str, Any] = {}
+    trials: dict[str, list[float]] = {}
+    reasons: dict[str, str] = {}
+    for index, n in enumerate(sizes):
+        reporter.report(index / len(sizes), f"gemm {n}x{n}", force=True)
+        a = xp.asarray(rng.random((n, n)).astype(dtype))
+        b = xp.asarray(rng.random((n, n)).astype(dtype))
+        c = xp.empty((n, n), dtype=dtype)
+
+        def matmul(a: Any = a, b: Any = b, c: Any = c) -> None:
+            xp.matmul(a, b, out=c)
+
+        seconds, reason, inner = _timed_trials(matmul, device, spec["timing"], reporter, f"at gemm {n}")
+        rates = [2.0 * n**3 / s for s in seconds]
+        summary = summarize(rates)
+        statistics[str(n)] = {"flops_per_s": summary, "seconds": summarize(seconds)}
+        trials[str(n)] = rates
+        reasons[str(n)] = reason
+        rows.append(
+            {
+                "n": n,
+                "flops": 2 * n**3,
+                "flops_per_s": headline(summary),
+                "seconds_per_matmul": float(np.median(seconds)),
+                "matmuls_per_trial": inner,
+            }
+        )
+        del a, b, c
+    best = max(rows, key=lambda row: row["flops_per_s"]["median"])
+    return {
+        "metrics": {
+            "peak_flops_per_s": best["flops_per_s"]["median"],
+            "peak_size": best["n"],
+            "dtype": dtype,
+            "sizes": rows,
+        },
+        "statistics": statistics,
+        "trials": trials,
+        "timing": {"stop_reasons": reasons},
+    }

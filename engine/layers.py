@@ -1,0 +1,503 @@
+"""The layers: nodes of the computational graph, after the textbook's `common/layers.py`.
+
+Each layer's `forward` keeps exactly what its `backward` needs and nothing else; `backward(dout)`
+takes the upstream gradient and returns the gradient for its input, leaving the gradients of its
+own parameters in `grads`. Everything goes through `xp` (NumPy or CuPy, whichever the arrays are).
+
+Speed without losing the textbook's shape: outputs and input gradients are written into buffers that
+a layer allocates once per shape and reuses (`out=` everywhere, in place), so a training step makes
+almost no new arrays. The price: the array a layer returns is only valid until that layer runs again.
+`Network.predict` copies its result; call sites that keep a layer's output must copy it too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from engine.backend import get_array_module
+
+Array = Any  # numpy.ndarray or cupy.ndarray
+
+_MAX_BUFFER_SHAPES = 16  # a few batch shapes (train, eval, last partial batch) per layer
+
+
+class Layer:
+    """Base class: a named set of parameters and gradients, plus per-shape scratch buffers."""
+
+    #: False for the first layer of a network: nobody uses the gradient of the input data.
+    need_dx: bool = True
+
+    def __init__(self) -> None:
+        self.params: dict[str, Array] = {}
+        self.grads: dict[str, Array] = {}
+        self._buffers: dict[tuple[str, tuple[int, ...], Any], Array] = {}
+
+    def _buffer(self, name: str, shape: tuple[int, ...], like: Array, dtype: Any = None) -> Array:
+        """A reusable uninitialised array for `name` at this shape (allocated on first use)."""
+        dtype = like.dtype if dtype is None else dtype
+        key = (name, shape, dtype)
+        buf = self._buffers.get(key)
+        if buf is None:
+            if len(self._buffers) >= _MAX_BUFFER_SHAPES:
+                self._buffers.clear()  # many different batch shapes: start over rather than grow
+            buf = get_array_module(like).empty(shape, dtype=dtype)
+            self._buffers[key] = buf
+        return buf
+
+    def forward(self, x: Array, train: bool = True) -> Array:
+        raise NotImplementedError
+
+    def backward(self, dout: Array) -> Array:
+        raise NotImplementedError
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Per-sample output shape for a per-sample input shape (elementwise layers keep it)."""
+        return input_shape
+
+    def gemm_shapes(self, batch_size: int, input_shape: tuple[int, ...]) -> list[tuple[int, int, int]]:
+        """The (m, k, n) matrix products one training step of this layer runs (none by default)."""
+        return []
+
+
+# --- The seed's shopping example: scalar nodes ------------------------------------------------------
+
+
+class Mul:
+    """z = x * y; backward swaps the inputs: dz/dx = y, dz/dy = x."""
+
+    def __init__(self) -> None:
+        self.x: Any = None
+        self.y: Any = None
+
+    def forward(self, x: Any, y: Any) -> Any:
+        self.x, self.y = x, y
+        return x * y
+
+    def backward(self, dout: Any) -> tuple[Any, Any]:
+        return dout * self.y, dout * self.x
+
+
+class Add:
+    """z = x + y; backward passes the gradient through unchanged to both inputs."""
+
+    def forward(self, x: Any, y: Any) -> Any:
+        return x + y
+
+    def backward(self, dout: Any) -> tuple[Any, Any]:
+        return dout * 1, dout * 1
+
+
+# --- Activations ------------------------------------------------------------------------------------
+
+
+class Relu(Layer):
+    """max(0, x); the gradient passes where x > 0 (forward keeps that mask)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mask: Array = None
+
+    def forward(self, x: Array, train: bool = True) -> Array:
+        xp = get_array_module(x)
+        self.mask = self._buffer("mask", x.shape, x, dtype=bool)
+        xp.greater(x, 0, out=self.mask)
+        out = self._buffer("out", x.shape, x)
+        return xp.maximum(x, 0, out=out)
+
+    def backward(self, dout: Array) -> Array:
+        dx = self._buffer("dx", dout.shape, dout)
+        return get_array_module(dout).multiply(dout, self.mask, out=dx)
+
+
+class Sigmoid(Layer):
+    """1 / (1 + exp(-x)), computed as (1 + tanh(x/2)) / 2, the same function without exp overflow."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.out: Array = None
+
+    def forward(self, x: Array, train: bool = True) -> Array:
+        xp = get_array_module(x)
+        out = self._buffer("out", x.shape, x)
+        xp.multiply(x, 0.5, out=out)
+        xp.tanh(out, out=out)
+        out += 1.0
+        out *= 0.5
+        self.out = out
+        return out
+
+    def backward(self, dout: Array) -> Array:
+        xp = get_array_module(dout)
+        dx = self._buffer("dx", dout.shape, dout)
+        xp.subtract(1.0, self.out, out=dx)  # dy/dx = y (1 - y)
+        dx *= self.out
+        dx *= dout
+        return dx
+
+
+class Tanh(Layer):
+    """tanh(x); dy/dx = 1 - y^2, so forward keeps y."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.out: Array = None
+
+    def forward(self, x: Array, train: bool = True) -> Array:
+        out = self._buffer("out", x.shape, x)
+        self.out = get_array_module(x).tanh(x, out=out)
+        return self.out
+
+    def backward(self, dout: Array) -> Array:
+        xp = get_array_module(dout)
+        dx = self._buffer("dx", dout.shape, dout)
+        xp.multiply(self.out, self.out, out=dx)
+        xp.subtract(1.0, dx, out=dx)
+        dx *= dout
+        return dx
+
+
+# --- Affine ---------------------------------------------------------------------------------------------
+
+
+class Affine(Layer):
+    """y = x W + b. Forward keeps x (for dW); backward: dW = x^T dout, db = sum(dout), dx = dout W^T.
+
+    An input of more than two dimensions (a conv feature map) is flattened per sample.
+    """
+
+    def __init__(self, W: Array, b: Array) -> None:
+        super().__init__()
+        xp = get_array_module(W)
+        self.W, self.b = W, b
+        self.dW, self.db = xp.zeros_like(W), xp.zeros_like(b)
+        self.params = {"W": W, "b": b}
+        self.grads = {"W": self.dW, "b": self.db}
+        self.x: Array = None
+        self.x_shape: tuple[int, ...] = ()
+
+    def forward(self, x: Array, train: bool = True) -> Array:
+        xp = get_array_module(x)
+        self.x_shape = x.shape
+        self.x = x.reshape(x.shape[0], -1)
+        out = self._buffer("out", (x.shape[0], self.W.shape[1]), x)
+        xp.matmul(self.x, self.W, out=out)
+        out += self.b
+        return out
+
+    def backward(self, dout: Array) -> Array:
+        xp = get_array_module(dout)
+        xp.matmul(self.x.T, dout, out=self.dW)
+        xp.sum(dout, axis=0, out=self.db)
+        if not self.need_dx:
+            return None  # the input layer: dx of the data is never used, skip a whole GEMM
+        dx = self._buffer("dx", self.x.shape, dout)
+        xp.matmul(dout, self.W.T, out=dx)
+        return dx.reshape(self.x_shape)
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (int(self.W.shape[1]),)
+
+    def gemm_shapes(self, batch_size: int, input_shape: tuple[int, ...]) -> list[tuple[int, int, int]]:
+        d, h = int(self.W.shape[0]), int(self.W.shape[1])
+        shapes = [(batch_size, d, h), (d, batch_size, h)]  # forward x W; backward x^T dout
+        if self.need_dx:
+            shapes.append((batch_size, h, d))  # backward dout W^T
+        return shapes
+
+
+# --- Loss ---------------------------------------------------------------------------------------------
+
+
+class SoftmaxWithLoss:
+    """Softmax followed by the cross-entropy error, as one node (its gradient is simply (y - t) / N).
+
+    The loss is computed from the log-softmax, log y_k = a_k - max(a) - log(sum(exp(a - max(a)))),
+    so it never takes log(0) and needs no `+1e-7` that the backward would ignore: the backward
+    returns exactly the gradient of the loss this forward computes. `t` is either integer class
+    labels of shape (N,) (the fast path) or one-hot / probability rows of shape (N, K).
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple[str, tuple[int, ...], Any], Array] = {}
+        self.y: Array = None
+        self.t: Array = None
+        self.loss: Array = None
+
+    def _buffer(self, name: str, shape: tuple[int, ...], like: Array) -> Array:
+        buf = self._buffers.get((name, shape, like.dtype))
+        if buf is None:
+            if len(self._buffers) >= _MAX_BUFFER_SHAPES:
+                self._buffers.clear()
+            buf = get_array_module(like).empty(shape, dtype=like.dtype)
+            self._buffers[(name, shape, like.dtype)] = buf
+        return buf
+
+    def _rows(self, n: int, like: Array) -> Array:
+        rows = self._buffers.get(("rows", (n,), None))
+        if rows is None:
+            rows = get_array_module(like).arange(n)
+            self._buffers[("rows", (n,), None)] = rows
+        return rows
+
+    def forward(self, x: Array, t: Array) -> Array:
+        """The mean cross-entropy over the batch (a 0-d array); keeps softmax(x) and t for backward."""
+        xp = get_array_module(x)
+        n = x.shape[0]
+        self.t = t
+        y = self._buffer("y", x.shape, x)
+        xp.subtract(x, x.max(axis=1, keepdims=True), out=y)  # shifted logits: exp cannot overflow
+        if t.ndim == 1:
+            picked = y[self._rows(n, x), t]  # shifted logit of the true class
+        else:
+            weighted = (t * y).sum(axis=1)  # sum_k t_k * shifted_k, taken before y is overwritten
+        xp.exp(y, out=y)
+        total = y.sum(axis=1, keepdims=True)
+        log_total = xp.log(total)[:, 0]
+        if t.ndim == 1:
+            self.loss = (log_total.sum() - picked.sum()) / n
+        else:
+            self.loss = (t.sum(axis=1) @ log_total - weighted.sum()) / n
+        y /= total
+        self.y = y
+        return self.loss
+
+    def backward(self, dout: float = 1.0) -> Array:
+        """d loss / d x = (softmax(x) * sum_k t_k - t) / N (which is (y - t) / N for one-hot rows)."""
+        xp = get_array_module(self.y)
+        n = self.y.shape[0]
+        scale = dout / n
+        dx = self._buffer("dx", self.y.shape, self.y)
+        if self.t.ndim == 1:
+            xp.multiply(self.y, scale, out=dx)
+            dx[self._rows(n, self.y), self.t] -= scale  # subtracting the one-hot without building it
+        else:
+            xp.multiply(self.y, self.t.sum(axis=1, keepdims=True), out=dx)
+            dx -= self.t
+            dx *= scale
+        return dx
+
+
+# --- Regularisation ---------------------------------------------------------------------------------
+
+
+class Dropout(Layer):
+    """Drops each unit with probability `ratio` in training; scales by (1 - ratio) in evaluation.
+
+    Textbook semantics (no inverted scaling). `hold_mask = True` reuses the current mask instead of
+    drawing a new one, which makes the network a fixed function for gradient checking.
+    """
+
+    def __init__(self, ratio: float = 0.5, rng: Any = None) -> None:
+        super().__init__()
+        if not 0.0 <= ratio < 1.0:
+            raise ValueError(f"dropout ratio must be in [0, 1), got {ratio}")
+        self.ratio = ratio
+        self.rng = rng if rng is not None else np.random.default_rng()
+        self.hold_mask = False
+        self.mask: Array = None
+
+    def forward(self, x: Array, train: bool = True) -> Array:
+        if not train:
+            return x * (1.0 - self.ratio)
+        if not (self.hold_mask and self.mask is not None and self.mask.shape == x.shape):
+            self.mask = self.rng.random(x.shape, dtype=np.float32) > self.ratio
+        return x * self.mask
+
+    def backward(self, dout: Array) -> Array:
+        return dout * self.mask
+
+
+class BatchNorm(Layer):
+    """Normalises each feature over the batch, then scales by gamma and shifts by beta.
+
+    Training uses the batch's mean and variance and updates running averages (momentum 0.9);
+    evaluation (`train=False`) uses the running averages. A 4-D input is normalised per sample
+    position as in the textbook (flattened to (N, -1)).
+    """
+
+    def __init__(self, gamma: Array, beta: Array, momentum: float = 0.9, eps: float = 1e-6) -> None:
+        super().__init__()
+        xp = get_array_module(gamma)
+        self.gamma, self.beta = gamma, beta
+        self.dgamma, self.dbeta = xp.zeros_like(gamma), xp.zeros_like(beta)
+        self.params = {"gamma": gamma, "beta": beta}
+        self.grads = {"gamma": self.dgamma, "beta": self.dbeta}
+        self.momentum, self.eps = momentum, eps
+        self.running_mean = xp.zeros_like(gamma)
+        self.running_var = xp.zeros_like(gamma)
+        self.input_shape: tuple[int, ...] = ()
+        self.batch_size = 0
+        self.xc: Array = None
+        self.xn: Array = None
+        self.std: Array = None
+
+    def forward(self, x: Array, train: bool = True) -> Array:
+        xp = get_array_module(x)
+        self.input_shape = x.shape
+        x = x.reshape(x.shape[0], -1)
+        if train:
+            mu = x.mean(axis=0)
+            xc = x - mu
+            var = (xc**2).mean(axis=0)
+            std = xp.sqrt(var + self.eps)
+            self.batch_size, self.xc, self.std = x.shape[0], xc, std
+            self.xn = xn = xc / std
+            self.running_mean *= self.momentum
+            self.running_mean += (1 - self.momentum) * mu
+            self.running_var *= self.momentum
+            self.running_var += (1 - self.momentum) * var
+        else:
+            xn = (x - self.running_mean) / xp.sqrt(self.running_var + self.eps)
+        out = self.gamma * xn + self.beta
+        return out.reshape(self.input_shape)
+
+    def backward(self, dout: Array) -> Array:
+        dout = dout.reshape(dout.shape[0], -1)
+        self.dbeta[...] = dout.sum(axis=0)
+        self.dgamma[...] = (self.xn * dout).sum(axis=0)
+        dxn = self.gamma * dout
+        dxc = dxn / self.std
+        dstd = -((dxn * self.xc) / (self.std * self.std)).sum(axis=0)
+        dvar = 0.5 * dstd / self.std
+        dxc += (2.0 / self.batch_size) * self.xc * dvar
+        dmu = dxc.sum(axis=0)
+        dx = dxc - dmu / self.batch_size
+        return dx.reshape(self.input_shape)
+
+
+# --- Convolution and pooling (im2col) ------------------------------------------------------------------
+
+
+def conv_output_size(size: int, filter_size: int, stride: int, pad: int) -> int:
+    """Output length along one axis: (size + 2 pad - filter) / stride + 1."""
+    return (size + 2 * pad - filter_size) // stride + 1
+
+
+def im2col(x: Array, filter_h: int, filter_w: int, stride: int = 1, pad: int = 0) -> Array:
+    """Unfold (N, C, H, W) images into rows of (N*out_h*out_w, C*filter_h*filter_w) patches."""
+    xp = get_array_module(x)
+    n, c, h, w = x.shape
+    out_h = conv_output_size(h, filter_h, stride, pad)
+    out_w = conv_output_size(w, filter_w, stride, pad)
+    img = xp.pad(x, [(0, 0), (0, 0), (pad, pad), (pad, pad)], "constant") if pad else x
+    col = xp.empty((n, c, filter_h, filter_w, out_h, out_w), dtype=x.dtype)
+    for y in range(filter_h):
+        y_max = y + stride * out_h
+        for xx in range(filter_w):
+            x_max = xx + stride * out_w
+            col[:, :, y, xx, :, :] = img[:, :, y:y_max:stride, xx:x_max:stride]
+    return col.transpose(0, 4, 5, 1, 2, 3).reshape(n * out_h * out_w, -1)
+
+
+def col2im(
+    col: Array, input_shape: tuple[int, ...], filter_h: int, filter_w: int, stride: int = 1, pad: int = 0
+) -> Array:
+    """The adjoint of im2col: add every patch row back into its place in (N, C, H, W) images."""
+    xp = get_array_module(col)
+    n, c, h, w = input_shape
+    out_h = conv_output_size(h, filter_h, stride, pad)
+    out_w = conv_output_size(w, filter_w, stride, pad)
+    col = col.reshape(n, out_h, out_w, c, filter_h, filter_w).transpose(0, 3, 4, 5, 1, 2)
+    img = xp.zeros((n, c, h + 2 * pad + stride - 1, w + 2 * pad + stride - 1), dtype=col.dtype)
+    for y in range(filter_h):
+        y_max = y + stride * out_h
+        for xx in range(filter_w):
+            x_max = xx + stride * out_w
+            img[:, :, y:y_max:stride, xx:x_max:stride] += col[:, :, y, xx, :, :]
+    return img[:, :, pad : h + pad, pad : w + pad]
+
+
+class Convolution(Layer):
+    """2-D convolution as one matrix product: im2col(x) @ W(FN, C*FH*FW)^T + b."""
+
+    def __init__(self, W: Array, b: Array, stride: int = 1, pad: int = 0) -> None:
+        super().__init__()
+        xp = get_array_module(W)
+        self.W, self.b = W, b
+        self.dW, self.db = xp.zeros_like(W), xp.zeros_like(b)
+        self.params = {"W": W, "b": b}
+        self.grads = {"W": self.dW, "b": self.db}
+        self.stride, self.pad = stride, pad
+        self.x_shape: tuple[int, ...] = ()
+        self.col: Array = None
+        self.col_W: Array = None
+
+    def forward(self, x: Array, train: bool = True) -> Array:
+        fn, _, fh, fw = self.W.shape
+        n, _, h, w = x.shape
+        out_h = conv_output_size(h, fh, self.stride, self.pad)
+        out_w = conv_output_size(w, fw, self.stride, self.pad)
+        self.x_shape = x.shape
+        self.col = im2col(x, fh, fw, self.stride, self.pad)
+        self.col_W = self.W.reshape(fn, -1).T
+        out = self.col @ self.col_W + self.b
+        return out.reshape(n, out_h, out_w, -1).transpose(0, 3, 1, 2)
+
+    def backward(self, dout: Array) -> Array:
+        fn, c, fh, fw = self.W.shape
+        dout = dout.transpose(0, 2, 3, 1).reshape(-1, fn)
+        self.db[...] = dout.sum(axis=0)
+        self.dW[...] = (self.col.T @ dout).T.reshape(fn, c, fh, fw)
+        if not self.need_dx:
+            return None
+        dcol = dout @ self.col_W.T
+        return col2im(dcol, self.x_shape, fh, fw, self.stride, self.pad)
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        fn, _, fh, fw = (int(s) for s in self.W.shape)
+        _, h, w = input_shape
+        return (
+            fn,
+            conv_output_size(h, fh, self.stride, self.pad),
+            conv_output_size(w, fw, self.stride, self.pad),
+        )
+
+    def gemm_shapes(self, batch_size: int, input_shape: tuple[int, ...]) -> list[tuple[int, int, int]]:
+        fn, c, fh, fw = (int(s) for s in self.W.shape)
+        _, out_h, out_w = self.output_shape(input_shape)
+        rows, k = batch_size * out_h * out_w, c * fh * fw
+        shapes = [(rows, k, fn), (k, rows, fn)]  # forward col W^T; backward col^T dout
+        if self.need_dx:
+            shapes.append((rows, fn, k))  # backward dout W (dcol)
+        return shapes
+
+
+class Pooling(Layer):
+    """Max pooling over pool_h x pool_w windows; backward routes each gradient to its window's max."""
+
+    def __init__(self, pool_h: int, pool_w: int, stride: int = 1, pad: int = 0) -> None:
+        super().__init__()
+        self.pool_h, self.pool_w, self.stride, self.pad = pool_h, pool_w, stride, pad
+        self.x_shape: tuple[int, ...] = ()
+        self.arg_max: Array = None
+
+    def forward(self, x: Array, train: bool = True) -> Array:
+        n, c, h, w = x.shape
+        out_h = conv_output_size(h, self.pool_h, self.stride, self.pad)
+        out_w = conv_output_size(w, self.pool_w, self.stride, self.pad)
+        col = im2col(x, self.pool_h, self.pool_w, self.stride, self.pad).reshape(
+            -1, self.pool_h * self.pool_w
+        )
+        self.x_shape = x.shape
+        self.arg_max = col.argmax(axis=1)
+        out = col.max(axis=1)
+        return out.reshape(n, out_h, out_w, c).transpose(0, 3, 1, 2)
+
+    def backward(self, dout: Array) -> Array:
+        xp = get_array_module(dout)
+        dout = dout.transpose(0, 2, 3, 1)
+        pool_size = self.pool_h * self.pool_w
+        dmax = xp.zeros((dout.size, pool_size), dtype=dout.dtype)
+        dmax[xp.arange(self.arg_max.size), self.arg_max.ravel()] = dout.ravel()
+        dcol = dmax.reshape(dout.shape[0] * dout.shape[1] * dout.shape[2], -1)
+        return col2im(dcol, self.x_shape, self.pool_h, self.pool_w, self.stride, self.pad)
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        c, h, w = input_shape
+        return (
+            c,
+            conv_output_size(h, self.pool_h, self.stride, self.pad),
+            conv_output_size(w, self.pool_w, self.stride, self.pad),
+        )

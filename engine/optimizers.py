@@ -1,0 +1,193 @@
+"""Optimizers with the textbook's `common/optimizer.py` semantics, updating parameters in place.
+
+`update(params, grads)` takes the network's name -> array dicts. State (velocities, squared-gradient
+sums) is created on the first update, one array per parameter, shaped and placed like it.
+
+L2 weight decay (`weight_decay` = lambda) adds lambda * W to the gradient of every weight matrix,
+i.e. the gradient of (lambda / 2) * sum(W**2) added to the loss. It applies to parameters whose
+name starts with "W" (Affine and Convolution weights), never to biases or BatchNorm's gamma/beta,
+as in the textbook's MultiLayerNet. The gradient arrays themselves are not modified.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from engine.backend import get_array_module
+from engine.layers import Array
+
+EPS = 1e-7  # the textbook's guard against dividing by sqrt(0)
+
+
+def decays(name: str) -> bool:
+    """Whether weight decay applies to the parameter `name` (weights "W1", "W2", ...; not b, gamma, beta)."""
+    return name.startswith("W")
+
+
+class Optimizer:
+    """Shared bookkeeping: the learning rate, weight decay and per-parameter scratch buffers."""
+
+    def __init__(self, lr: float = 0.01, weight_decay: float = 0.0) -> None:
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self._scratch: dict[str, Array] = {}
+
+    def _buffer(self, store: dict[str, Array], key: str, like: Array) -> Array:
+        buf = store.get(key)
+        if buf is None or buf.shape != like.shape or buf.dtype != like.dtype:
+            buf = get_array_module(like).zeros_like(like)
+            store[key] = buf
+        return buf
+
+    def _grad(self, key: str, param: Array, grad: Array) -> Array:
+        """The gradient with weight decay added (in a scratch buffer, so `grads` stays untouched)."""
+        if self.weight_decay == 0.0 or not decays(key):
+            return grad
+        g = self._buffer(self._scratch, "wd:" + key, param)
+        get_array_module(param).multiply(param, self.weight_decay, out=g)
+        g += grad
+        return g
+
+    def update(self, params: dict[str, Array], grads: dict[str, Array]) -> None:
+        """Apply one step to every parameter in place."""
+        for key, param in params.items():
+            self.step(key, param, self._grad(key, param, grads[key]))
+
+    def step(self, key: str, param: Array, grad: Array) -> None:
+        raise NotImplementedError
+
+
+class SGD(Optimizer):
+    """W <- W - lr * dW."""
+
+    def step(self, key: str, param: Array, grad: Array) -> None:
+        tmp = self._buffer(self._scratch, key, param)
+        get_array_module(param).multiply(grad, self.lr, out=tmp)  # no temporary array per step
+        param -= tmp
+
+
+class Momentum(Optimizer):
+    """v <- momentum * v - lr * dW;  W <- W + v."""
+
+    def __init__(self, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 0.0) -> None:
+        super().__init__(lr, weight_decay)
+        self.momentum = momentum
+        self.v: dict[str, Array] = {}
+
+    def step(self, key: str, param: Array, grad: Array) -> None:
+        v = self._buffer(self.v, key, param)
+        v *= self.momentum
+        v -= self.lr * grad
+        param += v
+
+
+class Nesterov(Optimizer):
+    """Nesterov's accelerated gradient in the textbook's form (http://arxiv.org/abs/1212.0901).
+
+    v <- momentum * v - lr * dW;  W <- W + momentum^2 * v - (1 + momentum) * lr * dW.
+    """
+
+    def __init__(self, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 0.0) -> None:
+        super().__init__(lr, weight_decay)
+        self.momentum = momentum
+        self.v: dict[str, Array] = {}
+
+    def step(self, key: str, param: Array, grad: Array) -> None:
+        v = self._buffer(self.v, key, param)
+        v *= self.momentum
+        v -= self.lr * grad
+        param += self.momentum * self.momentum * v
+        param -= (1 + self.momentum) * self.lr * grad
+
+
+class AdaGrad(Optimizer):
+    """h <- h + dW^2;  W <- W - lr * dW / (sqrt(h) + 1e-7)."""
+
+    def __init__(self, lr: float = 0.01, weight_decay: float = 0.0) -> None:
+        super().__init__(lr, weight_decay)
+        self.h: dict[str, Array] = {}
+
+    def step(self, key: str, param: Array, grad: Array) -> None:
+        xp = get_array_module(param)
+        h = self._buffer(self.h, key, param)
+        h += grad * grad
+        param -= self.lr * grad / (xp.sqrt(h) + EPS)
+
+
+class RMSprop(Optimizer):
+    """h <- decay_rate * h + (1 - decay_rate) * dW^2;  W <- W - lr * dW / (sqrt(h) + 1e-7)."""
+
+    def __init__(self, lr: float = 0.01, decay_rate: float = 0.99, weight_decay: float = 0.0) -> None:
+        super().__init__(lr, weight_decay)
+        self.decay_rate = decay_rate
+        self.h: dict[str, Array] = {}
+
+    def step(self, key: str, param: Array, grad: Array) -> None:
+        xp = get_array_module(param)
+        h = self._buffer(self.h, key, param)
+        h *= self.decay_rate
+        h += (1 - self.decay_rate) * grad * grad
+        param -= self.lr * grad / (xp.sqrt(h) + EPS)
+
+
+class Adam(Optimizer):
+    """Adam (http://arxiv.org/abs/1412.6980v8) in the textbook's form, bias correction folded into lr.
+
+    t <- t + 1;  lr_t = lr * sqrt(1 - beta2^t) / (1 - beta1^t)
+    m <- m + (1 - beta1) (dW - m);  v <- v + (1 - beta2) (dW^2 - v);  W <- W - lr_t m / (sqrt(v) + 1e-7)
+    """
+
+    def __init__(
+        self, lr: float = 0.001, beta1: float = 0.9, beta2: float = 0.999, weight_decay: float = 0.0
+    ) -> None:
+        super().__init__(lr, weight_decay)
+        self.beta1, self.beta2 = beta1, beta2
+        self.iter = 0
+        self.m: dict[str, Array] = {}
+        self.v: dict[str, Array] = {}
+        self._lr_t = lr
+
+    def update(self, params: dict[str, Array], grads: dict[str, Array]) -> None:
+        self.iter += 1  # one time step per update, shared by every parameter
+        self._lr_t = self.lr * math.sqrt(1.0 - self.beta2**self.iter) / (1.0 - self.beta1**self.iter)
+        super().update(params, grads)
+
+    def step(self, key: str, param: Array, grad: Array) -> None:
+        xp = get_array_module(param)
+        m = self._buffer(self.m, key, param)
+        v = self._buffer(self.v, key, param)
+        m += (1 - self.beta1) * (grad - m)
+        v += (1 - self.beta2) * (grad**2 - v)
+        param -= self._lr_t * m / (xp.sqrt(v) + EPS)
+
+
+OPTIMIZERS: dict[str, type[Optimizer]] = {
+    "sgd": SGD,
+    "momentum": Momentum,
+    "nesterov": Nesterov,
+    "adagrad": AdaGrad,
+    "rmsprop": RMSprop,
+    "adam": Adam,
+}
+
+
+def make_optimizer(spec: dict[str, Any]) -> Optimizer:
+    """An optimizer from the OptimizerSpec dict (name, lr, momentum, beta1, beta2, decay_rate, weight_decay).
+
+    Keys an optimizer does not use are ignored; missing keys take the OptimizerSpec defaults.
+    """
+    name = str(spec.get("name", "sgd")).lower()
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer name must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
+    lr = float(spec.get("lr", 0.1))
+    weight_decay = float(spec.get("weight_decay", 0.0))
+    if name == "momentum":
+        return Momentum(lr, float(spec.get("momentum", 0.9)), weight_decay)
+    if name == "nesterov":
+        return Nesterov(lr, float(spec.get("momentum", 0.9)), weight_decay)
+    if name == "rmsprop":
+        return RMSprop(lr, float(spec.get("decay_rate", 0.99)), weight_decay)
+    if name == "adam":
+        return Adam(lr, float(spec.get("beta1", 0.9)), float(spec.get("beta2", 0.999)), weight_decay)
+    return OPTIMIZERS[name](lr, weight_decay)

@@ -1,0 +1,165 @@
+"""Robust statistics of timing trials, and the adaptive repeat loop.
+
+`summarize(values)` gives median, quartiles, IQR, a 95% confidence interval of the median, mean, std,
+coefficient of variation, min and max. The CI is the distribution-free order-statistic interval
+(binomial, no resampling, so it needs no random seed and is the same every time): with n sorted trials
+it is [x_(l), x_(u)] with l the largest rank such that P(Binomial(n, 1/2) < l) <= 2.5% and u = n + 1 - l.
+Its coverage is at least 95%; for n < 6 no such l exists and the CI is [min, max], whose coverage
+is 1 - 2^(1-n) (noted as `ci95_coverage`).
+
+`AdaptiveRepeats` is the repeat loop: after the warm-up, keep timing windows until at least
+`min_repeats` trials are in and their CV is under `target_cv`, or `max_repeats` trials are in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+CI_METHOD = "order-statistic (binomial) 95% CI of the median"
+
+
+def _binomial_cdf_half(k: int, n: int) -> float:
+    """P(Binomial(n, 1/2) <= k), exactly."""
+    if k < 0:
+        return 0.0
+    return math.fsum(math.comb(n, i) for i in range(min(k, n) + 1)) / 2.0**n
+
+
+def median_ci_ranks(n: int, confidence: float = 0.95) -> tuple[int, int, float]:
+    """1-based ranks (l, u) of the order-statistic CI of the median, and its exact coverage."""
+    if n < 1:
+        raise ValueError("median_ci_ranks needs at least one trial")
+    alpha = 1.0 - confidence
+    lower = 0
+    # Largest l with P(B <= l - 1) <= alpha / 2; the interval [x_(l), x_(n+1-l)] then covers >= confidence.
+    while lower + 1 <= (n + 1) // 2 and _binomial_cdf_half(lower, n) <= alpha / 2:
+        lower += 1
+    if lower == 0:
+        # Too few trials for the asked confidence: use the full range and say what it covers.
+        return 1, n, 1.0 - 2.0 * 0.5**n
+    upper = n + 1 - lower
+    coverage = 1.0 - 2.0 * _binomial_cdf_half(lower - 1, n)
+    return lower, upper, coverage
+
+
+def summarize(values: Iterable[float]) -> dict[str, Any]:
+    """Robust summary: n, median, q1, q3, iqr, ci95 [lo, hi], ci95_coverage, mean, std, cv, min, max.
+
+    `std` is the sample standard deviation (ddof=1; 0 for a single trial); `cv` = std / mean.
+    Plain Python floats, so the result is JSON-serialisable. An empty input gives n = 0 and None values.
+    """
+    x = np.sort(np.asarray(list(values), dtype=np.float64))
+    n = int(x.size)
+    if n == 0:
+        keys = ("median", "q1", "q3", "iqr", "ci95", "ci95_coverage", "mean", "std", "cv", "min", "max")
+        return {"n": 0, **dict.fromkeys(keys)} | {"ci_method": CI_METHOD}
+    q1, median, q3 = (float(v) for v in np.percentile(x, [25, 50, 75]))
+    lower, upper, coverage = median_ci_ranks(n)
+    mean = float(x.mean())
+    std = float(x.std(ddof=1)) if n > 1 else 0.0
+    return {
+        "n": n,
+        "median": median,
+        "q1": q1,
+        "q3": q3,
+        "iqr": q3 - q1,
+        "ci95": [float(x[lower - 1]), float(x[upper - 1])],
+        "ci95_coverage": coverage,
+        "mean": mean,
+        "std": std,
+        "cv": std / mean if mean != 0 else None,
+        "min": float(x[0]),
+        "max": float(x[-1]),
+        "ci_method": CI_METHOD,
+    }
+
+
+def headline(summary: dict[str, Any]) -> dict[str, Any]:
+    """The short form results carry in `metrics`: median, iqr, ci95, mean, cv, n."""
+    return {key: summary[key] for key in ("median", "iqr", "ci95", "mean", "cv", "n")}
+
+
+def coefficient_of_variation(values: Sequence[float]) -> float:
+    """Sample std / mean; infinity when undefined (fewer than two values or a zero mean)."""
+    if len(values) < 2:
+        return math.inf
+    arr = np.asarray(values, dtype=np.float64)
+    mean = float(arr.mean())
+    return float(arr.std(ddof=1)) / mean if mean != 0 else math.inf
+
+
+@dataclass
+class AdaptiveRepeats:
+    """The stopping rule of the repeat loop: feed it trials with `add`, stop when `done` turns true.
+
+    Done when `max_repeats` trials are in, or when at least `min_repeats` are in and the CV of all
+    trials so far is under `target_cv`.
+    """
+
+    min_repeats: int = 5
+    max_repeats: int = 50
+    target_cv: float = 0.05
+    trials: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_repeats <= self.max_repeats:
+            raise ValueError(
+                f"need 1 <= min_repeats <= max_repeats, got min_repeats={self.min_repeats}, "
+                f"max_repeats={self.max_repeats}"
+            )
+
+    def add(self, value: float) -> None:
+        """Record one trial."""
+        self.trials.append(float(value))
+
+    @property
+    def cv(self) -> float:
+        """CV of the trials so far."""
+        return coefficient_of_variation(self.trials)
+
+    @property
+    def converged(self) -> bool:
+        """At least `min_repeats` trials and CV under target."""
+        return len(self.trials) >= self.min_repeats and self.cv < self.target_cv
+
+    @property
+    def done(self) -> bool:
+        """Whether to stop taking trials."""
+        return len(self.trials) >= self.max_repeats or self.converged
+
+    def stop_reason(self) -> str:
+        """Why the loop stopped (or would stop now): "target_cv", "max_repeats" or "budget"."""
+        if self.converged:
+            return "target_cv"
+        if len(self.trials) >= self.max_repeats:
+            return "max_repeats"
+        return "budget"
+
+
+def repeat_until_stable(
+    trial: Callable[[], float],
+    *,
+    warmup: int = 1,
+    min_repeats: int = 5,
+    max_repeats: int = 50,
+    target_cv: float = 0.05,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[list[float], str]:
+    """Run `trial` `warmup` times untimed, then until `AdaptiveRepeats` is done.
+
+    `trial()` returns the measured value of one trial (a time or a rate). Returns the trials and the
+    stop reason ("target_cv", "max_repeats", or "stopped" when `should_stop()` turned true).
+    """
+    for _ in range(warmup):
+        trial()
+    loop = AdaptiveRepeats(min_repeats, max_repeats, target_cv)
+    while not loop.done:
+        if should_stop is not None and should_stop():
+            return loop.trials, "stopped"
+        loop.add(trial())
+    return loop.trials, loop.stop_reason()

@@ -1,0 +1,76 @@
+"""The bpbench API (FastAPI; OpenAPI at /docs): `create_app(settings)`, and `app` for uvicorn.
+
+    uvicorn services.api.main:app        # what `bpbench up` runs; `bpbench api` migrates first
+
+The app holds its settings and session factory in `app.state`; routes get them through `services.api.deps`.
+On start-up the token in `BPBENCH_API_TOKEN` (if any) is stored as an admin token, so a fresh deployment
+has a first token without a separate step.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from sqlalchemy.exc import SQLAlchemyError
+
+from services.api.errors import install_error_handlers
+from services.api.routes import compare, devices, health, jobs, results, suites, timeline
+from services.auth.service import ensure_token
+from services.core import queue
+from services.core.config import Settings, get_settings
+from services.core.db import session_factory
+
+log = logging.getLogger(__name__)
+
+API_PREFIX = "/api/v1"
+
+
+def _bootstrap_token(settings: Settings) -> None:
+    """Store BPBENCH_API_TOKEN as the first admin token (idempotent; the value itself is never logged)."""
+    if not settings.api_token:
+        return
+    try:
+        with session_factory(settings)() as session:
+            ensure_token(session, settings.api_token, name="BPBENCH_API_TOKEN", scopes=["admin"])
+            session.commit()
+    except SQLAlchemyError as exc:
+        # The database may not be migrated or reachable yet; /readyz says so, and the next start retries.
+        log.warning("could not store BPBENCH_API_TOKEN as an admin token: %s", exc.__class__.__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The FastAPI application for these settings (default: from the environment)."""
+    settings = settings or get_settings()
+    if settings.broker_url != queue.celery_app.conf.broker_url:
+        queue.configure(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        _bootstrap_token(settings)
+        yield
+
+    app = FastAPI(
+        title="bpbench",
+        version="0.1.0",
+        summary="Benchmark neural-network training on CPUs and GPUs with a from-scratch backprop engine.",
+        description=(
+            "Submit benchmark jobs, follow them, and compare devices on the same spec with the vendor timeline "
+            "of the seed. Writes need a bearer token (`submit` or `admin` scope); reads need a `read` token "
+            "unless the server runs with `BPBENCH_PUBLIC_READ=true`. A refused value is a 422 whose `detail` "
+            "items name the field, the value seen and what is accepted."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.session_factory = session_factory(settings)
+    install_error_handlers(app)
+    app.include_router(health.router)
+    for module in (jobs, suites, results, compare, timeline, devices):
+        app.include_router(module.router, prefix=API_PREFIX)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,57 @@
+"""`/api/v1/compare`: devices side by side on one spec, with the seed's vendor timeline (see results/compare.py)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, HTTPException, Query
+
+from services.api.deps import ReadAccess, SessionDep
+from services.results.compare import CompareFilters, NoResults, UnknownBaseline, compare
+
+router = APIRouter(prefix="/compare", tags=["compare"])
+
+
+@router.get(
+    "",
+    dependencies=[ReadAccess],
+    responses={
+        404: {"description": "no result matches"},
+        422: {"description": "a filter or the baseline is invalid"},
+    },
+)
+def compare_devices(
+    session: SessionDep,
+    kind: Literal["train", "gradcheck", "backprop_vs_numerical", "gemm"] | None = None,
+    model: Literal["two_layer_net", "mlp", "simple_convnet"] | None = None,
+    dataset: Literal["mnist5k", "mnist", "digits", "synthetic", "spiral"] | None = None,
+    batch_size: Annotated[int | None, Query(ge=1, le=65_536)] = None,
+    dtype: Literal["float32", "float64"] | None = None,
+    spec_hash: Annotated[str | None, Query(min_length=16, max_length=16, pattern="^[0-9a-f]{16}$")] = None,
+    baseline: Annotated[
+        str | None, Query(max_length=200, description="device id or name; default the slowest")
+    ] = None,
+) -> dict[str, Any]:
+    """One row per device for ONE spec: median samples/s with CI and runs, ratio, efficiency, vendor timeline.
+
+    When the filters match several specs, the one with the most results is compared; `candidates` lists them
+    all and `note` says so (ask again with `spec_hash=` for another).
+    """
+    filters = CompareFilters(kind, model, dataset, batch_size, dtype, spec_hash)
+    try:
+        return compare(session, filters, baseline)
+    except NoResults as exc:
+        raise HTTPException(status_code=404, detail=str(exc)) from None
+    except UnknownBaseline as exc:
+        raise HTTPException(
+            status_code=422,
+            detail=[
+                {
+                    "field": "baseline",
+                    "in": "query",
+                    "value": baseline,
+                    "accepted": str(exc),
+                    "message": str(exc),
+                }
+            ],
+        ) from None

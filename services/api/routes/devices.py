@@ -1,0 +1,125 @@
+"""`/api/v1/devices`: every registered device with its fingerprint, whether a worker serves it now, its queue."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from services.api.deps import ReadAccess, SessionDep, SettingsDep
+from services.core.db import utcnow
+from services.devices.models import Device, Worker
+from services.jobs.models import Job
+
+router = APIRouter(prefix="/devices", tags=["devices"])
+
+
+class WorkerOut(BaseModel):
+    """A worker process serving a device."""
+
+    name: str
+    device: str
+    queues: list[str]
+    hostname: str
+    pid: int
+    last_heartbeat: datetime
+    live: bool
+
+
+class DeviceOut(BaseModel):
+    """A device: what it is, whether a live worker serves it, and the jobs waiting for it."""
+
+    id: str
+    name: str
+    device_class: str
+    vendor: str
+    memory_bytes: int | None
+    software: dict[str, Any]
+    fingerprint: dict[str, Any]
+    live: bool = Field(description="a worker of this device sent a heartbeat recently")
+    last_heartbeat: datetime | None
+    queue: str = Field(description="the queue of jobs aimed at exactly this device")
+    queued_jobs: int = Field(description="queued jobs this device may take: aimed at it, or at its class")
+    workers: list[WorkerOut]
+
+
+class DevicePage(BaseModel):
+    """Every registered device."""
+
+    total: int
+    items: list[DeviceOut]
+
+
+def live_since(worker_dead_after_s: float) -> datetime:
+    """Workers with a heartbeat after this moment are live."""
+    return utcnow() - timedelta(seconds=worker_dead_after_s)
+
+
+def live_devices(session: Session, worker_dead_after_s: float) -> list[Device]:
+    """Devices with at least one live worker (a recent heartbeat, not stopped), oldest first."""
+    live_ids = select(Worker.device_id).where(
+        Worker.last_heartbeat >= live_since(worker_dead_after_s), Worker.stopped_at.is_(None)
+    )
+    return list(
+        session.scalars(select(Device).where(Device.id.in_(live_ids)).order_by(Device.first_seen, Device.id))
+    )
+
+
+def device_views(session: Session, worker_dead_after_s: float) -> list[DeviceOut]:
+    """Every device with its workers and the number of queued jobs it may take."""
+    since = live_since(worker_dead_after_s)
+    workers: dict[str, list[WorkerOut]] = {}
+    for worker in session.scalars(select(Worker).order_by(Worker.started_at)):
+        live = worker.stopped_at is None and worker.last_heartbeat >= since
+        workers.setdefault(worker.device_id, []).append(
+            WorkerOut(
+                name=worker.name,
+                device=worker.device,
+                queues=list(worker.queues),
+                hostname=worker.hostname,
+                pid=worker.pid,
+                last_heartbeat=worker.last_heartbeat,
+                live=live,
+            )
+        )
+    queued = select(Job.target_device_id, Job.device_class, func.count()).where(Job.status == "queued")
+    targeted: dict[str, int] = {}
+    by_class: dict[str, int] = {}
+    for target, device_class, count in session.execute(
+        queued.group_by(Job.target_device_id, Job.device_class)
+    ):
+        if target is None:
+            by_class[device_class] = by_class.get(device_class, 0) + count
+        else:
+            targeted[target] = targeted.get(target, 0) + count
+    views = []
+    for device in session.scalars(select(Device).order_by(Device.first_seen, Device.id)):
+        mine = workers.get(device.id, [])
+        views.append(
+            DeviceOut(
+                id=device.id,
+                name=device.name,
+                device_class=device.device_class,
+                vendor=device.vendor,
+                memory_bytes=device.memory_bytes,
+                software=device.software,
+                fingerprint=device.fingerprint,
+                live=any(w.live for w in mine),
+                last_heartbeat=max((w.last_heartbeat for w in mine), default=None),
+                queue=device.queue,
+                queued_jobs=targeted.get(device.id, 0) + by_class.get(device.device_class, 0),
+                workers=mine,
+            )
+        )
+    return views
+
+
+@router.get("", response_model=DevicePage, dependencies=[ReadAccess])
+def list_devices(session: SessionDep, settings: SettingsDep) -> DevicePage:
+    """Registered devices, oldest first: fingerprint, live or not, queue, queued jobs, workers."""
+    items = device_views(session, settings.worker_dead_after_s)
+    return DevicePage(total=len(items), items=items)

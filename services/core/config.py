@@ -1,0 +1,185 @@
+"""The one settings object of bpbench (pydantic-settings, environment prefix `BPBENCH_`).
+
+Every process (API, worker, reconciler, CLI client, `bpbench up`) reads its configuration here, so a
+variable means the same thing everywhere. URLs are accepted as people write them and normalised once:
+`postgresql://user@host/db` gets the project's driver (psycopg 3), `sqlite:///path` is used as written,
+and the default broker is the embedded Redis-compatible server on a unix socket in the data directory.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DATABASE_FILE = "bpbench.db"
+BROKER_SOCKET = "broker.sock"
+API_TOKEN_FILE = "api-token"
+
+_POSTGRES_PREFIXES = ("postgresql://", "postgres://", "postgresql+psycopg2://")
+_BROKER_SCHEMES = (
+    "redis://",
+    "rediss://",
+    "redis+socket://",
+    "amqp://",
+    "amqps://",
+    "pyamqp://",
+    "memory://",
+)
+
+
+def normalize_database_url(url: str) -> str:
+    """The SQLAlchemy URL for a database URL as a person writes it.
+
+    `postgresql://`, `postgres://` (Heroku style) and `postgresql+psycopg2://` become
+    `postgresql+psycopg://` (psycopg 3 is the driver this project installs); `sqlite:///path` and any URL
+    that already names a driver are returned unchanged.
+    """
+    url = url.strip()
+    for prefix in _POSTGRES_PREFIXES:
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    if url.startswith(("sqlite:", "postgresql+")):
+        return url
+    raise ValueError(
+        f"BPBENCH_DATABASE_URL must be a postgresql:// or sqlite:/// URL, got {redact_url(url)!r}"
+    )
+
+
+def normalize_broker_url(url: str) -> str:
+    """The broker URL checked: `redis://`, `rediss://`, `redis+socket://` and `amqp://` are accepted."""
+    url = url.strip()
+    if not url.startswith(_BROKER_SCHEMES):
+        accepted = ", ".join(s.rstrip("/") for s in _BROKER_SCHEMES)
+        raise ValueError(f"BPBENCH_BROKER_URL must start with one of {accepted}; got {redact_url(url)!r}")
+    return url
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by `***`, for logs and error messages."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    credentials, _, host = rest.rpartition("@")
+    user, has_password, _ = credentials.partition(":")
+    return f"{scheme}://{user}{':***' if has_password else ''}@{host}"
+
+
+class Settings(BaseSettings):
+    """bpbench configuration; each field is read from `BPBENCH_<FIELD>` (case-insensitive) or `.env`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BPBENCH_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    data_dir: Path = Field(
+        default=Path("./bpbench-data"), description="SQLite file, broker socket, API token file"
+    )
+    database_url: str = Field(default="", description="default: sqlite:///<data_dir>/bpbench.db")
+    broker_url: str = Field(
+        default="", description="default: the embedded broker, redis+socket://<data_dir>/broker.sock"
+    )
+
+    api_url: str = "http://127.0.0.1:8000"
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=1, le=65535)
+    # Never printed: excluded from repr so a logged Settings shows no secret.
+    api_token: str | None = Field(default=None, repr=False)
+    public_read: bool = False
+
+    heartbeat_interval_s: float = Field(
+        default=5.0, gt=0, le=300, description="how often a worker writes its heartbeat"
+    )
+    worker_dead_after_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="a worker with no heartbeat for this long is dead; its running jobs are requeued",
+    )
+    reconcile_interval_s: float = Field(
+        default=5.0, gt=0, description="how often the reconciler looks for lost jobs"
+    )
+    queued_republish_after_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="a job still queued after this long is published again by the reconciler",
+    )
+    max_attempts: int = Field(
+        default=3, ge=1, le=100, description="runs of one job before it is marked failed"
+    )
+    max_job_time_s: float = Field(
+        default=6 * 3600.0,
+        gt=0,
+        le=7 * 24 * 3600,
+        description="server cap on a job's run time (spec time_limit_s is capped)",
+    )
+    progress_interval_s: float = Field(
+        default=0.5, gt=0, description="least time between two progress writes of a job"
+    )
+    cancel_poll_interval_s: float = Field(
+        default=0.25, gt=0, description="least time between two cancellation checks"
+    )
+    sqlite_busy_timeout_ms: int = Field(default=30_000, ge=0)
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_known(cls, value: str) -> str:
+        return normalize_database_url(value) if value else value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_url_known(cls, value: str) -> str:
+        return normalize_broker_url(value) if value else value
+
+    @model_validator(mode="after")
+    def _defaults_in_data_dir(self) -> Settings:
+        # Defaults depend on data_dir, so they are filled in after it is known (as an absolute path,
+        # so a worker started from another directory finds the same files).
+        self.data_dir = self.data_dir.expanduser().absolute()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / DATABASE_FILE}"
+        if not self.broker_url:
+            self.broker_url = f"redis+socket://{self.data_dir / BROKER_SOCKET}"
+        return self
+
+    @property
+    def broker_socket_path(self) -> Path | None:
+        """The unix socket of a `redis+socket://` broker (the embedded one by default), else None."""
+        if self.broker_url.startswith("redis+socket://"):
+            return Path(self.broker_url[len("redis+socket://") :].split("?", 1)[0])
+        return None
+
+    @property
+    def uses_embedded_broker(self) -> bool:
+        """True when the broker is the default embedded server in the data directory."""
+        return self.broker_socket_path == self.data_dir / BROKER_SOCKET
+
+    @property
+    def api_token_file(self) -> Path:
+        """Where `bpbench up` writes its first token and where the CLI looks for one."""
+        return self.data_dir / API_TOKEN_FILE
+
+    @property
+    def broker_visibility_timeout_s(self) -> int:
+        """Redis redelivers an unacknowledged message after this long: kept above any job's time limit."""
+        return int(self.max_job_time_s + 3600)
+
+    def job_time_limit_s(self, requested: float | None) -> float:
+        """A job's time limit: the spec's `time_limit_s` capped by the server's `max_job_time_s`."""
+        return min(requested, self.max_job_time_s) if requested else self.max_job_time_s
+
+    def safe_dict(self) -> dict[str, Any]:
+        """The settings for display, with passwords and the token left out."""
+        doc = self.model_dump(mode="json", exclude={"api_token"})
+        doc["database_url"] = redact_url(self.database_url)
+        doc["broker_url"] = redact_url(self.broker_url)
+        doc["api_token"] = "set" if self.api_token else None
+        return doc
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once from the environment (call `get_settings.cache_clear()` in tests)."""
+    return Settings()

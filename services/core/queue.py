@@ -1,0 +1,108 @@
+"""The Celery app, client side: configuration as data, and `publish_job`.
+
+The API (and the reconciler) reach the broker only through `publish_job`, which sends the task
+`bpbench.run_job` *by name* with the job's id as its only argument: the committed job row is the source
+of truth, the message only says "look at job X". The task itself is registered by `workers.tasks`.
+
+Delivery is at-least-once (`acks_late`, reject on worker lost); a second delivery of the same id is a
+no-op because the worker's claim is a conditional `queued -> running` update.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import kombu.pools
+from celery import Celery
+from kombu import Queue
+
+from services.core.config import Settings, get_settings
+
+if TYPE_CHECKING:
+    from services.jobs.spec import JobSpec
+
+RUN_JOB_TASK = "bpbench.run_job"
+CLASS_QUEUES: tuple[str, ...] = ("cpu", "gpu")
+DEVICE_QUEUE_PREFIX = "device."
+
+
+def device_queue(device_id: str) -> str:
+    """The queue of jobs aimed at exactly one device."""
+    return f"{DEVICE_QUEUE_PREFIX}{device_id}"
+
+
+def queue_for(spec: JobSpec, target_device_id: str | None = None) -> str:
+    """Where a job goes: `device.<id>` when aimed at one device, else its class queue `cpu` or `gpu`."""
+    if target_device_id:
+        return device_queue(target_device_id)
+    return spec.device_class
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """The Celery configuration for these settings (plain data, as in Celery's `proj/celery.py`)."""
+    return {
+        "broker_url": settings.broker_url,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        # Redis redelivers unacknowledged messages after the visibility timeout: keep it above any job's limit
+        # so a long job is not run twice.
+        "broker_transport_options": {
+            "visibility_timeout": settings.broker_visibility_timeout_s,
+            "socket_timeout": 30,
+            "socket_connect_timeout": 10,
+            "retry_on_timeout": True,
+            "health_check_interval": 25,
+        },
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "event_serializer": "json",
+        # Results live in the database; Celery keeps none.
+        "task_ignore_result": True,
+        "result_backend": None,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_acks_on_failure_or_timeout": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_hijack_root_logger": False,
+        # A running job's message stays unacknowledged until it ends; on a broker reconnect the job goes on
+        # and any redelivery finds the row `running` and does nothing (the reconciler handles dead workers).
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "task_queues": [Queue(name, routing_key=name) for name in CLASS_QUEUES],
+        "task_default_queue": "cpu",
+        "task_create_missing_queues": True,
+        "task_track_started": False,
+        "worker_send_task_events": False,
+        "timezone": "UTC",
+        "enable_utc": True,
+    }
+
+
+def make_celery(settings: Settings | None = None) -> Celery:
+    """A Celery app configured from the settings (the worker and the client use the same configuration)."""
+    app = Celery("bpbench")
+    app.conf.update(celery_config(settings or get_settings()))
+    return app
+
+
+celery_app = make_celery()
+
+
+def configure(settings: Settings) -> None:
+    """Reconfigure `celery_app` for other settings (tests, `bpbench up` with another data dir)."""
+    changed = celery_app.conf.broker_url != settings.broker_url
+    celery_app.conf.update(celery_config(settings))
+    if changed:
+        # The connection and producer pools still point at the old broker: drop them (rebuilt on next use).
+        kombu.pools.reset()
+        celery_app._pool = None
+        celery_app.amqp._producer_pool = None
+
+
+def publish_job(job_id: str, queue: str, *, time_limit_s: float | None = None) -> None:
+    """Send `bpbench.run_job(job_id)` to `queue`; the job row must already be committed."""
+    options: dict[str, Any] = {"queue": queue, "routing_key": queue}
+    if time_limit_s:
+        # Hard limit (prefork pool) a little above the limit the worker itself enforces between steps.
+        options["time_limit"] = time_limit_s + 60
+    celery_app.send_task(RUN_JOB_TASK, args=[job_id], **options)

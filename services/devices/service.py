@@ -1,0 +1,229 @@
+"""Devices and workers: identity from a fingerprint, registration, heartbeats, liveness.
+
+A device's id is a short hash of the *stable* fields of the engine's fingerprint
+(`engine.backend.fingerprint`): the device class, CPU model and core counts, the BLAS library (with its
+thread count, which changes the numbers), and for a GPU its name, memory, compute capability, driver
+and CUDA runtime. Host names, the GPU's index on its host and interpreter details are left out, so
+identical machines share one device (and one queue `device.<id>`), which is what a benchmark wants:
+same hardware and software, same numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from services.core.db import utcnow
+from services.devices.models import Device, Worker
+
+DEVICE_ID_CHARS = 12
+
+# Order matters: the first pattern that matches the CPU model or GPU name names the vendor.
+_VENDOR_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("NVIDIA", re.compile(r"nvidia|geforce|quadro|tesla|titan|\b[ahlbv]\d{2,3}\b|\bgh200\b|\brtx\b", re.I)),
+    ("AMD", re.compile(r"\bamd\b|ryzen|epyc|threadripper|opteron|radeon|instinct|\bmi\d{2,3}", re.I)),
+    ("Intel", re.compile(r"intel|xeon|core\(tm\)|pentium|celeron|atom|\barc\b", re.I)),
+    ("Apple", re.compile(r"apple|\bm[1-4]\b", re.I)),
+    ("IBM", re.compile(r"\bibm\b|power\d|\bpower\b", re.I)),
+    ("Google", re.compile(r"\btpu\b|google", re.I)),
+    ("ARM", re.compile(r"\barm\b|aarch64|neoverse|cortex|graviton|ampere|mali|kunpeng", re.I)),
+)
+
+
+def vendor_of(name: str) -> str:
+    """The vendor of a CPU model or GPU name ("Intel", "AMD", "NVIDIA", "ARM", ...), or "unknown"."""
+    for vendor, pattern in _VENDOR_PATTERNS:
+        if pattern.search(name or ""):
+            return vendor
+    return "unknown"
+
+
+def device_class_of(fingerprint: dict[str, Any]) -> str:
+    """ "gpu" if the fingerprint describes a GPU, else "cpu"."""
+    return (
+        "gpu" if fingerprint.get("gpu") or str(fingerprint.get("device", "cpu")).startswith("gpu") else "cpu"
+    )
+
+
+def stable_fields(fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a fingerprint that identify a device (see the module docstring)."""
+    blas = [
+        {
+            k: pool.get(k)
+            for k in ("internal_api", "version", "architecture", "threading_layer", "num_threads")
+        }
+        for pool in fingerprint.get("blas") or []
+        if isinstance(pool, dict)
+    ]
+    fields: dict[str, Any] = {
+        "class": device_class_of(fingerprint),
+        "cpu_model": fingerprint.get("cpu_model"),
+        "physical_cores": fingerprint.get("physical_cores"),
+        "logical_cores": fingerprint.get("logical_cores"),
+        "blas": sorted(blas, key=lambda pool: json.dumps(pool, sort_keys=True)),
+        "blas_env": fingerprint.get("blas_env") or {},
+    }
+    gpu = fingerprint.get("gpu")
+    if isinstance(gpu, dict):
+        fields["gpu"] = {
+            k: gpu.get(k)
+            for k in (
+                "name",
+                "total_memory_bytes",
+                "compute_capability",
+                "driver_version",
+                "cuda_runtime_version",
+            )
+        }
+    return fields
+
+
+def device_id_for(fingerprint: dict[str, Any]) -> str:
+    """The short, stable id of the device a fingerprint describes (12 hex characters)."""
+    canonical = json.dumps(stable_fields(fingerprint), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:DEVICE_ID_CHARS]
+
+
+def _gpu_part(fingerprint: dict[str, Any]) -> dict[str, Any]:
+    gpu = fingerprint.get("gpu")
+    return gpu if isinstance(gpu, dict) else {}
+
+
+def _software(fingerprint: dict[str, Any]) -> dict[str, Any]:
+    gpu = _gpu_part(fingerprint)
+    blas = [
+        f"{pool.get('internal_api')} {pool.get('version')}"
+        for pool in fingerprint.get("blas") or []
+        if isinstance(pool, dict) and pool.get("user_api") == "blas"
+    ]
+    software = {
+        "python": fingerprint.get("python_version"),
+        "numpy": fingerprint.get("numpy_version"),
+        "blas": ", ".join(blas) or None,
+        "cupy": gpu.get("cupy_version"),
+        "cuda_runtime": gpu.get("cuda_runtime_version"),
+        "driver": gpu.get("driver_version"),
+        "platform": fingerprint.get("platform"),
+    }
+    return {key: value for key, value in software.items() if value is not None}
+
+
+def register_device(
+    session: Session, fingerprint: dict[str, Any], *, memory_bytes: int | None = None
+) -> Device:
+    """Insert the device of this fingerprint, or refresh `last_seen` and `software` if it is known; commits.
+
+    `memory_bytes` is the host's RAM for a CPU (the fingerprint gives GPU memory itself).
+    """
+    device_id = device_id_for(fingerprint)
+    device_class = device_class_of(fingerprint)
+    gpu = _gpu_part(fingerprint)
+    name = str(gpu.get("name") if device_class == "gpu" else fingerprint.get("cpu_model") or "unknown CPU")
+    memory = int(gpu["total_memory_bytes"]) if gpu.get("total_memory_bytes") else memory_bytes
+    device = session.get(Device, device_id)
+    now = utcnow()
+    if device is None:
+        device = Device(
+            id=device_id,
+            device_class=device_class,
+            vendor=vendor_of(name),
+            name=name,
+            memory_bytes=memory,
+            software=_software(fingerprint),
+            fingerprint=fingerprint,
+            first_seen=now,
+            last_seen=now,
+        )
+        session.add(device)
+    else:
+        device.last_seen = now
+        device.software = _software(fingerprint)
+        device.memory_bytes = memory
+    session.commit()
+    return device
+
+
+def register_worker(
+    session: Session,
+    *,
+    name: str,
+    device_id: str,
+    device: str,
+    queues: Sequence[str],
+    hostname: str,
+    pid: int,
+    concurrency: int = 1,
+) -> Worker:
+    """Insert or replace the row of a worker that just started (a restart under the same name reuses it)."""
+    now = utcnow()
+    worker = session.get(Worker, name)
+    if worker is None:
+        worker = Worker(name=name)
+        session.add(worker)
+    worker.device_id = device_id
+    worker.device = device
+    worker.queues = list(queues)
+    worker.hostname = hostname
+    worker.pid = pid
+    worker.concurrency = concurrency
+    worker.started_at = now
+    worker.last_heartbeat = now
+    worker.stopped_at = None
+    session.commit()
+    return worker
+
+
+def heartbeat(session: Session, name: str) -> bool:
+    """Record that the worker is alive now; False if it has no row (it was never registered)."""
+    result = session.execute(update(Worker).where(Worker.name == name).values(last_heartbeat=utcnow()))
+    session.commit()
+    return bool(getattr(result, "rowcount", 0))
+
+
+def mark_worker_stopped(session: Session, name: str) -> None:
+    """Record a clean shutdown."""
+    session.execute(update(Worker).where(Worker.name == name).values(stopped_at=utcnow()))
+    session.commit()
+
+
+def is_live(worker: Worker, *, dead_after_s: float, now: datetime | None = None) -> bool:
+    """True if the worker has not stopped and sent a heartbeat within `dead_after_s`."""
+    now = now or utcnow()
+    return worker.stopped_at is None and now - worker.last_heartbeat <= timedelta(seconds=dead_after_s)
+
+
+def list_devices(session: Session) -> list[Device]:
+    """Every registered device, by class then name."""
+    return list(session.scalars(select(Device).order_by(Device.device_class, Device.name, Device.id)))
+
+
+def get_device(session: Session, device_id: str) -> Device | None:
+    """The device with this id, or None."""
+    return session.get(Device, device_id)
+
+
+def list_workers(session: Session, *, device_id: str | None = None) -> list[Worker]:
+    """Every worker row (live or not), newest heartbeat first."""
+    query = select(Worker).order_by(Worker.last_heartbeat.desc())
+    if device_id is not None:
+        query = query.where(Worker.device_id == device_id)
+    return list(session.scalars(query))
+
+
+def live_workers(session: Session, *, dead_after_s: float) -> list[Worker]:
+    """Workers that have a recent heartbeat and did not stop."""
+    cutoff = utcnow() - timedelta(seconds=dead_after_s)
+    query = select(Worker).where(Worker.stopped_at.is_(None), Worker.last_heartbeat >= cutoff)
+    return list(session.scalars(query.order_by(Worker.name)))
+
+
+def live_device_ids(session: Session, *, dead_after_s: float) -> set[str]:
+    """Ids of the devices served by at least one live worker."""
+    return {worker.device_id for worker in live_workers(session, dead_after_s=dead_after_s)}

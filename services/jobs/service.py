@@ -1,0 +1,316 @@
+"""Job life cycle: create, publish, claim, progress, complete, fail, cancel; and the queries.
+
+Every state change is one conditional UPDATE (`... WHERE status = <expected>`), so two processes racing on
+the same job (a duplicate delivery, a cancel during a run, a reconciler requeue) cannot both win: the loser
+sees zero rows changed and does nothing. A worker's writes are further fenced by its attempt number, so a
+worker whose job was taken away and re-run elsewhere cannot overwrite the newer attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from services.core.config import get_settings
+from services.core.db import utcnow
+from services.core.queue import publish_job, queue_for
+from services.jobs.models import ACTIVE_STATUSES, FINAL_STATUSES, JOB_STATUSES, Job
+from services.jobs.spec import JobSpec
+from services.results.models import Result
+from services.results.service import build_result
+
+log = logging.getLogger(__name__)
+
+MAX_ERROR_CHARS = 4000
+MAX_PROGRESS_MESSAGE_CHARS = 200
+
+
+class JobNotFound(LookupError):
+    """No job has this id."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a worker holds after a claim: the job's spec and the attempt number that fences its writes."""
+
+    job_id: str
+    attempt: int
+    spec: dict[str, Any]
+    time_limit_s: float | None
+
+
+def _rowcount(result: Any) -> int:
+    return int(result.rowcount) if isinstance(result, CursorResult) else 0
+
+
+def create_job(session: Session, spec: JobSpec, *, target_device_id: str | None = None) -> Job:
+    """Add a `queued` job for `spec` (flushed, not committed); publish it only after the commit."""
+    settings = get_settings()
+    job = Job(
+        spec=spec.engine_dict(),
+        spec_hash=spec.spec_hash(),
+        kind=spec.kind,
+        device=spec.device,
+        device_class=spec.device_class,
+        target_device_id=target_device_id,
+        queue=queue_for(spec, target_device_id),
+        status="queued",
+        progress=0.0,
+        attempts=0,
+        cancel_requested=False,
+        time_limit_s=settings.job_time_limit_s(spec.time_limit_s),
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def publish(session: Session, job: Job) -> None:
+    """Send the job's id to its queue and record when (the row must already be committed)."""
+    publish_job(job.id, job.queue, time_limit_s=job.time_limit_s)
+    session.execute(update(Job).where(Job.id == job.id).values(published_at=utcnow()))
+    session.commit()
+
+
+def submit_job(session: Session, spec: JobSpec, *, target_device_id: str | None = None) -> Job:
+    """Create the job, commit it, then publish it: the committed row comes first, so no message is orphaned.
+
+    If the broker is unreachable the job stays `queued` with `published_at` unset and the error is logged;
+    it is not lost (the reconciler publishes queued jobs that were never picked up).
+    """
+    job = create_job(session, spec, target_device_id=target_device_id)
+    session.commit()
+    try:
+        publish(session, job)
+    except Exception as exc:  # the job row is the outbox; a failed publish is retried later
+        session.rollback()
+        log.warning("job %s is queued but could not be published to %s yet: %s", job.id, job.queue, exc)
+    session.refresh(job)
+    return job
+
+
+def get_job(session: Session, job_id: str) -> Job | None:
+    """The job with this id, or None."""
+    return session.get(Job, job_id)
+
+
+def list_jobs(
+    session: Session,
+    *,
+    status: str | Sequence[str] | None = None,
+    kind: str | None = None,
+    device: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> list[Job]:
+    """Jobs, newest first; `device` matches the requested device, its class, or the device that ran it."""
+    query = _filtered(select(Job), status=status, kind=kind, device=device)
+    query = query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)
+    return list(session.scalars(query))
+
+
+def count_jobs(
+    session: Session,
+    *,
+    status: str | Sequence[str] | None = None,
+    kind: str | None = None,
+    device: str | None = None,
+) -> int:
+    """How many jobs `list_jobs` would page through with these filters."""
+    query = _filtered(select(func.count()).select_from(Job), status=status, kind=kind, device=device)
+    return int(session.scalar(query) or 0)
+
+
+def _filtered(query: Any, *, status: str | Sequence[str] | None, kind: str | None, device: str | None) -> Any:
+    if status is not None:
+        statuses = [status] if isinstance(status, str) else list(status)
+        unknown = sorted(set(statuses) - set(JOB_STATUSES))
+        if unknown:
+            raise ValueError(f"unknown job status {unknown[0]!r}; accepted: {', '.join(JOB_STATUSES)}")
+        query = query.where(Job.status.in_(statuses))
+    if kind is not None:
+        query = query.where(Job.kind == kind)
+    if device is not None:
+        query = query.where(
+            (Job.device == device)
+            | (Job.device_class == device)
+            | (Job.device_id == device)
+            | (Job.target_device_id == device)
+        )
+    return query
+
+
+def claim_job(session: Session, job_id: str, *, worker_name: str, device_id: str) -> Claim | None:
+    """Move the job `queued` -> `running` for this worker, in one conditional UPDATE, and commit.
+
+    Returns None (and changes nothing) when the job is not queued: already running elsewhere, finished,
+    cancelled, or unknown. That is what makes a duplicate delivery harmless.
+    """
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "queued", Job.cancel_requested.is_(False))
+        .values(
+            status="running",
+            attempts=Job.attempts + 1,
+            worker_name=worker_name,
+            device_id=device_id,
+            started_at=now,
+            updated_at=now,
+            progress=0.0,
+            progress_message="started",
+            error=None,
+        )
+    )
+    if _rowcount(result) != 1:
+        session.rollback()
+        return None
+    session.commit()
+    job = session.get(Job, job_id, populate_existing=True)
+    assert job is not None  # it was just updated
+    return Claim(job_id=job.id, attempt=job.attempts, spec=dict(job.spec), time_limit_s=job.time_limit_s)
+
+
+def _running_attempt(job_id: str, attempt: int | None) -> Any:
+    condition = (Job.id == job_id) & (Job.status == "running")
+    if attempt is not None:
+        condition = condition & (Job.attempts == attempt)
+    return condition
+
+
+def update_progress(
+    session: Session, job_id: str, progress: float, message: str | None = None, *, attempt: int | None = None
+) -> bool:
+    """Record a running job's progress (clamped to 0..1); False if the job is no longer this attempt's."""
+    values: dict[str, Any] = {"progress": min(max(float(progress), 0.0), 1.0), "updated_at": utcnow()}
+    if message is not None:
+        values["progress_message"] = message[:MAX_PROGRESS_MESSAGE_CHARS]
+    result = session.execute(update(Job).where(_running_attempt(job_id, attempt)).values(**values))
+    session.commit()
+    return _rowcount(result) == 1
+
+
+def should_stop(session: Session, job_id: str, *, attempt: int | None = None) -> bool:
+    """True when the job was asked to stop: cancel requested, or no longer this attempt's to run."""
+    row = session.execute(
+        select(Job.status, Job.cancel_requested, Job.attempts).where(Job.id == job_id)
+    ).one_or_none()
+    session.rollback()  # end the read transaction, so the next check sees fresh data
+    if row is None:
+        return True
+    status, cancel_requested, attempts = row
+    return bool(cancel_requested) or status != "running" or (attempt is not None and attempts != attempt)
+
+
+def complete_job(
+    session: Session, job_id: str, document: dict[str, Any], *, attempt: int | None = None
+) -> Result | None:
+    """Write the result and its trials and mark the job `succeeded`, all in one transaction.
+
+    Idempotent: returns None and writes nothing if the job is not running under this attempt or already
+    has a result (the unique `results.job_id` constraint decides a race).
+    """
+    job = session.get(Job, job_id)
+    if job is None:
+        raise JobNotFound(f"no job with id {job_id!r}")
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(_running_attempt(job_id, attempt))
+        .values(
+            status="succeeded",
+            progress=1.0,
+            progress_message="done",
+            finished_at=now,
+            updated_at=now,
+            error=None,
+        )
+    )
+    if _rowcount(result) != 1:
+        session.rollback()
+        log.info("job %s was not running as attempt %s; result not written", job_id, attempt)
+        return None
+    record = build_result(job, document)
+    session.add(record)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        log.info("job %s already has a result; this one is dropped", job_id)
+        return None
+    return record
+
+
+def fail_job(session: Session, job_id: str, error: str, *, attempt: int | None = None) -> bool:
+    """Mark the job `failed` with a readable message; False if it was not running under this attempt.
+
+    With `attempt=None` a queued job can be failed too (a reconciler giving up, a spec refused late).
+    """
+    now = utcnow()
+    condition = (
+        _running_attempt(job_id, attempt)
+        if attempt is not None
+        else ((Job.id == job_id) & Job.status.in_(ACTIVE_STATUSES))
+    )
+    result = session.execute(
+        update(Job)
+        .where(condition)
+        .values(status="failed", error=error[:MAX_ERROR_CHARS], finished_at=now, updated_at=now)
+    )
+    session.commit()
+    return _rowcount(result) == 1
+
+
+def mark_cancelled(
+    session: Session, job_id: str, *, attempt: int | None = None, message: str = "cancelled"
+) -> bool:
+    """Mark a running job `cancelled` once its worker has stopped it; False if it was not this attempt's."""
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(_running_attempt(job_id, attempt))
+        .values(status="cancelled", progress_message=message, finished_at=now, updated_at=now)
+    )
+    session.commit()
+    return _rowcount(result) == 1
+
+
+def cancel_job(session: Session, job_id: str) -> Job:
+    """Cancel a job: a queued job becomes `cancelled` at once; a running one is asked to stop.
+
+    The running job's worker notices `cancel_requested` between steps and marks it `cancelled`.
+    A finished job is returned unchanged (check `job.status`). Raises `JobNotFound` for an unknown id.
+    """
+    now = utcnow()
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "queued")
+        .values(
+            status="cancelled",
+            cancel_requested=True,
+            progress_message="cancelled before it started",
+            finished_at=now,
+            updated_at=now,
+        )
+    )
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "running")
+        .values(cancel_requested=True, updated_at=now)
+    )
+    session.commit()
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None:
+        raise JobNotFound(f"no job with id {job_id!r}")
+    return job
+
+
+def is_final(status: str) -> bool:
+    """True for `succeeded`, `failed` and `cancelled`."""
+    return status in FINAL_STATUSES

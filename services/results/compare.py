@@ -1,0 +1,252 @@
+"""Device comparison on one spec: like is compared only with like, and every figure is aggregated in SQL.
+
+`compare(session, filters, baseline)`:
+1. The filters (kind, model, dataset, batch size, dtype, or a spec hash) may match results of several specs
+   (e.g. two step counts). Only one spec is compared: the one with the most results (ties: more devices,
+   then the newest). The response names it, lists every candidate with its count, and says so in `note`,
+   so a caller can ask again with `spec_hash=` for another one.
+2. For that spec, one row per device, from the raw trials pooled over every run of the device (GROUP BY and
+   window functions in the database, never a loop over rows in Python): median `samples_per_s` and its 95%
+   CI by the order-statistic method of `engine.stats` (the ranks come from the per-device trial count),
+   the number of runs and trials.
+3. The ratio of each median to the baseline's (`baseline=` a device id or name; default the slowest),
+   the efficiency against the device's measured GEMM peak of the same dtype (`flops_per_step / batch_size`
+   times the median samples/s, over the best `peak_flops_per_s` of the device's gemm results), and the
+   vendor's row in the seed's timeline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Float, and_, cast, func, or_, select
+from sqlalchemy.orm import Session
+
+from engine.stats import CI_METHOD, median_ci_ranks
+from services.devices.models import Device
+from services.jobs.models import Job
+from services.results.models import Result, Trial
+from services.timeline.models import VendorEntry
+
+# Vendor names as devices report them -> the seed's vendor key.
+VENDOR_ALIASES = {"genuineintel": "Intel", "authenticamd": "AMD", "nvidia corporation": "NVIDIA"}
+
+
+class NoResults(LookupError):
+    """No result matches the filters; the message says which filters."""
+
+
+class UnknownBaseline(LookupError):
+    """The baseline names no device of the comparison; the message lists the accepted ones."""
+
+
+@dataclass(frozen=True)
+class CompareFilters:
+    """What to compare; every field optional, `spec_hash` pins the spec exactly."""
+
+    kind: str | None = None
+    model: str | None = None
+    dataset: str | None = None
+    batch_size: int | None = None
+    dtype: str | None = None
+    spec_hash: str | None = None
+
+    def conditions(self) -> list[Any]:
+        """SQL conditions on `results` for the filters that are set."""
+        columns = {
+            Result.kind: self.kind,
+            Result.model_name: self.model,
+            Result.dataset: self.dataset,
+            Result.batch_size: self.batch_size,
+            Result.dtype: self.dtype,
+            Result.spec_hash: self.spec_hash,
+        }
+        return [column == value for column, value in columns.items() if value is not None]
+
+    def describe(self) -> str:
+        """The filters in words, for messages."""
+        given = {k: v for k, v in self.__dict__.items() if v is not None}
+        return ", ".join(f"{k}={v}" for k, v in given.items()) or "no filters"
+
+
+def spec_candidates(session: Session, filters: CompareFilters) -> list[dict[str, Any]]:
+    """The specs matching the filters that have throughput results: hash, results, devices, newest; best first."""
+    query = (
+        select(
+            Result.spec_hash,
+            func.max(Result.kind),
+            func.max(Result.model_name),
+            func.max(Result.dataset),
+            func.max(Result.batch_size),
+            func.max(Result.dtype),
+            func.count(Result.id).label("results"),
+            func.count(func.distinct(Result.device_id)).label("devices"),
+            func.max(Result.created_at).label("newest"),
+        )
+        .where(Result.samples_per_s.is_not(None), *filters.conditions())
+        .group_by(Result.spec_hash)
+        .order_by(
+            func.count(Result.id).desc(),
+            func.count(func.distinct(Result.device_id)).desc(),
+            func.max(Result.created_at).desc(),
+        )
+    )
+    keys = ("spec_hash", "kind", "model", "dataset", "batch_size", "dtype", "results", "devices", "newest")
+    return [dict(zip(keys, row, strict=True)) for row in session.execute(query)]
+
+
+def _pooled_trials(session: Session, spec_hash: str) -> dict[str, dict[str, Any]]:
+    """Per device: runs, trials, median and 95% CI of the pooled trials, computed by the database."""
+    counts = session.execute(
+        select(Result.device_id, func.count(func.distinct(Result.id)), func.count(Trial.id))
+        .join(Trial, Trial.result_id == Result.id)
+        .where(Result.spec_hash == spec_hash, Result.device_id.is_not(None), Trial.samples_per_s.is_not(None))
+        .group_by(Result.device_id)
+    ).all()
+    stats: dict[str, dict[str, Any]] = {}
+    for device_id, runs, n in counts:
+        lower, upper, coverage = median_ci_ranks(int(n))
+        ranks = {"low": lower, "high": upper, "mid_a": (n + 1) // 2, "mid_b": (n + 2) // 2}
+        stats[device_id] = {"runs": int(runs), "trials": int(n), "ranks": ranks, "ci95_coverage": coverage}
+    if not stats:
+        return stats
+    ranked = (
+        select(
+            Result.device_id.label("device_id"),
+            Trial.samples_per_s.label("value"),
+            func.row_number()
+            .over(partition_by=Result.device_id, order_by=(Trial.samples_per_s, Trial.id))
+            .label("rn"),
+        )
+        .join(Trial, Trial.result_id == Result.id)
+        .where(Result.spec_hash == spec_hash, Result.device_id.is_not(None), Trial.samples_per_s.is_not(None))
+        .subquery("ranked")
+    )
+    conditions = [
+        and_(ranked.c.device_id == device_id, ranked.c.rn.in_(sorted(set(item["ranks"].values()))))
+        for device_id, item in stats.items()
+    ]
+    picked = session.execute(select(ranked.c.device_id, ranked.c.rn, ranked.c.value).where(or_(*conditions)))
+    values: dict[tuple[str, int], float] = {(d, int(rn)): float(v) for d, rn, v in picked}
+    for device_id, item in stats.items():
+        ranks = item.pop("ranks")
+        item["median"] = (values[(device_id, ranks["mid_a"])] + values[(device_id, ranks["mid_b"])]) / 2
+        item["ci95"] = [values[(device_id, ranks["low"])], values[(device_id, ranks["high"])]]
+    return stats
+
+
+def _gemm_peaks(session: Session, device_ids: list[str], dtype: str | None) -> dict[str, float]:
+    """Each device's best measured GEMM rate (FLOP/s) for this dtype, from its gemm results."""
+    peak = cast(Result.metrics["peak_flops_per_s"].as_string(), Float)
+    query = select(Result.device_id, func.max(peak)).where(
+        Result.kind == "gemm", Result.device_id.in_(device_ids)
+    )
+    if dtype is not None:
+        query = query.where(Result.dtype == dtype)
+    return {d: float(v) for d, v in session.execute(query.group_by(Result.device_id)) if v is not None}
+
+
+def _flops_per_sample(session: Session, spec_hash: str) -> float | None:
+    """FLOPs of one training sample (forward and backward) for this spec, as the engine counted them."""
+    flops = cast(Result.metrics["flops_per_step"].as_string(), Float)
+    row = session.execute(
+        select(func.max(flops), func.max(Result.batch_size)).where(Result.spec_hash == spec_hash)
+    ).one()
+    if row[0] is None or not row[1]:
+        return None
+    return float(row[0]) / float(row[1])
+
+
+def vendor_key(vendor: str | None) -> str:
+    """The seed's vendor name for a device's vendor string (`GenuineIntel` -> `Intel`)."""
+    text = (vendor or "").strip()
+    return VENDOR_ALIASES.get(text.lower(), text)
+
+
+def compare(session: Session, filters: CompareFilters, baseline: str | None = None) -> dict[str, Any]:
+    """The comparison document of one spec (see the module docstring); NoResults / UnknownBaseline on bad input."""
+    candidates = spec_candidates(session, filters)
+    if not candidates:
+        raise NoResults(f"no throughput results match {filters.describe()}")
+    chosen = candidates[0]
+    spec_hash = chosen["spec_hash"]
+    note = None
+    if len(candidates) > 1:
+        note = (
+            f"{len(candidates)} specs match {filters.describe()}; compared {spec_hash} (most results: "
+            f"{chosen['results']}); pass spec_hash= to compare another"
+        )
+    stats = _pooled_trials(session, spec_hash)
+    devices = {d.id: d for d in session.scalars(select(Device).where(Device.id.in_(list(stats))))}
+    timeline = {v.vendor.lower(): v for v in session.scalars(select(VendorEntry))}
+    peaks = _gemm_peaks(session, list(stats), chosen["dtype"])
+    flops_per_sample = _flops_per_sample(session, spec_hash)
+    spec = session.scalar(
+        select(Job.spec).join(Result, Result.job_id == Job.id).where(Result.spec_hash == spec_hash)
+    )
+
+    if baseline is None:
+        baseline_id = min(stats, key=lambda d: stats[d]["median"]) if stats else None
+    else:
+        matches = [d for d, dev in devices.items() if baseline in (d, dev.name)]
+        if not matches:
+            accepted = ", ".join(f"{d} ({dev.name})" for d, dev in devices.items())
+            raise UnknownBaseline(
+                f"baseline {baseline!r} is not a device of this comparison; accepted: {accepted}"
+            )
+        baseline_id = matches[0]
+    base = stats[baseline_id]["median"] if baseline_id else None
+
+    rows = []
+    for device_id, item in sorted(stats.items(), key=lambda kv: -kv[1]["median"]):
+        device = devices.get(device_id)
+        vendor = vendor_key(device.vendor if device else None)
+        entry = timeline.get(vendor.lower())
+        peak = peaks.get(device_id)
+        achieved = item["median"] * flops_per_sample if flops_per_sample else None
+        rows.append(
+            {
+                "device_id": device_id,
+                "device_name": device.name if device else None,
+                "device_class": device.device_class if device else None,
+                "vendor": vendor or None,
+                "samples_per_s": {
+                    "median": item["median"],
+                    "ci95": item["ci95"],
+                    "ci95_coverage": item["ci95_coverage"],
+                },
+                "runs": item["runs"],
+                "trials": item["trials"],
+                "ratio": item["median"] / base if base else None,
+                "achieved_flops_per_s": achieved,
+                "gemm_peak_flops_per_s": peak,
+                "efficiency": achieved / peak if achieved and peak else None,
+                "timeline": None
+                if entry is None
+                else {
+                    "vendor": entry.vendor,
+                    "platform": entry.platform,
+                    "entered_from": entry.entered_from,
+                    "entered_to": entry.entered_to,
+                    "years": str(entry.entered_from)
+                    if entry.entered_from == entry.entered_to
+                    else f"{entry.entered_from}–{entry.entered_to}",
+                    "entered": entry.entered,
+                    "note": entry.note,
+                    "source": entry.source,
+                },
+            }
+        )
+    return {
+        "spec_hash": spec_hash,
+        "spec": spec,
+        "metric": "samples_per_s",
+        "ci_method": CI_METHOD + ", over the trials of every run of the device",
+        "filters": {k: v for k, v in filters.__dict__.items() if v is not None},
+        "candidates": [{**c, "newest": c["newest"].isoformat() if c["newest"] else None} for c in candidates],
+        "note": note,
+        "baseline_device_id": baseline_id,
+        "baseline_name": devices[baseline_id].name if baseline_id in devices else baseline_id,
+        "rows": rows,
+    }

@@ -1,0 +1,76 @@
+"""Results of succeeded jobs (at most one per job) and their raw timing trials.
+
+The full engine document is kept (`metrics`, `statistics`); the fields the comparison filters and sorts
+on are copied into columns (spec hash, kind, model, dataset, batch size, dtype, device, the median
+`samples_per_s` and its confidence interval), so comparing devices is one indexed query.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Float, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from services.core.db import Base, utcnow
+from services.jobs import models as _jobs  # noqa: F401  (the tables the foreign keys point to)
+
+
+class Result(Base):
+    """The outcome of one succeeded job; `job_id` is unique, so a job has at most one result."""
+
+    __tablename__ = "results"
+    __table_args__ = (
+        UniqueConstraint("job_id", name="uq_results_job_id"),
+        Index("ix_results_compare", "spec_hash", "device_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(36), ForeignKey("jobs.id", ondelete="CASCADE"))
+    device_id: Mapped[str | None] = mapped_column(String(16), ForeignKey("devices.id"), index=True)
+    spec_hash: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(32), index=True)
+    model_name: Mapped[str | None] = mapped_column(String(64))
+    dataset: Mapped[str | None] = mapped_column(String(32))
+    batch_size: Mapped[int | None] = mapped_column(Integer)
+    dtype: Mapped[str | None] = mapped_column(String(16))
+    samples_per_s: Mapped[float | None] = mapped_column(Float, doc="median over the trials")
+    samples_per_s_ci_low: Mapped[float | None] = mapped_column(Float, doc="95% CI of the median, low end")
+    samples_per_s_ci_high: Mapped[float | None] = mapped_column(Float, doc="95% CI of the median, high end")
+    trial_count: Mapped[int] = mapped_column(Integer, default=0)
+    engine_time_s: Mapped[float | None] = mapped_column(Float)
+    metrics: Mapped[dict[str, Any]] = mapped_column(doc="the engine's `metrics` document")
+    statistics: Mapped[dict[str, Any]] = mapped_column(doc="the engine's `statistics` document")
+    fingerprint: Mapped[dict[str, Any]] = mapped_column(doc="the engine's fingerprint of the run")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+    trials: Mapped[list[Trial]] = relationship(
+        back_populates="result", cascade="all, delete-orphan", order_by="Trial.index"
+    )
+
+    def __repr__(self) -> str:
+        return f"Result(job_id={self.job_id!r}, kind={self.kind!r}, samples_per_s={self.samples_per_s!r})"
+
+
+class Trial(Base):
+    """One raw timing sample of a result, in the engine's order within its series.
+
+    A train job has one series, `samples_per_s` (one value per timed window; copied into the
+    `samples_per_s` column that comparisons pool). Other kinds report several series, named as the engine
+    names them: gemm `"1024"` (FLOP/s per trial at that size), backprop_vs_numerical `"width_8/backprop_s"`.
+    """
+
+    __tablename__ = "trials"
+    __table_args__ = (
+        UniqueConstraint("result_id", "series", "index", name="uq_trials_result_id_series_index"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    result_id: Mapped[int] = mapped_column(Integer, ForeignKey("results.id", ondelete="CASCADE"), index=True)
+    series: Mapped[str] = mapped_column(String(64), doc="samples_per_s, or the engine's key of the series")
+    index: Mapped[int] = mapped_column(Integer, doc="position in the series, from 0")
+    value: Mapped[float | None] = mapped_column(Float)
+    samples_per_s: Mapped[float | None] = mapped_column(Float, doc="the value, for the samples_per_s series")
+
+    result: Mapped[Result] = relationship(back_populates="trials")

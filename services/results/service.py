@@ -1,0 +1,133 @@
+"""Results: built from the engine's result document, and the queries the API and the comparison use."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from services.results.models import Result, Trial
+
+if TYPE_CHECKING:
+    from services.jobs.models import Job
+
+
+def _number(value: Any) -> float | None:
+    """A finite float, or None (JSON has no NaN; the engine may report None for undefined values)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def headline(document: dict[str, Any]) -> tuple[float | None, float | None, float | None]:
+    """The median `samples_per_s` and its 95% CI (low, high) from an engine result document.
+
+    The engine puts the robust summary of the trials under `statistics.samples_per_s` (`median`, `ci95`);
+    a plain `metrics.samples_per_s` number is used when there is no summary (e.g. a single timed run).
+    """
+    statistics = document.get("statistics") or {}
+    summary = statistics.get("samples_per_s") if isinstance(statistics, dict) else None
+    if isinstance(summary, dict):
+        ci = summary.get("ci95") or [None, None]
+        return _number(summary.get("median")), _number(ci[0]), _number(ci[1])
+    metrics = document.get("metrics") or {}
+    return _number(metrics.get("samples_per_s")), None, None
+
+
+THROUGHPUT_SERIES = "samples_per_s"
+
+
+def trial_rows(document: dict[str, Any]) -> list[Trial]:
+    """Trial rows from the engine's `trials`: a list (train: samples/s per window) or a dict of lists."""
+    trials = document.get("trials") or []
+    series: dict[str, list[Any]] = (
+        {str(name): list(values or []) for name, values in trials.items()}
+        if isinstance(trials, dict)
+        else {THROUGHPUT_SERIES: list(trials)}
+    )
+    rows = []
+    for name, values in series.items():
+        for index, raw in enumerate(values):
+            value = _number(raw)
+            rows.append(
+                Trial(
+                    series=name[:64],
+                    index=index,
+                    value=value,
+                    samples_per_s=value if name == THROUGHPUT_SERIES else None,
+                )
+            )
+    return rows
+
+
+def build_result(job: Job, document: dict[str, Any]) -> Result:
+    """A Result (with its Trial rows) for `job` from the engine's document; not added to a session."""
+    spec = job.spec or {}
+    model = spec.get("model") or {}
+    median, ci_low, ci_high = headline(document)
+    trials = trial_rows(document)
+    return Result(
+        job_id=job.id,
+        device_id=job.device_id,
+        spec_hash=job.spec_hash,
+        kind=job.kind,
+        model_name=model.get("name") if job.kind != "gemm" else None,
+        dataset=spec.get("dataset") if job.kind != "gemm" else None,
+        batch_size=spec.get("batch_size") if job.kind != "gemm" else None,
+        dtype=spec.get("dtype"),
+        samples_per_s=median,
+        samples_per_s_ci_low=ci_low,
+        samples_per_s_ci_high=ci_high,
+        trial_count=len(trials),  # every series
+        engine_time_s=_number(document.get("engine_time_s")),
+        metrics=document.get("metrics") or {},
+        statistics=document.get("statistics") or {},
+        fingerprint=document.get("fingerprint") or {},
+        trials=trials,
+    )
+
+
+def get_result_for_job(session: Session, job_id: str, *, with_trials: bool = False) -> Result | None:
+    """The result of a job, or None if it has none (yet)."""
+    query = select(Result).where(Result.job_id == job_id)
+    if with_trials:
+        query = query.options(selectinload(Result.trials))
+    return session.scalars(query).one_or_none()
+
+
+def list_results(
+    session: Session,
+    *,
+    kind: str | None = None,
+    model_name: str | None = None,
+    dataset: str | None = None,
+    batch_size: int | None = None,
+    dtype: str | None = None,
+    spec_hash: str | None = None,
+    device_ids: Sequence[str] | None = None,
+    limit: int | None = 100,
+    offset: int = 0,
+) -> list[Result]:
+    """Results, newest first, filtered on the denormalised comparison columns."""
+    query = select(Result)
+    filters = {
+        Result.kind: kind,
+        Result.model_name: model_name,
+        Result.dataset: dataset,
+        Result.batch_size: batch_size,
+        Result.dtype: dtype,
+        Result.spec_hash: spec_hash,
+    }
+    for column, value in filters.items():
+        if value is not None:
+            query = query.where(column == value)
+    if device_ids is not None:
+        query = query.where(Result.device_id.in_(list(device_ids)))
+    query = query.order_by(Result.created_at.desc(), Result.id.desc()).offset(offset)
+    if limit is not None:
+        query = query.limit(limit)
+    return list(session.scalars(query))

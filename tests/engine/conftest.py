@@ -1,0 +1,36 @@
+"""Shared fixtures of the engine tests: seeded data and a GPU device that skips where there is none."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from engine.backend import Device, DeviceError, resolve_device
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(12345)
+
+
+@pytest.fixture
+def gpu() -> Device:
+    """gpu:0, or a skip when CuPy or a CUDA GPU is missing (these tests run under `pytest -m gpu`)."""
+    try:
+        return resolve_device("gpu")
+    except DeviceError as exc:
+        pytest.skip(f"no GPU: {exc}")
+
+
+def randomize_params(network: Any, rng: np.random.Generator) -> None:
+    """Nonzero biases and non-unit BatchNorm scales, so no unit sits exactly on a ReLU kink."""
+    for name, value in network.params.items():
+        shape = value.shape
+        if name.startswith("b") and not name.startswith("beta"):
+            network.load_params({name: rng.normal(0.0, 0.1, shape)})
+        elif name.startswith("gamma"):
+            network.load_params({name: 1.0 + rng.normal(0.0, 0.2, shape)})
+        elif name.startswith("beta"):
+            network.load_params({name: rng.normal(0.0, 0.2, shape)})

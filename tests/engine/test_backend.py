@@ -1,0 +1,135 @@
+"""The array backend: device strings, clocks, fingerprints and seeds."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.backend import (
+    CPU,
+    Device,
+    DeviceError,
+    Stopwatch,
+    as_numpy,
+    fingerprint,
+    get_array_module,
+    resolve_device,
+    resolve_dtype,
+    seed_everything,
+    synchronize,
+)
+from engine.networks import mlp
+from engine.optimizers import SGD
+
+HAS_CUPY = importlib.util.find_spec("cupy") is not None
+
+
+def test_cpu_device() -> None:
+    device = resolve_device("cpu")
+    assert device == CPU == Device("cpu", None)
+    assert (device.kind, device.name, device.xp) == ("cpu", "cpu", np)
+
+
+@pytest.mark.parametrize("spec", ["tpu", "gpu:", "cpu:0", "gpu:-1", ""])
+def test_unknown_device_strings_are_refused_with_the_accepted_ones(spec: str) -> None:
+    with pytest.raises(DeviceError, match=r"accepted: cpu, gpu, gpu:N|the CPU takes no index"):
+        resolve_device(spec)
+
+
+@pytest.mark.skipif(HAS_CUPY, reason="CuPy is installed here")
+def test_gpu_without_cupy_says_what_was_asked_and_what_is_available() -> None:
+    with pytest.raises(
+        DeviceError, match=r"device 'gpu:1' was asked for, but CuPy is not installed.*available: cpu"
+    ):
+        resolve_device("gpu:1")
+
+
+def test_dtype_is_float32_by_default_and_float64_on_request() -> None:
+    assert resolve_dtype(None) == np.float32
+    assert resolve_dtype("float64") == np.float64
+    with pytest.raises(ValueError, match="dtype must be one of float32, float64, got 'int8'"):
+        resolve_dtype("int8")
+
+
+def test_array_helpers_on_the_cpu() -> None:
+    x = np.arange(3.0)
+    assert get_array_module(x) is np
+    assert as_numpy(x) is x
+    np.testing.assert_array_equal(as_numpy([1, 2]), [1, 2])
+
+
+def test_stopwatch_measures_elapsed_seconds() -> None:
+    synchronize(CPU)
+    with Stopwatch(CPU) as sw:
+        sum(range(20000))
+    assert 0.0 < sw.seconds < 60.0
+
+
+def test_fingerprint_is_json_and_names_the_blas() -> None:
+    doc = json.loads(json.dumps(fingerprint(CPU)))
+    assert doc["device"] == "cpu"
+    assert doc["numpy_version"] == np.__version__
+    assert doc["logical_cores"] >= 1 and doc["cpu_model"]
+    assert doc["python_version"].count(".") == 2 and doc["hostname"]
+    blas = [pool for pool in doc["blas"] if pool["user_api"] == "blas"]
+    assert blas and blas[0]["num_threads"] >= 1 and blas[0]["internal_api"]
+    assert "gpu" not in doc
+
+
+def test_seed_everything_gives_reproducible_generators() -> None:
+    a = seed_everything(42).standard_normal(5)
+    b = seed_everything(42).standard_normal(5)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, seed_everything(43).standard_normal(5))
+
+
+def test_seeded_training_runs_are_identical() -> None:
+    def run() -> tuple[dict[str, np.ndarray], list[float]]:
+        net = mlp([6, 8, 3], dropout=0.2, batchnorm=True, seed=11)
+        data = np.random.default_rng(0)
+        x, t = data.standard_normal((16, 6)), data.integers(0, 3, 16)
+        opt, losses = SGD(0.1), []
+        for _ in range(5):
+            net.train_step(x, t, opt)
+            losses.append(net.last_loss)
+        return {k: v.copy() for k, v in net.params.items()}, losses
+
+    (params_a, losses_a), (params_b, losses_b) = run(), run()
+    assert losses_a == losses_b
+    assert losses_a[-1] < losses_a[0]
+    for key, value in params_a.items():
+        np.testing.assert_array_equal(value, params_b[key])
+
+
+def test_the_cpu_path_never_imports_cupy() -> None:
+    code = (
+        "import sys, numpy as np\n"
+        "from engine.backend import resolve_device, fingerprint\n"
+        "from engine.networks import build_network\n"
+        "from engine.optimizers import make_optimizer\n"
+        "net = build_network({'name': 'mlp', 'layers': [4, 5, 3], 'dropout': 0.1}, (4,), 3, 'float32',"
+        " resolve_device('cpu'), 0)\n"
+        "net.train_step(np.ones((2, 4)), np.array([0, 1]), make_optimizer({'name': 'adam'}))\n"
+        "fingerprint(resolve_device('cpu'))\n"
+        "assert 'cupy' not in sys.modules, 'cupy was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
+
+
+@pytest.mark.gpu
+def test_gpu_device_fingerprint_and_clock(gpu: Device) -> None:
+    doc = json.loads(json.dumps(fingerprint(gpu)))
+    assert doc["gpu"]["name"] and doc["gpu"]["total_memory_bytes"] > 0
+    assert doc["gpu"]["compute_capability"].count(".") == 1
+    x = gpu.xp.ones((256, 256), dtype=np.float32)
+    with Stopwatch(gpu) as sw:
+        x @ x
+    assert sw.seconds > 0.0
+    assert get_array_module(x) is gpu.xp
+    np.testing.assert_array_equal(as_numpy(x)[0, :2], [1.0, 1.0])

@@ -1,0 +1,159 @@
+"""Job kinds: result documents, reproducibility, cancellation, divergence, and the measured figures."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from engine.jobs import JobCancelled, JobDiverged, JobError, run_job
+
+FAST_TIMING = {"warmup": 1, "window": 5, "min_repeats": 3, "max_repeats": 5, "target_cv": 0.5}
+
+
+def _train(**fields: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {"kind": "train", "steps": 60, "batch_size": 50, "timing": FAST_TIMING, **fields}
+    return run_job(spec)
+
+
+@pytest.fixture(scope="module")
+def train_result() -> dict[str, Any]:
+    return _train(target_accuracy=0.5, loss_samples=10, steps=150)
+
+
+def test_train_result_has_the_documented_keys(train_result: dict[str, Any]) -> None:
+    for key in ("kind", "spec", "metrics", "statistics", "trials", "timing", "fingerprint", "engine_time_s"):
+        assert key in train_result
+    assert train_result["kind"] == "train"
+    assert set(train_result["metrics"]["samples_per_s"]) == {"median", "iqr", "ci95", "mean", "cv", "n"}
+    json.dumps(train_result, allow_nan=False)  # plain, strict JSON
+
+
+def test_train_runs_exactly_the_asked_steps(train_result: dict[str, Any]) -> None:
+    curve = train_result["metrics"]["loss_curve"]
+    assert curve[0][0] == 1 and curve[-1][0] == 150
+    assert 10 <= len(curve) <= 12  # about loss_samples points
+
+
+def test_train_trials_are_the_window_throughputs(train_result: dict[str, Any]) -> None:
+    timing, metrics = train_result["timing"], train_result["metrics"]
+    assert len(train_result["trials"]) == timing["windows"] == metrics["samples_per_s"]["n"]
+    assert 3 <= timing["windows"] <= 5 and timing["window_steps"] == 5
+    lo, hi = metrics["samples_per_s"]["ci95"]
+    assert lo <= metrics["samples_per_s"]["median"] <= hi
+    assert metrics["flops_per_s"] == pytest.approx(
+        metrics["flops_per_step"] * metrics["samples_per_s"]["median"] / 50
+    )
+
+
+def test_train_counts_the_textbook_nets_matmul_flops(train_result: dict[str, Any]) -> None:
+    # forward 2*50*784*50 + 2*50*50*10, weight grads the same, input grad of layer 2 only: 2*50*10*50
+    assert (
+        train_result["metrics"]["flops_per_step"]
+        == 2 * (2 * 50 * 784 * 50 + 2 * 50 * 50 * 10) + 2 * 50 * 10 * 50
+    )
+
+
+def test_train_learns_and_reports_time_to_target(train_result: dict[str, Any]) -> None:
+    metrics = train_result["metrics"]
+    assert metrics["loss_curve"][-1][1] < metrics["loss_curve"][0][1]
+    assert metrics["test_accuracy"] > 0.5 and metrics["steps_to_target"] is not None
+    assert 0 < metrics["time_to_target_s"] <= metrics["train_time_s"]
+    assert metrics["peak_memory_source"] == "host_rss" and metrics["peak_memory_bytes"] > 10_000_000
+
+
+def test_a_short_job_still_reports_one_timed_window() -> None:
+    result = _train(steps=3, timing={**FAST_TIMING, "warmup": 5, "window": 10})
+    assert result["timing"]["windows"] == 1 and result["metrics"]["loss_curve"][-1][0] == 3
+
+
+def test_seeded_training_is_reproducible() -> None:
+    a, b = _train(seed=7, steps=20), _train(seed=7, steps=20)
+    c = _train(seed=8, steps=20)
+    assert a["metrics"]["loss_curve"] == b["metrics"]["loss_curve"]
+    assert a["metrics"]["loss_curve"] != c["metrics"]["loss_curve"]
+
+
+def test_mlp_on_digits_reaches_095_test_accuracy() -> None:
+    result = _train(
+        model={"name": "mlp", "layers": [64, 50, 10]}, dataset="digits", steps=1000, batch_size=100, seed=0
+    )
+    assert result["metrics"]["test_accuracy"] >= 0.95
+
+
+def test_nan_loss_raises_diverged_with_the_step() -> None:
+    with pytest.raises(JobDiverged, match=r"^diverged at step 2$"):
+        _train(optimizer={"name": "sgd", "lr": 1e30}, steps=20)
+
+
+def test_should_stop_cancels_between_steps() -> None:
+    with pytest.raises(JobCancelled, match="at step 1"):
+        run_job({"kind": "train", "steps": 50}, should_stop=lambda: True)
+
+
+def test_progress_is_reported_at_a_modest_rate_and_ends_at_one() -> None:
+    calls: list[tuple[float, str]] = []
+    _train(steps=200, batch_size=10)
+    run_job({"kind": "train", "steps": 200, "batch_size": 10}, progress=lambda f, m: calls.append((f, m)))
+    fractions = [f for f, _ in calls]
+    assert fractions[0] == 0.0 and fractions[-1] == 1.0 and fractions == sorted(fractions)
+    assert len(calls) < 20  # not once per step
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"kind": "sing"}, "unknown job kind 'sing'"),
+        ({"kind": "train", "dataset": "mnist", "dataset_path": "/nonexistent"}, "is not a directory"),
+        ({"kind": "train", "stepz": 3}, "unknown spec field"),
+        ({"kind": "train", "model": {"name": "mlp", "layers": [100, 10]}}, "784 input features"),
+    ],
+)
+def test_bad_specs_raise_job_error(spec: dict[str, Any], message: str) -> None:
+    with pytest.raises(JobError, match=message):
+        run_job(spec)
+
+
+def test_gradcheck_result_lists_every_parameter_under_threshold() -> None:
+    result = run_job(
+        {"kind": "gradcheck", "dtype": "float64", "model": {"name": "two_layer_net", "layers": [30, 10, 4]}}
+    )
+    metrics = result["metrics"]
+    assert set(metrics["parameters"]) == {"W1", "b1", "W2", "b2"}
+    for errors in metrics["parameters"].values():
+        assert errors["max_rel"] <= 1e-7 and errors["max_abs"] < 1e-8
+    assert metrics["max_relative_error"] == max(p["max_rel"] for p in metrics["parameters"].values())
+    assert metrics["passed"] is True and metrics["threshold"] == 1e-7
+
+
+def test_gradcheck_of_simple_convnet_uses_a_small_image() -> None:
+    model = {"name": "simple_convnet", "layers": [784, 100, 10]}
+    result = run_job({"kind": "gradcheck", "dtype": "float64", "model": model})
+    assert result["metrics"]["input_shape"] == [1, 8, 8]
+    assert result["metrics"]["max_relative_error"] <= 1e-7
+
+
+def test_gradcheck_shrinks_a_large_model() -> None:
+    model = {"name": "mlp", "layers": [784, 300, 100, 10], "activation": "tanh"}
+    result = run_job({"kind": "gradcheck", "dtype": "float64", "model": model})
+    assert result["metrics"]["n_parameters"] == 64 * 16 + 16 + 16 * 16 + 16 + 16 * 10 + 10
+
+
+def test_backprop_vs_numerical_ratio_grows_with_the_parameter_count() -> None:
+    result = run_job({"kind": "backprop_vs_numerical", "bvn_widths": [2, 8, 32], "timing": FAST_TIMING})
+    rows = result["metrics"]["sizes"]
+    assert [row["parameters"] for row in rows] == [46, 172, 676]
+    # Numerical differentiation costs two forward passes per parameter; backprop one forward + one backward.
+    assert [row["numerical_forward_evaluations"] for row in rows] == [92, 344, 1352]
+    assert all(row["backprop_forward_evaluations"] == 1 for row in rows)
+    assert rows[-1]["time_ratio"] > 4 * rows[0]["time_ratio"]  # 14.7x more parameters
+    assert all(row["relative_difference"] < 0.05 for row in rows)  # the same gradient, to float32 precision
+
+
+def test_gemm_reports_the_rate_per_size_and_the_peak() -> None:
+    result = run_job({"kind": "gemm", "gemm_sizes": [32, 64], "timing": FAST_TIMING})
+    metrics = result["metrics"]
+    assert [row["n"] for row in metrics["sizes"]] == [32, 64]
+    assert metrics["peak_flops_per_s"] == max(row["flops_per_s"]["median"] for row in metrics["sizes"])
+    assert set(result["trials"]) == {"32", "64"} and all(rate > 0 for rate in result["trials"]["64"])

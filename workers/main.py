@@ -1,0 +1,246 @@
+"""`bpbench worker --device cpu|gpu|gpu:N`: one Celery worker serving one device.
+
+Start-up order matters on a GPU host: `gpu:N` sets `CUDA_VISIBLE_DEVICES=N` before anything imports CuPy,
+so the worker sees its GPU as device 0; GPU workers use the solo pool (one job at a time, in this process),
+so CUDA is never initialised in a process that later forks. CPU workers use the prefork pool (default one
+process: concurrent jobs on one CPU would distort each other's timings).
+
+The worker then registers its device (the engine's fingerprint -> a `devices` row, id = short hash of the
+stable fields), consumes its class queue (`cpu` or `gpu`) and its device queue (`device.<id>`), and, once
+Celery is consuming, registers itself in `workers` and writes a heartbeat every `heartbeat_interval_s`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from services.core.config import Settings, get_settings, redact_url
+
+log = logging.getLogger("bpbench.worker")
+
+_DEVICE = re.compile(r"^(cpu|gpu)(?::(\d{1,2}))?$")
+
+
+class WorkerConfigError(ValueError):
+    """The worker's options cannot be used; the message says which value and what is accepted."""
+
+
+@dataclass(frozen=True)
+class WorkerDevice:
+    """What `--device` asked for: the class and the physical GPU index (if pinned)."""
+
+    requested: str
+    device_class: str
+    gpu_index: int | None
+
+    @property
+    def engine_device(self) -> str:
+        """The device the engine uses in this process: a pinned GPU is device 0 of CUDA_VISIBLE_DEVICES."""
+        return "cpu" if self.device_class == "cpu" else "gpu:0"
+
+    @property
+    def tag(self) -> str:
+        """A short label for worker names: cpu, gpu, gpu3."""
+        return self.device_class if self.gpu_index is None else f"gpu{self.gpu_index}"
+
+
+def parse_device(value: str) -> WorkerDevice:
+    """`cpu`, `gpu` or `gpu:N` -> WorkerDevice; anything else is refused with the accepted spellings."""
+    match = _DEVICE.match(value.strip().lower())
+    if match is None or (match.group(1) == "cpu" and match.group(2) is not None):
+        raise WorkerConfigError(f"--device must be cpu, gpu or gpu:N (N = 0..99), got {value!r}")
+    index = int(match.group(2)) if match.group(2) is not None else None
+    return WorkerDevice(requested=value.strip().lower(), device_class=match.group(1), gpu_index=index)
+
+
+def pin_gpu(device: WorkerDevice) -> None:
+    """For `gpu:N`, make GPU N the only visible one; must run before CuPy initialises CUDA."""
+    if device.gpu_index is None:
+        return
+    os.environ["CUDA_VISIBLE_DEVICES"] = str(device.gpu_index)
+
+
+def limit_threads(threads: int) -> None:
+    """Limit the BLAS/OpenMP thread pools (the thread count is part of the device fingerprint)."""
+    from threadpoolctl import threadpool_limits
+
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = str(threads)
+    # Kept for the life of the process (and inherited by forked pool processes).
+    threadpool_limits(limits=threads)
+
+
+class Heartbeat:
+    """A daemon thread that writes `workers.last_heartbeat` every `interval_s` until stopped."""
+
+    def __init__(self, name: str, settings: Settings) -> None:
+        self.name = name
+        self.settings = settings
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bpbench-heartbeat", daemon=True)
+
+    def start(self) -> None:
+        """Start beating."""
+        self._thread.start()
+
+    def _run(self) -> None:
+        from services.core.db import session_factory
+        from services.devices.service import heartbeat
+
+        factory = session_factory(self.settings)
+        while not self._stop.wait(self.settings.heartbeat_interval_s):
+            try:
+                with factory() as session:
+                    heartbeat(session, self.name)
+            except Exception as exc:  # the database may be restarting; keep trying
+                log.warning("heartbeat of %s not recorded: %s", self.name, exc)
+
+    def stop(self) -> None:
+        """Stop beating (waits for the thread, at most one interval)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.settings.heartbeat_interval_s + 5)
+
+
+def register_device(device: WorkerDevice, settings: Settings) -> tuple[str, dict[str, Any]]:
+    """Take the device's fingerprint and upsert its `devices` row; returns (device id, fingerprint)."""
+    import psutil
+
+    from engine.backend import fingerprint, resolve_device
+    from services.core.db import session_factory
+    from services.devices.service import register_device as upsert_device
+
+    engine_device = resolve_device(device.engine_device)  # DeviceError names the fix if the GPU is missing
+    doc = fingerprint(engine_device)
+    memory = None if device.device_class == "gpu" else int(psutil.virtual_memory().total)
+    with session_factory(settings)() as session:
+        row = upsert_device(session, doc, memory_bytes=memory)
+        return row.id, doc
+
+
+def run_worker(
+    device: str = "cpu",
+    *,
+    name: str | None = None,
+    concurrency: int | None = None,
+    threads: int | None = None,
+    loglevel: str = "INFO",
+    settings: Settings | None = None,
+) -> int:
+    """Register the device, then consume its queues until a shutdown signal; returns the exit code."""
+    wanted = parse_device(device)
+    pin_gpu(wanted)  # before anything below can import CuPy
+    if threads is not None:
+        if threads < 1:
+            raise WorkerConfigError(f"--threads must be at least 1, got {threads}")
+        limit_threads(threads)
+    if wanted.device_class == "gpu" and concurrency not in (None, 1):
+        raise WorkerConfigError(
+            f"a GPU worker runs one job at a time (solo pool); got --concurrency {concurrency}"
+        )
+    if concurrency is not None and concurrency < 1:
+        raise WorkerConfigError(f"--concurrency must be at least 1, got {concurrency}")
+    settings = settings or get_settings()
+
+    from celery import signals
+
+    from services.core import queue
+    from services.core.db import dispose_engines, session_factory
+    from services.devices import service as devices
+    from workers import tasks
+
+    queue.configure(settings)
+    device_id, _ = register_device(wanted, settings)
+    worker_name = name or f"{wanted.tag}@{socket.gethostname()}"
+    queues = [wanted.device_class, queue.device_queue(device_id)]
+    tasks.configure_worker(
+        tasks.WorkerContext(name=worker_name, device_id=device_id, engine_device=wanted.engine_device)
+    )
+    pool = "solo" if wanted.device_class == "gpu" else "prefork"
+    workers = concurrency or 1
+    heartbeat = Heartbeat(worker_name, settings)
+
+    def on_ready(**_: Any) -> None:
+        # Registered only once Celery consumes, so a live worker row means jobs are being taken.
+        with session_factory(settings)() as session:
+            devices.register_worker(
+                session,
+                name=worker_name,
+                device_id=device_id,
+                device=wanted.requested,
+                queues=queues,
+                hostname=socket.gethostname(),
+                pid=os.getpid(),
+                concurrency=workers,
+            )
+        heartbeat.start()
+        log.info("worker %s consuming %s (device %s)", worker_name, ", ".join(queues), device_id)
+
+    def on_shutdown(**_: Any) -> None:
+        heartbeat.stop()
+        try:
+            with session_factory(settings)() as session:
+                devices.mark_worker_stopped(session, worker_name)
+        except Exception as exc:
+            log.warning("could not record the shutdown of %s: %s", worker_name, exc)
+
+    signals.worker_ready.connect(on_ready, weak=False)
+    signals.worker_shutdown.connect(on_shutdown, weak=False)
+    # A forked pool process must not reuse the parent's database connections.
+    signals.worker_process_init.connect(lambda **_: dispose_engines(), weak=False)
+
+    log.info(
+        "starting worker %s: device %s (%s), pool %s x%d, broker %s",
+        worker_name,
+        wanted.requested,
+        device_id,
+        pool,
+        workers,
+        redact_url(settings.broker_url),
+    )
+    worker = queue.celery_app.Worker(
+        hostname=worker_name,
+        queues=queues,
+        pool_cls=pool,
+        concurrency=workers,
+        loglevel=loglevel.upper(),
+        without_gossip=True,
+        without_mingle=True,
+        optimization="fair",
+    )
+    worker.start()
+    return int(worker.exitcode or 0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m workers.main --device cpu` (the same as `bpbench worker`)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="bpbench-worker", description=__doc__.splitlines()[0] if __doc__ else None
+    )
+    parser.add_argument("--device", default="cpu", help="cpu, gpu or gpu:N")
+    parser.add_argument("--name", default=None, help="worker name (default <device>@<hostname>)")
+    parser.add_argument("--concurrency", type=int, default=None, help="jobs at once (CPU only; default 1)")
+    parser.add_argument("--threads", type=int, default=None, help="BLAS threads (default: the library's)")
+    parser.add_argument("--loglevel", default="INFO")
+    args = parser.parse_args(argv)
+    raise SystemExit(
+        run_worker(
+            args.device,
+            name=args.name,
+            concurrency=args.concurrency,
+            threads=args.threads,
+            loglevel=args.loglevel,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""The Celery task `bpbench.run_job(job_id)`: thin, as in Celery's `proj/tasks.py`.
+
+Load the job, claim it (`queued` -> `running`, one conditional UPDATE: a duplicate delivery does nothing),
+run `engine.jobs.run_job`, then record the outcome through `services.jobs.service`:
+- a result document -> result + trials + `succeeded`, one transaction, at most one result per job;
+- `JobCancelled` -> `cancelled` (or `failed` when it was the time limit that stopped it);
+- `JobDiverged` -> `failed` with `diverged at step N`; `JobError` -> `failed` with the engine's message;
+- anything else -> `failed` with the exception's type and message (the traceback goes to the log).
+Every write after the claim is fenced by the claim's attempt number.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Task
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.core.config import Settings, get_settings
+from services.core.db import session_factory
+from services.core.queue import RUN_JOB_TASK, celery_app
+from services.jobs import service as jobs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    """Who runs the jobs of this process: the worker's name, its device's id, and the engine device string."""
+
+    name: str
+    device_id: str
+    engine_device: str  # "cpu", or "gpu:0" inside a worker pinned with CUDA_VISIBLE_DEVICES
+
+
+_context: WorkerContext | None = None
+
+
+def configure_worker(context: WorkerContext) -> None:
+    """Set this process's worker context (before the pool forks, so the children inherit it)."""
+    global _context
+    _context = context
+
+
+def current_context() -> WorkerContext:
+    """The worker context; a task delivered to a process that never registered a device is an error."""
+    if _context is None:
+        raise RuntimeError("this process is not a registered bpbench worker (start it with `bpbench worker`)")
+    return _context
+
+
+class JobMonitor:
+    """The engine's `progress` and `should_stop` callbacks for one claimed job.
+
+    Progress is written at most every `progress_interval_s` (and always at 100%); the database is asked
+    about cancellation at most every `cancel_poll_interval_s`; the time limit is checked on every call.
+    """
+
+    def __init__(self, factory: sessionmaker[Session], claim: jobs.Claim, settings: Settings) -> None:
+        self._session = factory()
+        self._claim = claim
+        self._settings = settings
+        self._last_write = -float("inf")
+        self._last_poll = -float("inf")
+        self._deadline = time.monotonic() + claim.time_limit_s if claim.time_limit_s else None
+        self.stop_reason: str | None = None  # "cancelled", "superseded" or "time limit"
+
+    def progress(self, fraction: float, message: str) -> None:
+        """Record progress, rate-limited; a lost row (job taken away) is noticed by `should_stop`."""
+        now = time.monotonic()
+        if fraction < 1.0 and now - self._last_write < self._settings.progress_interval_s:
+            return
+        self._last_write = now
+        try:
+            jobs.update_progress(
+                self._session, self._claim.job_id, fraction, message, attempt=self._claim.attempt
+            )
+        except Exception as exc:  # progress is best effort; the job goes on
+            self._session.rollback()
+            log.warning("job %s: progress not recorded: %s", self._claim.job_id, exc)
+
+    def should_stop(self) -> bool:
+        """True when the job was cancelled, taken over by another attempt, or ran past its time limit."""
+        if self.stop_reason is not None:
+            return True
+        now = time.monotonic()
+        if self._deadline is not None and now >= self._deadline:
+            self.stop_reason = "time limit"
+            return True
+        if now - self._last_poll < self._settings.cancel_poll_interval_s:
+            return False
+        self._last_poll = now
+        try:
+            stop = jobs.should_stop(self._session, self._claim.job_id, attempt=self._claim.attempt)
+        except Exception as exc:  # a database hiccup is no reason to abandon a benchmark
+            self._session.rollback()
+            log.warning("job %s: cancellation check failed: %s", self._claim.job_id, exc)
+            return False
+        if stop:
+            self.stop_reason = "cancelled"
+        return stop
+
+    def close(self) -> None:
+        """Release the monitor's database session."""
+        self._session.close()
+
+
+def free_gpu_memory() -> None:
+    """Give the CuPy memory pools back to the driver (a no-op when CuPy was never imported)."""
+    cupy = sys.modules.get("cupy")
+    if cupy is None:
+        return
+    try:
+        cupy.get_default_memory_pool().free_all_blocks()
+        cupy.get_default_pinned_memory_pool().free_all_blocks()
+    except Exception as exc:  # never let cleanup turn a finished job into a failure
+        log.warning("could not free the CuPy memory pool: %s", exc)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def execute_job(job_id: str, context: WorkerContext, settings: Settings | None = None) -> str:
+    """Run one job end to end in this process; returns its final status, or "skipped" if not claimed."""
+    from engine.jobs import JobCancelled, JobDiverged, JobError, run_job
+
+    settings = settings or get_settings()
+    factory = session_factory(settings)
+    with factory() as session:
+        claim = jobs.claim_job(session, job_id, worker_name=context.name, device_id=context.device_id)
+    if claim is None:
+        log.info("job %s: not queued (duplicate delivery, cancelled or unknown); skipped", job_id)
+        return "skipped"
+    log.info("job %s: attempt %d started on %s", job_id, claim.attempt, context.name)
+    spec: dict[str, Any] = {**claim.spec, "device": context.engine_device}
+    monitor = JobMonitor(factory, claim, settings)
+    try:
+        document = run_job(spec, monitor.progress, monitor.should_stop)
+    except JobCancelled:
+        with factory() as session:
+            if monitor.stop_reason == "time limit":
+                jobs.fail_job(
+                    session,
+                    job_id,
+                    f"time limit of {claim.time_limit_s:g} s exceeded (raise the spec's time_limit_s, "
+                    f"at most the server's {settings.max_job_time_s:g} s)",
+                    attempt=claim.attempt,
+                )
+                return "failed"
+            jobs.mark_cancelled(session, job_id, attempt=claim.attempt, message="cancelled while running")
+        return "cancelled"
+    except JobDiverged as exc:
+        return _failed(factory, job_id, str(exc), claim.attempt)
+    except JobError as exc:
+        return _failed(factory, job_id, str(exc), claim.attempt)
+    except Exception as exc:
+        log.exception("job %s failed", job_id)
+        return _failed(factory, job_id, _describe(exc), claim.attempt)
+    finally:
+        monitor.close()
+        free_gpu_memory()
+    with factory() as session:
+        result = jobs.complete_job(session, job_id, document, attempt=claim.attempt)
+    if result is None:
+        log.warning("job %s: finished, but the job was no longer this attempt's; result dropped", job_id)
+        return "skipped"
+    log.info("job %s: succeeded (%s samples/s)", job_id, result.samples_per_s)
+    return "succeeded"
+
+
+def _failed(factory: sessionmaker[Session], job_id: str, message: str, attempt: int) -> str:
+    with factory() as session:
+        jobs.fail_job(session, job_id, message, attempt=attempt)
+    log.info("job %s: failed: %s", job_id, message)
+    return "failed"
+
+
+@celery_app.task(
+    name=RUN_JOB_TASK,
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+)
+def run_job_task(self: Task, job_id: str) -> str:
+    """Celery entry point: run job `job_id` on this worker's device."""
+    return execute_job(str(job_id), current_context())
