@@ -18,9 +18,13 @@ limit samples/s = batch / (their time); the step's FLOPs over that time is the m
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
+import itertools
 import json
 import os
 import platform
+import pstats
 import statistics
 import sys
 import time
@@ -29,13 +33,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from threadpoolctl import threadpool_info
+from threadpoolctl import threadpool_info, threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.layers import Affine  # noqa: E402
-from engine.networks import Network, mlp, training_flops, two_layer_net  # noqa: E402
-from engine.optimizers import SGD  # noqa: E402
+from engine.layers import Affine
+from engine.networks import Network, mlp, training_flops, two_layer_net
+from engine.optimizers import SGD
 
 CONFIGS: dict[str, tuple[list[int], int]] = {
     "textbook": ([784, 50, 10], 100),
@@ -59,10 +63,19 @@ def blas_threads() -> tuple[int, dict[str, Any]]:
 # --- the three contestants ------------------------------------------------------------------------
 
 
-def engine_runner(widths: list[int], batch: int, xs: list[np.ndarray], ts: list[np.ndarray]) -> Callable[[int], None]:
-    net: Network = (
-        two_layer_net(*widths, seed=0) if len(widths) == 3 and widths[1] == 50 else mlp(widths, init="he", seed=0)
-    )
+Batches = list[np.ndarray]
+Runner = Callable[[int], None]
+
+
+def engine_network(widths: list[int]) -> Network:
+    """The textbook's two_layer_net for 784-50-10, otherwise an mlp with He initialisation."""
+    if widths == [784, 50, 10]:
+        return two_layer_net(seed=0)
+    return mlp(widths, init="he", seed=0)
+
+
+def engine_runner(widths: list[int], batch: int, xs: Batches, ts: Batches) -> Runner:
+    net = engine_network(widths)
     opt = SGD(LR)
 
     def run(steps: int) -> None:
@@ -72,12 +85,12 @@ def engine_runner(widths: list[int], batch: int, xs: list[np.ndarray], ts: list[
     return run
 
 
-def torch_runner(widths: list[int], batch: int, xs: list[np.ndarray], ts: list[np.ndarray]) -> Callable[[int], None]:
+def torch_runner(widths: list[int], batch: int, xs: Batches, ts: Batches) -> Runner:
     import torch
     from torch import nn
 
     modules: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+    for i, (a, b) in enumerate(itertools.pairwise(widths)):
         modules.append(nn.Linear(a, b))
         if i < len(widths) - 2:
             modules.append(nn.ReLU())
@@ -97,11 +110,11 @@ def torch_runner(widths: list[int], batch: int, xs: list[np.ndarray], ts: list[n
     return run
 
 
-def numpy_runner(widths: list[int], batch: int, xs: list[np.ndarray], ts: list[np.ndarray]) -> Callable[[int], None]:
+def numpy_runner(widths: list[int], batch: int, xs: Batches, ts: Batches) -> Runner:
     """Hand-written float32 MLP step (ReLU, softmax cross-entropy, SGD) with out= buffers, no objects."""
     rng = np.random.default_rng(0)
     f32 = np.float32
-    Ws = [(rng.standard_normal((a, b)) * np.sqrt(2 / a)).astype(f32) for a, b in zip(widths, widths[1:], strict=False)]
+    Ws = [(rng.standard_normal((a, b)) * np.sqrt(2 / a)).astype(f32) for a, b in itertools.pairwise(widths)]
     bs = [np.zeros(b, f32) for b in widths[1:]]
     dWs, dbs = [np.empty_like(W) for W in Ws], [np.empty_like(b) for b in bs]
     acts = [np.empty((batch, w), f32) for w in widths[1:]]
@@ -149,7 +162,7 @@ def numpy_runner(widths: list[int], batch: int, xs: list[np.ndarray], ts: list[n
     return run
 
 
-def gemm_runner(widths: list[int], batch: int, xs: list[np.ndarray], ts: list[np.ndarray]) -> Callable[[int], None]:
+def gemm_runner(widths: list[int], batch: int, xs: Batches, ts: Batches) -> Runner:
     """Only the step's matrix products, exactly as the engine's Affine layers issue them."""
     net = mlp(widths, init="he", seed=0)
     affines = [layer for layer in net.layers.values() if isinstance(layer, Affine)]
@@ -173,7 +186,7 @@ def gemm_runner(widths: list[int], batch: int, xs: list[np.ndarray], ts: list[np
     return run
 
 
-RUNNERS: dict[str, Callable[..., Callable[[int], None]]] = {
+RUNNERS: dict[str, Callable[[list[int], int, Batches, Batches], Runner]] = {
     "engine": engine_runner,
     "torch": torch_runner,
     "numpy": numpy_runner,
@@ -181,11 +194,16 @@ RUNNERS: dict[str, Callable[..., Callable[[int], None]]] = {
 }
 
 
-def measure(name: str, widths: list[int], batch: int, repeats: int, seconds: float) -> dict[str, Any]:
-    """Interleaved, rotating repetitions of every runner; samples/s per repetition."""
+def make_batches(widths: list[int], batch: int) -> tuple[Batches, Batches]:
     data = np.random.default_rng(42)
     xs = [data.random((batch, widths[0]), dtype=np.float32) for _ in range(POOL)]
     ts = [data.integers(0, widths[-1], batch) for _ in range(POOL)]
+    return xs, ts
+
+
+def measure(name: str, widths: list[int], batch: int, repeats: int, seconds: float) -> dict[str, Any]:
+    """Interleaved repetitions of every runner, the order rotating each round; samples/s per repetition."""
+    xs, ts = make_batches(widths, batch)
     runners = {key: make(widths, batch, xs, ts) for key, make in RUNNERS.items()}
     steps: dict[str, int] = {}
     for key, run in runners.items():  # warm up, then size a repetition to about `seconds`
@@ -202,15 +220,19 @@ def measure(name: str, widths: list[int], batch: int, repeats: int, seconds: flo
             runners[key](steps[key])
             trials[key].append(steps[key] * batch / (time.perf_counter() - t0))
     med = {key: statistics.median(v) for key, v in trials.items()}
-    flops = training_flops(mlp(widths, seed=0), batch)
+    # Ratios within a round (same few seconds of machine state), then their median.
+    paired = [e / t for e, t in zip(trials["engine"], trials["torch"], strict=True)]
+    flops = training_flops(engine_network(widths), batch)
     return {
         "config": name,
         "widths": widths,
         "batch": batch,
+        "steps_per_repetition": steps,
         "flops_per_step": flops,
         "samples_per_s": med,
         "trials": trials,
         "engine_vs_torch": med["engine"] / med["torch"],
+        "engine_vs_torch_paired": statistics.median(paired),
         "numpy_vs_torch": med["numpy"] / med["torch"],
         "engine_vs_numpy": med["engine"] / med["numpy"],
         "gemm_limit_samples_per_s": med["gemm"],
@@ -220,49 +242,87 @@ def measure(name: str, widths: list[int], batch: int, repeats: int, seconds: flo
     }
 
 
+def profile_engine(name: str, steps: int) -> str:
+    """cProfile of the engine's training steps for one configuration: where the time goes."""
+    widths, batch = CONFIGS[name]
+    xs, ts = make_batches(widths, batch)
+    run = engine_runner(widths, batch, xs, ts)
+    run(3)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    run(steps)
+    profiler.disable()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(14)
+    return out.getvalue()
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", default="textbook,large,wide", help=f"comma list of {', '.join(CONFIGS)}")
-    parser.add_argument("--repeats", type=int, default=9, help="interleaved repetitions per runner")
-    parser.add_argument("--seconds", type=float, default=0.5, help="target length of one repetition")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--configs", default="textbook,large,wide", help=f"comma list of: {', '.join(CONFIGS)}"
+    )
+    parser.add_argument("--repeats", type=int, default=15, help="interleaved repetitions per runner")
+    parser.add_argument("--seconds", type=float, default=0.4, help="target length of one repetition")
+    parser.add_argument("--threads", type=int, default=None, help="BLAS and torch threads (default: BLAS's)")
+    parser.add_argument(
+        "--profile", type=int, default=0, help="also cProfile this many engine steps per config"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the full results here")
     args = parser.parse_args()
 
+    import psutil
     import torch
 
+    if args.threads:
+        threadpool_limits(args.threads, user_api="blas")
     threads, blas = blas_threads()
     torch.set_num_threads(threads)
     env = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS")}
+    busy_before = psutil.cpu_percent(interval=2.0)  # what others use of the machine, before we start
     load_before = os.getloadavg()
+    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     results = [measure(c, *CONFIGS[c], args.repeats, args.seconds) for c in args.configs.split(",")]
     load_after = os.getloadavg()
 
-    print(f"python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}")
-    print(f"BLAS: {blas.get('internal_api')} {blas.get('version')} kernel={blas.get('architecture')} threads={threads}")
-    print(f"torch threads: {torch.get_num_threads()}; env: {env}")
-    print(f"load average before {load_before}, after {load_after}")
-    header = (
-        f"{'config':9} {'batch':>5} {'engine':>10} {'torch':>10} {'numpy':>10} {'eng/torch':>9} "
-        f"{'numpy/torch':>11} {'eng/numpy':>9} {'GEMM GF/s':>9} {'eng/limit':>9}"
+    print(f"{started}; python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}")
+    print(
+        f"BLAS: {blas.get('internal_api')} {blas.get('version')}, "
+        f"kernel {blas.get('architecture')}, {threads} threads"
     )
-    print(header)
+    print(f"torch threads: {torch.get_num_threads()}; env: {env}")
+    print(f"CPU busy before start: {busy_before:.0f}%; load average before {load_before}, after {load_after}")
+    print(
+        f"{'config':9} {'batch':>5} {'engine':>9} {'torch':>9} {'numpy':>9} {'eng/torch':>9} {'paired':>6} "
+        f"{'np/torch':>8} {'eng/np':>6} {'GEMM GF/s':>9} {'eng/limit':>9}"
+    )
     for r in results:
         s = r["samples_per_s"]
         print(
-            f"{r['config']:9} {r['batch']:5d} {s['engine']:10.0f} {s['torch']:10.0f} {s['numpy']:10.0f} "
-            f"{r['engine_vs_torch']:9.2f} {r['numpy_vs_torch']:11.2f} {r['engine_vs_numpy']:9.2f} "
-            f"{r['gemm_gflops']:9.1f} {r['engine_of_gemm_limit']:9.2f}"
+            f"{r['config']:9} {r['batch']:5d} {s['engine']:9.0f} {s['torch']:9.0f} {s['numpy']:9.0f} "
+            f"{r['engine_vs_torch']:9.2f} {r['engine_vs_torch_paired']:6.2f} {r['numpy_vs_torch']:8.2f} "
+            f"{r['engine_vs_numpy']:6.2f} {r['gemm_gflops']:9.1f} {r['engine_of_gemm_limit']:9.2f}"
         )
+    profiles = {}
+    if args.profile:
+        for c in args.configs.split(","):
+            profiles[c] = profile_engine(c, args.profile)
+            print(f"\n--- cProfile of {args.profile} engine steps, {c} ---\n{profiles[c]}")
     if args.json:
         doc = {
+            "started": started,
             "blas": blas,
             "threads": threads,
             "env": env,
+            "cpu_busy_before_percent": busy_before,
             "load_before": load_before,
             "load_after": load_after,
             "numpy": np.__version__,
             "torch": torch.__version__,
             "results": results,
+            "profiles": profiles,
         }
         args.json.write_text(json.dumps(doc, indent=2))
 

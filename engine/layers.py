@@ -23,15 +23,10 @@ Array = Any  # numpy.ndarray or cupy.ndarray
 _MAX_BUFFER_SHAPES = 16  # a few batch shapes (train, eval, last partial batch) per layer
 
 
-class Layer:
-    """Base class: a named set of parameters and gradients, plus per-shape scratch buffers."""
-
-    #: False for the first layer of a network: nobody uses the gradient of the input data.
-    need_dx: bool = True
+class BufferOwner:
+    """Per-shape scratch buffers, allocated on first use and reused by every later call."""
 
     def __init__(self) -> None:
-        self.params: dict[str, Array] = {}
-        self.grads: dict[str, Array] = {}
         self._buffers: dict[tuple[str, tuple[int, ...], Any], Array] = {}
 
     def _buffer(self, name: str, shape: tuple[int, ...], like: Array, dtype: Any = None) -> Array:
@@ -45,6 +40,18 @@ class Layer:
             buf = get_array_module(like).empty(shape, dtype=dtype)
             self._buffers[key] = buf
         return buf
+
+
+class Layer(BufferOwner):
+    """Base class: a named set of parameters and gradients, plus per-shape scratch buffers."""
+
+    #: False for the first layer of a network: nobody uses the gradient of the input data.
+    need_dx: bool = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.params: dict[str, Array] = {}
+        self.grads: dict[str, Array] = {}
 
     def forward(self, x: Array, train: bool = True) -> Array:
         raise NotImplementedError
@@ -210,29 +217,24 @@ class Affine(Layer):
 # --- Loss ---------------------------------------------------------------------------------------------
 
 
-class SoftmaxWithLoss:
+class SoftmaxWithLoss(BufferOwner):
     """Softmax followed by the cross-entropy error, as one node (its gradient is simply (y - t) / N).
 
     The loss is computed from the log-softmax, log y_k = a_k - max(a) - log(sum(exp(a - max(a)))),
     so it never takes log(0) and needs no `+1e-7` that the backward would ignore: the backward
     returns exactly the gradient of the loss this forward computes. `t` is either integer class
     labels of shape (N,) (the fast path) or one-hot / probability rows of shape (N, K).
+    The loss value is only computed when read (`loss`), so a training step that never looks at it
+    does not pay for the logarithms (nor, on a GPU, for a synchronisation).
     """
 
     def __init__(self) -> None:
-        self._buffers: dict[tuple[str, tuple[int, ...], Any], Array] = {}
-        self.y: Array = None
+        super().__init__()
+        self.y: Array = None  # softmax(x), (N, K); a transposed view of the working buffer
         self.t: Array = None
-        self.loss: Array = None
-
-    def _buffer(self, name: str, shape: tuple[int, ...], like: Array) -> Array:
-        buf = self._buffers.get((name, shape, like.dtype))
-        if buf is None:
-            if len(self._buffers) >= _MAX_BUFFER_SHAPES:
-                self._buffers.clear()
-            buf = get_array_module(like).empty(shape, dtype=like.dtype)
-            self._buffers[(name, shape, like.dtype)] = buf
-        return buf
+        self._target: Array = None  # per sample: shifted logit of the true class (or its t-weighted sum)
+        self._total: Array = None  # per sample: sum_k exp(shifted logit k)
+        self._loss: Array = None
 
     def _rows(self, n: int, like: Array) -> Array:
         rows = self._buffers.get(("rows", (n,), None))
@@ -241,42 +243,59 @@ class SoftmaxWithLoss:
             self._buffers[("rows", (n,), None)] = rows
         return rows
 
-    def forward(self, x: Array, t: Array) -> Array:
-        """The mean cross-entropy over the batch (a 0-d array); keeps softmax(x) and t for backward."""
+    def forward(self, x: Array, t: Array, compute_loss: bool = True) -> Array:
+        """The mean cross-entropy over the batch (a 0-d array); keeps softmax(x) and t for backward.
+
+        With `compute_loss=False` only the softmax is computed and None is returned (read `loss`
+        later if wanted).
+        """
         xp = get_array_module(x)
-        n = x.shape[0]
+        n, k = x.shape
         self.t = t
-        y = self._buffer("y", x.shape, x)
-        xp.subtract(x, x.max(axis=1, keepdims=True), out=y)  # shifted logits: exp cannot overflow
+        # Scores transposed, classes x samples: the per-sample max and sum then run down columns,
+        # which NumPy does several times faster than along rows of a few (10) classes.
+        s = self._buffer("scores_T", (k, n), x)
+        xp.copyto(s, x.T)
+        s -= s.max(axis=0)  # shifted logits: exp cannot overflow
         if t.ndim == 1:
-            picked = y[self._rows(n, x), t]  # shifted logit of the true class
+            self._target = s[t, self._rows(n, x)]
         else:
-            weighted = (t * y).sum(axis=1)  # sum_k t_k * shifted_k, taken before y is overwritten
-        xp.exp(y, out=y)
-        total = y.sum(axis=1, keepdims=True)
-        log_total = xp.log(total)[:, 0]
-        if t.ndim == 1:
-            self.loss = (log_total.sum() - picked.sum()) / n
-        else:
-            self.loss = (t.sum(axis=1) @ log_total - weighted.sum()) / n
-        y /= total
-        self.y = y
-        return self.loss
+            self._target = (t.T * s).sum(axis=0)  # taken before s is overwritten by exp
+        xp.exp(s, out=s)
+        self._total = s.sum(axis=0)
+        s /= self._total
+        self.y = s.T
+        self._loss = None
+        return self.loss if compute_loss else None
+
+    @property
+    def loss(self) -> Array:
+        """-mean_n sum_k t_nk log y_nk = mean_n (sum_k t_nk) log(total_n) - target_n, as a 0-d array."""
+        if self._loss is None and self._total is not None:
+            xp = get_array_module(self._total)
+            log_total = xp.log(self._total)
+            n = log_total.shape[0]
+            if self.t.ndim == 1:
+                self._loss = (log_total.sum() - self._target.sum()) / n
+            else:
+                self._loss = (self.t.sum(axis=1) @ log_total - self._target.sum()) / n
+        return self._loss
 
     def backward(self, dout: float = 1.0) -> Array:
         """d loss / d x = (softmax(x) * sum_k t_k - t) / N (which is (y - t) / N for one-hot rows)."""
         xp = get_array_module(self.y)
-        n = self.y.shape[0]
+        y_t = self.y.T  # the contiguous (K, N) buffer; the gradient is built in the same layout
+        k, n = y_t.shape
         scale = dout / n
-        dx = self._buffer("dx", self.y.shape, self.y)
+        dx_t = self._buffer("dx_T", (k, n), y_t)
         if self.t.ndim == 1:
-            xp.multiply(self.y, scale, out=dx)
-            dx[self._rows(n, self.y), self.t] -= scale  # subtracting the one-hot without building it
+            xp.multiply(y_t, scale, out=dx_t)
+            dx_t[self.t, self._rows(n, y_t)] -= scale  # subtracting the one-hot without building it
         else:
-            xp.multiply(self.y, self.t.sum(axis=1, keepdims=True), out=dx)
-            dx -= self.t
-            dx *= scale
-        return dx
+            xp.multiply(y_t, self.t.sum(axis=1), out=dx_t)
+            dx_t -= self.t.T
+            dx_t *= scale
+        return dx_t.T  # an (N, K) view; matmul and sum take it without a copy
 
 
 # --- Regularisation ---------------------------------------------------------------------------------

@@ -122,7 +122,7 @@ class Network:
         Returns `self.grads` (name -> gradient array), refilled in place on every call.
         """
         scores = self.forward(self._inputs(x), train=True)
-        self.last_layer.forward(scores, self._labels(t))
+        self.last_layer.forward(scores, self._labels(t), compute_loss=False)  # read lazily: last_loss
         dout = self.last_layer.backward(1.0)
         for layer in reversed(self._sequence):
             dout = layer.backward(dout)

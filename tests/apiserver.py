@@ -57,7 +57,9 @@ def server_env(settings: Settings, token: str, **extra: str) -> dict[str, str]:
             "BPBENCH_BROKER_URL": settings.broker_url,
             "BPBENCH_DATA_DIR": str(settings.data_dir),
             "BPBENCH_API_TOKEN": token,
-            "PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p),
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p
+            ),
             "PYTHONUNBUFFERED": "1",
             **extra,
         }
@@ -69,13 +71,26 @@ def server_env(settings: Settings, token: str, **extra: str) -> dict[str, str]:
 def running_api(
     settings: Settings, log_dir: Path, token: str, *, ready_path: str = "/readyz", **env: str
 ) -> Iterator[ApiServer]:
-    """Start the API on a free port with these settings; yield once `ready_path` answers 200; stop it after."""
+    """Start the API on a free port with these settings; yield once `ready_path` answers 200, then stop it."""
     port = free_port()
     log_path = log_dir / f"api-{port}.log"
-    argv = [sys.executable, "-m", "uvicorn", "services.api.main:app", "--host", "127.0.0.1", "--port", str(port)]
+    argv = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "services.api.main:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            argv, env=server_env(settings, token, **env), stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT
+            argv,
+            env=server_env(settings, token, **env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=PROJECT_ROOT,
         )
     server = ApiServer(f"http://127.0.0.1:{port}", token, process, log_path)
     try:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
+import subprocess
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -19,10 +21,13 @@ from services.auth.service import create_token
 from services.core.config import Settings
 from services.jobs.models import Job
 from services.jobs.suites import smoke_suite
-from tests.apiserver import ADMIN_TOKEN, ApiServer, api, free_port, running_api  # noqa: F401  (fixture)
-from tests.conftest import WorkerProcess, tiny_spec, wait_until
+from tests import apiserver
+from tests.apiserver import ADMIN_TOKEN, ApiServer, free_port, running_api, server_env
+from tests.conftest import WorkerProcess, bpbench_command, tiny_spec, wait_until
 
 JOB_TIMEOUT_S = 90.0
+
+api = apiserver.api  # the shared API server fixture
 
 
 def spec_body(**overrides: Any) -> dict[str, Any]:
@@ -87,11 +92,11 @@ def test_a_job_is_committed_and_kept_queued_when_the_broker_is_down(
 
 
 def test_reads_are_open_with_public_read(service_settings: Settings, tmp_path: Path) -> None:
-    with running_api(service_settings, tmp_path, ADMIN_TOKEN, BPBENCH_PUBLIC_READ="true") as server:
-        with server.client(token=None) as anonymous:
-            assert anonymous.get("/api/v1/timeline").status_code == 200
-            assert anonymous.get("/api/v1/jobs").status_code == 200
-            assert anonymous.post("/api/v1/jobs", json=spec_body()).status_code == 401
+    server = running_api(service_settings, tmp_path, ADMIN_TOKEN, BPBENCH_PUBLIC_READ="true")
+    with server as api_server, api_server.client(token=None) as anonymous:
+        assert anonymous.get("/api/v1/timeline").status_code == 200
+        assert anonymous.get("/api/v1/jobs").status_code == 200
+        assert anonymous.post("/api/v1/jobs", json=spec_body()).status_code == 401
 
 
 def test_health_and_readiness_answer(api: ApiServer) -> None:
@@ -99,6 +104,9 @@ def test_health_and_readiness_answer(api: ApiServer) -> None:
     ready = httpx.get(f"{api.url}/readyz")
     assert ready.status_code == 200
     assert ready.json() == {"status": "ready", "checks": {"database": "ok", "broker": "ok"}}
+    schema = httpx.get(f"{api.url}/openapi.json").json()
+    assert {"/api/v1/jobs", "/api/v1/suites", "/api/v1/compare", "/readyz"} <= set(schema["paths"])
+    assert httpx.get(f"{api.url}/docs").status_code == 200
 
 
 def test_writes_need_a_token_with_the_submit_scope(api: ApiServer, db_session: Session) -> None:
@@ -151,13 +159,17 @@ def test_a_refused_value_is_a_422_naming_field_value_and_range(
 def test_an_unknown_field_and_an_unknown_target_are_named(api: ApiServer) -> None:
     with api.client() as client:
         unknown = client.post("/api/v1/jobs", json={"stepz": 5}).json()["detail"][0]
-        target = client.post("/api/v1/jobs", json={**spec_body(), "target": "nosuchdevice"}).json()["detail"][0]
+        target = client.post("/api/v1/jobs", json={**spec_body(), "target": "nosuchdevice"}).json()["detail"][
+            0
+        ]
     assert unknown["field"] == "stepz"
     assert "steps" in unknown["accepted"]
     assert (target["field"], target["value"]) == ("target", "nosuchdevice")
 
 
-def test_a_job_aimed_at_one_device_runs_there(api: ApiServer, cpu_worker: WorkerProcess, worker_factory: Any) -> None:
+def test_a_job_aimed_at_one_device_runs_there(
+    api: ApiServer, cpu_worker: WorkerProcess, worker_factory: Any
+) -> None:
     single = worker_factory(threads=1)
     assert single.device_id != cpu_worker.device_id  # the BLAS thread count is part of the device
     with api.client() as client:
@@ -217,7 +229,9 @@ def test_a_queued_job_is_cancelled_at_once(api: ApiServer) -> None:
 
 def test_jobs_are_filtered_and_paged(api: ApiServer) -> None:
     with api.client() as client:
-        ids = [client.post("/api/v1/jobs", json=spec_body(device="gpu", seed=i)).json()["id"] for i in range(3)]
+        ids = [
+            client.post("/api/v1/jobs", json=spec_body(device="gpu", seed=i)).json()["id"] for i in range(3)
+        ]
         for job_id in ids:
             client.post(f"/api/v1/jobs/{job_id}/cancel")
         page = client.get("/api/v1/jobs", params={"status": "cancelled", "device": "gpu", "limit": 2}).json()
@@ -249,6 +263,37 @@ def test_results_download_as_csv(api: ApiServer, cpu_worker: WorkerProcess) -> N
     row = next(r for r in rows if r["job_id"] == job["id"])
     item = next(r for r in as_json["items"] if r["job_id"] == job["id"])
     assert float(row["samples_per_s"]) == pytest.approx(item["samples_per_s"], rel=1e-12)
-    assert (row["kind"], row["model"], row["dataset"], row["batch_size"]) == ("train", "mlp", "synthetic", "32")
+    assert (row["kind"], row["model"], row["dataset"], row["batch_size"]) == (
+        "train",
+        "mlp",
+        "synthetic",
+        "32",
+    )
     assert row["device_id"] == cpu_worker.device_id
     assert 0.0 <= float(row["test_accuracy"]) <= 1.0
+
+
+def test_bpbench_api_migrates_on_start_and_accepts_its_token(redis_broker_url: str, tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, broker_url=redis_broker_url)  # a fresh, unmigrated SQLite file
+    port = free_port()
+    env = server_env(settings, "bpb_first-admin-token-of-this-deployment")
+    argv = [*bpbench_command(), "api", "--host", "127.0.0.1", "--port", str(port)]
+    with (tmp_path / "api.log").open("wb") as log:
+        process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        def ready() -> bool:
+            with contextlib.suppress(httpx.HTTPError):
+                return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+            return False
+
+        wait_until(ready, 60, "bpbench api to serve")
+        headers = {"Authorization": "Bearer bpb_first-admin-token-of-this-deployment"}
+        # A gpu job: no worker of this test's broker takes it.
+        response = httpx.post(f"{url}/api/v1/jobs", json=spec_body(device="gpu"), headers=headers)
+        assert response.status_code == 202, response.text
+        assert httpx.get(f"{url}/api/v1/timeline", headers=headers).json()["vendors"][0]["vendor"] == "NVIDIA"
+    finally:
+        process.terminate()
+        process.wait(timeout=15)

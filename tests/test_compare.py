@@ -1,4 +1,4 @@
-"""`GET /api/v1/compare`: one spec at a time, figures from the pooled trials, ratio, efficiency, vendor timeline.
+"""`GET /api/v1/compare`: one spec at a time; pooled-trial figures, ratio, efficiency, vendor timeline.
 
 Results are planted in the database (devices, jobs, results, trials as the worker writes them), with a
 batch size of their own so the filters see no other test's results, and read back over real HTTP.
@@ -18,11 +18,14 @@ from engine.stats import summarize
 from services.devices.models import Device
 from services.jobs.models import Job
 from services.results.models import Result, Trial
-from tests.apiserver import ApiServer, api  # noqa: F401  (fixture)
+from tests import apiserver
+from tests.apiserver import ApiServer
 
 A_TRIALS = ([100.0, 110.0, 120.0, 130.0, 140.0], [105.0, 115.0, 125.0])
 B_TRIALS = ([1000.0 + 10 * i for i in range(10)],)
 FLOPS_PER_STEP = 2.0e6
+
+api = apiserver.api  # the shared API server fixture
 
 
 @dataclass
@@ -106,7 +109,7 @@ def _result(
 
 @pytest.fixture
 def planted(db_session: Session) -> Planted:
-    """An Intel CPU (two runs, a gemm peak) and an NVIDIA GPU (one run) on one spec; one run of another spec."""
+    """An Intel CPU (two runs, a gemm peak) and an NVIDIA GPU (one run) of one spec; one run of another."""
     cpu = _device(db_session, "cpu", "Intel", f"Planted Xeon {uuid.uuid4().hex[:6]}")
     gpu = _device(db_session, "gpu", "NVIDIA", f"Planted H100 {uuid.uuid4().hex[:6]}")
     db_session.flush()
@@ -171,7 +174,9 @@ def test_only_results_of_the_same_spec_are_compared(api: ApiServer, planted: Pla
     assert by_filters["spec"]["batch_size"] == planted.batch_size
 
     other = _compare(api, spec_hash=planted.other_hash).json()
-    assert [(row["device_id"], row["samples_per_s"]["median"]) for row in other["rows"]] == [(planted.cpu.id, 1e6)]
+    assert [(row["device_id"], row["samples_per_s"]["median"]) for row in other["rows"]] == [
+        (planted.cpu.id, 1e6)
+    ]
     assert other["note"] is None
 
 
@@ -206,7 +211,11 @@ def test_efficiency_is_against_the_devices_measured_gemm_peak(api: ApiServer, pl
 def test_each_row_carries_its_vendors_entry_in_the_seed_timeline(api: ApiServer, planted: Planted) -> None:
     rows = _rows(_compare(api, spec_hash=planted.main_hash).json())
     intel, nvidia = rows[planted.cpu.id]["timeline"], rows[planted.gpu.id]["timeline"]
-    assert (intel["vendor"], intel["platform"], intel["years"]) == ("Intel", "CPU / Xeon Phi / FPGA", "2007–2012")
+    assert (intel["vendor"], intel["platform"], intel["years"]) == (
+        "Intel",
+        "CPU / Xeon Phi / FPGA",
+        "2007–2012",
+    )
     assert (nvidia["vendor"], nvidia["platform"], nvidia["years"]) == ("NVIDIA", "CUDA", "2009–2010")
     assert nvidia["entered"].startswith("2007 (platform released)")
     assert "ecosystem" in nvidia["note"]

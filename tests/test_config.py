@@ -62,8 +62,12 @@ def test_redis_socket_and_amqp_broker_urls_are_accepted(url: str) -> None:
 
 
 def test_an_unknown_broker_scheme_is_refused_with_the_accepted_ones() -> None:
-    with pytest.raises(ValidationError, match=r"BPBENCH_BROKER_URL must start with one of redis://"):
-        Settings(broker_url="kafka://broker:9092")
+    with pytest.raises(
+        ValidationError, match=r"BPBENCH_BROKER_URL must start with one of redis://, "
+    ) as error:
+        Settings(broker_url="kafka://admin:hunter2@broker:9092")
+    assert "amqp://" in str(error.value) and "kafka://admin:***@broker:9092" in str(error.value)
+    assert "hunter2" not in str(error.value)
 
 
 def test_defaults_live_in_the_data_directory(tmp_path: Path) -> None:

@@ -112,11 +112,19 @@ def register_device(device: WorkerDevice, settings: Settings) -> tuple[str, dict
     """Take the device's fingerprint and upsert its `devices` row; returns (device id, fingerprint)."""
     import psutil
 
-    from engine.backend import fingerprint, resolve_device
+    from engine.backend import DeviceError, fingerprint, resolve_device
     from services.core.db import session_factory
     from services.devices.service import register_device as upsert_device
 
-    engine_device = resolve_device(device.engine_device)  # DeviceError names the fix if the GPU is missing
+    try:
+        engine_device = resolve_device(device.engine_device)
+    except DeviceError as exc:
+        pinned = (
+            f" (GPU {device.gpu_index} is gpu:0 under CUDA_VISIBLE_DEVICES={device.gpu_index})"
+            if device.gpu_index is not None
+            else ""
+        )
+        raise WorkerConfigError(f"--device {device.requested} cannot be served{pinned}: {exc}") from None
     doc = fingerprint(engine_device)
     memory = None if device.device_class == "gpu" else int(psutil.virtual_memory().total)
     with session_factory(settings)() as session:
@@ -163,6 +171,10 @@ def run_worker(
         tasks.WorkerContext(name=worker_name, device_id=device_id, engine_device=wanted.engine_device)
     )
     pool = "solo" if wanted.device_class == "gpu" else "prefork"
+    if pool == "solo":
+        # The solo pool runs the job in the consumer's own thread, which then cannot answer AMQP
+        # heartbeats; without this RabbitMQ would drop the connection in the middle of a long job.
+        queue.celery_app.conf.broker_heartbeat = 0
     workers = concurrency or 1
     heartbeat = Heartbeat(worker_name, settings)
 

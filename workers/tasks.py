@@ -14,10 +14,12 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from celery import Task
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.core.config import Settings, get_settings
@@ -26,6 +28,7 @@ from services.core.queue import RUN_JOB_TASK, celery_app
 from services.jobs import service as jobs
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -126,47 +129,71 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def persist(
+    factory: sessionmaker[Session], what: str, write: Callable[[Session], T], *, patience_s: float = 120.0
+) -> T:
+    """Run one database write in a fresh session, retrying while the database is unreachable (a restart).
+
+    The writes given here are conditional updates, so a retry after a commit whose answer was lost
+    changes nothing the second time.
+    """
+    delay, deadline = 0.5, time.monotonic() + patience_s
+    while True:
+        try:
+            with factory() as session:
+                return write(session)
+        except (OperationalError, InterfaceError) as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("%s: database unavailable (%s); retrying in %.1f s", what, type(exc).__name__, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
 def execute_job(job_id: str, context: WorkerContext, settings: Settings | None = None) -> str:
     """Run one job end to end in this process; returns its final status, or "skipped" if not claimed."""
     from engine.jobs import JobCancelled, JobDiverged, JobError, run_job
 
     settings = settings or get_settings()
     factory = session_factory(settings)
-    with factory() as session:
-        claim = jobs.claim_job(session, job_id, worker_name=context.name, device_id=context.device_id)
+    claim = persist(
+        factory,
+        f"job {job_id}: claim",
+        lambda s: jobs.claim_job(s, job_id, worker_name=context.name, device_id=context.device_id),
+    )
     if claim is None:
         log.info("job %s: not queued (duplicate delivery, cancelled or unknown); skipped", job_id)
         return "skipped"
-    log.info("job %s: attempt %d started on %s", job_id, claim.attempt, context.name)
+    attempt = claim.attempt
+    log.info("job %s: attempt %d started on %s", job_id, attempt, context.name)
     spec: dict[str, Any] = {**claim.spec, "device": context.engine_device}
     monitor = JobMonitor(factory, claim, settings)
     try:
         document = run_job(spec, monitor.progress, monitor.should_stop)
     except JobCancelled:
-        with factory() as session:
-            if monitor.stop_reason == "time limit":
-                jobs.fail_job(
-                    session,
-                    job_id,
-                    f"time limit of {claim.time_limit_s:g} s exceeded (raise the spec's time_limit_s, "
-                    f"at most the server's {settings.max_job_time_s:g} s)",
-                    attempt=claim.attempt,
-                )
-                return "failed"
-            jobs.mark_cancelled(session, job_id, attempt=claim.attempt, message="cancelled while running")
+        if monitor.stop_reason == "time limit":
+            message = (
+                f"time limit of {claim.time_limit_s:g} s exceeded (raise the spec's time_limit_s, "
+                f"at most the server's {settings.max_job_time_s:g} s)"
+            )
+            return _failed(factory, job_id, message, attempt)
+        persist(
+            factory,
+            f"job {job_id}: cancel",
+            lambda s: jobs.mark_cancelled(s, job_id, attempt=attempt, message="cancelled while running"),
+        )
         return "cancelled"
-    except JobDiverged as exc:
-        return _failed(factory, job_id, str(exc), claim.attempt)
-    except JobError as exc:
-        return _failed(factory, job_id, str(exc), claim.attempt)
+    except (JobDiverged, JobError) as exc:
+        return _failed(factory, job_id, str(exc), attempt)
     except Exception as exc:
         log.exception("job %s failed", job_id)
-        return _failed(factory, job_id, _describe(exc), claim.attempt)
+        return _failed(factory, job_id, _describe(exc), attempt)
     finally:
         monitor.close()
         free_gpu_memory()
-    with factory() as session:
-        result = jobs.complete_job(session, job_id, document, attempt=claim.attempt)
+    result = persist(
+        factory, f"job {job_id}: result", lambda s: jobs.complete_job(s, job_id, document, attempt=attempt)
+    )
     if result is None:
         log.warning("job %s: finished, but the job was no longer this attempt's; result dropped", job_id)
         return "skipped"
@@ -175,8 +202,7 @@ def execute_job(job_id: str, context: WorkerContext, settings: Settings | None =
 
 
 def _failed(factory: sessionmaker[Session], job_id: str, message: str, attempt: int) -> str:
-    with factory() as session:
-        jobs.fail_job(session, job_id, message, attempt=attempt)
+    persist(factory, f"job {job_id}: failure", lambda s: jobs.fail_job(s, job_id, message, attempt=attempt))
     log.info("job %s: failed: %s", job_id, message)
     return "failed"
 

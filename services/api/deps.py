@@ -8,7 +8,7 @@ a known token without the scope is a 403.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -48,7 +48,7 @@ def _unauthorized(message: str) -> HTTPException:
     )
 
 
-def require_scope(scope: str, *, public_when_read_open: bool = False) -> object:
+def require_scope(scope: str, *, public_when_read_open: bool = False) -> Any:
     """A dependency that lets the request through only with a token granting `scope`."""
 
     def check(session: SessionDep, settings: SettingsDep, credentials: Credentials) -> ApiToken | None:

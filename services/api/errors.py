@@ -120,7 +120,9 @@ def _accepted_from_context(ctx: dict[str, Any]) -> str | None:
         return f"one of {ctx['expected']}"
     if "pattern" in ctx:
         return f"a string matching {ctx['pattern']}"
-    words = [f"{op} {ctx[key]}" for key, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if key in ctx]
+    words = [
+        f"{op} {ctx[key]}" for key, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if key in ctx
+    ]
     for key, noun in (("min_length", "at least"), ("max_length", "at most")):
         if key in ctx:
             words.append(f"{noun} {ctx[key]} long")
@@ -157,7 +159,14 @@ def readable_errors(errors: list[dict[str, Any]], body_model: type[BaseModel] | 
             accepted = found or _accepted_from_context(ctx) or reason
             message = f"{field}: got {value!r}; accepted: {accepted}"
         items.append(
-            {"field": field, "in": where, "value": value, "accepted": accepted, "error": reason, "message": message}
+            {
+                "field": field,
+                "in": where,
+                "value": value,
+                "accepted": accepted,
+                "error": reason,
+                "message": message,
+            }
         )
     return items
 

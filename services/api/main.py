@@ -57,7 +57,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="Benchmark neural-network training on CPUs and GPUs with a from-scratch backprop engine.",
         description=(
-            "Submit benchmark jobs, follow them, and compare devices on the same spec with the vendor timeline "
+            "Submit benchmark jobs, follow them, and compare devices on the same spec with the vendor "
+            "timeline "
             "of the seed. Writes need a bearer token (`submit` or `admin` scope); reads need a `read` token "
             "unless the server runs with `BPBENCH_PUBLIC_READ=true`. A refused value is a 422 whose `detail` "
             "items name the field, the value seen and what is accepted."
@@ -73,4 +74,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-app = create_app()
+def __getattr__(name: str) -> FastAPI:
+    # `app` is made on first use (uvicorn's `services.api.main:app`), not at import: importing this module
+    # must not read the environment or touch a database.
+    if name == "app":
+        application = create_app()
+        globals()["app"] = application
+        return application
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -215,16 +215,25 @@ def checks_table(jobs: Sequence[dict[str, Any]]) -> Table:
         metrics = (job.get("result") or {}).get("metrics") or {}
         kind = job.get("kind")
         if kind == "gemm":
-            text = f"peak {_fmt((metrics.get('peak_flops_per_s') or 0) / 1e9)} GFLOP/s at n={metrics.get('peak_size')}"
+            peak = (metrics.get("peak_flops_per_s") or 0) / 1e9
+            text = f"peak {_fmt(peak)} GFLOP/s at n={metrics.get('peak_size')}"
         elif kind == "gradcheck":
             verdict = "passed" if metrics.get("passed") else "FAILED"
-            text = f"{verdict}: max relative error {_fmt(metrics.get('max_relative_error'))} ({metrics.get('dtype')})"
+            error = _fmt(metrics.get("max_relative_error"))
+            text = f"{verdict}: max relative error {error} ({metrics.get('dtype')})"
         elif kind == "backprop_vs_numerical":
-            grows = metrics.get("ratio_grows_with_parameters")
-            text = "numerical/backprop time ratio grows with the parameter count: " + ("yes" if grows else "no")
+            sizes = metrics.get("sizes") or [{}]
+            first, last = sizes[0], sizes[-1]
+            text = (
+                f"numerical gradient / backprop time: {_fmt(first.get('time_ratio'))}x at "
+                f"{first.get('parameters')} parameters, {_fmt(last.get('time_ratio'))}x at "
+                f"{last.get('parameters')}"
+            )
         else:
             text = "-"
-        table.add_row(str(job.get("suite_item") or kind), str(job.get("device_id") or job.get("device")), text)
+        table.add_row(
+            str(job.get("suite_item") or kind), str(job.get("device_id") or job.get("device")), text
+        )
     return table
 
 

@@ -143,7 +143,7 @@ def with_spec_options(func: Callable[..., Any]) -> Callable[..., Any]:
     The command must take a keyword parameter `overrides: dict[str, Any]`; it receives the options the
     user gave (parameter name -> value), the ones left out are absent.
     """
-    # Evaluated annotations: typer must see the Annotated options even under `from __future__ import annotations`.
+    # Evaluated annotations: typer must see Annotated options even under `from __future__ import annotations`.
     signature = inspect.signature(func, eval_str=True)
     own = [p for p in signature.parameters.values() if p.name != "overrides"]
     added = [

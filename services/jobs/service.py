@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import CursorResult, func, select, update
@@ -20,6 +21,7 @@ from sqlalchemy.orm import Session
 from services.core.config import get_settings
 from services.core.db import utcnow
 from services.core.queue import publish_job, queue_for
+from services.devices.models import Worker
 from services.jobs.models import ACTIVE_STATUSES, FINAL_STATUSES, JOB_STATUSES, Job
 from services.jobs.spec import JobSpec
 from services.results.models import Result
@@ -309,6 +311,57 @@ def cancel_job(session: Session, job_id: str) -> Job:
     if job is None:
         raise JobNotFound(f"no job with id {job_id!r}")
     return job
+
+
+def jobs_of_dead_workers(session: Session, *, dead_after_s: float) -> list[Job]:
+    """Running jobs whose worker stopped, vanished or was silent for `dead_after_s` (for a reconciler)."""
+    cutoff = utcnow() - timedelta(seconds=dead_after_s)
+    alive = select(Worker.name).where(Worker.stopped_at.is_(None), Worker.last_heartbeat >= cutoff)
+    query = select(Job).where(
+        Job.status == "running", (Job.worker_name.is_(None)) | (Job.worker_name.not_in(alive))
+    )
+    return list(session.scalars(query.order_by(Job.started_at)))
+
+
+def jobs_never_picked_up(session: Session, *, older_than_s: float) -> list[Job]:
+    """Queued jobs never published, or published more than `older_than_s` ago (for a reconciler)."""
+    cutoff = utcnow() - timedelta(seconds=older_than_s)
+    query = select(Job).where(
+        Job.status == "queued",
+        Job.cancel_requested.is_(False),
+        Job.published_at.is_(None) | (Job.published_at < cutoff),
+    )
+    return list(session.scalars(query.order_by(Job.created_at)))
+
+
+def requeue_job(session: Session, job_id: str, *, attempt: int, reason: str, max_attempts: int) -> str | None:
+    """Take a running job back (its worker died): `queued` again, or `failed` once `max_attempts` ran.
+
+    Fenced by `attempt`, so a job that finished or was re-claimed meanwhile is left alone (returns None).
+    Publishing the requeued job is the caller's business (after this commit).
+    """
+    now = utcnow()
+    if attempt >= max_attempts:
+        values: dict[str, Any] = {
+            "status": "failed",
+            "error": f"gave up after {attempt} attempt(s): {reason}"[:MAX_ERROR_CHARS],
+            "finished_at": now,
+        }
+    else:
+        values = {
+            "status": "queued",
+            "worker_name": None,
+            "device_id": None,
+            "started_at": None,
+            "progress": 0.0,
+            "progress_message": f"requeued after attempt {attempt}: {reason}"[:MAX_PROGRESS_MESSAGE_CHARS],
+            "published_at": None,
+        }
+    result = session.execute(
+        update(Job).where(_running_attempt(job_id, attempt)).values(updated_at=now, **values)
+    )
+    session.commit()
+    return str(values["status"]) if _rowcount(result) == 1 else None
 
 
 def is_final(status: str) -> bool:

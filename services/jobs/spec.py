@@ -113,11 +113,13 @@ class JobSpec(StrictModel):
     loss_samples: int = Field(100, ge=1, le=10_000)
     eval_samples: int | None = Field(None, ge=1, le=1_000_000, description="cap on samples used for accuracy")
     timing: TimingSpec = Field(default_factory=TimingSpec)
-    gemm_sizes: Annotated[list[Annotated[int, Field(ge=16, le=MAX_WIDTH)]], Field(min_length=1, max_length=16)] = (
-        Field(default_factory=lambda: [256, 512, 1024])
-    )
-    bvn_widths: Annotated[list[Annotated[int, Field(ge=1, le=4096)]], Field(min_length=2, max_length=16)] = Field(
-        default_factory=lambda: [2, 4, 8, 16, 32], description="hidden widths for backprop_vs_numerical"
+    gemm_sizes: Annotated[
+        list[Annotated[int, Field(ge=16, le=MAX_WIDTH)]], Field(min_length=1, max_length=16)
+    ] = Field(default_factory=lambda: [256, 512, 1024])
+    bvn_widths: Annotated[list[Annotated[int, Field(ge=1, le=4096)]], Field(min_length=2, max_length=16)] = (
+        Field(
+            default_factory=lambda: [2, 4, 8, 16, 32], description="hidden widths for backprop_vs_numerical"
+        )
     )
     time_limit_s: float | None = Field(None, gt=0, le=MAX_TIME_LIMIT_S)
 

@@ -71,7 +71,7 @@ class CompareFilters:
 
 
 def spec_candidates(session: Session, filters: CompareFilters) -> list[dict[str, Any]]:
-    """The specs matching the filters that have throughput results: hash, results, devices, newest; best first."""
+    """Specs matching the filters with throughput results (hash, results, devices, newest); best first."""
     query = (
         select(
             Result.spec_hash,
@@ -106,6 +106,7 @@ def _pooled_trials(session: Session, spec_hash: str) -> dict[str, dict[str, Any]
     ).all()
     stats: dict[str, dict[str, Any]] = {}
     for device_id, runs, n in counts:
+        assert device_id is not None  # filtered in the query
         lower, upper, coverage = median_ci_ranks(int(n))
         ranks = {"low": lower, "high": upper, "mid_a": (n + 1) // 2, "mid_b": (n + 2) // 2}
         stats[device_id] = {"runs": int(runs), "trials": int(n), "ranks": ranks, "ci95_coverage": coverage}
@@ -165,7 +166,10 @@ def vendor_key(vendor: str | None) -> str:
 
 
 def compare(session: Session, filters: CompareFilters, baseline: str | None = None) -> dict[str, Any]:
-    """The comparison document of one spec (see the module docstring); NoResults / UnknownBaseline on bad input."""
+    """The comparison document of one spec (see the module docstring).
+
+    Raises NoResults when nothing matches, UnknownBaseline when `baseline` names no compared device.
+    """
     candidates = spec_candidates(session, filters)
     if not candidates:
         raise NoResults(f"no throughput results match {filters.describe()}")
@@ -173,9 +177,10 @@ def compare(session: Session, filters: CompareFilters, baseline: str | None = No
     spec_hash = chosen["spec_hash"]
     note = None
     if len(candidates) > 1:
+        others = ", ".join(f"{c['spec_hash']} ({c['results']} results)" for c in candidates[1:])
         note = (
-            f"{len(candidates)} specs match {filters.describe()}; compared {spec_hash} (most results: "
-            f"{chosen['results']}); pass spec_hash= to compare another"
+            f"{len(candidates)} specs match {filters.describe()}; compared {spec_hash}, the one with the "
+            f"most results ({chosen['results']}); the others: {others}; pass spec_hash= to compare another"
         )
     stats = _pooled_trials(session, spec_hash)
     devices = {d.id: d for d in session.scalars(select(Device).where(Device.id.in_(list(stats))))}

@@ -128,10 +128,25 @@ def test_gradcheck_result_lists_every_parameter_under_threshold() -> None:
 
 
 def test_gradcheck_of_simple_convnet_uses_a_small_image() -> None:
-    model = {"name": "simple_convnet", "layers": [784, 100, 10]}
+    model = {"name": "simple_convnet", "layers": [784, 8, 10]}
     result = run_job({"kind": "gradcheck", "dtype": "float64", "model": model})
     assert result["metrics"]["input_shape"] == [1, 8, 8]
     assert result["metrics"]["max_relative_error"] <= 1e-7
+
+
+def test_gradcheck_passes_for_a_batchnorm_mlp_in_float64() -> None:
+    model = {"name": "mlp", "layers": [12, 8, 8, 4], "activation": "tanh", "batchnorm": True}
+    result = run_job({"kind": "gradcheck", "dtype": "float64", "model": model})
+    assert {"gamma1", "beta1", "gamma2", "beta2"} <= set(result["metrics"]["parameters"])
+    assert result["metrics"]["passed"] is True
+
+
+def test_gradcheck_in_float32_reports_errors_without_a_verdict() -> None:
+    result = run_job(
+        {"kind": "gradcheck", "dtype": "float32", "model": {"name": "mlp", "layers": [12, 8, 4]}}
+    )
+    assert result["metrics"]["threshold"] is None and result["metrics"]["passed"] is None
+    assert result["metrics"]["max_relative_error"] < 1.0
 
 
 def test_gradcheck_shrinks_a_large_model() -> None:

@@ -1,4 +1,6 @@
-"""`/api/v1/compare`: devices side by side on one spec, with the seed's vendor timeline (see results/compare.py)."""
+"""`/api/v1/compare`: devices side by side on one spec, with the seed's vendor timeline.
+
+The aggregation lives in `services/results/compare.py`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`/api/v1/devices`: every registered device with its fingerprint, whether a worker serves it now, its queue."""
+"""`/api/v1/devices`: every registered device, its fingerprint, whether a worker serves it now, its queue."""
 
 from __future__ import annotations
 

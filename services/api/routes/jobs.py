@@ -19,6 +19,8 @@ from services.results.service import get_result_for_job
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
+MAX_SUMMARY_ROWS = 16
+
 StatusName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 KindName = Literal["train", "gradcheck", "backprop_vs_numerical", "gemm"]
 
@@ -46,7 +48,7 @@ class ResultSummary(BaseModel):
     samples_per_s_ci95: list[float | None]
     trial_count: int
     engine_time_s: float | None
-    metrics: dict[str, Any] = Field(description="the engine's scalar metrics")
+    metrics: dict[str, Any] = Field(description="the engine's metrics, without long series (loss curve)")
 
 
 class JobOut(BaseModel):
@@ -86,12 +88,17 @@ class JobPage(BaseModel):
     items: list[JobOut]
 
 
-def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {
-        key: value
-        for key, value in metrics.items()
-        if isinstance(value, str | bool | int) or (isinstance(value, float) and math.isfinite(value))
-    }
+def _summary_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The metrics worth a glance: scalars and short tables (per-size rows), not long curves."""
+
+    def keep(value: Any) -> bool:
+        if isinstance(value, float):
+            return math.isfinite(value)
+        if isinstance(value, list):
+            return len(value) <= MAX_SUMMARY_ROWS
+        return isinstance(value, str | bool | int | dict)
+
+    return {key: value for key, value in metrics.items() if keep(value)}
 
 
 def job_out(session: Session, job: Job, *, with_result: bool = True, suite_item: str | None = None) -> JobOut:
@@ -106,7 +113,7 @@ def job_out(session: Session, job: Job, *, with_result: bool = True, suite_item:
                 samples_per_s_ci95=[result.samples_per_s_ci_low, result.samples_per_s_ci_high],
                 trial_count=result.trial_count,
                 engine_time_s=result.engine_time_s,
-                metrics=_scalar_metrics(result.metrics or {}),
+                metrics=_summary_metrics(result.metrics or {}),
             )
     duration = None
     if job.started_at and job.finished_at:
