@@ -38,6 +38,7 @@ from engine.datasets import Dataset, DatasetError, load_dataset
 from engine.gradients import FLOOR_FRACTION, numerical_gradient, relative_error
 from engine.layers import BatchNorm
 from engine.networks import Network, build_network
+from engine.optimizers import make_optimizer
 from engine.stats import AdaptiveRepeats, headline, repeat_until_stable, summarize
 
 SCHEMA_VERSION = 1
@@ -319,8 +320,6 @@ def _build(
 
 
 def _make_optimizer(spec: dict[str, Any]) -> Any:
-    from engine.optimizers import make_optimizer
-
     try:
         return make_optimizer(spec["optimizer"])
     except (ValueError, KeyError) as exc:
@@ -615,6 +614,7 @@ def _calibrated_trial(
     started = time.perf_counter()
     while time.perf_counter() - started < WARMUP_S:
         fn()
+        synchronize(device)  # on a GPU, count device time, not how fast the host can queue launches
     stopwatch = Stopwatch(device)
     stopwatch.start()
     fn()

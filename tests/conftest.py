@@ -73,7 +73,8 @@ def require_server(name: str, url: str, default_port: int) -> None:
     """Skip the test when the server is missing, or fail it when CI=true."""
     if server_reachable(url, default_port):
         return
-    message = f"{name} is not reachable at {urlsplit(url).netloc or url}"
+    parts = urlsplit(url)  # host and port only: the URL may carry a password
+    message = f"{name} is not reachable at {parts.hostname or '127.0.0.1'}:{parts.port or default_port}"
     if CI:
         pytest.fail(f"{message} (CI=true: a missing server is a failure, not a skip)")
     pytest.skip(message)

@@ -94,6 +94,7 @@ def test_seeded_runs_give_the_same_losses() -> None:
         (["--lr", "0"], "error: --lr 0.0: Input should be greater than 0"),
         (["--kind", "sing"], "error: --kind \"sing\": Input should be 'train', 'gradcheck'"),
         (["--steps", "abc"], "error: Invalid value for '--steps'"),
+        (["--steps=abc"], "error: Invalid value for '--steps'"),
         (["--stepz", "5"], "error: No such option: --stepz"),
         (["--layers", "784,a,10"], "error: --layers '784,a,10': expected comma-separated integers"),
         (["--batch-size", "0"], "error: --batch-size 0: Input should be greater than or equal to 1"),
@@ -110,6 +111,8 @@ def test_bad_input_is_one_line_on_stderr_with_exit_code_2(args: list[str], expec
     assert result.exit_code == 2
     assert result.stderr.startswith(expected) and result.stderr.count("\n") == 1
     assert result.stdout == "" and "Traceback" not in result.stderr
+    if "Invalid value" in expected:
+        assert result.stderr.rstrip().endswith("(got 'abc')")  # the refused value is quoted
 
 
 @pytest.mark.skipif(importlib.util.find_spec("cupy") is not None, reason="this machine has CuPy")

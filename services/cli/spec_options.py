@@ -131,10 +131,24 @@ class OneLineErrorCommand(TyperCommand):
     """A typer command whose usage errors (unknown option, bad type) are one line on stderr, exit 2."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        raw = list(args)  # click consumes `args`; keep them to quote the value it refused
         try:
             return super().parse_args(ctx, args)
         except UsageError as exc:
-            fail(exc.format_message())
+            message = exc.format_message()
+            value = _given_value(raw, getattr(getattr(exc, "param", None), "opts", []))
+            fail(message if value is None else f"{message} (got {value!r})")
+
+
+def _given_value(args: list[str], flags: list[str]) -> str | None:
+    """The value typed after one of `flags` (`--steps abc` or `--steps=abc`), if any."""
+    for index, arg in enumerate(args):
+        for flag in flags:
+            if arg == flag and index + 1 < len(args):
+                return args[index + 1]
+            if arg.startswith(flag + "="):
+                return arg[len(flag) + 1 :]
+    return None
 
 
 def with_spec_options(func: Callable[..., Any]) -> Callable[..., Any]:

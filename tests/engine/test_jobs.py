@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+import engine.jobs
 from engine.jobs import JobCancelled, JobDiverged, JobError, run_job
 
 FAST_TIMING = {"warmup": 1, "window": 5, "min_repeats": 3, "max_repeats": 5, "target_cv": 0.5}
@@ -92,13 +93,24 @@ def test_should_stop_cancels_between_steps() -> None:
         run_job({"kind": "train", "steps": 50}, should_stop=lambda: True)
 
 
-def test_progress_is_reported_at_a_modest_rate_and_ends_at_one() -> None:
+def test_progress_is_rate_limited_and_runs_from_zero_to_one(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[float, str]] = []
-    _train(steps=200, batch_size=10)
+    monkeypatch.setattr(engine.jobs, "PROGRESS_INTERVAL_S", 3600.0)  # nothing but the forced reports
     run_job({"kind": "train", "steps": 200, "batch_size": 10}, progress=lambda f, m: calls.append((f, m)))
-    fractions = [f for f, _ in calls]
-    assert fractions[0] == 0.0 and fractions[-1] == 1.0 and fractions == sorted(fractions)
-    assert len(calls) < 20  # not once per step
+    assert [f for f, _ in calls] == [0.0, 0.0, 1.0, 1.0]  # starting, loading, evaluating, done
+
+
+def test_progress_is_reported_between_windows_never_per_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[float] = []
+    monkeypatch.setattr(engine.jobs, "PROGRESS_INTERVAL_S", 0.0)  # every opportunity
+    spec = {
+        "kind": "train",
+        "steps": 200,
+        "batch_size": 10,
+        "timing": {**FAST_TIMING, "warmup": 10, "window": 10},
+    }
+    run_job(spec, progress=lambda f, m: calls.append(f))
+    assert len(calls) == 4 + 200 // 10 and calls == sorted(calls)  # one per 10-step chunk
 
 
 @pytest.mark.parametrize(
@@ -173,3 +185,25 @@ def test_gemm_reports_the_rate_per_size_and_the_peak() -> None:
     assert [row["n"] for row in metrics["sizes"]] == [32, 64]
     assert metrics["peak_flops_per_s"] == max(row["flops_per_s"]["median"] for row in metrics["sizes"])
     assert set(result["trials"]) == {"32", "64"} and all(rate > 0 for rate in result["trials"]["64"])
+
+
+@pytest.mark.gpu
+def test_train_on_a_gpu_reports_the_cupy_pool_and_starts_like_the_cpu(gpu: Any) -> None:
+    spec = {"kind": "train", "steps": 30, "batch_size": 50, "timing": FAST_TIMING, "seed": 4}
+    on_gpu = run_job({**spec, "device": gpu.name})
+    on_cpu = run_job(spec)
+    assert on_gpu["metrics"]["peak_memory_source"] == "cupy_pool" and "gpu" in on_gpu["fingerprint"]
+    # Same seed, same weights and minibatches: the first loss agrees to float32 rounding.
+    assert on_gpu["metrics"]["loss_curve"][0][1] == pytest.approx(
+        on_cpu["metrics"]["loss_curve"][0][1], rel=1e-5
+    )
+
+
+@pytest.mark.gpu
+def test_gemm_and_backprop_vs_numerical_run_on_a_gpu(gpu: Any) -> None:
+    gemm = run_job({"kind": "gemm", "device": gpu.name, "gemm_sizes": [256, 1024], "timing": FAST_TIMING})
+    assert gemm["metrics"]["peak_flops_per_s"] > 0
+    bvn = run_job(
+        {"kind": "backprop_vs_numerical", "device": gpu.name, "bvn_widths": [2, 8], "timing": FAST_TIMING}
+    )
+    assert [row["numerical_forward_evaluations"] for row in bvn["metrics"]["sizes"]] == [92, 344]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter
@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from services.api.deps import ReadAccess, SessionDep, SettingsDep
 from services.core.db import utcnow
-from services.devices.models import Device, Worker
+from services.devices.service import is_live, list_devices, list_workers
 from services.jobs.models import Job
 
 router = APIRouter(prefix="/devices", tags=["devices"])
@@ -54,27 +54,12 @@ class DevicePage(BaseModel):
     items: list[DeviceOut]
 
 
-def live_since(worker_dead_after_s: float) -> datetime:
-    """Workers with a heartbeat after this moment are live."""
-    return utcnow() - timedelta(seconds=worker_dead_after_s)
-
-
-def live_devices(session: Session, worker_dead_after_s: float) -> list[Device]:
-    """Devices with at least one live worker (a recent heartbeat, not stopped), oldest first."""
-    live_ids = select(Worker.device_id).where(
-        Worker.last_heartbeat >= live_since(worker_dead_after_s), Worker.stopped_at.is_(None)
-    )
-    return list(
-        session.scalars(select(Device).where(Device.id.in_(live_ids)).order_by(Device.first_seen, Device.id))
-    )
-
-
 def device_views(session: Session, worker_dead_after_s: float) -> list[DeviceOut]:
-    """Every device with its workers and the number of queued jobs it may take."""
-    since = live_since(worker_dead_after_s)
+    """Every device (by class, then name) with its workers and the number of queued jobs it may take."""
+    now = utcnow()
     workers: dict[str, list[WorkerOut]] = {}
-    for worker in session.scalars(select(Worker).order_by(Worker.started_at)):
-        live = worker.stopped_at is None and worker.last_heartbeat >= since
+    for worker in list_workers(session):
+        live = is_live(worker, dead_after_s=worker_dead_after_s, now=now)
         workers.setdefault(worker.device_id, []).append(
             WorkerOut(
                 name=worker.name,
@@ -97,7 +82,7 @@ def device_views(session: Session, worker_dead_after_s: float) -> list[DeviceOut
         else:
             targeted[target] = targeted.get(target, 0) + count
     views = []
-    for device in session.scalars(select(Device).order_by(Device.first_seen, Device.id)):
+    for device in list_devices(session):
         mine = workers.get(device.id, [])
         views.append(
             DeviceOut(
@@ -119,7 +104,7 @@ def device_views(session: Session, worker_dead_after_s: float) -> list[DeviceOut
 
 
 @router.get("", response_model=DevicePage, dependencies=[ReadAccess])
-def list_devices(session: SessionDep, settings: SettingsDep) -> DevicePage:
-    """Registered devices, oldest first: fingerprint, live or not, queue, queued jobs, workers."""
+def get_devices(session: SessionDep, settings: SettingsDep) -> DevicePage:
+    """Registered devices, by class and name: fingerprint, live or not, queue, queued jobs, workers."""
     items = device_views(session, settings.worker_dead_after_s)
     return DevicePage(total=len(items), items=items)

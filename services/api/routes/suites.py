@@ -9,9 +9,9 @@ from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from services.api.deps import SessionDep, SettingsDep, SubmitAccess
-from services.api.routes.devices import live_devices
 from services.api.routes.jobs import JobOut, job_out
 from services.devices.models import Device
+from services.devices.service import list_devices, live_device_ids
 from services.jobs import service
 from services.jobs.spec import DEVICE_PATTERN
 from services.jobs.suites import SUITES
@@ -41,7 +41,8 @@ def _resolve_targets(
 ) -> list[tuple[str, str | None]]:
     """(spec device, exact target device id or None) for each place the suite runs."""
     if requested is None:
-        devices = live_devices(session, dead_after_s)
+        live = live_device_ids(session, dead_after_s=dead_after_s)
+        devices = [device for device in list_devices(session) if device.id in live]
         if not devices:
             raise HTTPException(
                 status_code=status.HTTP_409_CONFLICT,
