@@ -201,8 +201,15 @@ def make_batches(widths: list[int], batch: int) -> tuple[Batches, Batches]:
     return xs, ts
 
 
-def measure(name: str, widths: list[int], batch: int, repeats: int, seconds: float) -> dict[str, Any]:
-    """Interleaved repetitions of every runner, the order rotating each round; samples/s per repetition."""
+def measure(
+    name: str, widths: list[int], batch: int, repeats: int, seconds: float, gap: float
+) -> dict[str, Any]:
+    """Interleaved repetitions of every runner, the order rotating each round; samples/s per repetition.
+
+    A pause of `gap` seconds precedes every repetition: OpenBLAS worker threads keep spinning for a
+    while after a call (and OpenMP's after a parallel region), which would steal one of the two
+    cores from whichever contestant runs next.
+    """
     xs, ts = make_batches(widths, batch)
     runners = {key: make(widths, batch, xs, ts) for key, make in RUNNERS.items()}
     steps: dict[str, int] = {}
@@ -216,6 +223,7 @@ def measure(name: str, widths: list[int], batch: int, repeats: int, seconds: flo
     order = list(runners)
     for r in range(repeats):
         for key in order[r % len(order) :] + order[: r % len(order)]:
+            time.sleep(gap)
             t0 = time.perf_counter()
             runners[key](steps[key])
             trials[key].append(steps[key] * batch / (time.perf_counter() - t0))
@@ -266,6 +274,7 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=15, help="interleaved repetitions per runner")
     parser.add_argument("--seconds", type=float, default=0.4, help="target length of one repetition")
+    parser.add_argument("--gap", type=float, default=0.3, help="idle seconds before each repetition")
     parser.add_argument("--threads", type=int, default=None, help="BLAS and torch threads (default: BLAS's)")
     parser.add_argument(
         "--profile", type=int, default=0, help="also cProfile this many engine steps per config"
@@ -284,7 +293,7 @@ def main() -> None:
     busy_before = psutil.cpu_percent(interval=2.0)  # what others use of the machine, before we start
     load_before = os.getloadavg()
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    results = [measure(c, *CONFIGS[c], args.repeats, args.seconds) for c in args.configs.split(",")]
+    results = [measure(c, *CONFIGS[c], args.repeats, args.seconds, args.gap) for c in args.configs.split(",")]
     load_after = os.getloadavg()
 
     print(f"{started}; python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}")

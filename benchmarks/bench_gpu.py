@@ -132,11 +132,15 @@ def measure(name: str, repeats: int, seconds: float, with_torch: bool) -> dict[s
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated: " + ",".join(CONFIGS))
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--seconds", type=float, default=0.5, help="target length of one repetition")
-    parser.add_argument("--no-torch", action="store_true", help="skip PyTorch (e.g. where it is not installed)")
+    parser.add_argument(
+        "--no-torch", action="store_true", help="skip PyTorch (e.g. where it is not installed)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args()
     report: dict[str, Any] = {

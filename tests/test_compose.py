@@ -1,5 +1,6 @@
-"""docker-compose.yml, checked without a Docker engine: against the Compose Specification's schema, against
-the settings class, and for the shape the deployment needs (health checks, migration order, GPU reservation)."""
+"""docker-compose.yml, checked without a Docker engine: against the Compose Specification's schema,
+against the settings class, and for the shape the deployment needs (health checks, migration order,
+GPU reservation)."""
 
 from __future__ import annotations
 
@@ -72,7 +73,9 @@ def test_compose_urls_are_accepted_by_the_settings(compose: dict[str, Any]) -> N
     env = compose["services"]["api"]["environment"]
     # Substitute compose's ${VAR:-default} with the default, as compose would with an empty .env.
     resolved = {k: re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(v)) for k, v in env.items()}
-    settings = Settings(database_url=resolved["BPBENCH_DATABASE_URL"], broker_url=resolved["BPBENCH_BROKER_URL"])
+    settings = Settings(
+        database_url=resolved["BPBENCH_DATABASE_URL"], broker_url=resolved["BPBENCH_BROKER_URL"]
+    )
     assert settings.database_url == "postgresql+psycopg://bpbench:bpbench@postgres:5432/bpbench"
     assert settings.broker_url == "redis://redis:6379/0"
 

@@ -29,9 +29,6 @@ from services.jobs.models import Job
 from services.results.models import Result, Trial
 from services.timeline.models import VendorEntry
 
-# Vendor names as devices report them -> the seed's vendor key.
-VENDOR_ALIASES = {"genuineintel": "Intel", "authenticamd": "AMD", "nvidia corporation": "NVIDIA"}
-
 
 class NoResults(LookupError):
     """No result matches the filters; the message says which filters."""
@@ -159,12 +156,6 @@ def _flops_per_sample(session: Session, spec_hash: str) -> float | None:
     return float(row[0]) / float(row[1])
 
 
-def vendor_key(vendor: str | None) -> str:
-    """The seed's vendor name for a device's vendor string (`GenuineIntel` -> `Intel`)."""
-    text = (vendor or "").strip()
-    return VENDOR_ALIASES.get(text.lower(), text)
-
-
 def compare(session: Session, filters: CompareFilters, baseline: str | None = None) -> dict[str, Any]:
     """The comparison document of one spec (see the module docstring).
 
@@ -206,8 +197,9 @@ def compare(session: Session, filters: CompareFilters, baseline: str | None = No
     rows = []
     for device_id, item in sorted(stats.items(), key=lambda kv: -kv[1]["median"]):
         device = devices.get(device_id)
-        vendor = vendor_key(device.vendor if device else None)
-        entry = timeline.get(vendor.lower())
+        # Device vendors are named as the seed names them (services.devices.service.vendor_of).
+        vendor = device.vendor if device else None
+        entry = timeline.get((vendor or "").lower())
         peak = peaks.get(device_id)
         achieved = item["median"] * flops_per_sample if flops_per_sample else None
         rows.append(
@@ -215,7 +207,7 @@ def compare(session: Session, filters: CompareFilters, baseline: str | None = No
                 "device_id": device_id,
                 "device_name": device.name if device else None,
                 "device_class": device.device_class if device else None,
-                "vendor": vendor or None,
+                "vendor": vendor,
                 "samples_per_s": {
                     "median": item["median"],
                     "ci95": item["ci95"],
