@@ -140,8 +140,15 @@ def run_worker(
     threads: int | None = None,
     loglevel: str = "INFO",
     settings: Settings | None = None,
+    log_format: str = "text",
 ) -> int:
     """Register the device, then consume its queues until a shutdown signal; returns the exit code."""
+    # issue 5 (observability): one log setup for the worker; job lines carry job id, worker and device.
+    from services.core.logging import LOG_FORMATS, configure_logging
+
+    if log_format not in LOG_FORMATS:
+        raise WorkerConfigError(f"--log-format must be one of {', '.join(LOG_FORMATS)}, got {log_format!r}")
+    configure_logging("json" if log_format == "json" else "text", loglevel)
     wanted = parse_device(device)
     pin_gpu(wanted)  # before anything below can import CuPy
     if threads is not None:
@@ -202,6 +209,8 @@ def run_worker(
         except Exception as exc:
             log.warning("could not record the shutdown of %s: %s", worker_name, exc)
 
+    # Celery leaves logging alone when someone handles `setup_logging`: ours is already configured.
+    signals.setup_logging.connect(lambda **_: None, weak=False)
     signals.worker_ready.connect(on_ready, weak=False)
     signals.worker_shutdown.connect(on_shutdown, weak=False)
     # A forked pool process must not reuse the parent's database connections.
@@ -242,6 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=None, help="jobs at once (CPU only; default 1)")
     parser.add_argument("--threads", type=int, default=None, help="BLAS threads (default: the library's)")
     parser.add_argument("--loglevel", default="INFO")
+    parser.add_argument("--log-format", default="text", choices=["text", "json"])
     args = parser.parse_args(argv)
     raise SystemExit(
         run_worker(
@@ -250,6 +260,7 @@ def main(argv: list[str] | None = None) -> None:
             concurrency=args.concurrency,
             threads=args.threads,
             loglevel=args.loglevel,
+            log_format=args.log_format,
         )
     )
 

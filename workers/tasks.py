@@ -11,6 +11,7 @@ Every write after the claim is fenced by the claim's attempt number.
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 import time
@@ -24,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.core.config import Settings, get_settings
 from services.core.db import session_factory
+from services.core.logging import job_context
 from services.core.queue import RUN_JOB_TASK, celery_app
 from services.jobs import service as jobs
 
@@ -118,6 +120,7 @@ def free_gpu_memory() -> None:
     if cupy is None:
         return
     try:
+        gc.collect()  # arrays held only by reference cycles (layers <-> network) go back to the pool first
         cupy.get_default_memory_pool().free_all_blocks()
         cupy.get_default_pinned_memory_pool().free_all_blocks()
     except Exception as exc:  # never let cleanup turn a finished job into a failure
@@ -216,4 +219,7 @@ def _failed(factory: sessionmaker[Session], job_id: str, message: str, attempt: 
 )
 def run_job_task(self: Task, job_id: str) -> str:
     """Celery entry point: run job `job_id` on this worker's device."""
-    return execute_job(str(job_id), current_context())
+    context = current_context()
+    # issue 5: every log line about this job names the job, the worker and the device.
+    with job_context(str(job_id), context.name, context.device_id):
+        return execute_job(str(job_id), context)

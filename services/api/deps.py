@@ -14,6 +14,7 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.api.cookies import CSRF_HEADER, CSRF_VALUE, csrf_checked, token_from_cookie
 from services.auth.models import ApiToken
 from services.auth.service import authenticate, grants
 from services.core.config import Settings
@@ -51,12 +52,22 @@ def _unauthorized(message: str) -> HTTPException:
 def require_scope(scope: str, *, public_when_read_open: bool = False) -> Any:
     """A dependency that lets the request through only with a token granting `scope`."""
 
-    def check(session: SessionDep, settings: SettingsDep, credentials: Credentials) -> ApiToken | None:
+    def check(
+        request: Request, session: SessionDep, settings: SettingsDep, credentials: Credentials
+    ) -> ApiToken | None:
         if public_when_read_open and settings.public_read:
             return None
-        if credentials is None:
+        # --- issue 5 (dashboard sign-in): the bearer header, else the dashboard's HttpOnly cookie. ---
+        raw = credentials.credentials if credentials is not None else token_from_cookie(request)
+        if credentials is None and raw is not None and not csrf_checked(request):
+            raise HTTPException(
+                status_code=status.HTTP_403_FORBIDDEN,
+                detail=f"a write signed in by cookie needs the header {CSRF_HEADER}: {CSRF_VALUE} (CSRF check)",
+            )
+        # --- end issue 5 ---
+        if raw is None:
             raise _unauthorized(f"this endpoint needs a bearer token with the {scope!r} scope")
-        token = authenticate(session, credentials.credentials)
+        token = authenticate(session, raw)
         if token is None:
             raise _unauthorized("the bearer token is not valid (unknown or revoked)")
         if not grants(token, scope):

@@ -22,12 +22,22 @@ def worker_command(
         int | None, typer.Option(min=1, help="BLAS threads; part of the device's identity (default: all)")
     ] = None,
     loglevel: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = "INFO",
+    log_format: Annotated[
+        str, typer.Option(help="text for people, json for machines (one object per line)")
+    ] = "text",
 ) -> None:
     """Serve one device: register its fingerprint, send heartbeats, run the jobs of its queues."""
     from workers.main import WorkerConfigError, run_worker
 
     try:
-        code = run_worker(device, name=name, concurrency=concurrency, threads=threads, loglevel=loglevel)
+        code = run_worker(
+            device,
+            name=name,
+            concurrency=concurrency,
+            threads=threads,
+            loglevel=loglevel,
+            log_format=log_format,
+        )
     except WorkerConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -213,9 +213,7 @@ def usable_gpus() -> list[int]:
         listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20, check=True)
     except (OSError, subprocess.SubprocessError):
         return []
-    return [
-        i for i, line in enumerate(line for line in listing.stdout.splitlines() if line.startswith("GPU "))
-    ]
+    return list(range(sum(1 for line in listing.stdout.splitlines() if line.startswith("GPU "))))
 
 
 def ensure_token(settings: Settings) -> tuple[str, bool]:
@@ -334,16 +332,25 @@ def _recover(settings: Settings) -> None:
 def api_command(
     host: Annotated[str, typer.Option(help="address to bind; 127.0.0.1 unless told otherwise")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    log_format: Annotated[
+        str, typer.Option(help="text for people, json for machines (one object per line)")
+    ] = "text",
 ) -> None:
     """Serve the API (migrates the database first); BPBENCH_API_TOKEN becomes its first admin token."""
     import uvicorn
 
     from services.api.main import create_app
+    from services.core.logging import LOG_FORMATS, configure_logging
     from services.core.migrate import upgrade_to_head
 
+    if log_format not in LOG_FORMATS:
+        err_console.print(f"[red]error:[/red] --log-format {log_format!r}: accepted: text, json")
+        raise typer.Exit(2)
+    configure_logging("json" if log_format == "json" else "text")
     settings = get_settings()
     upgrade_to_head(settings.database_url)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    # log_config=None: uvicorn's loggers propagate to the handler configured above (text or JSON).
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", log_config=None)
 
 
 @app.command("up")
@@ -400,6 +407,8 @@ def up_command(
         console.print(f"bpbench is up at {api_url} (docs at {api_url}/docs), data in {settings.data_dir}")
         if created:
             console.print(f"API token (saved to {settings.api_token_file}): {token}")
+        # issue 5: the dashboard's sign-in link, as Jupyter prints it (the token becomes a cookie).
+        console.print(f"Dashboard: {api_url}/?token={token}", soft_wrap=True, highlight=False)
         with one_line_errors():
             fresh = client.get("/api/v1/jobs", limit=1)["total"] == 0
             if suite == "standard" or (suite is None and fresh):

@@ -95,13 +95,18 @@ class Settings(BaseSettings):
     api_token: str | None = Field(default=None, repr=False)
     public_read: bool = False
 
+    # A dead worker's job runs again within heartbeat-free time + one reconcile tick:
+    # worker_dead_after_s + reconcile_interval_s = 15 + 5 = 20 s (< 30 s), plus the pick-up by an idle worker.
     heartbeat_interval_s: float = Field(
-        default=5.0, gt=0, le=300, description="how often a worker writes its heartbeat"
+        default=3.0,
+        gt=0,
+        le=300,
+        description="how often a worker (and each running job) writes its heartbeat",
     )
     worker_dead_after_s: float = Field(
-        default=30.0,
+        default=15.0,
         gt=0,
-        description="a worker with no heartbeat for this long is dead; its running jobs are requeued",
+        description="a worker or running job with no heartbeat for this long is dead; its job is requeued",
     )
     reconcile_interval_s: float = Field(
         default=5.0, gt=0, description="how often the reconciler looks for lost jobs"
@@ -109,7 +114,16 @@ class Settings(BaseSettings):
     queued_republish_after_s: float = Field(
         default=60.0,
         gt=0,
-        description="a job still queued after this long is published again by the reconciler",
+        description="a job published this long ago and still queued, on a queue nobody took a job from "
+        "in that time, is published again by the reconciler",
+    )
+    reconcile_batch: int = Field(
+        default=500, ge=1, le=100_000, description="most jobs the reconciler handles per kind per tick"
+    )
+    max_job_memory_bytes: int = Field(
+        default=32 * 1024**3,
+        ge=1024**2,
+        description="server cap on a job's estimated memory; a bigger job is refused at submission (422)",
     )
     max_attempts: int = Field(
         default=3, ge=1, le=100, description="runs of one job before it is marked failed"

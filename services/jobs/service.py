@@ -367,3 +367,14 @@ def requeue_job(session: Session, job_id: str, *, attempt: int, reason: str, max
 def is_final(status: str) -> bool:
     """True for `succeeded`, `failed` and `cancelled`."""
     return status in FINAL_STATUSES
+
+
+def touch_job(session: Session, job_id: str, *, attempt: int) -> bool:
+    """The per-job heartbeat: bump a running job's `updated_at`; False once it is no longer this attempt's.
+
+    Written by a thread beside the running job (in the pool process that runs it), so a job whose process
+    died (killed pool child, hard time limit, lost network) goes stale even while its worker lives.
+    """
+    result = session.execute(update(Job).where(_running_attempt(job_id, attempt)).values(updated_at=utcnow()))
+    session.commit()
+    return _rowcount(result) == 1
