@@ -13,6 +13,8 @@ order rotating every round, so machine noise hits all of them alike; medians are
 The GEMM-bound limit is the step's matrix products alone: the very same `np.matmul` calls the step
 makes (same shapes, same transposed operands, `out=` buffers), timed back to back in the same run.
 limit samples/s = batch / (their time); the step's FLOPs over that time is the matmul rate.
+PyTorch's own limit is measured the same way with `torch.mm` on its layout (weights out x in), so
+the table shows how much of any gap is the BLAS library (OpenBLAS for NumPy, MKL for PyTorch).
 """
 
 from __future__ import annotations
@@ -186,11 +188,34 @@ def gemm_runner(widths: list[int], batch: int, xs: Batches, ts: Batches) -> Runn
     return run
 
 
+def torch_gemm_runner(widths: list[int], batch: int, xs: Batches, ts: Batches) -> Runner:
+    """Only the matrix products of PyTorch's step, as nn.Linear issues them (weight stored out x in)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(1)
+    calls = []
+    for i, (d, h) in enumerate(itertools.pairwise(widths)):
+        x, dout = torch.rand(batch, d, generator=gen), torch.rand(batch, h, generator=gen)
+        weight = torch.rand(h, d, generator=gen)
+        calls.append((x, weight.T, torch.empty(batch, h)))  # forward x W^T
+        calls.append((dout.T, x, torch.empty(h, d)))  # backward dW = dout^T x
+        if i > 0:
+            calls.append((dout, weight, torch.empty(batch, d)))  # backward dx = dout W
+
+    def run(steps: int) -> None:
+        for _ in range(steps):
+            for a, b, out in calls:
+                torch.mm(a, b, out=out)
+
+    return run
+
+
 RUNNERS: dict[str, Callable[[list[int], int, Batches, Batches], Runner]] = {
     "engine": engine_runner,
     "torch": torch_runner,
     "numpy": numpy_runner,
     "gemm": gemm_runner,
+    "torch_gemm": torch_gemm_runner,
 }
 
 
@@ -247,6 +272,8 @@ def measure(
         "gemm_gflops": flops * med["gemm"] / batch / 1e9,
         "engine_gflops": flops * med["engine"] / batch / 1e9,
         "engine_of_gemm_limit": med["engine"] / med["gemm"],
+        "torch_gemm_gflops": flops * med["torch_gemm"] / batch / 1e9,
+        "torch_of_gemm_limit": med["torch"] / med["torch_gemm"],
     }
 
 
@@ -305,14 +332,16 @@ def main() -> None:
     print(f"CPU busy before start: {busy_before:.0f}%; load average before {load_before}, after {load_after}")
     print(
         f"{'config':9} {'batch':>5} {'engine':>9} {'torch':>9} {'numpy':>9} {'eng/torch':>9} {'paired':>6} "
-        f"{'np/torch':>8} {'eng/np':>6} {'GEMM GF/s':>9} {'eng/limit':>9}"
+        f"{'np/torch':>8} {'eng/np':>6} {'GEMM GF/s':>9} {'eng/limit':>9} "
+        f"{'torch GF/s':>10} {'torch/limit':>11}"
     )
     for r in results:
         s = r["samples_per_s"]
         print(
             f"{r['config']:9} {r['batch']:5d} {s['engine']:9.0f} {s['torch']:9.0f} {s['numpy']:9.0f} "
             f"{r['engine_vs_torch']:9.2f} {r['engine_vs_torch_paired']:6.2f} {r['numpy_vs_torch']:8.2f} "
-            f"{r['engine_vs_numpy']:6.2f} {r['gemm_gflops']:9.1f} {r['engine_of_gemm_limit']:9.2f}"
+            f"{r['engine_vs_numpy']:6.2f} {r['gemm_gflops']:9.1f} {r['engine_of_gemm_limit']:9.2f} "
+            f"{r['torch_gemm_gflops']:10.1f} {r['torch_of_gemm_limit']:11.2f}"
         )
     profiles = {}
     if args.profile:

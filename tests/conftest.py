@@ -9,12 +9,17 @@ Nothing is mocked: PostgreSQL, Redis and RabbitMQ are the local servers (127.0.0
 `=postgresql`): a fresh database per test session and backend, created, migrated to head, and dropped after.
 `redis_broker_url` claims a Redis database number of its own (1..15, locked with a key, so test runs in
 parallel do not steal each other's messages) and empties it before and after.
+
+`broker_url` (what `service_settings`, the shared worker and the API use) is Redis for every test, and
+Redis *and* RabbitMQ (a private vhost on the local server) for tests marked `every_broker`: those run once
+per broker (restrict with `BPBENCH_TEST_BROKERS=redis` or `=rabbitmq`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -47,6 +52,11 @@ RABBITMQ_URL = os.environ.get("BPBENCH_TEST_RABBITMQ_URL", "amqp://guest:guest@1
 DATABASE_BACKENDS = [
     name.strip()
     for name in os.environ.get("BPBENCH_TEST_DATABASES", "sqlite,postgresql").split(",")
+    if name.strip()
+]
+BROKERS = [
+    name.strip()
+    for name in os.environ.get("BPBENCH_TEST_BROKERS", "redis,rabbitmq").split(",")
     if name.strip()
 ]
 REDIS_LOCK_KEY = "bpbench:test-run-lock"
@@ -163,9 +173,9 @@ def db_session(session_maker: sessionmaker[Session]) -> Iterator[Session]:
         yield session
 
 
-@pytest.fixture(scope="session")
-def redis_broker_url() -> Iterator[str]:
-    """A Redis database of this test run's own (locked against other runs), emptied before and after."""
+@contextlib.contextmanager
+def claimed_redis_database() -> Iterator[str]:
+    """A Redis database of its own (1..15, locked against other users), emptied before and after."""
     require_server("Redis", REDIS_SERVER_URL, 6379)
     import redis
 
@@ -196,15 +206,69 @@ def redis_broker_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def redis_broker_url() -> Iterator[str]:
+    """A Redis database of this test run's own (locked against other runs), emptied before and after."""
+    with claimed_redis_database() as url:
+        yield url
+
+
+@contextlib.contextmanager
+def rabbitmq_vhost(rabbitmq_url: str) -> Iterator[str]:
+    """A private vhost on the local RabbitMQ (so no other run's worker takes its messages), deleted after."""
+    rabbitmqctl = shutil.which("rabbitmqctl")
+    if rabbitmqctl is None:
+        message = "rabbitmqctl is needed to create a private vhost on the local RabbitMQ"
+        if CI:
+            pytest.fail(f"{message} (CI=true)")
+        pytest.skip(message)
+    user = urlsplit(rabbitmq_url).username or "guest"
+    vhost = f"bpbench-test-{uuid.uuid4().hex[:8]}"
+
+    def ctl(*args: str) -> None:
+        subprocess.run([rabbitmqctl, "-q", *args], check=True, capture_output=True, timeout=60)
+
+    ctl("add_vhost", vhost)
+    try:
+        ctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+        yield f"{rabbitmq_url}/{vhost}"
+    finally:
+        ctl("delete_vhost", vhost)
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_broker_url(rabbitmq_url: str) -> Iterator[str]:
+    """A RabbitMQ vhost of this test run's own."""
+    with rabbitmq_vhost(rabbitmq_url) as url:
+        yield url
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run every test that needs `broker_url` on Redis; those marked `every_broker` on each of BROKERS."""
+    if "broker_url" not in metafunc.fixturenames:
+        return
+    every = metafunc.definition.get_closest_marker("every_broker") is not None
+    metafunc.parametrize("broker_url", BROKERS if every else ["redis"], indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
+def broker_url(request: pytest.FixtureRequest) -> str:
+    """The broker of this test: `redis_broker_url` or `rabbitmq_broker_url` (see `pytest_generate_tests`)."""
+    fixtures = {"redis": "redis_broker_url", "rabbitmq": "rabbitmq_broker_url"}
+    if request.param not in fixtures:
+        raise ValueError(f"BPBENCH_TEST_BROKERS names {request.param!r}; accepted: {', '.join(fixtures)}")
+    return str(request.getfixturevalue(fixtures[request.param]))
+
+
+@pytest.fixture(scope="session")
 def service_settings(
-    database_url: str, redis_broker_url: str, tmp_path_factory: pytest.TempPathFactory
+    database_url: str, broker_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Settings]:
     """Settings of this test session's database and broker; the client-side Celery app is pointed at them."""
     from services.core import queue
 
     settings = Settings(
         database_url=database_url,
-        broker_url=redis_broker_url,
+        broker_url=broker_url,
         data_dir=tmp_path_factory.mktemp("data"),
         heartbeat_interval_s=1.0,
     )
@@ -318,8 +382,13 @@ def start_worker(
     threads: int | None = None,
     env: dict[str, str] | None = None,
     ready_timeout_s: float = WORKER_READY_TIMEOUT_S,
+    wrapper: list[str] | None = None,
 ) -> WorkerProcess:
-    """Start `bpbench worker` with BPBENCH_ settings for this database and broker; wait until it consumes."""
+    """Start `bpbench worker` with BPBENCH_ settings for this database and broker; wait until it consumes.
+
+    `wrapper` is put before the command line (e.g. `ip netns exec <ns>` to run it in a network namespace);
+    it must exec the command, so that the process started is the worker itself.
+    """
     name = name or f"test-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
     log_path = log_dir / f"{name.replace('@', '_')}.log"
     child_env = {
@@ -332,6 +401,7 @@ def start_worker(
         **(env or {}),
     }
     argv = [
+        *(wrapper or []),
         *bpbench_command(),
         "worker",
         "--device",

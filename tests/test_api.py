@@ -1,4 +1,6 @@
-"""The API over real HTTP (uvicorn subprocess), with real workers, Redis and both databases."""
+"""The API over real HTTP (uvicorn subprocess), with real workers, Redis and both databases.
+
+Tests marked `every_broker` run over RabbitMQ as well (see tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -45,6 +47,7 @@ def wait_final(client: httpx.Client, job_id: str, timeout_s: float = JOB_TIMEOUT
     return wait_until(final, timeout_s, f"job {job_id} to finish", interval_s=0.2)
 
 
+@pytest.mark.every_broker
 def test_submitted_job_runs_and_its_result_is_recorded(api: ApiServer, cpu_worker: WorkerProcess) -> None:
     with api.client() as client:
         response = client.post("/api/v1/jobs", json=spec_body())
@@ -167,6 +170,7 @@ def test_an_unknown_field_and_an_unknown_target_are_named(api: ApiServer) -> Non
     assert (target["field"], target["value"]) == ("target", "nosuchdevice")
 
 
+@pytest.mark.every_broker
 def test_a_job_aimed_at_one_device_runs_there(
     api: ApiServer, cpu_worker: WorkerProcess, worker_factory: Any
 ) -> None:
@@ -180,6 +184,7 @@ def test_a_job_aimed_at_one_device_runs_there(
     assert (done["device_id"], done["worker"]) == (single.device_id, single.name)
 
 
+@pytest.mark.every_broker
 def test_the_suite_fans_out_over_every_live_device(
     api: ApiServer, cpu_worker: WorkerProcess, worker_factory: Any
 ) -> None:

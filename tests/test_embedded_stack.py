@@ -169,7 +169,8 @@ def test_ctrl_c_stops_every_process_it_started(first_up: UpRun) -> None:
     assert "Serving" in lines[-1], "".join(lines)
     pids = json.loads((first_up.data_dir / "stack.pids").read_text())
     children = list(pids["children"].values())
-    assert pids["up"] == process.pid and len(children) == 3  # broker, API, CPU worker
+    assert pids["up"] == process.pid
+    assert {"broker", "api", "worker-cpu"} <= set(pids["children"])
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=60) == 0
     for pid in children:

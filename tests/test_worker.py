@@ -1,19 +1,15 @@
 """Jobs run on real `bpbench worker` processes through real Redis, on SQLite and on PostgreSQL.
 
 Each job is created through the service layer and published to the broker exactly as the API does;
-the worker subprocess claims it, runs the engine and records the outcome in the database.
+the worker subprocess claims it, runs the engine and records the outcome in the database. Tests marked
+`every_broker` run over RabbitMQ as well (see tests/conftest.py); the others look into Redis's own lists.
 """
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
-from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -21,13 +17,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.core.config import Settings
-from services.core.db import make_engine
-from services.core.migrate import upgrade_to_head
-from services.core.queue import RUN_JOB_TASK, device_queue, make_celery, publish_job
+from services.core.queue import device_queue, publish_job
 from services.devices.models import Device, Worker
 from services.jobs import service as jobs
 from services.results.models import Result, Trial
-from tests.conftest import WorkerProcess, start_worker, tiny_spec, wait_for_job, wait_until
+from tests.conftest import WorkerProcess, tiny_spec, wait_for_job, wait_until
 
 
 def _queue_drained(broker_url: str, *queues: str) -> bool:
@@ -46,6 +40,7 @@ def _result_count(maker: sessionmaker[Session], job_id: str) -> int:
         )
 
 
+@pytest.mark.every_broker
 def test_a_published_job_runs_on_the_worker_and_its_result_and_trials_are_recorded(
     cpu_worker: WorkerProcess, session_maker: sessionmaker[Session]
 ) -> None:
@@ -105,6 +100,7 @@ def test_a_duplicate_delivery_of_one_job_writes_one_result(
     assert _result_count(session_maker, job.id) == 1
 
 
+@pytest.mark.every_broker
 def test_a_job_aimed_at_one_device_runs_on_that_devices_worker(
     cpu_worker: WorkerProcess, session_maker: sessionmaker[Session]
 ) -> None:
@@ -231,6 +227,7 @@ def test_the_worker_registers_its_device_and_keeps_a_heartbeat(
     wait_until(beat_advanced, 10, "a new heartbeat (interval 1 s)")
 
 
+@pytest.mark.every_broker
 def test_a_worker_stopped_with_sigterm_exits_cleanly_and_is_marked_stopped(
     worker_factory: Callable[..., WorkerProcess], session_maker: sessionmaker[Session]
 ) -> None:
@@ -241,47 +238,3 @@ def test_a_worker_stopped_with_sigterm_exits_cleanly_and_is_marked_stopped(
     with session_maker() as session:
         row = session.get(Worker, worker.name)
         assert row is not None and row.stopped_at is not None
-
-
-@pytest.fixture
-def rabbitmq_vhost_url(rabbitmq_url: str) -> Iterator[str]:
-    """A private RabbitMQ vhost for one test (so no other run's worker can take its messages)."""
-    rabbitmqctl = shutil.which("rabbitmqctl")
-    if rabbitmqctl is None:
-        pytest.skip("rabbitmqctl is needed to create a private vhost on the local RabbitMQ")
-    user = urlsplit(rabbitmq_url).username or "guest"
-    vhost = f"bpbench-test-{uuid.uuid4().hex[:8]}"
-
-    def ctl(*args: str) -> None:
-        subprocess.run([rabbitmqctl, "-q", *args], check=True, capture_output=True, timeout=60)
-
-    ctl("add_vhost", vhost)
-    try:
-        ctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
-        yield f"{rabbitmq_url}/{vhost}"
-    finally:
-        ctl("delete_vhost", vhost)
-
-
-def test_a_job_runs_over_a_rabbitmq_broker(rabbitmq_vhost_url: str, tmp_path: Path) -> None:
-    database_url = f"sqlite:///{tmp_path / 'amqp.db'}"
-    upgrade_to_head(database_url)
-    settings = Settings(database_url=database_url, broker_url=rabbitmq_vhost_url, data_dir=tmp_path)
-    worker = start_worker(database_url, rabbitmq_vhost_url, tmp_path)
-    engine = make_engine(database_url)
-    client = make_celery(settings)
-    try:
-        maker = sessionmaker(bind=engine, expire_on_commit=False)
-        with maker() as session:
-            job = jobs.create_job(session, tiny_spec(seed=21))
-            session.commit()
-        client.send_task(RUN_JOB_TASK, args=[job.id], queue=job.queue)
-
-        done = wait_for_job(maker, job.id)
-
-        assert (done.status, done.worker_name) == ("succeeded", worker.name), done.error
-        assert _result_count(maker, job.id) == 1
-    finally:
-        client.close()
-        engine.dispose()
-        worker.stop()

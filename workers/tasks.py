@@ -5,8 +5,10 @@ run `engine.jobs.run_job`, then record the outcome through `services.jobs.servic
 - a result document -> result + trials + `succeeded`, one transaction, at most one result per job;
 - `JobCancelled` -> `cancelled` (or `failed` when it was the time limit that stopped it);
 - `JobDiverged` -> `failed` with `diverged at step N`; `JobError` -> `failed` with the engine's message;
+- a job whose estimated memory exceeds the device's free memory -> `failed` before it starts;
 - anything else -> `failed` with the exception's type and message (the traceback goes to the log).
-Every write after the claim is fenced by the claim's attempt number.
+Every write after the claim is fenced by the claim's attempt number, and a thread beside the job writes
+its heartbeat (`jobs.updated_at`), so the reconciler can tell a job whose process died.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import gc
 import logging
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +31,8 @@ from services.core.db import session_factory
 from services.core.logging import job_context
 from services.core.queue import RUN_JOB_TASK, celery_app
 from services.jobs import service as jobs
+from services.jobs.resources import JobTooLarge, check_fits
+from services.jobs.spec import JobSpec
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -56,6 +61,39 @@ def current_context() -> WorkerContext:
     if _context is None:
         raise RuntimeError("this process is not a registered bpbench worker (start it with `bpbench worker`)")
     return _context
+
+
+class JobHeartbeat:
+    """A daemon thread that bumps the running job's `updated_at` every `heartbeat_interval_s`.
+
+    It lives in the process that runs the job (the pool child), so when that process dies (killed child,
+    Celery's hard time limit) the job's heartbeat stops even though the worker's own heartbeat goes on;
+    the reconciler requeues a running job whose heartbeat is stale. Writes are fenced by the attempt.
+    """
+
+    def __init__(self, factory: sessionmaker[Session], claim: jobs.Claim, interval_s: float) -> None:
+        self._factory = factory
+        self._claim = claim
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"job-heartbeat-{claim.job_id}", daemon=True)
+
+    def start(self) -> None:
+        """Start beating."""
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            try:
+                with self._factory() as session:
+                    if not jobs.touch_job(session, self._claim.job_id, attempt=self._claim.attempt):
+                        return  # finished, cancelled or taken over: nothing left to keep alive
+            except Exception as exc:  # the database may be restarting; keep trying
+                log.warning("job %s: heartbeat not recorded: %s", self._claim.job_id, exc)
+
+    def stop(self) -> None:
+        """Stop beating (does not wait for a write in flight: the thread is a daemon)."""
+        self._stop.set()
 
 
 class JobMonitor:
@@ -106,8 +144,15 @@ class JobMonitor:
             log.warning("job %s: cancellation check failed: %s", self._claim.job_id, exc)
             return False
         if stop:
-            self.stop_reason = "cancelled"
+            self.stop_reason = "cancelled" if self._cancel_requested() else "superseded"
         return stop
+
+    def _cancel_requested(self) -> bool:
+        try:
+            job = jobs.get_job(self._session, self._claim.job_id)
+            return bool(job is not None and job.cancel_requested)
+        finally:
+            self._session.rollback()
 
     def close(self) -> None:
         """Release the monitor's database session."""
@@ -170,8 +215,11 @@ def execute_job(job_id: str, context: WorkerContext, settings: Settings | None =
     attempt = claim.attempt
     log.info("job %s: attempt %d started on %s", job_id, attempt, context.name)
     spec: dict[str, Any] = {**claim.spec, "device": context.engine_device}
+    beat = JobHeartbeat(factory, claim, settings.heartbeat_interval_s)
+    beat.start()
     monitor = JobMonitor(factory, claim, settings)
     try:
+        check_memory(claim.spec, context.engine_device)
         document = run_job(spec, monitor.progress, monitor.should_stop)
     except JobCancelled:
         if monitor.stop_reason == "time limit":
@@ -180,18 +228,25 @@ def execute_job(job_id: str, context: WorkerContext, settings: Settings | None =
                 f"at most the server's {settings.max_job_time_s:g} s)"
             )
             return _failed(factory, job_id, message, attempt)
+        if monitor.stop_reason == "superseded":
+            log.warning("job %s: attempt %d was taken over by a newer attempt; stopped", job_id, attempt)
+            return "skipped"
         persist(
             factory,
             f"job {job_id}: cancel",
             lambda s: jobs.mark_cancelled(s, job_id, attempt=attempt, message="cancelled while running"),
         )
         return "cancelled"
-    except (JobDiverged, JobError) as exc:
+    except (JobDiverged, JobError, JobTooLarge) as exc:
         return _failed(factory, job_id, str(exc), attempt)
+    except MemoryError:
+        message = "out of memory while running (the estimate said it fits; reduce batch_size or widths)"
+        return _failed(factory, job_id, message, attempt)
     except Exception as exc:
         log.exception("job %s failed", job_id)
         return _failed(factory, job_id, _describe(exc), attempt)
     finally:
+        beat.stop()
         monitor.close()
         free_gpu_memory()
     result = persist(
@@ -202,6 +257,25 @@ def execute_job(job_id: str, context: WorkerContext, settings: Settings | None =
         return "skipped"
     log.info("job %s: succeeded (%s samples/s)", job_id, result.samples_per_s)
     return "succeeded"
+
+
+def free_memory_bytes(engine_device: str) -> tuple[int, str]:
+    """Bytes free now on the device this process runs jobs on, and a name for it in messages."""
+    if engine_device.startswith("gpu"):
+        import cupy
+
+        free, _total = cupy.cuda.runtime.memGetInfo()
+        return int(free), f"GPU {engine_device}"
+    import psutil
+
+    return int(psutil.virtual_memory().available), "this host's RAM"
+
+
+def check_memory(spec_doc: dict[str, Any], engine_device: str) -> None:
+    """Raise `JobTooLarge` when the job's estimated memory exceeds what the device has free now."""
+    spec = JobSpec.model_validate({**spec_doc, "device": "cpu" if engine_device == "cpu" else "gpu"})
+    free, where = free_memory_bytes(engine_device)
+    check_fits(spec, free, where)
 
 
 def _failed(factory: sessionmaker[Session], job_id: str, message: str, attempt: int) -> str:

@@ -62,7 +62,7 @@ def require_scope(scope: str, *, public_when_read_open: bool = False) -> Any:
         if credentials is None and raw is not None and not csrf_checked(request):
             raise HTTPException(
                 status_code=status.HTTP_403_FORBIDDEN,
-                detail=f"a write signed in by cookie needs the header {CSRF_HEADER}: {CSRF_VALUE} (CSRF check)",
+                detail=f"a write signed in by cookie needs the header {CSRF_HEADER}: {CSRF_VALUE} (CSRF)",
             )
         # --- end issue 5 ---
         if raw is None:

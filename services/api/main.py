@@ -17,7 +17,19 @@ from fastapi import FastAPI
 from sqlalchemy.exc import SQLAlchemyError
 
 from services.api.errors import install_error_handlers
-from services.api.routes import compare, devices, health, jobs, results, suites, timeline
+from services.api.metrics import install_metrics
+from services.api.routes import (
+    compare,
+    devices,
+    health,
+    jobs,
+    metrics,
+    regressions,
+    results,
+    suites,
+    timeline,
+)
+from services.api.routes.dashboard import install_dashboard
 from services.auth.service import ensure_token
 from services.core import queue
 from services.core.config import Settings, get_settings
@@ -71,6 +83,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     for module in (jobs, suites, results, compare, timeline, devices):
         app.include_router(module.router, prefix=API_PREFIX)
+    # issue 5: regressions, /metrics (+ HTTP metrics middleware) and the dashboard at / (services/web/).
+    app.include_router(regressions.router, prefix=API_PREFIX)
+    install_metrics(app, settings)
+    app.include_router(metrics.router)
+    install_dashboard(app)
     return app
 
 

@@ -19,12 +19,13 @@ Two sources, chosen for multi-process correctness:
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
 
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import Float, case, cast, func, select
@@ -39,7 +40,22 @@ from services.jobs.models import FINAL_STATUSES, JOB_STATUSES, Job
 
 log = logging.getLogger(__name__)
 
-JOB_DURATION_BUCKETS: tuple[float, ...] = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 3 * 3600, 6 * 3600)
+JOB_DURATION_BUCKETS: tuple[float, ...] = (
+    0.5,
+    1,
+    2,
+    5,
+    10,
+    30,
+    60,
+    120,
+    300,
+    600,
+    1800,
+    3600,
+    3 * 3600,
+    6 * 3600,
+)
 HTTP_LATENCY_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 JOB_KINDS: tuple[str, ...] = ("train", "gradcheck", "backprop_vs_numerical", "gemm")
 UNMATCHED_ROUTE = "<unmatched>"
@@ -103,7 +119,10 @@ class ServiceCollector(Collector):
             labels=["kind", "status"],
         )
         for kind, status, count, total, *cumulative in rows:
-            buckets = [(f"{bound:g}", float(c or 0)) for bound, c in zip(JOB_DURATION_BUCKETS, cumulative, strict=True)]
+            buckets = [
+                (f"{bound:g}", float(c or 0))
+                for bound, c in zip(JOB_DURATION_BUCKETS, cumulative, strict=True)
+            ]
             buckets.append(("+Inf", float(count)))
             family.add_metric([kind, status], buckets, float(total or 0.0))
         yield family
@@ -127,7 +146,9 @@ class ServiceCollector(Collector):
         for device_class, count in sorted(live.items()):
             family.add_metric([device_class], count)
         yield family
-        devices = GaugeMetricFamily("bpbench_devices", "Registered devices per class", labels=["device_class"])
+        devices = GaugeMetricFamily(
+            "bpbench_devices", "Registered devices per class", labels=["device_class"]
+        )
         for device_class, count in session.execute(
             select(Device.device_class, func.count()).group_by(Device.device_class)
         ):
@@ -207,6 +228,27 @@ class HttpMetrics:
         )
 
 
+_PARAM = re.compile(r"\{(\w+)(?::\w+)?\}")
+
+
+def route_template(scope: Scope) -> str:
+    """The template of the route that answered (`/api/v1/jobs/{job_id}`), never the raw path.
+
+    The router writes the matched route into the scope; its `path` may lack the prefix of an included
+    router, so the prefix is recovered as what precedes the route's own path, rendered with the path's
+    parameters. Static files are `/static/{path}`; anything else is `<unmatched>` (bounded label values).
+    """
+    path: str = scope.get("path", "")
+    template = getattr(scope.get("route"), "path", None)
+    if template is None:
+        return "/static/{path}" if path.startswith("/static/") else UNMATCHED_ROUTE
+    params = scope.get("path_params") or {}
+    rendered = _PARAM.sub(lambda m: str(params.get(m.group(1), m.group(0))), template)
+    if rendered and path.endswith(rendered):
+        return path[: len(path) - len(rendered)] + template
+    return str(template)
+
+
 class HttpMetricsMiddleware:
     """ASGI middleware: counts each HTTP request and times it, labelled by the matched route's template."""
 
@@ -230,8 +272,7 @@ class HttpMetricsMiddleware:
         try:
             await self.app(scope, receive, record_status)
         finally:
-            # The router writes the matched route into the scope: label by its template, not the path.
-            route = getattr(scope.get("route"), "path", None) or UNMATCHED_ROUTE
+            route = route_template(scope)
             method = scope.get("method", "GET")
             self.metrics.requests.labels(method, route, str(status)).inc()
             self.metrics.latency.labels(method, route).observe(time.perf_counter() - started)
@@ -239,6 +280,8 @@ class HttpMetricsMiddleware:
 
 def install_metrics(app: FastAPI, settings: Settings) -> CollectorRegistry:
     """Give `app` its own registry (service collector + HTTP metrics) and the HTTP middleware."""
+    # No `*_created` series: they double the output and no dashboard of ours uses them (process-wide switch).
+    disable_created_metrics()
     registry = CollectorRegistry()
     registry.register(ServiceCollector(app.state.session_factory, settings))
     app.add_middleware(HttpMetricsMiddleware, metrics=HttpMetrics(registry))

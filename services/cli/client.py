@@ -454,12 +454,23 @@ def compare_command(
             spec_hash=spec_hash,
             baseline=baseline,
         )
+        # issue 5: each device's newest result on this spec, flagged when outside its history's noise.
+        flags = ApiClient.from_settings().get("/api/v1/regressions", spec_hash=doc["spec_hash"])["items"]
     if as_json:
-        print_json(doc)
+        print_json({**doc, "regressions": flags})
         return
     console.print(comparison_table(doc))
     if doc.get("note"):
         console.print(f"[dim]{doc['note']}[/dim]")
+    for flag in flags:
+        colour = "red" if flag["flag"] == "regression" else "green"
+        console.print(
+            f"[{colour}]{flag['flag']}[/{colour}] on {flag['device_name'] or flag['device_id']}: "
+            f"{flag['change_pct']:+.1f}% ({_fmt(flag['samples_per_s'])} samples/s against a median of "
+            f"{_fmt(flag['baseline_samples_per_s'])} over {flag['history_runs']} earlier runs; "
+            f"job {flag['job_id']})",
+            highlight=False,
+        )
 
 
 @app.command("timeline")

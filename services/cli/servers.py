@@ -1,4 +1,4 @@
-"""Server commands `bpbench worker` and `bpbench migrate` (`bpbench api` and `bpbench up`: stack.py)."""
+"""Server commands `bpbench worker`, `bpbench migrate` and `bpbench reconciler` (`api` and `up`: stack.py)."""
 
 from __future__ import annotations
 
@@ -58,3 +58,15 @@ def migrate_command(
     url = database_url or get_settings().database_url
     revision = upgrade_to_head(url)
     typer.echo(f"database {redact_url(url)} is at revision {revision} (head)")
+
+
+@app.command("reconciler")
+def reconciler_command(
+    loglevel: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = "INFO",
+) -> None:
+    """Requeue jobs whose worker died and publish jobs the broker lost (safe to run in several places)."""
+    from services.core.logging import configure_logging
+    from services.jobs.reconciler import run_reconciler
+
+    configure_logging("text", loglevel.upper())
+    raise typer.Exit(run_reconciler())

@@ -401,6 +401,8 @@ def up_command(
             supervisor.start(
                 f"worker-{device.replace(':', '')}", [*BPBENCH, "worker", "--device", device], env
             )
+        # issue 4 (reliability): the reconciler requeues jobs of dead workers and republishes lost ones.
+        supervisor.start("reconciler", [*BPBENCH, "reconciler"], env)
         client = ApiClient(api_url, token, timeout=30)
         _wait_until(lambda: _ready(client), 60, f"the API at {api_url}", supervisor)
         _wait_until(lambda: len(_live_devices(client)) >= len(workers), 120, "the workers", supervisor)

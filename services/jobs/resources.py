@@ -9,7 +9,7 @@ The estimate is deliberately a little generous (about 1.5x what the engine holds
 - parameters, their gradients and the optimizer's state (SGD none, Momentum/Nesterov/AdaGrad/RMSprop one
   copy, Adam two);
 - activations kept for the backward pass, for one batch: for every layer its input, its output and the
-  gradient flowing back (convolution: the im2col matrix too);
+  gradient flowing back (convolution: the im2col matrix too), and those of one accuracy chunk (1,000);
 - the dataset held in memory (train and test arrays), and for `gemm` the three largest matrices.
 """
 
@@ -28,6 +28,7 @@ SAFETY_FACTOR = 1.5
 BASE_BYTES = 64 * 1024**2
 # simple_convnet's fixed shape (engine/networks.py): 30 filters of 5x5, no padding, stride 1, 2x2 pooling.
 CONV_FILTERS, CONV_SIZE = 30, 5
+EVAL_CHUNK = 1000  # Network.accuracy's batch
 
 
 class JobTooLarge(ValueError):
@@ -67,9 +68,16 @@ def _dataset_bytes(spec: JobSpec, item: int) -> int:
 
 
 def _network_bytes(spec: JobSpec, item: int) -> dict[str, int]:
-    """Parameters (+ gradients + optimizer state) and one batch's activations of the spec's network."""
+    """Parameters (+ gradients + optimizer state), one batch's activations, and one evaluation chunk's."""
+    parts = _batch_bytes(spec, item, spec.batch_size)
+    # Accuracy is measured in forward passes of up to EVAL_CHUNK samples, which keep their activations too.
+    samples = spec.synthetic_samples if spec.dataset == "synthetic" else DATASET_SAMPLES[spec.dataset]
+    parts["evaluation"] = _batch_bytes(spec, item, min(EVAL_CHUNK, samples))["activations"]
+    return parts
+
+
+def _batch_bytes(spec: JobSpec, item: int, batch: int) -> dict[str, int]:
     layers = spec.model.resolved_layers()
-    batch = spec.batch_size
     if spec.model.name == "simple_convnet":
         side = math.isqrt(784)
         conv_side = side - CONV_SIZE + 1
@@ -101,7 +109,7 @@ def estimate_job_memory(spec: JobSpec) -> MemoryEstimate:
         parts["dataset"] = _dataset_bytes(spec, item)
     elif spec.kind == "gradcheck":
         # A small float64 network on a few samples; the numerical gradient copies each parameter array.
-        parts.update(_network_bytes(spec.model_copy(update={"batch_size": min(spec.batch_size, 16)}), 8))
+        parts.update(_batch_bytes(spec, 8, min(spec.batch_size, 16)))
         parts["dataset"] = _dataset_bytes(spec, 8)
     else:  # backprop_vs_numerical: small nets of the listed widths, in float64
         widest = max(spec.bvn_widths)

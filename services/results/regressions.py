@@ -165,7 +165,7 @@ def _trials_by_result(session: Session, result_ids: list[int]) -> dict[int, list
             .order_by(Trial.result_id, Trial.index)
         )
         for result_id, value in rows:
-            values[result_id].append(float(value))
+            values[result_id].append(float(value or 0.0))  # NULLs filtered in the query
     return values
 
 
@@ -215,6 +215,7 @@ def detect(
         for index in indexes:
             if index >= MIN_HISTORY:
                 wanted.append((runs[index], runs[max(0, index - HISTORY_WINDOW) : index]))
+    # Rows were filtered on samples_per_s IS NOT NULL: every median below is a float.
     needed = sorted({r.id for row, history in wanted for r in [row, *history]})
     trials = _trials_by_result(session, needed)
     names = dict(session.execute(select(Device.id, Device.name)).tuples().all())
@@ -222,8 +223,8 @@ def detect(
     for row, history in wanted:
         outcome = assess(
             trials.get(row.id, []),
-            float(row.samples_per_s),
-            [(float(h.samples_per_s), trials.get(h.id, [])) for h in history],
+            float(row.samples_per_s or 0.0),
+            [(float(h.samples_per_s or 0.0), trials.get(h.id, [])) for h in history],
         )
         if flagged_only and outcome["flag"] is None:
             continue

@@ -10,10 +10,11 @@ from fastapi import APIRouter, HTTPException, Query, Response, status
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
-from services.api.deps import ReadAccess, SessionDep, SubmitAccess
+from services.api.deps import ReadAccess, SessionDep, SettingsDep, SubmitAccess
 from services.devices.models import Device
 from services.jobs import service
 from services.jobs.models import Job
+from services.jobs.resources import JobTooLarge, check_memory_cap, estimate_job_memory
 from services.jobs.spec import JobSpec
 from services.results.service import get_result_for_job
 
@@ -179,6 +180,26 @@ def check_target(session: Session, spec: JobSpec, target: str | None) -> None:
         )
 
 
+def check_memory(spec: JobSpec, cap_bytes: int) -> None:
+    """422 when the job's estimated memory (services/jobs/resources.py) is over the server's cap."""
+    try:
+        check_memory_cap(spec, cap_bytes)
+    except JobTooLarge as exc:
+        raise HTTPException(
+            status_code=422,
+            detail=[
+                {
+                    "field": "spec",
+                    "in": "body",
+                    "value": estimate_job_memory(spec).total_bytes,
+                    "accepted": f"an estimated memory of at most {cap_bytes} bytes "
+                    "(BPBENCH_MAX_JOB_MEMORY_BYTES)",
+                    "message": str(exc),
+                }
+            ],
+        ) from None
+
+
 @router.post(
     "",
     status_code=status.HTTP_202_ACCEPTED,
@@ -186,13 +207,16 @@ def check_target(session: Session, spec: JobSpec, target: str | None) -> None:
     responses={401: {"description": "no valid token"}, 422: {"description": "a field is out of range"}},
     dependencies=[SubmitAccess],
 )
-def submit_job(submission: JobSubmission, session: SessionDep, response: Response) -> JobOut:
+def submit_job(
+    submission: JobSubmission, session: SessionDep, settings: SettingsDep, response: Response
+) -> JobOut:
     """Accept a job: the row is committed (queued) before its id is sent to the broker.
 
     If the broker cannot be reached the job still answers 202 and stays `queued`; it is published later.
     """
     spec = submission.job_spec()
     check_target(session, spec, submission.target)
+    check_memory(spec, settings.max_job_memory_bytes)  # issue 4: a job no worker could hold is refused
     job = service.submit_job(session, spec, target_device_id=submission.target)
     response.headers["Location"] = f"/api/v1/jobs/{job.id}"
     return job_out(session, job, with_result=False)

@@ -1,0 +1,139 @@
+"""The dashboard at `/`: plain HTML/CSS/JS from `services/web/`, Plotly served from its Python package.
+
+Every asset comes from this app (no CDN): the page, its script and style under `/static/`, and
+`/static/vendor/plotly.min.js`, the file the `plotly` Python package ships. Signing in works as in Jupyter:
+`/?token=...` checks the token, stores it in the HttpOnly SameSite=Strict cookie (`services/api/cookies.py`)
+and redirects to `/`, so the token leaves the address bar and the history. The page reads the API with that
+cookie; `GET /api/v1/session` tells it whether it is signed in and may submit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import plotly
+from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
+from fastapi.responses import FileResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from sqlalchemy import select
+
+from services.api.cookies import clear_token_cookie, csrf_checked, set_token_cookie, token_from_cookie
+from services.api.deps import ReadAccess, SessionDep, SettingsDep
+from services.api.routes.jobs import job_out
+from services.auth.service import authenticate, grants
+from services.jobs import service as jobs
+from services.results import regressions
+from services.results.models import Trial
+from services.results.service import get_result_for_job
+
+WEB_DIR = Path(__file__).resolve().parents[2] / "web"
+STATIC_DIR = WEB_DIR / "static"
+PLOTLY_JS = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
+
+router = APIRouter(tags=["dashboard"])
+
+
+def _index() -> FileResponse:
+    # The page is tiny and changes with the app: never cached; the data comes from the API.
+    return FileResponse(WEB_DIR / "index.html", media_type="text/html", headers={"Cache-Control": "no-store"})
+
+
+@router.get("/", include_in_schema=False, response_model=None)
+def dashboard(
+    request: Request,
+    session: SessionDep,
+    token: Annotated[str | None, Query(max_length=200)] = None,
+) -> Response:
+    """The dashboard; with `?token=` a valid token becomes the sign-in cookie and the URL is cleaned."""
+    if token is None:
+        return _index()
+    if authenticate(session, token) is None:
+        return RedirectResponse("/?signin=invalid", status_code=303)
+    response = RedirectResponse("/", status_code=303)
+    set_token_cookie(response, request, token)
+    return response
+
+
+@router.post("/auth/logout", include_in_schema=False, status_code=204)
+def logout(request: Request) -> Response:
+    """Forget the sign-in cookie (needs the CSRF header, like every cookie write)."""
+    if not csrf_checked(request):
+        raise HTTPException(status_code=403, detail="logout needs the header X-Requested-With: bpbench")
+    response = Response(status_code=204)
+    clear_token_cookie(response)
+    return response
+
+
+@router.get("/static/vendor/plotly.min.js", include_in_schema=False)
+def plotly_js() -> FileResponse:
+    """Plotly's browser bundle, from the installed `plotly` package (cached: it only changes on upgrade)."""
+    return FileResponse(
+        PLOTLY_JS,
+        media_type="text/javascript",
+        headers={"Cache-Control": f"public, max-age=86400, immutable; v={plotly.__version__}"},
+    )
+
+
+@router.get("/api/v1/session", tags=["auth"])
+def session_status(request: Request, session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
+    """Who the caller is: signed in (bearer header or cookie) with which scopes; whether reads are public."""
+    header = request.headers.get("Authorization", "")
+    raw = header[7:].strip() if header.lower().startswith("bearer ") else token_from_cookie(request)
+    token = authenticate(session, raw) if raw else None
+    return {
+        "signed_in": token is not None,
+        "name": token.name if token else None,
+        "scopes": list(token.scopes) if token else [],
+        "can_read": settings.public_read or (token is not None and grants(token, "read")),
+        "can_submit": token is not None and grants(token, "submit"),
+        "public_read": settings.public_read,
+        "via": None if token is None else ("cookie" if not header else "bearer"),
+    }
+
+
+@router.get("/api/v1/jobs/{job_id}/report", dependencies=[ReadAccess], tags=["jobs"])
+def job_report(job_id: str, session: SessionDep) -> dict[str, Any]:
+    """What the job page shows: the job, its full result (metrics, statistics, fingerprint), every trial
+    grouped by series, and the regression verdict of its result against its device's history."""
+    job = jobs.get_job(session, job_id)
+    if job is None:
+        raise HTTPException(status_code=404, detail=f"no job with id {job_id!r}")
+    doc: dict[str, Any] = {"job": job_out(session, job).model_dump(mode="json"), "result": None}
+    result = get_result_for_job(session, job_id)
+    if result is None:
+        return doc
+    series: dict[str, list[float | None]] = {}
+    for name, value in session.execute(
+        select(Trial.series, Trial.value)
+        .where(Trial.result_id == result.id)
+        .order_by(Trial.series, Trial.index)
+    ):
+        series.setdefault(name, []).append(value)
+    verdict = None
+    if result.device_id is not None and result.samples_per_s is not None:
+        verdicts = regressions.detect(
+            session,
+            device_id=result.device_id,
+            spec_hash=result.spec_hash,
+            latest_only=False,
+            flagged_only=False,
+        )
+        verdict = next((v.as_dict() for v in verdicts if v.result_id == result.id), None)
+    doc["result"] = {
+        "id": result.id,
+        "samples_per_s": result.samples_per_s,
+        "samples_per_s_ci95": [result.samples_per_s_ci_low, result.samples_per_s_ci_high],
+        "metrics": result.metrics,
+        "statistics": result.statistics,
+        "fingerprint": result.fingerprint,
+        "trials": series,
+        "regression": verdict,
+    }
+    return doc
+
+
+def install_dashboard(app: FastAPI) -> None:
+    """Add the dashboard's routes and its static files (`/static/`) to `app`."""
+    app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
