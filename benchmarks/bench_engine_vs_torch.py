@@ -245,14 +245,18 @@ def measure(
         per_step = (time.perf_counter() - t0) / 3
         steps[key] = max(3, int(seconds / max(per_step, 1e-7)))
     trials: dict[str, list[float]] = {key: [] for key in runners}
+    cpu_trials: dict[str, list[float]] = {key: [] for key in runners}
     order = list(runners)
     for r in range(repeats):
         for key in order[r % len(order) :] + order[: r % len(order)]:
             time.sleep(gap)
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             runners[key](steps[key])
-            trials[key].append(steps[key] * batch / (time.perf_counter() - t0))
+            t1, c1 = time.perf_counter(), time.process_time()
+            trials[key].append(steps[key] * batch / (t1 - t0))
+            cpu_trials[key].append(steps[key] * batch / max(c1 - c0, 1e-9))
     med = {key: statistics.median(v) for key, v in trials.items()}
+    cpu_med = {key: statistics.median(v) for key, v in cpu_trials.items()}
     # Ratios within a round (same few seconds of machine state), then their median.
     paired = [e / t for e, t in zip(trials["engine"], trials["torch"], strict=True)]
     flops = training_flops(engine_network(widths), batch)
@@ -264,6 +268,11 @@ def measure(
         "flops_per_step": flops,
         "samples_per_s": med,
         "trials": trials,
+        # Samples per CPU-second of this process: with one thread, a load-robust cross-check
+        # (another process's load delays the wall clock but not this process's CPU time).
+        "samples_per_cpu_s": cpu_med,
+        "cpu_trials": cpu_trials,
+        "engine_vs_torch_cpu": cpu_med["engine"] / cpu_med["torch"],
         "engine_vs_torch": med["engine"] / med["torch"],
         "engine_vs_torch_paired": statistics.median(paired),
         "numpy_vs_torch": med["numpy"] / med["torch"],
@@ -342,6 +351,13 @@ def main() -> None:
             f"{r['engine_vs_torch']:9.2f} {r['engine_vs_torch_paired']:6.2f} {r['numpy_vs_torch']:8.2f} "
             f"{r['engine_vs_numpy']:6.2f} {r['gemm_gflops']:9.1f} {r['engine_of_gemm_limit']:9.2f} "
             f"{r['torch_gemm_gflops']:10.1f} {r['torch_of_gemm_limit']:11.2f}"
+        )
+    print("samples per CPU-second of this process (engine / torch / numpy; engine/torch):")
+    for r in results:
+        c = r["samples_per_cpu_s"]
+        print(
+            f"  {r['config']:9} {c['engine']:9.0f} {c['torch']:9.0f} {c['numpy']:9.0f}  "
+            f"{r['engine_vs_torch_cpu']:.2f}"
         )
     profiles = {}
     if args.profile:

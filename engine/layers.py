@@ -54,9 +54,11 @@ class Layer(BufferOwner):
         self.grads: dict[str, Array] = {}
 
     def forward(self, x: Array, train: bool = True) -> Array:
+        """Output for input `x` (`train` switches Dropout/BatchNorm behaviour); keeps what backward needs."""
         raise NotImplementedError
 
     def backward(self, dout: Array) -> Array:
+        """Gradient for the input given `dout` (None where `need_dx` is False); fills `grads`."""
         raise NotImplementedError
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -99,24 +99,27 @@ class JobHeartbeat:
 class JobMonitor:
     """The engine's `progress` and `should_stop` callbacks for one claimed job.
 
-    Progress is written at most every `progress_interval_s` (and always at 100%); the database is asked
-    about cancellation at most every `cancel_poll_interval_s`; the time limit is checked on every call.
+    Progress is written at most every `progress_interval_s` (100% comes with the result); the database is
+    asked about cancellation at most every `cancel_poll_interval_s`; the time limit is checked on every call.
     """
 
     def __init__(self, factory: sessionmaker[Session], claim: jobs.Claim, settings: Settings) -> None:
         self._session = factory()
         self._claim = claim
         self._settings = settings
-        self._last_write = -float("inf")
-        self._last_poll = -float("inf")
+        # The claim just wrote progress 0 and checked `cancel_requested`; a job shorter than one interval
+        # writes nothing more until its result (which sets progress 1), so a small job costs two commits.
+        started = time.monotonic()
+        self._last_write = started
+        self._last_poll = started
         self._deadline = time.monotonic() + claim.time_limit_s if claim.time_limit_s else None
         self.stop_reason: str | None = None  # "cancelled", "superseded" or "time limit"
 
     def progress(self, fraction: float, message: str) -> None:
         """Record progress, rate-limited; a lost row (job taken away) is noticed by `should_stop`."""
         now = time.monotonic()
-        if fraction < 1.0 and now - self._last_write < self._settings.progress_interval_s:
-            return
+        if fraction >= 1.0 or now - self._last_write < self._settings.progress_interval_s:
+            return  # 100% is written with the result, in the same transaction
         self._last_write = now
         try:
             jobs.update_progress(

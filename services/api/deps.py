@@ -3,6 +3,9 @@
 Scopes: `read` for every GET under /api/v1 (open to all when `BPBENCH_PUBLIC_READ=true`), `submit` to create
 or cancel jobs, `admin` for everything. A missing or unknown token is a 401 with `WWW-Authenticate: Bearer`;
 a known token without the scope is a 403.
+
+Every request except the health probes is also rate limited (`rate_limit`, an app-wide dependency): per
+token id when it carries a valid token, else per client address (so guessing tokens is limited too).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.api.cookies import CSRF_HEADER, CSRF_VALUE, csrf_checked, token_from_cookie
+from services.api.limits import RateLimiter
 from services.auth.models import ApiToken
 from services.auth.service import authenticate, grants
 from services.core.config import Settings
@@ -43,6 +47,81 @@ SessionDep = Annotated[Session, Depends(get_session)]
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
+# Largest `offset` of a paged list: above any real table, and far below the 64-bit integers SQLite and
+# PostgreSQL take for OFFSET (a bigger value used to be a 500 from the database driver; found by fuzzing).
+MAX_OFFSET = 1_000_000_000
+
+# Probes must answer whatever the load (and without touching the database): never rate limited.
+UNLIMITED_PATHS = frozenset({"/healthz", "/readyz"})
+_UNSET = object()
+
+
+def presented_token(request: Request) -> str | None:
+    """The token the request carries: the `Authorization: Bearer` header, else the sign-in cookie."""
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return token_from_cookie(request)
+
+
+def request_token(request: Request, session: Session) -> ApiToken | None:
+    """The valid (known, unrevoked) token of this request, or None; looked up once per request."""
+    cached = getattr(request.state, "api_token", _UNSET)
+    if cached is not _UNSET:
+        return cached  # type: ignore[return-value]
+    raw = presented_token(request)
+    token = authenticate(session, raw) if raw else None
+    request.state.api_token = token
+    return token
+
+
+def client_address(request: Request) -> str:
+    """The client's address as the server sees it (behind a proxy: run uvicorn with --proxy-headers)."""
+    return request.client.host if request.client else "unknown"
+
+
+def rate_limit(request: Request, session: SessionDep) -> None:
+    """429 with `Retry-After` when this token (or, without a valid token, this address) is over its rate."""
+    limiter: RateLimiter = request.app.state.rate_limiter
+    if not limiter.enabled or request.url.path in UNLIMITED_PATHS:
+        return
+    token = request_token(request, session)
+    limiter.check(f"token:{token.id}" if token is not None else f"ip:{client_address(request)}")
+
+
+RateLimited = Depends(rate_limit)
+
+
+def _nul_refused(field: str, where: str, value: str) -> HTTPException:
+    shown = value[:200].replace("\x00", "\\u0000")
+    return HTTPException(
+        status_code=422,
+        detail=[
+            {
+                "field": field,
+                "in": where,
+                "value": shown,
+                "accepted": "text without NUL characters (\\u0000)",
+                "message": f"{field}: got {shown!r}; accepted: text without NUL characters (\\u0000)",
+            }
+        ],
+    )
+
+
+def reject_nul_characters(request: Request) -> None:
+    """422 for a NUL character in the path or a query parameter (PostgreSQL cannot store or compare one:
+    it used to be a 500, found by the security tests). Body fields are checked by their models."""
+    path = request.scope.get("path", "")
+    if "\x00" in path:
+        raise _nul_refused("path", "path", path)
+    for name, value in request.query_params.multi_items():
+        if "\x00" in name or "\x00" in value:
+            raise _nul_refused(name.replace("\x00", "\\u0000"), "query", value)
+
+
+NoNulCharacters = Depends(reject_nul_characters)
+
+
 def _unauthorized(message: str) -> HTTPException:
     return HTTPException(
         status_code=status.HTTP_401_UNAUTHORIZED, detail=message, headers={"WWW-Authenticate": "Bearer"}
@@ -67,7 +146,7 @@ def require_scope(scope: str, *, public_when_read_open: bool = False) -> Any:
         # --- end issue 5 ---
         if raw is None:
             raise _unauthorized(f"this endpoint needs a bearer token with the {scope!r} scope")
-        token = authenticate(session, raw)
+        token = request_token(request, session)
         if token is None:
             raise _unauthorized("the bearer token is not valid (unknown or revoked)")
         if not grants(token, scope):

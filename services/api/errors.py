@@ -16,11 +16,39 @@ import annotated_types as at
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.fields import FieldInfo
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 # Where a request's parts come from, as FastAPI writes the first element of `loc`.
 _LOCATIONS = {"body", "query", "path", "header", "cookie"}
+
+
+class FieldError(BaseModel):
+    """One refused value: where it was, what was seen and what is accepted."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    field: str = Field(description="dotted path of the value (`model.layers.1`), or the part (`body`)")
+    in_: str = Field(alias="in", description="body, query, path, header or cookie")
+    value: Any = Field(description="the value seen (long values cut at 200 characters)")
+    accepted: str = Field(description="what would be accepted, from the model's own constraints")
+    error: str | None = Field(None, description="the validator's own words")
+    message: str = Field(description="one line for people: field, value, accepted")
+
+
+class ValidationErrorBody(BaseModel):
+    """The body of a 422: every refused value, and all of them in one line."""
+
+    detail: list[FieldError]
+    message: str | None = None
+
+
+class ErrorMessage(BaseModel):
+    """The body of every other error: what went wrong and, where it helps, what to do."""
+
+    detail: str
 
 
 def _unwrap(annotation: Any) -> tuple[Any, list[Any]]:
@@ -105,7 +133,9 @@ def describe_accepted(model: type[BaseModel] | None, path: list[str | int]) -> s
 
 
 def _short(value: Any) -> Any:
-    """Echo the value seen, but never a whole document back."""
+    """Echo the value seen, but never a whole document back (and never raw bytes: JSON cannot hold them)."""
+    if isinstance(value, bytes | bytearray):
+        value = bytes(value[:400]).decode("utf-8", errors="replace")
     if isinstance(value, dict | list):
         text = repr(value)
         return value if len(text) <= 200 else text[:200] + "..."
@@ -171,6 +201,11 @@ def readable_errors(errors: list[dict[str, Any]], body_model: type[BaseModel] | 
     return items
 
 
+def _is_json(media_type: str) -> bool:
+    main, _, sub = media_type.partition("/")
+    return main == "application" and (sub == "json" or sub.endswith("+json"))
+
+
 def _body_model(request: Request) -> type[BaseModel] | None:
     """The pydantic model of the matched route's JSON body, if it has one."""
     body_field = getattr(request.scope.get("route"), "body_field", None)
@@ -180,11 +215,106 @@ def _body_model(request: Request) -> type[BaseModel] | None:
     return None
 
 
+# Errors any route may answer besides its own, documented in the OpenAPI schema (`document_errors`).
+_AUTH_ERRORS = {
+    "401": "no token, or a token that is unknown or revoked",
+    "403": "the token lacks the scope this endpoint needs (or a cookie write lacks the CSRF header)",
+}
+_BODY_ERRORS = {
+    "400": "the body is not readable (not UTF-8 JSON)",
+    "413": "the body is larger than BPBENCH_MAX_BODY_BYTES",
+    "415": "the body is not sent as application/json",
+}
+_RATE_LIMITED = "too many requests for this token (or address); retry after `Retry-After` seconds"
+_UNLIMITED_PATHS = ("/healthz", "/readyz")
+
+
+def _error_content(name: str) -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}
+
+
+def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
+    """Document in `schema` (in place) the error answers the app gives besides each route's own:
+
+    the readable 422 body instead of FastAPI's default, 401/403 on every route that needs a token, 429 on
+    every rate-limited route, 400/413 on every route with a body, 404 on every route with a path parameter.
+    """
+    schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+    ref = "#/components/schemas/{model}"
+    # Keep FastAPI's names, so every existing `$ref` now points at the body this app really sends.
+    schemas["HTTPValidationError"] = ValidationErrorBody.model_json_schema(ref_template=ref)
+    schemas["HTTPValidationError"]["properties"]["detail"]["items"] = {
+        "$ref": "#/components/schemas/ValidationError"
+    }
+    schemas["HTTPValidationError"].pop("$defs", None)
+    schemas["ValidationError"] = FieldError.model_json_schema(ref_template=ref, by_alias=True)
+    schemas["ErrorMessage"] = ErrorMessage.model_json_schema(ref_template=ref)
+    for path, operations in schema.get("paths", {}).items():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            extra: dict[str, str] = {}
+            if operation.get("security"):
+                extra.update(_AUTH_ERRORS)
+            if "requestBody" in operation:
+                extra.update(_BODY_ERRORS)
+            if "{" in path:
+                extra["404"] = "no such resource"
+            if path not in _UNLIMITED_PATHS:
+                extra["429"] = _RATE_LIMITED
+            for code, description in extra.items():
+                responses.setdefault(code, {"description": description})
+            for code, response in responses.items():
+                if code.startswith(("4", "5")) and code != "422" and "content" not in response:
+                    response["content"] = _error_content("ErrorMessage")
+            if "429" in responses:
+                responses["429"].setdefault(
+                    "headers",
+                    {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}},
+                )
+    return schema
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route of this path answers (Starlette's 405 names only the first route's)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "\x00"})
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """Install the readable 422 handler on `app`."""
+    """Install the readable 422 and the complete 405 handlers on `app`; document the errors in OpenAPI."""
+
+    async def on_method_not_allowed(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        allowed = _allowed_methods(request)
+        return JSONResponse(
+            status_code=405,
+            content={"detail": f"method {request.method} not allowed here; allowed: {', '.join(allowed)}"},
+            headers={"Allow": ", ".join(allowed)},
+        )
+
+    app.add_exception_handler(405, on_method_not_allowed)  # type: ignore[arg-type]
+
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_errors(generate())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         model = _body_model(request)
+        media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if model is not None and media_type and not _is_json(media_type):
+            # FastAPI hands a non-JSON body over as bytes, which can only fail validation: say why.
+            return JSONResponse(
+                status_code=415,
+                content={"detail": f"Content-Type {media_type[:100]!r}: accepted: application/json"},
+            )
         detail = readable_errors(list(exc.errors()), model)
         return JSONResponse(
             status_code=422,

@@ -14,9 +14,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy.exc import SQLAlchemyError
 
+from services.api.deps import NoNulCharacters, RateLimited
 from services.api.errors import install_error_handlers
+from services.api.limits import BodySizeLimit, RateLimiter
 from services.api.metrics import install_metrics
 from services.api.routes import (
     compare,
@@ -34,6 +37,7 @@ from services.auth.service import ensure_token
 from services.core import queue
 from services.core.config import Settings, get_settings
 from services.core.db import session_factory
+from services.core.logging import install_redaction
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +55,23 @@ def _bootstrap_token(settings: Settings) -> None:
     except SQLAlchemyError as exc:
         # The database may not be migrated or reachable yet; /readyz says so, and the next start retries.
         log.warning("could not store BPBENCH_API_TOKEN as an admin token: %s", exc.__class__.__name__)
+
+
+def install_limits(app: FastAPI, settings: Settings) -> None:
+    """Body size cap, per-token rate limiter, CORS only for `BPBENCH_CORS_ORIGINS`, secrets out of logs."""
+    app.state.rate_limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        # Closed by default: without this middleware a browser on another origin gets no CORS headers.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+            max_age=600,
+        )
+    # uvicorn's access log prints the query string (`/?token=...`): redact before any handler sees it.
+    install_redaction()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -76,10 +97,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "items name the field, the value seen and what is accepted."
         ),
         lifespan=lifespan,
+        dependencies=[RateLimited, NoNulCharacters],
     )
     app.state.settings = settings
     app.state.session_factory = session_factory(settings)
     install_error_handlers(app)
+    install_limits(app, settings)
     app.include_router(health.router)
     for module in (jobs, suites, results, compare, timeline, devices):
         app.include_router(module.router, prefix=API_PREFIX)

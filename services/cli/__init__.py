@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.cli import client, local, servers, stack  # noqa: F401  (registers commands)
+from services.cli import client, local, servers, stack, tokens  # noqa: F401  (registers commands)
 from services.cli.app import app
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DATABASE_FILE = "bpbench.db"
 BROKER_SOCKET = "broker.sock"
@@ -94,6 +94,25 @@ class Settings(BaseSettings):
     # Never printed: excluded from repr so a logged Settings shows no secret.
     api_token: str | None = Field(default=None, repr=False)
     public_read: bool = False
+    # --- issue 4 (security): request limits and CORS ---
+    max_body_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        le=64 * 1024**2,
+        description="largest request body the API reads; a bigger one is refused with 413",
+    )
+    rate_limit_per_s: float = Field(
+        default=50.0,
+        ge=0,
+        description="requests per second per token (per client address without one); 0 turns it off",
+    )
+    rate_limit_burst: int = Field(
+        default=200, ge=1, le=1_000_000, description="requests a token may send at once before 429s"
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated origins allowed by CORS; empty (the default): no CORS at all",
+    )
 
     # A dead worker's job runs again within heartbeat-free time + one reconcile tick:
     # worker_dead_after_s + reconcile_interval_s = 15 + 5 = 20 s (< 30 s), plus the pick-up by an idle worker.
@@ -151,6 +170,14 @@ class Settings(BaseSettings):
     @classmethod
     def _broker_url_known(cls, value: str) -> str:
         return normalize_broker_url(value) if value else value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins_split(cls, value: Any) -> Any:
+        # `BPBENCH_CORS_ORIGINS=https://a.example,https://b.example`, as people write it.
+        if isinstance(value, str):
+            return [origin.strip().rstrip("/") for origin in value.split(",") if origin.strip()]
+        return value
 
     @model_validator(mode="after")
     def _defaults_in_data_dir(self) -> Settings:

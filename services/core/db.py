@@ -82,6 +82,12 @@ def _sqlite_pragmas(busy_timeout_ms: int) -> Any:
     return on_connect
 
 
+# Connections are opened lazily, kept, and never closed on return: with overflow connections an API under
+# load opened and closed one every few requests (a PostgreSQL backend start each; issue 7, target 1).
+# 20 covers the requests that run at once in one API process (more wait for a connection, cheaply).
+POSTGRES_POOL_SIZE = 20
+
+
 def make_engine(url: str, *, busy_timeout_ms: int = 30_000, echo: bool = False) -> Engine:
     """An Engine for a database URL as a person writes it (see `normalize_database_url`).
 
@@ -100,7 +106,7 @@ def make_engine(url: str, *, busy_timeout_ms: int = 30_000, echo: bool = False) 
         )
         event.listen(engine, "connect", _sqlite_pragmas(busy_timeout_ms))
         return engine
-    return create_engine(sa_url, echo=echo, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    return create_engine(sa_url, echo=echo, pool_pre_ping=True, pool_size=POSTGRES_POOL_SIZE, max_overflow=0)
 
 
 _factories: dict[tuple[int, str], sessionmaker[Session]] = {}

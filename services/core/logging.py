@@ -6,6 +6,11 @@
 `contextvars` variable read by a logging filter, so every logger (ours, the engine's, Celery's) gets them
 without being passed anything. In text format the same fields are appended as
 `[job=... worker=... device=...]`.
+
+No secret reaches a log line: `RedactSecretsFilter` (on our handler, and on uvicorn's loggers through
+`install_redaction()`) replaces bearer tokens, `token=` query values, `bpb_...` tokens and URL passwords
+with `***` in every record's message and arguments, whoever logged it (uvicorn's access log prints the
+query string, so `/?token=...` would otherwise be written as is).
 """
 
 from __future__ import annotations
@@ -14,8 +19,9 @@ import contextlib
 import contextvars
 import json
 import logging
+import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -52,6 +58,65 @@ class JobContextFilter(logging.Filter):
         return True
 
 
+REDACTED = "***"
+_SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    # `?token=...`, `&api_token=...`, `password=...` in query strings and key=value text.
+    (re.compile(r"(?i)\b((?:api_|access_)?token|password|passwd|secret)=[^&\s\"',;]+"), rf"\1={REDACTED}"),
+    # `Authorization: Bearer ...`, and any other bearer value.
+    (re.compile(r"(?i)\b(bearer\s+)[^\s\"',;]+"), rf"\1{REDACTED}"),
+    # bpbench's own tokens, wherever they appear.
+    (re.compile(r"\bbpb_[A-Za-z0-9_\-]{4,}"), f"bpb_{REDACTED}"),
+    # `scheme://user:password@host`.
+    (re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)[^@\s/]+@"), rf"\1{REDACTED}@"),
+)
+
+
+def redact_secrets(text: str) -> str:
+    """`text` with tokens, `token=` values and URL passwords replaced by `***`."""
+    for pattern, replacement in _SECRET_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _redact_value(value: Any) -> Any:
+    return redact_secrets(value) if isinstance(value, str) else value
+
+
+class RedactSecretsFilter(logging.Filter):
+    """Redact secrets in a record's message and arguments (kept as arguments: formatters may unpack them)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact_secrets(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(_redact_value(arg) for arg in record.args)
+        elif isinstance(record.args, Mapping):
+            record.args = {key: _redact_value(arg) for key, arg in record.args.items()}
+        return True
+
+
+def _add_redaction(filterer: logging.Filterer) -> None:
+    if not any(isinstance(f, RedactSecretsFilter) for f in filterer.filters):
+        filterer.addFilter(RedactSecretsFilter())
+
+
+def install_redaction() -> None:
+    """Redact secrets in uvicorn's loggers and in every handler present now (idempotent).
+
+    Uvicorn logs its access lines on `uvicorn.access` itself, so a filter on that logger covers them
+    whichever handlers uvicorn or we configured; the handlers cover records propagated from other loggers.
+    """
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        _add_redaction(logger)
+        for handler in logger.handlers:
+            _add_redaction(handler)
+    for handler in logging.getLogger().handlers:
+        _add_redaction(handler)
+    if logging.lastResort is not None:
+        _add_redaction(logging.lastResort)
+
+
 class TextFormatter(logging.Formatter):
     """`2026-11-26 21:40:01,123 INFO workers.tasks: message [job=... worker=... device=...]`."""
 
@@ -59,7 +124,8 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+        # The message was redacted by the filter; a traceback is only known here.
+        text = redact_secrets(super().format(record)) if record.exc_info else super().format(record)
         tags = [f"{key}={getattr(record, name)}" for key, name in _TAGS if getattr(record, name, None)]
         return f"{text} [{' '.join(tags)}]" if tags else text
 
@@ -83,7 +149,7 @@ class JsonFormatter(logging.Formatter):
             if value is not None:
                 doc[name] = value
         if record.exc_info:
-            doc["exception"] = self.formatException(record.exc_info)
+            doc["exception"] = redact_secrets(self.formatException(record.exc_info))
         return json.dumps(doc, default=str)
 
 
@@ -93,6 +159,7 @@ def make_handler(log_format: LogFormat = "text") -> logging.Handler:
         raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}, got {log_format!r}")
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(JobContextFilter())
+    handler.addFilter(RedactSecretsFilter())
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     return handler
 

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from services.core.config import get_settings
 from services.core.db import utcnow
@@ -76,8 +77,12 @@ def create_job(session: Session, spec: JobSpec, *, target_device_id: str | None 
 def publish(session: Session, job: Job) -> None:
     """Send the job's id to its queue and record when (the row must already be committed)."""
     publish_job(job.id, job.queue, time_limit_s=job.time_limit_s)
-    session.execute(update(Job).where(Job.id == job.id).values(published_at=utcnow()))
+    now = utcnow()
+    session.execute(update(Job).where(Job.id == job.id).values(published_at=now, updated_at=now))
     session.commit()
+    # The object now says what the row says, without reading it back (one round trip less per submission).
+    set_committed_value(job, "published_at", now)
+    set_committed_value(job, "updated_at", now)
 
 
 def submit_job(session: Session, spec: JobSpec, *, target_device_id: str | None = None) -> Job:
@@ -93,7 +98,6 @@ def submit_job(session: Session, spec: JobSpec, *, target_device_id: str | None 
     except Exception as exc:  # the job row is the outbox; a failed publish is retried later
         session.rollback()
         log.warning("job %s is queued but could not be published to %s yet: %s", job.id, job.queue, exc)
-    session.refresh(job)
     return job
 
 

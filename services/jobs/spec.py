@@ -9,11 +9,12 @@ populated plain dict that `engine.jobs.run_job` takes (the engine knows nothing 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 JobKind = Literal["train", "gradcheck", "backprop_vs_numerical", "gemm"]
 ModelName = Literal["two_layer_net", "mlp", "simple_convnet"]
@@ -30,7 +31,20 @@ MAX_LAYERS = 32
 MAX_PARAMETERS = 200_000_000
 MAX_TIME_LIMIT_S = 24 * 3600
 
+MAX_PATH_LENGTH = 4096
+
 Width = Annotated[int, Field(ge=1, le=MAX_WIDTH)]
+
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL cannot store or compare a NUL character: refuse it here rather than fail in the database.
+    if "\x00" in value:
+        raise ValueError(f"got {value[:200]!r}; accepted: text without NUL characters (\\u0000)")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
+"""A string without NUL characters (every free-text field a client sends)."""
 
 
 class StrictModel(BaseModel):
@@ -42,7 +56,8 @@ class ModelSpec(StrictModel):
 
     `layers` are the widths of an MLP including input and output (`[784, 50, 10]`); for
     `two_layer_net` it must be three widths and defaults to the textbook's 784-50-10; for
-    `simple_convnet` the first entry is ignored and the input is (1, 28, 28) unless the dataset says otherwise.
+    `simple_convnet` the first entry is ignored and the input is (1, 28, 28) unless the dataset says
+    otherwise.
     """
 
     name: ModelName = "two_layer_net"
@@ -99,10 +114,15 @@ class JobSpec(StrictModel):
     """A benchmark job. Fields left out take the defaults shown."""
 
     kind: JobKind = "train"
-    device: str = Field("cpu", description="cpu, gpu or gpu:N")
+    # The pattern is documented in the schema; `_device_known` checks it with a readable message.
+    device: str = Field(
+        "cpu", description="cpu, gpu or gpu:N", json_schema_extra={"pattern": DEVICE_PATTERN.pattern}
+    )
     model: ModelSpec = Field(default_factory=ModelSpec)
     dataset: DatasetName = "mnist5k"
-    dataset_path: str | None = Field(None, description="directory of the IDX files, for dataset=mnist")
+    dataset_path: Text | None = Field(
+        None, max_length=MAX_PATH_LENGTH, description="directory of the IDX files, for dataset=mnist"
+    )
     synthetic_samples: int = Field(4096, ge=16, le=1_000_000)
     steps: int = Field(1000, ge=1, le=MAX_STEPS)
     batch_size: int = Field(100, ge=1, le=MAX_BATCH)
@@ -164,4 +184,4 @@ class JobSpec(StrictModel):
 
 def count_parameters(layers: list[int]) -> int:
     """Weights and biases of a dense stack of these widths."""
-    return sum(a * b + b for a, b in zip(layers[:-1], layers[1:], strict=False))
+    return sum(a * b + b for a, b in itertools.pairwise(layers))

@@ -4,9 +4,14 @@ For one (device, spec_hash) pair, results are taken in the order they were recor
 against the (at most `HISTORY_WINDOW`) results before it, once there are at least `MIN_HISTORY` of them:
 
 - `baseline` = the median of the history's run medians (samples/s); `change` = new median / baseline - 1.
-- `z` = (new median - baseline) / spread, where spread is the robust run-to-run scatter of the history
-  (1.4826 x the median absolute deviation of the run medians), floored at `SPREAD_FLOOR` x baseline so three
-  runs that happen to agree closely do not make every later wobble significant.
+- `z` = (new median - baseline) / spread. The spread is the robust run-to-run scatter of the history
+  (1.4826 x the median absolute deviation of the run medians), but never less than two floors, so that
+  three runs that happen to agree closely do not make every later wobble significant:
+  the typical within-run scatter of the history's trials (the median over its runs of IQR / 1.349, a robust
+  sigma; `WITHIN_RUN_SHARE` = 1), since a machine whose trials scatter widely also moves between runs as
+  much (measured on a shared, loaded 2-core VM: within-run sigma 10-25% of the median and run medians
+  30% apart; on a quiet machine both are about 1%); and `SPREAD_FLOOR` (2%) x baseline. On a quiet machine
+  a change of 5% is flagged; on a noisy one only a change of about three within-run sigmas.
 - `p` = the two-sided Mann-Whitney U test of the new run's trials against the history's pooled trials
   (normal approximation with tie and continuity corrections; implemented here, scipy is not a dependency).
 
@@ -43,6 +48,8 @@ Z_THRESHOLD = 3.0
 ALPHA = 0.01
 SPREAD_FLOOR = 0.02
 MAD_TO_SIGMA = 1.4826
+IQR_TO_SIGMA = 1 / 1.349
+WITHIN_RUN_SHARE = 1.0
 
 Flag = Literal["regression", "improvement"]
 
@@ -118,6 +125,14 @@ class Verdict:
         return doc
 
 
+def _robust_sigma(values: list[float]) -> float:
+    """IQR / 1.349 of a run's trials (0 for fewer than two): a standard deviation that ignores outliers."""
+    if len(values) < 2:
+        return 0.0
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return (q3 - q1) * IQR_TO_SIGMA
+
+
 def assess(
     new_trials: list[float], new_median: float, history: list[tuple[float, list[float]]]
 ) -> dict[str, Any]:
@@ -130,7 +145,8 @@ def assess(
     medians = [median for median, _ in history]
     baseline = statistics.median(medians)
     mad = statistics.median([abs(m - baseline) for m in medians])
-    spread = max(MAD_TO_SIGMA * mad, SPREAD_FLOOR * abs(baseline), 1e-12)
+    within = statistics.median([_robust_sigma(trials) for _, trials in history])
+    spread = max(MAD_TO_SIGMA * mad, WITHIN_RUN_SHARE * within, SPREAD_FLOOR * abs(baseline), 1e-12)
     change = new_median / baseline - 1 if baseline else 0.0
     z = (new_median - baseline) / spread
     pooled = [value for _, trials in history for value in trials]
@@ -218,7 +234,7 @@ def detect(
     # Rows were filtered on samples_per_s IS NOT NULL: every median below is a float.
     needed = sorted({r.id for row, history in wanted for r in [row, *history]})
     trials = _trials_by_result(session, needed)
-    names = dict(session.execute(select(Device.id, Device.name)).tuples().all())
+    names = {device_id: name for device_id, name in session.execute(select(Device.id, Device.name))}
     verdicts = []
     for row, history in wanted:
         outcome = assess(

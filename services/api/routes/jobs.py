@@ -10,12 +10,12 @@ from fastapi import APIRouter, HTTPException, Query, Response, status
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
-from services.api.deps import ReadAccess, SessionDep, SettingsDep, SubmitAccess
+from services.api.deps import MAX_OFFSET, ReadAccess, SessionDep, SettingsDep, SubmitAccess
 from services.devices.models import Device
 from services.jobs import service
 from services.jobs.models import Job
 from services.jobs.resources import JobTooLarge, check_memory_cap, estimate_job_memory
-from services.jobs.spec import JobSpec
+from services.jobs.spec import JobSpec, Text
 from services.results.service import get_result_for_job
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -29,7 +29,7 @@ KindName = Literal["train", "gradcheck", "backprop_vs_numerical", "gemm"]
 class JobSubmission(JobSpec):
     """A JobSpec, plus `target`: the id of one exact device to run on (see `GET /api/v1/devices`)."""
 
-    target: str | None = Field(
+    target: Text | None = Field(
         None,
         min_length=1,
         max_length=16,
@@ -231,7 +231,7 @@ def list_jobs(
         str | None, Query(max_length=32, description="requested device or class, or the id of the device")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> JobPage:
     """Jobs, newest first, with the total for these filters."""
     filters: dict[str, Any] = {"status": status_, "kind": kind, "device": device}

@@ -41,6 +41,7 @@ def get_regressions(
             "z_threshold": regressions.Z_THRESHOLD,
             "alpha": regressions.ALPHA,
             "spread_floor_pct": 100 * regressions.SPREAD_FLOOR,
+            "within_run_share": regressions.WITHIN_RUN_SHARE,
             "metric": "samples_per_s (higher is better)",
         },
         "total": len(verdicts),

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from services.api.deps import ReadAccess, SessionDep
+from services.api.deps import MAX_OFFSET, ReadAccess, SessionDep
 from services.devices.models import Device
 from services.results.models import Result
 from services.results.service import list_results
@@ -155,7 +155,7 @@ def get_results(
     spec_hash: Annotated[str | None, Query(max_length=16)] = None,
     device: Annotated[str | None, Query(max_length=16, description="device id")] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     format: Literal["json", "csv"] = "json",
 ) -> Any:
     """Results, newest first; `format=csv` returns a CSV download of the same page."""

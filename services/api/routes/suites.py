@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, Field
@@ -13,7 +13,7 @@ from services.api.routes.jobs import JobOut, job_out
 from services.devices.models import Device
 from services.devices.service import list_devices, live_device_ids
 from services.jobs import service
-from services.jobs.spec import DEVICE_PATTERN
+from services.jobs.spec import DEVICE_PATTERN, Text
 from services.jobs.suites import SUITES
 
 router = APIRouter(prefix="/suites", tags=["suites"])
@@ -23,7 +23,7 @@ class SuiteRequest(BaseModel):
     """Which suite (`standard`, or `smoke`: the same jobs at toy sizes), and where: device ids or classes."""
 
     name: Literal["standard", "smoke"] = "standard"
-    devices: list[str] | None = Field(
+    devices: list[Annotated[Text, Field(min_length=1, max_length=64)]] | None = Field(
         None, min_length=1, max_length=64, description="device ids or classes; default: every live device"
     )
 
@@ -72,7 +72,13 @@ def _resolve_targets(
     return targets
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=SuiteOut, dependencies=[SubmitAccess])
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=SuiteOut,
+    dependencies=[SubmitAccess],
+    responses={409: {"description": "no device given and no live worker"}},
+)
 def submit_suite(request: SuiteRequest, session: SessionDep, settings: SettingsDep) -> SuiteOut:
     """Submit every job of the suite for each device: each job is committed, then published."""
     targets = _resolve_targets(session, request.devices, settings.worker_dead_after_s)

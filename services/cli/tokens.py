@@ -1,0 +1,174 @@
+"""`bpbench token create|list|revoke`: the administrator's local commands for API tokens.
+
+They talk to the database directly (`BPBENCH_DATABASE_URL`), not to the API, so the first tokens can be
+made before any token exists and a leaked admin token can be revoked without using it. A new token is
+printed once, alone on stdout (`TOKEN=$(bpbench token create --name ci --scope submit)`); only its SHA-256
+and its first characters (the prefix that names it in lists) are stored.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from services.auth.models import TOKEN_SCOPES, ApiToken
+from services.auth.service import create_token, hash_token, list_tokens, revoke_token
+from services.cli.app import app
+from services.cli.client import console, err_console
+from services.core.config import get_settings, redact_url
+
+token_app = typer.Typer(
+    help="API tokens with scopes read, submit, admin (talks to BPBENCH_DATABASE_URL directly).",
+    no_args_is_help=True,
+)
+app.add_typer(token_app, name="token")
+
+# Shortest prefix `revoke` accepts, so that a typo does not match many tokens.
+MIN_PREFIX = 5
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+@contextmanager
+def _database() -> Iterator[Session]:
+    """A session on the configured database; a database error becomes one line and exit status 1."""
+    from services.core.db import session_factory
+
+    settings = get_settings()
+    try:
+        with session_factory(settings)() as session:
+            yield session
+    except SQLAlchemyError as exc:
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise _fail(
+            f"database {redact_url(settings.database_url)}: {reason} (run `bpbench migrate` first?)"
+        ) from None
+
+
+def parse_scopes(text: str) -> list[str]:
+    """`read,submit` -> ['read', 'submit']; an unknown scope names what is accepted."""
+    scopes = sorted({part.strip() for part in text.split(",") if part.strip()})
+    unknown = [scope for scope in scopes if scope not in TOKEN_SCOPES]
+    if unknown or not scopes:
+        raise _fail(f"--scope {text!r}: accepted: one or more of {', '.join(TOKEN_SCOPES)}", 2)
+    return scopes
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+@token_app.command("create")
+def create_command(
+    name: Annotated[str, typer.Option(help="who or what the token is for (shown in lists)")],
+    scope: Annotated[
+        str, typer.Option(help="comma-separated scopes: read, submit (implies read), admin (everything)")
+    ] = "read",
+) -> None:
+    """Make a token and print it once (stdout); only its hash is kept."""
+    scopes = parse_scopes(scope)
+    name = name.strip()
+    if not name or len(name) > 100:
+        raise _fail(f"--name {name!r}: accepted: 1 to 100 characters", 2)
+    with _database() as session:
+        taken = session.scalar(select(ApiToken).where(ApiToken.name == name, ApiToken.revoked.is_(False)))
+        if taken is not None:
+            raise _fail(
+                f"a token named {name!r} exists (prefix {taken.prefix}); revoke it or pick another name"
+            )
+        token, row = create_token(session, name=name, scopes=scopes)
+        session.commit()
+        err_console.print(
+            f"Token {name!r} (scopes {', '.join(row.scopes)}, prefix {row.prefix}); "
+            "store it now, it is not shown again:",
+            highlight=False,
+        )
+    typer.echo(token)
+
+
+@token_app.command("list")
+def list_command(
+    as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout, for scripts")] = False,
+) -> None:
+    """Every token: name, scopes, prefix, created, last used, revoked (never the token itself)."""
+    with _database() as session:
+        rows = list_tokens(session)
+    if as_json:
+        doc = [
+            {
+                "id": row.id,
+                "name": row.name,
+                "scopes": row.scopes,
+                "prefix": row.prefix,
+                "created_at": row.created_at.isoformat(),
+                "last_used_at": row.last_used_at.isoformat() if row.last_used_at else None,
+                "revoked": row.revoked,
+                "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None,
+            }
+            for row in rows
+        ]
+        typer.echo(json.dumps(doc, indent=2))
+        return
+    table = Table(title=f"API tokens ({len(rows)})")
+    for column in ("name", "scopes", "prefix", "created (UTC)", "last used (UTC)", "revoked"):
+        table.add_column(column)
+    for row in rows:
+        revoked = f"yes, {_when(row.revoked_at)}" if row.revoked else "no"
+        table.add_row(
+            row.name,
+            ",".join(row.scopes),
+            row.prefix,
+            _when(row.created_at),
+            _when(row.last_used_at),
+            revoked,
+        )
+    console.print(table)
+
+
+def find_tokens(session: Session, name_or_prefix: str) -> list[ApiToken]:
+    """Unrevoked tokens whose name is `name_or_prefix`, whose prefix starts with it, or which it is."""
+    wanted = name_or_prefix.strip()
+    digest = hash_token(wanted)
+
+    def matches(row: ApiToken) -> bool:
+        if row.name == wanted:
+            return True
+        if len(wanted) <= len(row.prefix):
+            return len(wanted) >= MIN_PREFIX and row.prefix.startswith(wanted)
+        return row.token_hash == digest  # the whole token was given
+
+    return [row for row in list_tokens(session) if not row.revoked and matches(row)]
+
+
+@token_app.command("revoke")
+def revoke_command(
+    name_or_prefix: Annotated[
+        str, typer.Argument(help=f"the token's name, or its prefix (at least {MIN_PREFIX} characters)")
+    ],
+) -> None:
+    """Revoke one token by name or prefix: it stops working at once (the row is kept, marked)."""
+    with _database() as session:
+        matches = find_tokens(session, name_or_prefix)
+        if not matches:
+            raise _fail(
+                f"no unrevoked token has the name or prefix {name_or_prefix!r} (see `bpbench token list`)"
+            )
+        if len(matches) > 1:
+            listed = ", ".join(f"{row.name!r} ({row.prefix})" for row in matches)
+            raise _fail(f"{name_or_prefix!r} matches {len(matches)} tokens: {listed}; give a prefix")
+        row = revoke_token(session, matches[0].id)
+        session.commit()
+        assert row is not None
+        console.print(f"Revoked token {row.name!r} (prefix {row.prefix}, scopes {', '.join(row.scopes)})")

@@ -1,0 +1,74 @@
+"""Fault 6 (load): 10,000 small jobs through two workers: 10,000 results, no duplicates, none left behind.
+
+The jobs are created through the service layer in one transaction and published one message each, as the
+API would; two `bpbench worker` processes (one pool process each, one BLAS thread) and a reconciler serve
+them from a private redis-server and a private PostgreSQL cluster (so the load does not slow the shared
+servers the rest of the suite uses).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from sqlalchemy import select, update
+
+from services.core.db import utcnow
+from services.core.queue import publish_job
+from services.jobs import service as jobs
+from services.jobs.models import Job
+from tests.conftest import tiny_spec, wait_until
+from tests.faults.conftest import Stack, point_client_at, private_postgres, private_redis, unique
+
+JOBS = int(os.environ.get("BPBENCH_LOAD_JOBS", "10000"))
+DEADLINE_S = 300.0
+# One training step of a 4-4-2 MLP on 16 synthetic samples: ~5 ms in the engine.
+SMALL = {
+    "model": {"name": "mlp", "layers": [4, 4, 2]},
+    "synthetic_samples": 16,
+    "steps": 1,
+    "batch_size": 4,
+    "loss_samples": 1,
+    "eval_samples": 4,
+    "timing": {"warmup": 0, "window": 1, "min_repeats": 1, "max_repeats": 1},
+}
+
+
+def test_ten_thousand_small_jobs_through_two_workers_all_finish_once(stack: Stack) -> None:
+    private_postgres(stack)
+    private_redis(stack)
+    point_client_at(stack)
+    for name in (unique("load-a"), unique("load-b")):
+        stack.worker(name)
+    stack.reconciler()
+    spec = tiny_spec(**SMALL)
+
+    started = time.monotonic()
+    with stack.maker()() as session:
+        created = [jobs.create_job(session, spec) for _ in range(JOBS)]
+        session.commit()
+        job_ids = [job.id for job in created]
+        for job in created:
+            publish_job(job.id, job.queue, time_limit_s=job.time_limit_s)
+        session.execute(update(Job).values(published_at=utcnow()))
+        session.commit()
+    submitted_s = time.monotonic() - started
+
+    def finished() -> bool:
+        if not all(proc.alive() for proc in stack.procs):
+            raise AssertionError(f"a process died:\n{stack.logs()}")
+        return stack.all_final(job_ids)
+
+    wait_until(finished, DEADLINE_S, f"{JOBS} jobs to finish", interval_s=2.0)
+    elapsed_s = time.monotonic() - started
+    counts = stack.counts(job_ids)
+
+    with stack.maker()() as session:
+        spans = session.execute(select(Job.worker_name, Job.started_at, Job.finished_at)).all()
+    in_job_s = sum((end - start).total_seconds() for _, start, end in spans if start and end)
+    assert counts == {"succeeded": JOBS, "results": JOBS, "duplicates": 0}, counts
+    print(f"\nmean claim-to-result time {in_job_s / len(spans) * 1000:.1f} ms per job")
+    print(
+        f"\nfault 6 (load): {JOBS} jobs, {counts['results']} results, {counts['duplicates']} duplicates, "
+        f"submitted in {submitted_s:.1f} s, all done in {elapsed_s:.1f} s ({JOBS / elapsed_s:.0f} jobs/s)"
+    )
