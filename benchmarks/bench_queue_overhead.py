@@ -10,9 +10,10 @@ after another on the idle worker. For each: the clock starts before `POST /api/v
 when this process sees the row `succeeded` (it polls the database every `--poll-ms`, which adds half that on
 average: counted as overhead, not subtracted). overhead = that wall time - engine_time_s.
 
-The overhead is split with the row's own timestamps: API (created -> published), queue (published -> claimed
-by the worker: broker, Celery's hand-off to the pool process, the claim), run (claimed -> finished, minus the
-engine: the worker's own work around the engine), and after (finished -> seen: result commit and polling).
+The overhead is split with the row's own timestamps: post (the POST's round trip, seen by the client), API
+(created -> published), queue (published -> claimed by the worker: broker, Celery's hand-off to the pool
+process, the claim), run (claimed -> finished, minus the engine: the worker's own work around the engine),
+and after (finished -> seen: the result's commit, polling, and the part of the POST before the row exists).
 `--profile` records the worker's pool process with py-spy over the whole series.
 """
 
@@ -96,6 +97,7 @@ def run_one(client: Any, engine: Any, spec: dict[str, Any], poll_s: float) -> di
 
     t0 = time.perf_counter()
     response = client.post("/api/v1/jobs", json=spec)
+    post_s = time.perf_counter() - t0
     response.raise_for_status()
     job_id = response.json()["id"]
     with engine.connect() as connection:
@@ -119,6 +121,7 @@ def run_one(client: Any, engine: Any, spec: dict[str, Any], poll_s: float) -> di
         "wall_s": seen,
         "engine_s": float(engine_s),
         "overhead_s": seen - float(engine_s),
+        "post_s": post_s,
         "api_s": (job.published_at - job.created_at).total_seconds(),
         "queue_s": (job.started_at - job.published_at).total_seconds(),
         "run_minus_engine_s": run_s - float(engine_s),
@@ -190,7 +193,7 @@ def main() -> None:
         "overhead_ratio_p50": statistics.median(overhead_ratio),
         "split_ms_p50": {
             key: 1000 * statistics.median(r[key] for r in rows)
-            for key in ("api_s", "queue_s", "run_minus_engine_s", "after_s")
+            for key in ("post_s", "api_s", "queue_s", "run_minus_engine_s", "after_s")
         },
         "poll_ms": args.poll_ms,
         "load_average": load_average(),

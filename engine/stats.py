@@ -14,6 +14,7 @@ is 1 - 2^(1-n) (noted as `ci95_coverage`).
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,26 +25,34 @@ CI_METHOD = "order-statistic (binomial) 95% CI of the median"
 
 
 def _binomial_cdf_half(k: int, n: int) -> float:
-    """P(Binomial(n, 1/2) <= k), exactly."""
+    """P(Binomial(n, 1/2) <= k), exactly (then rounded to a float)."""
     if k < 0:
         return 0.0
-    return math.fsum(math.comb(n, i) for i in range(min(k, n) + 1)) / 2.0**n
+    return float(Fraction(sum(math.comb(n, i) for i in range(min(k, n) + 1)), 2**n))
 
 
 def median_ci_ranks(n: int, confidence: float = 0.95) -> tuple[int, int, float]:
-    """1-based ranks (l, u) of the order-statistic CI of the median, and its exact coverage."""
+    """1-based ranks (l, u) of the order-statistic CI of the median, and its exact coverage.
+
+    Exact integer arithmetic, one pass over the binomial coefficients: linear in n, and no float overflow
+    (2.0**n overflows at n = 1024, which a comparison pooling many runs' trials reaches).
+    """
     if n < 1:
         raise ValueError("median_ci_ranks needs at least one trial")
-    alpha = 1.0 - confidence
-    lower = 0
-    # Largest l with P(B <= l - 1) <= alpha / 2; the interval [x_(l), x_(n+1-l)] then covers >= confidence.
-    while lower + 1 <= (n + 1) // 2 and _binomial_cdf_half(lower, n) <= alpha / 2:
+    # Largest l with P(B <= l - 1) <= alpha / 2, i.e. 2 * (sum of C(n, i) for i < l) <= alpha * 2^n;
+    # the interval [x_(l), x_(n+1-l)] then covers >= confidence.
+    limit = (1 - Fraction(str(confidence))) * 2**n  # alpha * 2^n, exact
+    lower, cumulative, term = 0, 0, 1  # cumulative = sum of C(n, i) for i < lower; term = C(n, lower)
+    while lower + 1 <= (n + 1) // 2 and 2 * (cumulative + term) <= limit:
+        cumulative += term
+        term = term * (n - lower) // (lower + 1)
         lower += 1
     if lower == 0:
         # Too few trials for the asked confidence: use the full range and say what it covers.
         return 1, n, 1.0 - 2.0 * 0.5**n
     upper = n + 1 - lower
-    coverage = 1.0 - 2.0 * _binomial_cdf_half(lower - 1, n)
+    # cumulative = sum of C(n, i) for i <= lower - 1: P(B <= l - 1) * 2^n.
+    coverage = float(1 - Fraction(2 * cumulative, 2**n))
     return lower, upper, coverage
 
 

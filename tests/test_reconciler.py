@@ -24,7 +24,7 @@ from services.devices import service as devices
 from services.devices.models import Worker
 from services.jobs import service as jobs
 from services.jobs.models import Job
-from services.jobs.reconciler import ReconcileReport, Reconciler, reconcile_once
+from services.jobs.reconciler import ReconcileReport, reconcile_once
 from tests.conftest import tiny_spec
 
 
@@ -258,4 +258,3 @@ def test_two_reconcilers_at_once_requeue_and_publish_each_job_once(
         assert {fresh(session, job_id).status for job_id in lost} == {"queued"}
     assert [messages_for(settings.broker_url, queue_name, job_id) for job_id in lost] == [1] * 20
     assert sum(report.requeued for report in reports) >= 20
-

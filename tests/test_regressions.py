@@ -36,6 +36,7 @@ from services.results.regressions import (
 )
 from tests import apiserver
 from tests.apiserver import ApiServer, server_env
+from tests.browser.conftest import browser, screenshot  # noqa: F401  (the dashboard test's fixtures)
 from tests.conftest import bpbench_command
 
 api = apiserver.api
@@ -114,17 +115,23 @@ def measured() -> dict[str, list[dict[str, Any]]]:
     return {"baseline": baseline, "slow": slow}
 
 
-def record(session: Session, documents: list[dict[str, Any]], device_id: str) -> list[int]:
-    """Store each document as the result of a succeeded job on `device_id` (job service, no broker)."""
+def record(session_maker: Any, documents: list[dict[str, Any]], device_id: str) -> list[int]:
+    """Store each document as the result of a succeeded job on `device_id` (job service, no broker).
+
+    One session per step, as the API and the worker do it.
+    """
     ids = []
     for document in documents:
-        job = jobs.create_job(session, SPEC)
-        session.commit()
-        claim = jobs.claim_job(session, job.id, worker_name="regression-test", device_id=device_id)
-        assert claim is not None
-        result = jobs.complete_job(session, job.id, document, attempt=claim.attempt)
-        assert result is not None
-        ids.append(result.id)
+        with session_maker() as session:
+            job_id = jobs.create_job(session, SPEC).id
+            session.commit()
+        with session_maker() as session:
+            claim = jobs.claim_job(session, job_id, worker_name="regression-test", device_id=device_id)
+            assert claim is not None
+        with session_maker() as session:
+            result = jobs.complete_job(session, job_id, document, attempt=claim.attempt)
+            assert result is not None and result.device_id == device_id
+            ids.append(result.id)
     return ids
 
 
@@ -132,10 +139,10 @@ def record(session: Session, documents: list[dict[str, Any]], device_id: str) ->
 def recorded(measured: dict[str, list[dict[str, Any]]], session_maker: Any) -> dict[str, Any]:
     """The measured runs in this backend's database: the baseline runs first, the slow one last."""
     with session_maker() as session:
-        device = register_device(session, measured["baseline"][0]["fingerprint"])
-        baseline = record(session, measured["baseline"], device.id)
-        slow = record(session, measured["slow"], device.id)
-    return {"device_id": device.id, "baseline": baseline, "slow": slow[0]}
+        device_id = register_device(session, measured["baseline"][0]["fingerprint"]).id
+    baseline = record(session_maker, measured["baseline"], device_id)
+    slow = record(session_maker, measured["slow"], device_id)
+    return {"device_id": device_id, "baseline": baseline, "slow": slow[0]}
 
 
 def median(document: dict[str, Any]) -> float:
@@ -153,8 +160,11 @@ def test_the_slowed_down_device_is_the_same_device(measured: dict[str, list[dict
 def test_a_planted_slowdown_is_flagged_as_a_regression(
     recorded: dict[str, Any], measured: dict[str, list[dict[str, Any]]], db_session: Session
 ) -> None:
-    verdicts = detect(db_session, spec_hash=SPEC.spec_hash(), device_id=recorded["device_id"])
+    verdicts = detect(
+        db_session, spec_hash=SPEC.spec_hash(), device_id=recorded["device_id"], flagged_only=False
+    )
     assert [v.result_id for v in verdicts] == [recorded["slow"]]
+    assert verdicts[0].flag == "regression", verdicts[0].reason
     verdict = verdicts[0]
     assert verdict.flag == "regression"
     assert verdict.history_runs == BASELINE_RUNS
@@ -238,3 +248,31 @@ def test_a_change_under_the_floor_is_never_flagged() -> None:
 def test_a_history_of_fewer_than_three_runs_is_refused() -> None:
     with pytest.raises(ValueError, match="at least 3"):
         assess([1.0], 1.0, [(1.0, [1.0]), (1.0, [1.0])])
+
+
+def test_the_dashboard_marks_the_regression(
+    recorded: dict[str, Any],
+    api: ApiServer,
+    browser: Any,  # noqa: F811
+    screenshot: Any,  # noqa: F811
+) -> None:
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    try:
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("console", lambda message: message.type == "error" and errors.append(message.text))
+        page.goto(f"{api.url}/?token={api.token}")
+        page.wait_for_selector("body[data-ready='true']", timeout=60_000)
+        page.select_option("#compare-filters select[name=spec_hash]", SPEC.spec_hash())
+        badge = page.wait_for_selector(
+            f"#compare-table tr[data-device-id='{recorded['device_id']}'] .badge.regression", timeout=60_000
+        )
+        assert badge.inner_text().startswith("▼ regression -")
+        colour = page.evaluate("document.getElementById('compare-chart').data[0].marker.color")
+        assert "#c0392b" in colour  # the regressed device's bar is drawn red
+        row = page.locator(f"#regressions-table tr[data-result-id='{recorded['slow']}']")
+        assert row.get_attribute("data-flag") == "regression"
+        screenshot(page, "regression")
+        assert errors == []
+    finally:
+        context.close()

@@ -133,4 +133,3 @@ def test_the_memory_estimate_grows_with_the_batch(batch_size: int) -> None:
     assert estimate.total_bytes >= small
     assert set(estimate.parts) >= {"runtime", "parameters", "activations", "evaluation", "dataset"}
     assert estimate.parts["activations"] == batch_size * (784 + 16 * 3 + 10 * 3) * 4
-

@@ -234,6 +234,7 @@ def run_worker(
         without_gossip=True,
         without_mingle=True,
         optimization="fair",
+        quiet=log_format == "json",  # no banner: every line of a JSON log is JSON
     )
     worker.start()
     return int(worker.exitcode or 0)

@@ -93,16 +93,16 @@ RateLimited = Depends(rate_limit)
 
 
 def _nul_refused(field: str, where: str, value: str) -> HTTPException:
-    shown = value[:200].replace("\x00", "\\u0000")
+    accepted = "text without NUL characters (\\u0000)"
     return HTTPException(
         status_code=422,
         detail=[
             {
                 "field": field,
                 "in": where,
-                "value": shown,
-                "accepted": "text without NUL characters (\\u0000)",
-                "message": f"{field}: got {shown!r}; accepted: text without NUL characters (\\u0000)",
+                "value": value[:200],
+                "accepted": accepted,
+                "message": f"{field}: contains a NUL character; accepted: {accepted}",
             }
         ],
     )

@@ -8,6 +8,7 @@ bound lives in one place: `services/jobs/spec.py`.
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from typing import Any, Literal, Union
@@ -19,7 +20,6 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.fields import FieldInfo
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 
 # Where a request's parts come from, as FastAPI writes the first element of `loc`.
 _LOCATIONS = {"body", "query", "path", "header", "cookie"}
@@ -274,13 +274,17 @@ def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
+_HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+
+
 def _allowed_methods(request: Request) -> list[str]:
-    """Every method some route of this path answers (Starlette's 405 names only the first route's)."""
+    """Every documented method of this path (Starlette's 405 names only the first matching route's)."""
+    path = request.scope.get("path", "")
     methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches({**request.scope, "method": "\x00"})
-        if match != Match.NONE:
-            methods |= set(getattr(route, "methods", None) or ())
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        parts = re.split(r"\{[^/}]+\}", template)
+        if re.fullmatch("[^/]+".join(re.escape(part) for part in parts), path):
+            methods |= {method.upper() for method in operations if method in _HTTP_METHODS}
     return sorted(methods)
 
 

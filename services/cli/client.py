@@ -80,10 +80,32 @@ class ApiClient:
         """Close the connection pool."""
         self._http.close()
 
+    # A 429 is waited out (its Retry-After, at most this long) this many times before it is an error.
+    RATE_LIMIT_RETRIES = 3
+    RATE_LIMIT_MAX_WAIT_S = 10.0
+
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """Send a request; raise `ClientError` on a connection failure or a non-2xx answer."""
+        """Send a request; raise `ClientError` on a connection failure or a non-2xx answer.
+
+        A 429 (rate limited) is retried after its `Retry-After`, up to `RATE_LIMIT_RETRIES` times."""
+        for _ in range(self.RATE_LIMIT_RETRIES):
+            response = self._send(method, path, **kwargs)
+            if response.status_code != 429:
+                break
+            try:
+                wait_s = float(response.headers.get("Retry-After", "1"))
+            except ValueError:
+                wait_s = 1.0
+            time.sleep(min(max(wait_s, 0.1), self.RATE_LIMIT_MAX_WAIT_S))
+        else:
+            response = self._send(method, path, **kwargs)
+        if response.status_code >= 400:
+            raise ClientError(_http_error_message(response))
+        return response
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
-            response = self._http.request(method, path, **kwargs)
+            return self._http.request(method, path, **kwargs)
         except httpx.ConnectError:
             raise ClientError(
                 f"cannot reach the bpbench API at {self.base_url} (connection refused); "
@@ -93,9 +115,6 @@ class ApiClient:
             raise ClientError(f"the bpbench API at {self.base_url} did not answer in time") from None
         except httpx.HTTPError as exc:
             raise ClientError(f"request to {self.base_url}{path} failed: {exc}") from None
-        if response.status_code >= 400:
-            raise ClientError(_http_error_message(response))
-        return response
 
     def get(self, path: str, **params: Any) -> Any:
         """GET `path` with the query parameters that are not None; the decoded JSON."""

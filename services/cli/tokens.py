@@ -12,19 +12,20 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
-from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
 
-from services.auth.models import TOKEN_SCOPES, ApiToken
-from services.auth.service import create_token, hash_token, list_tokens, revoke_token
 from services.cli.app import app
 from services.cli.client import console, err_console
 from services.core.config import get_settings, redact_url
+
+if TYPE_CHECKING:  # the database layer is imported when a token command runs, not at every CLI start
+    from sqlalchemy.orm import Session
+
+    from services.auth.models import ApiToken
+
 
 token_app = typer.Typer(
     help="API tokens with scopes read, submit, admin (talks to BPBENCH_DATABASE_URL directly).",
@@ -44,6 +45,8 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 @contextmanager
 def _database() -> Iterator[Session]:
     """A session on the configured database; a database error becomes one line and exit status 1."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from services.core.db import session_factory
 
     settings = get_settings()
@@ -59,6 +62,8 @@ def _database() -> Iterator[Session]:
 
 def parse_scopes(text: str) -> list[str]:
     """`read,submit` -> ['read', 'submit']; an unknown scope names what is accepted."""
+    from services.auth.models import TOKEN_SCOPES
+
     scopes = sorted({part.strip() for part in text.split(",") if part.strip()})
     unknown = [scope for scope in scopes if scope not in TOKEN_SCOPES]
     if unknown or not scopes:
@@ -78,6 +83,11 @@ def create_command(
     ] = "read",
 ) -> None:
     """Make a token and print it once (stdout); only its hash is kept."""
+    from sqlalchemy import select
+
+    from services.auth.models import ApiToken
+    from services.auth.service import create_token
+
     scopes = parse_scopes(scope)
     name = name.strip()
     if not name or len(name) > 100:
@@ -103,6 +113,8 @@ def list_command(
     as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout, for scripts")] = False,
 ) -> None:
     """Every token: name, scopes, prefix, created, last used, revoked (never the token itself)."""
+    from services.auth.service import list_tokens
+
     with _database() as session:
         rows = list_tokens(session)
     if as_json:
@@ -139,6 +151,8 @@ def list_command(
 
 def find_tokens(session: Session, name_or_prefix: str) -> list[ApiToken]:
     """Unrevoked tokens whose name is `name_or_prefix`, whose prefix starts with it, or which it is."""
+    from services.auth.service import hash_token, list_tokens
+
     wanted = name_or_prefix.strip()
     digest = hash_token(wanted)
 
@@ -159,6 +173,8 @@ def revoke_command(
     ],
 ) -> None:
     """Revoke one token by name or prefix: it stops working at once (the row is kept, marked)."""
+    from services.auth.service import revoke_token
+
     with _database() as session:
         matches = find_tokens(session, name_or_prefix)
         if not matches:

@@ -171,6 +171,8 @@ def configure_logging(log_format: LogFormat = "text", level: str | int = "INFO")
         root.removeHandler(existing)
     root.addHandler(make_handler(log_format))
     root.setLevel(level.upper() if isinstance(level, str) else level)
+    # Python warnings (Celery's "running as root", deprecations) become log lines in the same format.
+    logging.captureWarnings(True)
     # Uvicorn's and Celery's own loggers go through the root handler, so every line has one format.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "celery"):
         named = logging.getLogger(name)

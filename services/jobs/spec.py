@@ -39,7 +39,7 @@ Width = Annotated[int, Field(ge=1, le=MAX_WIDTH)]
 def _no_nul(value: str) -> str:
     # PostgreSQL cannot store or compare a NUL character: refuse it here rather than fail in the database.
     if "\x00" in value:
-        raise ValueError(f"got {value[:200]!r}; accepted: text without NUL characters (\\u0000)")
+        raise ValueError("contains a NUL character; accepted: text without NUL characters (\\u0000)")
     return value
 
 

@@ -5,13 +5,14 @@ against the (at most `HISTORY_WINDOW`) results before it, once there are at leas
 
 - `baseline` = the median of the history's run medians (samples/s); `change` = new median / baseline - 1.
 - `z` = (new median - baseline) / spread. The spread is the robust run-to-run scatter of the history
-  (1.4826 x the median absolute deviation of the run medians), but never less than two floors, so that
-  three runs that happen to agree closely do not make every later wobble significant:
-  the typical within-run scatter of the history's trials (the median over its runs of IQR / 1.349, a robust
-  sigma; `WITHIN_RUN_SHARE` = 1), since a machine whose trials scatter widely also moves between runs as
-  much (measured on a shared, loaded 2-core VM: within-run sigma 10-25% of the median and run medians
-  30% apart; on a quiet machine both are about 1%); and `SPREAD_FLOOR` (2%) x baseline. On a quiet machine
-  a change of 5% is flagged; on a noisy one only a change of about three within-run sigmas.
+  (1.4826 x the median absolute deviation of the run medians), but never less than three floors, so that
+  three runs that happen to agree closely do not make every later wobble significant: the typical
+  within-run scatter of the history (the median over its runs of IQR / 1.349 of the trials, a robust sigma),
+  the within-run scatter of the new run itself, and `SPREAD_FLOOR` (2%) x baseline. A machine whose trials
+  scatter widely also moves between runs as much (measured on a shared, loaded 2-core VM: within-run sigma
+  3-40% of the median, run medians 30% apart; on a quiet machine both are about 1%), and a run disturbed
+  in part of its windows says little about its median. On a quiet machine a change of 5% is flagged; on a
+  noisy one only a change of about three within-run sigmas.
 - `p` = the two-sided Mann-Whitney U test of the new run's trials against the history's pooled trials
   (normal approximation with tie and continuity corrections; implemented here, scipy is not a dependency).
 
@@ -49,7 +50,6 @@ ALPHA = 0.01
 SPREAD_FLOOR = 0.02
 MAD_TO_SIGMA = 1.4826
 IQR_TO_SIGMA = 1 / 1.349
-WITHIN_RUN_SHARE = 1.0
 
 Flag = Literal["regression", "improvement"]
 
@@ -145,8 +145,10 @@ def assess(
     medians = [median for median, _ in history]
     baseline = statistics.median(medians)
     mad = statistics.median([abs(m - baseline) for m in medians])
-    within = statistics.median([_robust_sigma(trials) for _, trials in history])
-    spread = max(MAD_TO_SIGMA * mad, WITHIN_RUN_SHARE * within, SPREAD_FLOOR * abs(baseline), 1e-12)
+    within = max(
+        statistics.median([_robust_sigma(trials) for _, trials in history]), _robust_sigma(new_trials)
+    )
+    spread = max(MAD_TO_SIGMA * mad, within, SPREAD_FLOOR * abs(baseline), 1e-12)
     change = new_median / baseline - 1 if baseline else 0.0
     z = (new_median - baseline) / spread
     pooled = [value for _, trials in history for value in trials]

@@ -165,11 +165,13 @@ def test_the_submit_form_creates_a_job(
         page.wait_for_selector(f"#jobs-table tr[data-job-id='{job_id}'][data-status='succeeded']")
     page.locator("#submit").scroll_into_view_if_needed()
     screenshot(page, "submitted")
-    # A refused value is shown with what is accepted.
-    page.fill(f"{form} input[name=steps]", "0")
+    # A value the API refuses is shown with what is accepted.
+    page.fill(f"{form} input[name=batch_size]", "70000")
     page.click("#submit-job")
     page.wait_for_selector("#submit-result.error")
-    assert "steps" in page.inner_text("#submit-result")
+    assert "batch_size: got 70000; accepted: an integer >= 1 and <= 65536" in page.inner_text(
+        "#submit-result"
+    )
     assert [e for e in console.errors if "422" not in e] == []  # the refused POST is logged by Chromium
 
 

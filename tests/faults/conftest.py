@@ -186,10 +186,11 @@ class Stack:
         prefix: Sequence[str] = (),
         env: dict[str, str] | None = None,
         wait: bool = True,
+        loglevel: str = "INFO",
     ) -> Proc:
         """`bpbench worker --name <name>`; waits until its row says it consumes."""
         argv = [*prefix, *bpbench_command(), "worker", "--device", "cpu", "--name", name]
-        argv += ["--concurrency", str(concurrency), "--threads", "1"]
+        argv += ["--concurrency", str(concurrency), "--threads", "1", "--loglevel", loglevel]
         proc = self.spawn(name, argv, env or self.env())
         if wait:
             self.wait_worker_ready(proc)
@@ -237,13 +238,13 @@ class Stack:
         counts["duplicates"] = sum(1 for _, n in rows if n > 1)
         return counts
 
-    def all_final(self, job_ids: Sequence[str]) -> bool:
-        """True when every one of these jobs is succeeded, failed or cancelled."""
+    def all_final(self, job_ids: Sequence[str] | None = None) -> bool:
+        """True when every one of these jobs (default: every job) is succeeded, failed or cancelled."""
+        query = select(func.count()).select_from(Job).where(Job.status.not_in(FINAL_STATUSES))
+        if job_ids is not None:
+            query = query.where(Job.id.in_(list(job_ids)))
         with self.maker()() as session:
-            open_jobs = session.scalar(
-                select(func.count()).select_from(Job).where(Job.id.in_(list(job_ids)), Job.status.not_in(FINAL_STATUSES))
-            )
-        return int(open_jobs or 0) == 0
+            return int(session.scalar(query) or 0) == 0
 
     def logs(self) -> str:
         """Every process's log tail, for a failure message."""
@@ -325,6 +326,7 @@ class PrivatePostgres:
     port: int
     dir: Path
     listen: tuple[str, ...] = ("127.0.0.1",)
+    trust_from: tuple[str, ...] = ()  # extra client networks (CIDR) allowed without a password
 
     @property
     def data(self) -> Path:
@@ -346,6 +348,9 @@ class PrivatePostgres:
         done = self._as_owner([initdb, "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8"])
         if done.returncode != 0:
             pytest.fail(f"initdb failed:\n{done.stdout}\n{done.stderr}")
+        with (self.data / "pg_hba.conf").open("a") as hba:
+            for network in self.trust_from:
+                hba.write(f"host all all {network} trust\n")
 
     def start(self) -> None:
         options = (
@@ -369,10 +374,12 @@ class PrivatePostgres:
         return path.read_text(errors="replace")[-3000:] if path.exists() else ""
 
 
-def private_postgres(stack: Stack, listen: tuple[str, ...] = ("127.0.0.1",)) -> PrivatePostgres:
+def private_postgres(
+    stack: Stack, listen: tuple[str, ...] = ("127.0.0.1",), trust_from: tuple[str, ...] = ()
+) -> PrivatePostgres:
     """A private cluster with database `bpbench` migrated to head; the stack's database."""
     directory = Path(tempfile.mkdtemp(prefix="bpbench-pg-"))
-    server = PrivatePostgres(port=free_port(), dir=directory, listen=listen)
+    server = PrivatePostgres(port=free_port(), dir=directory, listen=listen, trust_from=trust_from)
     stack.cleanups.append(lambda: shutil.rmtree(directory, ignore_errors=True))
     server.init()
     stack.cleanups.append(lambda: server.stop("immediate"))
@@ -456,3 +463,78 @@ class ApiProcess:
 def unique(prefix: str) -> str:
     """A short unique name (worker names, namespaces)."""
     return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+# --- network namespaces --------------------------------------------------------------------------------
+
+
+@dataclass
+class NetNamespace:
+    """A network namespace of the test's own, joined to the host by a veth pair on a private /30.
+
+    The host side is `host_ip`, the namespace side `ns_ip`; `cut()` takes the host side down (the namespace
+    loses its only link), `restore()` brings it back.
+    """
+
+    name: str
+    host_if: str
+    ns_if: str
+    host_ip: str
+    ns_ip: str
+
+    @property
+    def network(self) -> str:
+        return f"{self.host_ip.rsplit('.', 1)[0]}.{int(self.host_ip.rsplit('.', 1)[1]) - 1}/30"
+
+    @property
+    def exec_prefix(self) -> list[str]:
+        return ["ip", "netns", "exec", self.name]
+
+    def cut(self) -> None:
+        _ip("link", "set", self.host_if, "down")
+
+    def restore(self) -> None:
+        _ip("link", "set", self.host_if, "up")
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30, check=False)
+    if check and done.returncode != 0:
+        pytest.fail(f"ip {' '.join(args)} failed: {done.stderr.strip()}")
+    return done
+
+
+def network_namespace(stack: Stack) -> NetNamespace:
+    """Create a namespace and its veth link (removed by the stack's cleanup); skip where that is refused."""
+    require_tool("ip")
+    probe = f"bpbp{uuid.uuid4().hex[:6]}"
+    if os.geteuid() != 0 or _ip("netns", "add", probe, check=False).returncode != 0:
+        message = "network namespaces need root (ip netns add was refused)"
+        if CI:
+            pytest.fail(f"{message} (CI=true: a missing capability is a failure, not a skip)")
+        pytest.skip(message)
+    _ip("netns", "del", probe, check=False)
+    used = _ip("-4", "addr").stdout
+    for _ in range(50):
+        octet = uuid.uuid4().int % 250 + 1
+        if f"10.213.{octet}." not in used:
+            break
+    tag = uuid.uuid4().hex[:6]
+    ns = NetNamespace(
+        name=f"bpb-{tag}",
+        host_if=f"bph{tag}",
+        ns_if=f"bpn{tag}",
+        host_ip=f"10.213.{octet}.1",
+        ns_ip=f"10.213.{octet}.2",
+    )
+    _ip("netns", "add", ns.name)
+    stack.cleanups.append(lambda: _ip("netns", "del", ns.name, check=False) and None)
+    _ip("link", "add", ns.host_if, "type", "veth", "peer", "name", ns.ns_if)
+    stack.cleanups.append(lambda: _ip("link", "del", ns.host_if, check=False) and None)
+    _ip("link", "set", ns.ns_if, "netns", ns.name)
+    _ip("addr", "add", f"{ns.host_ip}/30", "dev", ns.host_if)
+    _ip("link", "set", ns.host_if, "up")
+    _ip("netns", "exec", ns.name, "ip", "addr", "add", f"{ns.ns_ip}/30", "dev", ns.ns_if)
+    _ip("netns", "exec", ns.name, "ip", "link", "set", ns.ns_if, "up")
+    _ip("netns", "exec", ns.name, "ip", "link", "set", "lo", "up")
+    return ns

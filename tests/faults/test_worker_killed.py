@@ -65,7 +65,9 @@ def test_a_job_whose_worker_is_sigkilled_finishes_on_another_worker_with_one_res
 
     victim.kill()  # SIGKILL to the whole process group: main process and pool child
     killed_at = time.time()
-    second = wait_until(lambda: _running_attempt(stack, job_id, 2), 60, "the job to run again", interval_s=0.2)
+    second = wait_until(
+        lambda: _running_attempt(stack, job_id, 2), 60, "the job to run again", interval_s=0.2
+    )
     rerun_after_s = second.started_at.timestamp() - killed_at if second.started_at else float("inf")
     done = wait_until(lambda: _final(stack, job_id), 60, "the rerun to finish")
 
@@ -88,7 +90,9 @@ def test_a_job_whose_pool_process_is_killed_while_its_worker_lives_runs_again(tw
 
     os.kill(children[0].pid, signal.SIGKILL)
     killed_at = time.time()
-    second = wait_until(lambda: _running_attempt(stack, job_id, 2), 60, "the job to run again", interval_s=0.2)
+    second = wait_until(
+        lambda: _running_attempt(stack, job_id, 2), 60, "the job to run again", interval_s=0.2
+    )
     rerun_after_s = second.started_at.timestamp() - killed_at if second.started_at else float("inf")
     done = wait_until(lambda: _final(stack, job_id), 60, "the rerun to finish")
 

@@ -41,7 +41,8 @@ def get_regressions(
             "z_threshold": regressions.Z_THRESHOLD,
             "alpha": regressions.ALPHA,
             "spread_floor_pct": 100 * regressions.SPREAD_FLOOR,
-            "within_run_share": regressions.WITHIN_RUN_SHARE,
+            "spread": "max(1.4826 MAD of the history's run medians, within-run robust sigma of the history "
+            "(median over runs) and of the new run, spread_floor_pct of the baseline)",
             "metric": "samples_per_s (higher is better)",
         },
         "total": len(verdicts),

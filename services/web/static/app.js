@@ -112,11 +112,17 @@ function plot(id, traces, layout) {
     plot_bgcolor: "rgba(0,0,0,0)",
     font: { family: "system-ui, sans-serif", size: 12 },
   };
-  return Plotly.react($(id), traces, { ...base, ...layout }, PLOT_CONFIG);
+  const node = $(id);
+  if (node.classList.contains("is-empty")) {
+    node.classList.remove("is-empty");
+    node.replaceChildren();
+  }
+  return Plotly.react(node, traces, { ...base, ...layout }, PLOT_CONFIG);
 }
 
 function emptyChart(id, message) {
   Plotly.purge($(id));
+  $(id).classList.add("is-empty");
   $(id).replaceChildren(el("p", { class: "muted empty" }, message));
 }
 
@@ -319,8 +325,9 @@ async function loadTimeline() {
     x: vendors.map((v) => v.entered_to - v.entered_from + 1),
     marker: { color: "#2e86c1" },
     text: vendors.map((v) => `${v.platform} (${v.years})`),
-    textposition: "inside",
-    insidetextanchor: "start",
+    textposition: "outside",
+    textfont: { size: 11 },
+    cliponaxis: false,
     hovertext: vendors.map((v) => `${v.vendor}: ${v.platform}<br>${v.entered}<br>${v.note}`),
     hoverinfo: "text",
     name: "entered deep learning",
@@ -349,7 +356,7 @@ async function loadTimeline() {
   const annotations = rows.filter((r) => r !== "milestones").map((row) => {
     const devices = measured[row.toLowerCase()] || [];
     return {
-      x: lastYear + 1, y: row, xanchor: "left", showarrow: false, align: "left", font: { size: 11 },
+      x: lastYear + 1, y: row, xanchor: "left", showarrow: false, align: "left", font: { size: 10 },
       text: devices.length
         ? devices.map((d) => `<b>${d.name}</b>: ${best[d.id] ? best[d.id].text : "no result yet"}`).join("<br>")
         : "<i>not measured here</i>",
@@ -358,7 +365,7 @@ async function loadTimeline() {
   plot("timeline-chart", traces, {
     title: { text: "years each vendor entered deep learning · milestones · measured devices (best figure)" },
     barmode: "overlay",
-    xaxis: { range: [1984, lastYear + 16], dtick: 4, title: { text: "year" } },
+    xaxis: { range: [1984, lastYear + 24], dtick: 4, title: { text: "year" } },
     yaxis: { categoryorder: "array", categoryarray: [...rows, "milestones"], automargin: true },
     annotations,
     shapes: [{ type: "line", x0: lastYear + 0.5, x1: lastYear + 0.5, yref: "paper", y0: 0, y1: 1, line: { dash: "dot", color: "#999" } }],
@@ -553,7 +560,7 @@ async function loadBvn() {
   plot("bvn-chart", traces, {
     title: { text: "seconds for one full gradient: backprop grows like one pass, numerical like 2 passes per parameter" },
     xaxis: { type: "log", title: { text: "parameters" } },
-    yaxis: { type: "log", title: { text: "seconds per gradient" } },
+    yaxis: { type: "log", dtick: 1, exponentformat: "power", title: { text: "seconds per gradient" } },
     legend: { orientation: "h", y: -0.25 },
     margin: { l: 70, r: 20, t: 40, b: 100 },
   });
@@ -572,8 +579,9 @@ async function loadRegressions() {
   const rule = doc.rule;
   $("regressions-rule").textContent =
     `Each result is compared with up to ${rule.history_window} earlier results of the same device and spec ` +
-    `(at least ${rule.min_history}); flagged when the change is at least ${rule.min_change_pct}%, the robust ` +
-    `z-score of the median at least ${rule.z_threshold} and the Mann-Whitney p-value under ${rule.alpha}.`;
+    `(at least ${rule.min_history}); flagged when the median moved by at least ${rule.min_change_pct}%, by at ` +
+    `least ${rule.z_threshold} spreads (the larger of the run-to-run and the within-run scatter, at least ` +
+    `${rule.spread_floor_pct}%), and the Mann-Whitney p-value of the trials is under ${rule.alpha}.`;
   const table = $("regressions-table");
   if (!doc.items.length) {
     table.replaceChildren(el("tbody", {}, el("tr", {}, el("td", { class: "muted" }, "Nothing flagged: every result is within the noise of its history."))));
