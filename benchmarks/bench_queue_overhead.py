@@ -30,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from service_stack import (  # noqa: E402
+from service_stack import (
     BENCH_TOKEN,
     PROFILE_DIR,
     inclusive_table,
@@ -44,9 +44,7 @@ from service_stack import (  # noqa: E402
     service_env,
     start_py_spy,
     stop_py_spy,
-    summarize_collapsed,
 )
-
 
 # Parts of a job's life in the pool process, as frame names in the profile (substring match).
 WORKER_PARTS = [
@@ -154,7 +152,9 @@ def main() -> None:
         with (
             running_api(env, data_dir / "logs") as api,
             running_worker(env, data_dir / "logs", concurrency=1, threads=1) as worker,
-            httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {BENCH_TOKEN}"}, timeout=60) as client,
+            httpx.Client(
+                base_url=api.url, headers={"Authorization": f"Bearer {BENCH_TOKEN}"}, timeout=60
+            ) as client,
         ):
             engine = make_engine(database_url)
             poll_s = args.poll_ms / 1000
@@ -162,14 +162,18 @@ def main() -> None:
             probe = run_one(client, engine, one_second_spec(300), poll_s)
             steps = max(20, int(300 * args.engine_seconds / probe["engine_s"]))
             run_one(client, engine, one_second_spec(steps), poll_s)  # warm: imports, dataset, caches
-            print(f"calibrated: {steps} steps ~ {args.engine_seconds:g} s of engine time; load {load_average()}")
+            print(
+                f"calibrated: {steps} steps ~ {args.engine_seconds:g} s of engine time; load {load_average()}"
+            )
             profiler = None
             if args.profile:
                 import psutil
 
                 children = psutil.Process(worker.pid).children(recursive=True)
                 target = children[0].pid if children else worker.pid
-                profiler = start_py_spy(target, PROFILE_DIR / "worker-overhead.collapsed", idle=True, rate=PROFILE_RATE)
+                profiler = start_py_spy(
+                    target, PROFILE_DIR / "worker-overhead.collapsed", idle=True, rate=PROFILE_RATE
+                )
             rows = []
             for index in range(args.jobs):
                 time.sleep(args.pause_s)

@@ -30,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from service_stack import (  # noqa: E402
+from service_stack import (
     BENCH_TOKEN,
     PROFILE_DIR,
     inclusive_table,
@@ -46,7 +46,6 @@ from service_stack import (  # noqa: E402
     summarize_collapsed,
     tiny_train_spec,
 )
-
 
 # Parts of a submission, as frame names in the profile (substring match on "function (file:line)").
 SUBMIT_PARTS = [
@@ -123,7 +122,9 @@ def postgres_sessions(database_url: str) -> int:
 
     name = database_url.rsplit("/", 1)[1]
     with psycopg.connect(database_url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as connection:
-        row = connection.execute("SELECT sessions FROM pg_stat_database WHERE datname = %s", (name,)).fetchone()
+        row = connection.execute(
+            "SELECT sessions FROM pg_stat_database WHERE datname = %s", (name,)
+        ).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -162,13 +163,19 @@ def main() -> None:
     parser.add_argument("--raw-seconds", type=float, default=3.0)
     parser.add_argument("--api-seconds", type=float, default=8.0)
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--uvicorn-workers", type=int, default=1, help="1: `bpbench api`; N: uvicorn --workers N")
+    parser.add_argument(
+        "--uvicorn-workers", type=int, default=1, help="1: `bpbench api`; N: uvicorn --workers N"
+    )
     parser.add_argument("--profile", action="store_true", help="py-spy the API during the last round")
-    parser.add_argument("--env", action="append", default=[], help="extra KEY=VALUE for the API (a rate limit)")
+    parser.add_argument(
+        "--env", action="append", default=[], help="extra KEY=VALUE for the API (a rate limit)"
+    )
     parser.add_argument("--loadgen", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.loadgen:
-        print(json.dumps(asyncio.run(_generate(args.loadgen, BENCH_TOKEN, args.concurrency, args.api_seconds))))
+        print(
+            json.dumps(asyncio.run(_generate(args.loadgen, BENCH_TOKEN, args.concurrency, args.api_seconds)))
+        )
         return
 
     from services.core import queue
@@ -192,7 +199,9 @@ def main() -> None:
                 raw, raw_cpu_ms = raw_publish_rate(args.raw_seconds)
                 profiler = None
                 if args.profile and index == args.rounds - 1:
-                    profiler = start_py_spy(api.pid, PROFILE_DIR / "api-submit.collapsed", subprocesses=True, gil=True)
+                    profiler = start_py_spy(
+                        api.pid, PROFILE_DIR / "api-submit.collapsed", subprocesses=True, gil=True
+                    )
                 cpu0, sessions0 = tree_cpu_s(api.pid), postgres_sessions(database_url)
                 gen = load_generator(api.url, args.concurrency, args.api_seconds)
                 api_cpu_ms = 1000 * (tree_cpu_s(api.pid) - cpu0) / max(gen["accepted"], 1)
@@ -214,7 +223,8 @@ def main() -> None:
                     f"round {index + 1}: raw publish {raw:7.0f}/s ({raw_cpu_ms:.2f} CPU-ms each)  "
                     f"api accepted {accepted:6.1f}/s ({api_cpu_ms:.2f} API CPU-ms each)  "
                     f"ratio {accepted / raw:6.3f}  p50 {gen['p50_ms']:.1f} ms  p99 {gen['p99_ms']:.1f} ms  "
-                    f"new DB connections {new_connections}  statuses {gen['statuses']}  load {load_average()}",
+                    f"new DB connections {new_connections}  statuses {gen['statuses']}  "
+                    f"load {load_average()}",
                     flush=True,
                 )
             if args.profile:

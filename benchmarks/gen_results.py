@@ -31,7 +31,7 @@ RESULTS_PER_SPEC = 1000
 TRIALS_PER_RESULT = 5
 MODELS = ("two_layer_net", "mlp", "simple_convnet")
 DATASETS = ("mnist5k", "mnist", "digits", "synthetic", "spiral")
-GEMM_EVERY = 100  # every 100th job is a gemm job
+GEMM_EVERY = 101  # about 1% of the jobs are gemm jobs (101: prime, so every device gets some)
 GEMM_SPEC_HASH = "ffffffffffffffff"
 
 
@@ -67,7 +67,10 @@ def _sql(dialect: str, results: int) -> list[str]:
         now = "now()"
         as_json = "::json"
     else:
-        seq = f"(WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < {jobs}) SELECT i FROM s)"
+        seq = (
+            f"(WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < {jobs}) "
+            "SELECT i FROM s)"
+        )
         hex8 = "printf('%08x', i)"
         hex12 = "printf('%012x', i)"
         spec_hash = f"printf('%016x', i % {specs})"
@@ -76,8 +79,9 @@ def _sql(dialect: str, results: int) -> list[str]:
         now = "strftime('%Y-%m-%d %H:%M:%f', 'now')"
         as_json = ""
     job_id = f"{hex8} || '-0000-4000-8000-' || {hex12}"
-    device = f"'benchdev' || ((i % {DEVICES}) + 10000000)"
-    is_gemm = f"(i % {GEMM_EVERY} = 0)"
+    device = f"'benchdev' || (((i / {specs}) % {DEVICES}) + 10000000)"
+    # The k-th occurrence of a spec slot (k = i / specs) runs on device k % 8; 1 in GEMM_EVERY is a gemm job.
+    is_gemm = f"((i / {specs}) % {GEMM_EVERY} = 7)"
     models = "CASE (i % {n}) % 3 WHEN 0 THEN 'two_layer_net' WHEN 1 THEN 'mlp' ELSE 'simple_convnet' END"
     datasets = (
         "CASE ((i % {n}) / 3) % 5 WHEN 0 THEN 'mnist5k' WHEN 1 THEN 'mnist' WHEN 2 THEN 'digits' "
@@ -92,13 +96,13 @@ def _sql(dialect: str, results: int) -> list[str]:
     )
     spec_json = (
         f"'{{\"kind\": \"' || CASE WHEN {is_gemm} THEN 'gemm' ELSE 'train' END || "
-        f"'\", \"model\": {{\"name\": \"' || {model} || '\"}}, \"dataset\": \"' || {dataset} || "
-        f"'\", \"batch_size\": ' || {batch} || ', \"dtype\": \"float32\", \"steps\": 100}}'"
+        f'\'", "model": {{"name": "\' || {model} || \'"}}, "dataset": "\' || {dataset} || '
+        f'\'", "batch_size": \' || {batch} || \', "dtype": "float32", "steps": 100}}\''
     )
     speed = "(1000.0 + ((i * 7919) % 1000))"
     statements = [
-        f"""INSERT INTO devices (id, device_class, vendor, name, memory_bytes, software, fingerprint, first_seen,
-            last_seen)
+        f"""INSERT INTO devices (id, device_class, vendor, name, memory_bytes, software, fingerprint,
+            first_seen, last_seen)
             SELECT 'benchdev' || (i + 10000000), 'cpu', CASE i % 2 WHEN 0 THEN 'Intel' ELSE 'AMD' END,
                    'bench cpu ' || i, 1073741824, '{{}}'{as_json}, '{{}}'{as_json}, {now}, {now}
             FROM (SELECT i - 1 AS i FROM {seq} WHERE i <= {DEVICES}) d""",
@@ -111,9 +115,9 @@ def _sql(dialect: str, results: int) -> list[str]:
                    CASE WHEN i <= {results} THEN 1.0 ELSE 0.0 END, false, 1, 21600.0, 'bench@host',
                    {device}, {ts}, {ts}, {ts}, CASE WHEN i <= {results} THEN {ts_plus} END, {ts_plus}
             FROM {seq}""",
-        f"""INSERT INTO results (id, job_id, device_id, spec_hash, kind, model_name, dataset, batch_size, dtype,
-            samples_per_s, samples_per_s_ci_low, samples_per_s_ci_high, trial_count, engine_time_s, metrics,
-            statistics, fingerprint, created_at)
+        f"""INSERT INTO results (id, job_id, device_id, spec_hash, kind, model_name, dataset, batch_size,
+            dtype, samples_per_s, samples_per_s_ci_low, samples_per_s_ci_high, trial_count, engine_time_s,
+            metrics, statistics, fingerprint, created_at)
             SELECT i, {job_id}, {device},
                    CASE WHEN {is_gemm} THEN '{GEMM_SPEC_HASH}' ELSE {spec_hash} END,
                    CASE WHEN {is_gemm} THEN 'gemm' ELSE 'train' END,
@@ -135,7 +139,9 @@ def _sql(dialect: str, results: int) -> list[str]:
             WHERE r.kind = 'train'""",
     ]
     if pg:
-        statements.append("SELECT setval(pg_get_serial_sequence('results', 'id'), (SELECT max(id) FROM results))")
+        statements.append(
+            "SELECT setval(pg_get_serial_sequence('results', 'id'), (SELECT max(id) FROM results))"
+        )
         statements.append("ANALYZE")
     else:
         statements.append("ANALYZE")

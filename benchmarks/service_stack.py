@@ -1,4 +1,4 @@
-"""The service as deployed, for the service benchmarks: a PostgreSQL database, a Redis database, the API, workers.
+"""The service as deployed, for the service benchmarks: PostgreSQL and Redis databases, the API, workers.
 
 Every piece is a real process on loopback, started the way production starts it (`bpbench api`,
 `bpbench worker`), on the machine's own servers:
@@ -99,7 +99,7 @@ def postgres_database(prefix: str = "bpbench_bench") -> Iterator[str]:
 
 @contextlib.contextmanager
 def redis_database() -> Iterator[str]:
-    """A Redis database number of this run's own (claimed with the tests' lock key), emptied before and after."""
+    """A Redis database number of this run's own (claimed with the tests' lock key), emptied before/after."""
     import redis
 
     token = f"bench-{uuid.uuid4().hex}"
@@ -177,10 +177,8 @@ class Service:
         """SIGTERM (a warm shutdown for a worker), then SIGKILL the process group if it lingers."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                pass
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -246,7 +244,16 @@ def running_worker(
     from services.devices.models import Worker
 
     name = name or f"bench-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
-    argv = [*bpbench_command(), "worker", "--device", "cpu", "--name", name, "--concurrency", str(concurrency)]
+    argv = [
+        *bpbench_command(),
+        "worker",
+        "--device",
+        "cpu",
+        "--name",
+        name,
+        "--concurrency",
+        str(concurrency),
+    ]
     if threads is not None:
         argv += ["--threads", str(threads)]
     service = _spawn(name.split("@")[0], argv, env, log_dir)
@@ -255,7 +262,9 @@ def running_worker(
 
         def consuming() -> bool:
             if service.process.poll() is not None:
-                raise RuntimeError(f"the worker exited with {service.process.returncode}:\n{service.log_tail()}")
+                raise RuntimeError(
+                    f"the worker exited with {service.process.returncode}:\n{service.log_tail()}"
+                )
             with engine.connect() as connection:
                 row = connection.execute(
                     select(Worker.name).where(Worker.name == name, Worker.stopped_at.is_(None))
@@ -361,13 +370,24 @@ def stop_py_spy(process: subprocess.Popen[bytes] | None) -> None:
         process.kill()
 
 
-def summarize_collapsed(path: Path, top: int = 15, *, skip_idle: bool = True) -> list[tuple[str, float, float]]:
+def summarize_collapsed(
+    path: Path, top: int = 15, *, skip_idle: bool = True
+) -> list[tuple[str, float, float]]:
     """The hottest functions of a collapsed-stack profile: (function, % of samples inclusive, % self).
 
     With `skip_idle`, stacks that end waiting (select/poll/epoll, lock acquire, socket recv, sleeps) are
     left out, so the table shows where the CPU went, not where threads waited.
     """
-    idle_markers = ("select (", "poll (", "epoll", "wait (threading", "acquire", "_recv_into", "recv (", "sleep")
+    idle_markers = (
+        "select (",
+        "poll (",
+        "epoll",
+        "wait (threading",
+        "acquire",
+        "_recv_into",
+        "recv (",
+        "sleep",
+    )
     inclusive: dict[str, int] = {}
     own: dict[str, int] = {}
     total = 0
@@ -378,7 +398,9 @@ def summarize_collapsed(path: Path, top: int = 15, *, skip_idle: bool = True) ->
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        frames = [f for f in stack.split(";") if f and not f.startswith("process ") and not f.startswith("thread ")]
+        frames = [
+            f for f in stack.split(";") if f and not f.startswith("process ") and not f.startswith("thread ")
+        ]
         if not frames:
             continue
         if skip_idle and any(marker in frames[-1] for marker in idle_markers):
@@ -401,7 +423,16 @@ def inclusive_table(
     `within`: count only stacks through a frame containing it (e.g. the task's thread: `execute_job`), and
     the key `"_samples"` gives how many samples that was (for turning shares into time at a known rate).
     """
-    idle_markers = ("select (", "poll (", "epoll", "wait (threading", "acquire", "_recv_into", "recv (", "sleep")
+    idle_markers = (
+        "select (",
+        "poll (",
+        "epoll",
+        "wait (threading",
+        "acquire",
+        "_recv_into",
+        "recv (",
+        "sleep",
+    )
     hits = dict.fromkeys(names, 0)
     total = 0
     if not path.exists():

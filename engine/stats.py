@@ -14,9 +14,9 @@ is 1 - 2^(1-n) (noted as `ci95_coverage`).
 from __future__ import annotations
 
 import math
-from fractions import Fraction
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -24,24 +24,24 @@ import numpy as np
 CI_METHOD = "order-statistic (binomial) 95% CI of the median"
 
 
-def _binomial_cdf_half(k: int, n: int) -> float:
-    """P(Binomial(n, 1/2) <= k), exactly (then rounded to a float)."""
-    if k < 0:
-        return 0.0
-    return float(Fraction(sum(math.comb(n, i) for i in range(min(k, n) + 1)), 2**n))
+EXACT_RANKS_UP_TO = 1000  # above this many trials the ranks come from a float walk near the boundary
 
 
 def median_ci_ranks(n: int, confidence: float = 0.95) -> tuple[int, int, float]:
-    """1-based ranks (l, u) of the order-statistic CI of the median, and its exact coverage.
+    """1-based ranks (l, u) of the order-statistic CI of the median, and its coverage.
 
-    Exact integer arithmetic, one pass over the binomial coefficients: linear in n, and no float overflow
-    (2.0**n overflows at n = 1024, which a comparison pooling many runs' trials reaches).
+    l is the largest rank with P(B <= l - 1) <= alpha / 2, B ~ Binomial(n, 1/2); the interval
+    [x_(l), x_(n+1-l)] then covers >= confidence. Exact integer arithmetic in one pass up to
+    `EXACT_RANKS_UP_TO` trials; beyond, the binomial terms are summed in floats from 8 standard
+    deviations below the median (what is left out is under 1e-15). Either way linear time
+    and no overflow (2.0**n overflows at n = 1024, which a comparison pooling many runs reaches).
     """
     if n < 1:
         raise ValueError("median_ci_ranks needs at least one trial")
-    # Largest l with P(B <= l - 1) <= alpha / 2, i.e. 2 * (sum of C(n, i) for i < l) <= alpha * 2^n;
-    # the interval [x_(l), x_(n+1-l)] then covers >= confidence.
-    limit = (1 - Fraction(str(confidence))) * 2**n  # alpha * 2^n, exact
+    alpha = 1.0 - confidence
+    if n > EXACT_RANKS_UP_TO:
+        return _median_ci_ranks_large(n, alpha)
+    limit = Fraction(str(alpha)) * 2**n  # exact alpha * 2^n
     lower, cumulative, term = 0, 0, 1  # cumulative = sum of C(n, i) for i < lower; term = C(n, lower)
     while lower + 1 <= (n + 1) // 2 and 2 * (cumulative + term) <= limit:
         cumulative += term
@@ -50,10 +50,20 @@ def median_ci_ranks(n: int, confidence: float = 0.95) -> tuple[int, int, float]:
     if lower == 0:
         # Too few trials for the asked confidence: use the full range and say what it covers.
         return 1, n, 1.0 - 2.0 * 0.5**n
-    upper = n + 1 - lower
-    # cumulative = sum of C(n, i) for i <= lower - 1: P(B <= l - 1) * 2^n.
-    coverage = float(1 - Fraction(2 * cumulative, 2**n))
-    return lower, upper, coverage
+    return lower, n + 1 - lower, float(1 - Fraction(2 * cumulative, 2**n))
+
+
+def _median_ci_ranks_large(n: int, alpha: float) -> tuple[int, int, float]:
+    """`median_ci_ranks` for large n: the same rule, the binomial terms in floats near the boundary."""
+    lower = max(0, int(n / 2 - 4 * math.sqrt(n)))  # 8 standard deviations (sqrt(n) / 2) below n / 2
+    log_term = math.lgamma(n + 1) - math.lgamma(lower + 1) - math.lgamma(n - lower + 1) - n * math.log(2)
+    term = math.exp(log_term)
+    cumulative = 0.0
+    while lower + 1 <= (n + 1) // 2 and cumulative + term <= alpha / 2:
+        cumulative += term
+        term = term * (n - lower) / (lower + 1)
+        lower += 1
+    return lower, n + 1 - lower, 1.0 - 2.0 * cumulative
 
 
 def summarize(values: Iterable[float]) -> dict[str, Any]:

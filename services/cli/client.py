@@ -423,8 +423,10 @@ def jobs_command(
     if as_json:
         print_json(page)
         return
+    # `total_exact` false: more than `total` match (the API counts exactly up to 10,000).
+    total = f"{page['total']}{'' if page.get('total_exact', True) else '+'}"
     console.print(
-        jobs_table(page["items"], title=f"Jobs {offset + 1}-{offset + len(page['items'])} of {page['total']}")
+        jobs_table(page["items"], title=f"Jobs {offset + 1}-{offset + len(page['items'])} of {total}")
     )
 
 

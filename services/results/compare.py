@@ -179,7 +179,7 @@ def compare(session: Session, filters: CompareFilters, baseline: str | None = No
     peaks = _gemm_peaks(session, list(stats), chosen["dtype"])
     flops_per_sample = _flops_per_sample(session, spec_hash)
     spec = session.scalar(
-        select(Job.spec).join(Result, Result.job_id == Job.id).where(Result.spec_hash == spec_hash)
+        select(Job.spec).join(Result, Result.job_id == Job.id).where(Result.spec_hash == spec_hash).limit(1)
     )
 
     if baseline is None:

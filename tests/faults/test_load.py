@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 
+import pytest
 from sqlalchemy import select, update
 
 from services.core.db import utcnow
@@ -21,7 +22,7 @@ from tests.conftest import tiny_spec, wait_until
 from tests.faults.conftest import Stack, point_client_at, private_postgres, private_redis, unique
 
 JOBS = int(os.environ.get("BPBENCH_LOAD_JOBS", "10000"))
-DEADLINE_S = 300.0
+DEADLINE_S = 540.0
 # Two pool processes per worker: one runs while the other waits on the database.
 WORKER_PROCESSES = int(os.environ.get("BPBENCH_LOAD_CONCURRENCY", "2"))
 # One training step of a 4-4-2 MLP on 16 synthetic samples: ~5 ms in the engine.
@@ -36,6 +37,7 @@ SMALL = {
 }
 
 
+@pytest.mark.slow
 def test_ten_thousand_small_jobs_through_two_workers_all_finish_once(stack: Stack) -> None:
     private_postgres(stack)
     private_redis(stack)
@@ -48,11 +50,12 @@ def test_ten_thousand_small_jobs_through_two_workers_all_finish_once(stack: Stac
     started = time.monotonic()
     with stack.maker()() as session:
         created = [jobs.create_job(session, spec) for _ in range(JOBS)]
+        # Marked published as they are committed, as the API does within milliseconds; otherwise the
+        # reconciler would rightly publish the rows still waiting their turn here a second time.
+        session.execute(update(Job).values(published_at=utcnow()))
         session.commit()
         for job in created:
             publish_job(job.id, job.queue, time_limit_s=job.time_limit_s)
-        session.execute(update(Job).values(published_at=utcnow()))
-        session.commit()
     submitted_s = time.monotonic() - started
 
     def finished() -> bool:

@@ -21,6 +21,9 @@ from services.results.service import get_result_for_job
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 MAX_SUMMARY_ROWS = 16
+# Job listings count their total exactly only this far: past it the count would read every matching row
+# (a million succeeded jobs), so the page says "more than 10,000" instead (issue 7, target 4).
+TOTAL_CAP = 10_000
 
 StatusName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 KindName = Literal["train", "gradcheck", "backprop_vs_numerical", "gemm"]
@@ -83,7 +86,10 @@ class JobOut(BaseModel):
 class JobPage(BaseModel):
     """One page of jobs, newest first."""
 
-    total: int
+    total: int = Field(description=f"jobs matching the filters, counted exactly up to {TOTAL_CAP:,}")
+    total_exact: bool = Field(
+        True, description=f"false when more than {TOTAL_CAP:,} jobs match: `total` is then {TOTAL_CAP:,}"
+    )
     limit: int
     offset: int
     items: list[JobOut]
@@ -233,11 +239,13 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> JobPage:
-    """Jobs, newest first, with the total for these filters."""
+    """Jobs, newest first, with the total for these filters (exact up to 10,000, else `total_exact` false)."""
     filters: dict[str, Any] = {"status": status_, "kind": kind, "device": device}
     jobs = service.list_jobs(session, limit=limit, offset=offset, **filters)
+    total = service.count_jobs(session, cap=TOTAL_CAP, **filters)
     return JobPage(
-        total=service.count_jobs(session, **filters),
+        total=min(total, TOTAL_CAP),
+        total_exact=total <= TOTAL_CAP,
         limit=limit,
         offset=offset,
         items=[job_out(session, job, with_result=False) for job in jobs],

@@ -424,7 +424,7 @@ async function loadJobs() {
       el("td", { class: "num" }, fmtSeconds(durationOf(job))),
       el("td", {}, fmtTime(job.created_at))));
   }
-  $("jobs-updated").textContent = `${page.total} in all · updated ${new Date().toLocaleTimeString("en-GB")}`;
+  $("jobs-updated").textContent = `${page.total}${page.total_exact === false ? "+" : ""} in all · updated ${new Date().toLocaleTimeString("en-GB")}`;
 }
 
 function startJobsPolling() {
