@@ -142,6 +142,8 @@ def main() -> None:
             ).one()
             engine_s = connection.execute(select(func.sum(Result.engine_time_s))).scalar_one()
         engine.dispose()
+    if first is None or last is None or engine_s is None:
+        raise RuntimeError("no job succeeded; see the worker's log")
     wall = (last - first).total_seconds()
     summary: dict[str, Any] = {
         "target": "tiny-job throughput per worker process (measured, with what limits it)",

@@ -10,10 +10,11 @@ The shape follows what a busy deployment accumulates:
 - one spec per 1,000 results (so the number of specs grows with the store: 1 at 1k, 1,000 at 1M), each
   spec a distinct (model, dataset, batch_size) so that compare's filters pick one spec, and each spec's
   results spread over the 8 devices; 1% of the jobs are `gemm` (one gemm spec, a peak FLOP/s per result);
-- 5 trials per train result (the `samples_per_s` series), none for gemm;
+- 5 trials per train result (the `samples_per_s` series, a result's trials side by side), none for gemm;
 - every result's job `succeeded`, plus 5% more jobs that are not (failed 3%, cancelled 1%, queued 0.5%,
   running 0.5%), newest last.
-`spec_of(n)` gives the filters of the spec of the n-th result, for the benchmark's queries.
+Then VACUUM ANALYZE (PostgreSQL) or ANALYZE (SQLite), as autovacuum would have done to a store that has
+lived a while. `spec_of(n)` gives the filters of spec n, for the benchmark's queries.
 """
 
 from __future__ import annotations
@@ -58,7 +59,6 @@ def _sql(dialect: str, results: int) -> list[str]:
     specs = spec_count(results)
     pg = dialect == "postgresql"
     if pg:
-        seq = f"generate_series(1, {jobs}) AS g(i)"
         hex8 = "lpad(to_hex(i), 8, '0')"
         hex12 = "lpad(to_hex(i), 12, '0')"
         spec_hash = f"lpad(to_hex(i % {specs}), 16, '0')"
@@ -67,10 +67,6 @@ def _sql(dialect: str, results: int) -> list[str]:
         now = "now()"
         as_json = "::json"
     else:
-        seq = (
-            f"(WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < {jobs}) "
-            "SELECT i FROM s)"
-        )
         hex8 = "printf('%08x', i)"
         hex12 = "printf('%012x', i)"
         spec_hash = f"printf('%016x', i % {specs})"
@@ -78,6 +74,15 @@ def _sql(dialect: str, results: int) -> list[str]:
         ts_plus = f"strftime('%Y-%m-%d %H:%M:%f', 'now', '-' || ({jobs} - i) || ' seconds', '+0.5 seconds')"
         now = "strftime('%Y-%m-%d %H:%M:%f', 'now')"
         as_json = ""
+
+    def series(count: int) -> str:
+        """The integers 1..count as a row source with one column `i`."""
+        if pg:
+            return f"generate_series(1, {count}) AS g(i)"
+        recursive = f"WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < {count})"
+        return f"({recursive} SELECT i FROM s)"
+
+    seq = series(jobs)
     job_id = f"{hex8} || '-0000-4000-8000-' || {hex12}"
     device = f"'benchdev' || (((i / {specs}) % {DEVICES}) + 10000000)"
     # The k-th occurrence of a spec slot (k = i / specs) runs on device k % 8; 1 in GEMM_EVERY is a gemm job.
@@ -99,13 +104,13 @@ def _sql(dialect: str, results: int) -> list[str]:
         f'\'", "model": {{"name": "\' || {model} || \'"}}, "dataset": "\' || {dataset} || '
         f'\'", "batch_size": \' || {batch} || \', "dtype": "float32", "steps": 100}}\''
     )
-    speed = "(1000.0 + ((i * 7919) % 1000))"
+    speed = "(1000.0 + (((i % 1000) * 7919) % 1000))"
     statements = [
         f"""INSERT INTO devices (id, device_class, vendor, name, memory_bytes, software, fingerprint,
             first_seen, last_seen)
             SELECT 'benchdev' || (i + 10000000), 'cpu', CASE i % 2 WHEN 0 THEN 'Intel' ELSE 'AMD' END,
                    'bench cpu ' || i, 1073741824, '{{}}'{as_json}, '{{}}'{as_json}, {now}, {now}
-            FROM (SELECT i - 1 AS i FROM {seq} WHERE i <= {DEVICES}) d""",
+            FROM (SELECT i - 1 AS i FROM {series(DEVICES)}) d""",
         f"""INSERT INTO jobs (id, spec, spec_hash, kind, device, device_class, queue, status, progress,
             cancel_requested, attempts, time_limit_s, worker_name, device_id, created_at, published_at,
             started_at, finished_at, updated_at)
@@ -135,16 +140,14 @@ def _sql(dialect: str, results: int) -> list[str]:
         f"""INSERT INTO trials (result_id, series, "index", value, samples_per_s)
             SELECT r.id, 'samples_per_s', k.k, r.samples_per_s + k.k - 2, r.samples_per_s + k.k - 2
             FROM results r
-            CROSS JOIN (SELECT i - 1 AS k FROM {seq} WHERE i <= {TRIALS_PER_RESULT}) k
-            WHERE r.kind = 'train'""",
+            CROSS JOIN (SELECT i - 1 AS k FROM {series(TRIALS_PER_RESULT)}) k
+            WHERE r.kind = 'train'
+            ORDER BY r.id, k.k""",  # a result's trials side by side, as the worker writes them
     ]
     if pg:
         statements.append(
             "SELECT setval(pg_get_serial_sequence('results', 'id'), (SELECT max(id) FROM results))"
         )
-        statements.append("ANALYZE")
-    else:
-        statements.append("ANALYZE")
     return statements
 
 
@@ -164,6 +167,13 @@ def generate(database_url: str, results: int, *, echo: bool = True) -> float:
                 if echo:
                     first = " ".join(statement.split()[:3])
                     print(f"  {first} ... {time.perf_counter() - started:.1f} s", flush=True)
+        # What autovacuum does to a store that has lived a while: statistics, and on PostgreSQL the
+        # visibility map that lets index-only scans skip the table.
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            started = time.perf_counter()
+            connection.execute(text("VACUUM ANALYZE" if engine.dialect.name == "postgresql" else "ANALYZE"))
+            if echo:
+                print(f"  VACUUM/ANALYZE ... {time.perf_counter() - started:.1f} s", flush=True)
     finally:
         engine.dispose()
     return time.perf_counter() - t0

@@ -492,3 +492,24 @@ def _answers(url: str) -> bool:
         return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_a_405_names_every_method_of_the_path(api: ApiServer) -> None:
+    with api.client() as client:
+        jobs = client.request("OPTIONS", "/api/v1/jobs")
+        page = client.request("PUT", "/")
+    # Two routes serve /api/v1/jobs; Starlette alone would name only the first one's method.
+    assert (jobs.status_code, jobs.headers["Allow"]) == (405, "GET, POST")
+    assert jobs.json()["detail"] == "method OPTIONS not allowed here; allowed: GET, POST"
+    assert (page.status_code, page.headers["Allow"]) == (405, "GET")
+
+
+def test_the_openapi_schema_documents_the_errors_the_api_sends(api: ApiServer) -> None:
+    schema = httpx.get(f"{api.url}/openapi.json").json()
+    submit = schema["paths"]["/api/v1/jobs"]["post"]["responses"]
+    assert {"400", "401", "403", "413", "415", "422", "429"} <= set(submit)
+    assert "Retry-After" in submit["429"]["headers"]
+    field_error = schema["components"]["schemas"]["ValidationError"]
+    assert set(field_error["required"]) == {"field", "in", "value", "accepted", "message"}
+    assert "404" in schema["paths"]["/api/v1/jobs/{job_id}"]["get"]["responses"]
+    assert "429" not in schema["paths"]["/healthz"]["get"]["responses"]

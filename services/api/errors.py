@@ -292,7 +292,8 @@ def install_error_handlers(app: FastAPI) -> None:
     """Install the readable 422 and the complete 405 handlers on `app`; document the errors in OpenAPI."""
 
     async def on_method_not_allowed(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        allowed = _allowed_methods(request)
+        # Routes left out of the schema (the dashboard's) keep Starlette's own answer.
+        allowed = _allowed_methods(request) or (exc.headers or {}).get("Allow", "").split(", ")
         return JSONResponse(
             status_code=405,
             content={"detail": f"method {request.method} not allowed here; allowed: {', '.join(allowed)}"},

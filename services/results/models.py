@@ -24,6 +24,9 @@ class Result(Base):
     __table_args__ = (
         UniqueConstraint("job_id", name="uq_results_job_id"),
         Index("ix_results_compare", "spec_hash", "device_id"),
+        # issue 7: compare's filters, and each device's best gemm result, by index at a million results.
+        Index("ix_results_spec_filters", "model_name", "dataset", "batch_size", "dtype"),
+        Index("ix_results_gemm_peaks", "kind", "device_id", "dtype"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

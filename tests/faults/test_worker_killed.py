@@ -19,8 +19,8 @@ from services.jobs.models import Job
 from tests.conftest import tiny_spec, wait_until
 from tests.faults.conftest import Stack, point_client_at, private_redis, shared_postgres_database, unique
 
-# About 8 s of training on one BLAS thread: long enough to be killed in the middle.
-LONG_STEPS = 40_000
+# About 5 s of training on one BLAS thread: long enough to be killed in the middle.
+LONG_STEPS = 25_000
 DEFAULTS = {"BPBENCH_HEARTBEAT_INTERVAL_S": "3"}  # the other timings are the Settings defaults
 RERUN_DEADLINE_S = 30.0  # the promise: a job whose worker died runs again within 30 s
 
