@@ -231,7 +231,9 @@ def complete_job(
     Idempotent: returns None and writes nothing if the job is not running under this attempt or already
     has a result (the unique `results.job_id` constraint decides a race).
     """
-    job = session.get(Job, job_id)
+    # Fresh from the database, not the identity map: a claim in this same session (an UPDATE ... RETURNING)
+    # does not refresh a cached copy, and the result takes its device from the row.
+    job = session.get(Job, job_id, populate_existing=True)
     if job is None:
         raise JobNotFound(f"no job with id {job_id!r}")
     now = utcnow()

@@ -275,7 +275,8 @@ function renderCompare(doc, flags) {
       el("td", { class: "num" }, fmt(r.samples_per_s.median, 4)),
       el("td", { class: "num" }, `${fmt(r.samples_per_s.ci95[0])} – ${fmt(r.samples_per_s.ci95[1])}`),
       el("td", { class: "num" }, r.ratio === null ? "–" : `×${r.ratio.toFixed(2)}`),
-      el("td", { class: "num" }, r.efficiency === null ? "–" : `${(100 * r.efficiency).toFixed(1)}%`),
+      el("td", { class: "num", title: r.efficiency > 1 ? "above the measured GEMM peak: that peak was under-measured (rerun the gemm job)" : "" },
+        r.efficiency === null ? "–" : `${(100 * r.efficiency).toFixed(1)}%${r.efficiency > 1 ? " ⚠" : ""}`),
       el("td", { class: "num" }, r.runs),
       el("td", { class: "num" }, r.trials),
       el("td", {}, flagBadge(flags[r.device_id]) || "")));
@@ -356,7 +357,7 @@ async function loadTimeline() {
   const annotations = rows.filter((r) => r !== "milestones").map((row) => {
     const devices = measured[row.toLowerCase()] || [];
     return {
-      x: lastYear + 1, y: row, xanchor: "left", showarrow: false, align: "left", font: { size: 10 },
+      x: lastYear + 4, y: row, xanchor: "left", showarrow: false, align: "left", font: { size: 10 },
       text: devices.length
         ? devices.map((d) => `<b>${d.name}</b>: ${best[d.id] ? best[d.id].text : "no result yet"}`).join("<br>")
         : "<i>not measured here</i>",
@@ -365,7 +366,7 @@ async function loadTimeline() {
   plot("timeline-chart", traces, {
     title: { text: "years each vendor entered deep learning · milestones · measured devices (best figure)" },
     barmode: "overlay",
-    xaxis: { range: [1984, lastYear + 24], dtick: 4, title: { text: "year" } },
+    xaxis: { range: [1984, lastYear + 30], dtick: 4, title: { text: "year" } },
     yaxis: { categoryorder: "array", categoryarray: [...rows, "milestones"], automargin: true },
     annotations,
     shapes: [{ type: "line", x0: lastYear + 0.5, x1: lastYear + 0.5, yref: "paper", y0: 0, y1: 1, line: { dash: "dot", color: "#999" } }],
