@@ -50,6 +50,9 @@ Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 # Largest `offset` of a paged list: above any real table, and far below the 64-bit integers SQLite and
 # PostgreSQL take for OFFSET (a bigger value used to be a 500 from the database driver; found by fuzzing).
 MAX_OFFSET = 1_000_000_000
+# Paged lists count their total exactly only this far: past it COUNT(*) would read every matching row (a
+# million succeeded jobs), so the page says `total_exact: false` ("more than this") instead (issue 7).
+TOTAL_CAP = 10_000
 
 # Probes must answer whatever the load (and without touching the database): never rate limited.
 UNLIMITED_PATHS = frozenset({"/healthz", "/readyz"})

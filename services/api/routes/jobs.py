@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException, Query, Response, status
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
-from services.api.deps import MAX_OFFSET, ReadAccess, SessionDep, SettingsDep, SubmitAccess
+from services.api.deps import MAX_OFFSET, TOTAL_CAP, ReadAccess, SessionDep, SettingsDep, SubmitAccess
 from services.devices.models import Device
 from services.jobs import service
 from services.jobs.models import Job
@@ -21,9 +21,6 @@ from services.results.service import get_result_for_job
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 MAX_SUMMARY_ROWS = 16
-# Job listings count their total exactly only this far: past it the count would read every matching row
-# (a million succeeded jobs), so the page says "more than 10,000" instead (issue 7, target 4).
-TOTAL_CAP = 10_000
 
 StatusName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 KindName = Literal["train", "gradcheck", "backprop_vs_numerical", "gemm"]
