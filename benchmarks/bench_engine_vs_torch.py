@@ -329,7 +329,11 @@ def main() -> None:
     busy_before = psutil.cpu_percent(interval=2.0)  # what others use of the machine, before we start
     load_before = os.getloadavg()
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    results = [measure(c, *CONFIGS[c], args.repeats, args.seconds, args.gap) for c in args.configs.split(",")]
+    results = []
+    for c in args.configs.split(","):
+        results.append(measure(c, *CONFIGS[c], args.repeats, args.seconds, args.gap))
+        r = results[-1]  # a progress line per configuration (stderr), the table follows at the end
+        print(f"measured {c}: engine/torch {r['engine_vs_torch']:.2f}", file=sys.stderr, flush=True)
     load_after = os.getloadavg()
 
     print(f"{started}; python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}")

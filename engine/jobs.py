@@ -35,8 +35,7 @@ from engine.backend import (
     synchronize,
 )
 from engine.datasets import Dataset, DatasetError, load_dataset
-from engine.gradients import FLOOR_FRACTION, numerical_gradient, relative_error
-from engine.layers import BatchNorm
+from engine.gradients import gradient_check, numerical_gradient
 from engine.networks import Network, build_network
 from engine.optimizers import make_optimizer
 from engine.stats import AdaptiveRepeats, headline, repeat_until_stable, summarize
@@ -499,59 +498,6 @@ def _gradcheck_network(
     return _build(model, shape, n_classes, dtype, device, int(spec["seed"])), shape, n_classes
 
 
-def richardson_gradient_check(
-    network: Network, x: Any, t: Any, h: float, max_elements: int | None = None, seed: int = 0
-) -> dict[str, Any]:
-    """Backprop against central differences improved by Richardson extrapolation, per parameter.
-
-    D(h) = (f(p + h) - f(p - h)) / 2h has an error of order h^2; (4 D(h) - D(2h)) / 3 cancels it, leaving
-    order h^4, so a step large enough to keep rounding small (1e-4) no longer pays in truncation error.
-    Same conventions as `engine.gradients.gradient_check` (training-mode loss, Dropout masks held,
-    BatchNorm running statistics restored, a seeded subset of `max_elements` elements, the network-wide
-    floor of the relative error). Returns {name: {"max_abs", "max_rel", "checked"}} and "floor".
-    """
-    xb, tb = network._inputs(x), network._labels(t)
-    saved = [
-        (layer, layer.running_mean.copy(), layer.running_var.copy())
-        for layer in network.layers.values()
-        if isinstance(layer, BatchNorm)
-    ]
-    backprop = {name: as_numpy(g).astype(np.float64) for name, g in network.gradient(xb, tb).items()}
-    scale = max((float(np.abs(g).max(initial=0.0)) for g in backprop.values()), default=0.0)
-    floor = max(FLOOR_FRACTION * scale, 1e-30)
-    rng = np.random.default_rng(seed)
-    parameters: dict[str, dict[str, Any]] = {}
-
-    def loss(_: Any) -> float:
-        return network.loss(xb, tb, train=True)
-
-    network.set_hold_dropout_masks(True)
-    try:
-        for name, param in network.params.items():
-            size = int(param.size)
-            flat = (
-                np.arange(size)
-                if max_elements is None or max_elements >= size
-                else rng.choice(size, max_elements, replace=False)
-            )
-            indices = [tuple(int(i) for i in np.unravel_index(k, param.shape)) for k in np.sort(flat)]
-            near = as_numpy(numerical_gradient(loss, param, h, indices)).astype(np.float64)
-            far = as_numpy(numerical_gradient(loss, param, 2 * h, indices)).astype(np.float64)
-            rows = tuple(np.array(axis) for axis in zip(*indices, strict=True))
-            a, b = backprop[name][rows], ((4 * near - far) / 3)[rows]
-            parameters[name] = {
-                "max_abs": float(np.abs(a - b).max(initial=0.0)),
-                "max_rel": float(relative_error(a, b, floor).max(initial=0.0)),
-                "checked": len(indices),
-            }
-    finally:
-        network.set_hold_dropout_masks(False)
-        for layer, mean, var in saved:
-            layer.running_mean[...] = mean
-            layer.running_var[...] = var
-    return {"parameters": parameters, "floor": floor, "h": h}
-
-
 def _run_gradcheck(spec: dict[str, Any], reporter: _Progress) -> dict[str, Any]:
     device = _device(spec)
     dtype = spec["dtype"]
@@ -568,7 +514,9 @@ def _run_gradcheck(spec: dict[str, Any], reporter: _Progress) -> dict[str, Any]:
     for index, h in enumerate(steps):
         reporter.report(index / len(steps), f"gradcheck: {network.n_params} parameters, h={h:g}", force=True)
         reporter.check_stop("during the gradient check")
-        checks.append(richardson_gradient_check(network, x, t, h, GRADCHECK_MAX_ELEMENTS, seed))
+        checks.append(
+            gradient_check(network, x, t, h, max_elements=GRADCHECK_MAX_ELEMENTS, seed=seed, richardson=True)
+        )
     seconds = time.perf_counter() - t0
     threshold = GRADCHECK_THRESHOLDS[dtype]
     # A wrong backward is wrong at every step; the best step only drops the approximation's own error

@@ -504,6 +504,10 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return done
 
 
+def _quiet_ip(*args: str) -> None:
+    _ip(*args, check=False)
+
+
 def network_namespace(stack: Stack) -> NetNamespace:
     """Create a namespace and its veth link (removed by the stack's cleanup); skip where that is refused."""
     require_tool("ip")
@@ -528,9 +532,9 @@ def network_namespace(stack: Stack) -> NetNamespace:
         ns_ip=f"10.213.{octet}.2",
     )
     _ip("netns", "add", ns.name)
-    stack.cleanups.append(lambda: _ip("netns", "del", ns.name, check=False) and None)
+    stack.cleanups.append(lambda: _quiet_ip("netns", "del", ns.name))
     _ip("link", "add", ns.host_if, "type", "veth", "peer", "name", ns.ns_if)
-    stack.cleanups.append(lambda: _ip("link", "del", ns.host_if, check=False) and None)
+    stack.cleanups.append(lambda: _quiet_ip("link", "del", ns.host_if))
     _ip("link", "set", ns.ns_if, "netns", ns.name)
     _ip("addr", "add", f"{ns.host_ip}/30", "dev", ns.host_if)
     _ip("link", "set", ns.host_if, "up")
