@@ -20,6 +20,7 @@ JobKind = Literal["train", "gradcheck", "backprop_vs_numerical", "gemm"]
 ModelName = Literal["two_layer_net", "mlp", "simple_convnet"]
 DatasetName = Literal["mnist5k", "mnist", "digits", "synthetic", "spiral"]
 DeviceClass = Literal["cpu", "gpu"]
+DType = Literal["float32", "float64"]
 
 DEVICE_PATTERN = re.compile(r"^(cpu|gpu|gpu:\d{1,2})$")
 
@@ -127,7 +128,7 @@ class JobSpec(StrictModel):
     steps: int = Field(1000, ge=1, le=MAX_STEPS)
     batch_size: int = Field(100, ge=1, le=MAX_BATCH)
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
-    dtype: Literal["float32", "float64"] = "float32"
+    dtype: DType = "float32"
     seed: int = Field(0, ge=0, le=2**32 - 1)
     target_accuracy: float | None = Field(None, gt=0, le=1)
     loss_samples: int = Field(100, ge=1, le=10_000)

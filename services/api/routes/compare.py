@@ -4,11 +4,12 @@ The aggregation lives in `services/results/compare.py`."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
 
 from services.api.deps import ReadAccess, SessionDep
+from services.jobs.spec import MAX_BATCH, DatasetName, DType, JobKind, ModelName
 from services.results.compare import CompareFilters, NoResults, UnknownBaseline, compare
 
 router = APIRouter(prefix="/compare", tags=["compare"])
@@ -24,11 +25,11 @@ router = APIRouter(prefix="/compare", tags=["compare"])
 )
 def compare_devices(
     session: SessionDep,
-    kind: Literal["train", "gradcheck", "backprop_vs_numerical", "gemm"] | None = None,
-    model: Literal["two_layer_net", "mlp", "simple_convnet"] | None = None,
-    dataset: Literal["mnist5k", "mnist", "digits", "synthetic", "spiral"] | None = None,
-    batch_size: Annotated[int | None, Query(ge=1, le=65_536)] = None,
-    dtype: Literal["float32", "float64"] | None = None,
+    kind: JobKind | None = None,
+    model: ModelName | None = None,
+    dataset: DatasetName | None = None,
+    batch_size: Annotated[int | None, Query(ge=1, le=MAX_BATCH)] = None,
+    dtype: DType | None = None,
     spec_hash: Annotated[str | None, Query(min_length=16, max_length=16, pattern="^[0-9a-f]{16}$")] = None,
     baseline: Annotated[
         str | None, Query(max_length=200, description="device id or name; default the slowest")

@@ -15,7 +15,7 @@ from services.devices.models import Device
 from services.jobs import service
 from services.jobs.models import Job
 from services.jobs.resources import JobTooLarge, check_memory_cap, estimate_job_memory
-from services.jobs.spec import JobSpec, Text
+from services.jobs.spec import JobKind, JobSpec, Text
 from services.results.service import get_result_for_job
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -23,7 +23,6 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 MAX_SUMMARY_ROWS = 16
 
 StatusName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-KindName = Literal["train", "gradcheck", "backprop_vs_numerical", "gemm"]
 
 
 class JobSubmission(JobSpec):
@@ -229,7 +228,7 @@ def submit_job(
 def list_jobs(
     session: SessionDep,
     status_: Annotated[StatusName | None, Query(alias="status")] = None,
-    kind: KindName | None = None,
+    kind: JobKind | None = None,
     device: Annotated[
         str | None, Query(max_length=32, description="requested device or class, or the id of the device")
     ] = None,

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 
 from services.api.deps import ReadAccess, SessionDep
+from services.jobs.spec import JobKind
 from services.results import regressions
 
 router = APIRouter(prefix="/regressions", tags=["regressions"])
@@ -18,7 +19,7 @@ def get_regressions(
     session: SessionDep,
     device: Annotated[str | None, Query(max_length=16, description="device id")] = None,
     spec_hash: Annotated[str | None, Query(max_length=16)] = None,
-    kind: Literal["train", "gradcheck", "backprop_vs_numerical", "gemm"] | None = None,
+    kind: JobKind | None = None,
     scope: Annotated[
         Literal["latest", "all"], Query(description="each pair's newest result, or every result with history")
     ] = "latest",

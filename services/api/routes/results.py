@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from services.api.deps import MAX_OFFSET, TOTAL_CAP, ReadAccess, SessionDep
 from services.devices.models import Device
+from services.jobs.spec import MAX_BATCH, DatasetName, DType, JobKind, ModelName
 from services.results.models import Result
 from services.results.service import list_results
 
@@ -150,11 +151,11 @@ def to_csv(views: list[ResultOut]) -> str:
 )
 def get_results(
     session: SessionDep,
-    kind: Literal["train", "gradcheck", "backprop_vs_numerical", "gemm"] | None = None,
-    model: Literal["two_layer_net", "mlp", "simple_convnet"] | None = None,
-    dataset: Literal["mnist5k", "mnist", "digits", "synthetic", "spiral"] | None = None,
-    batch_size: Annotated[int | None, Query(ge=1, le=65_536)] = None,
-    dtype: Literal["float32", "float64"] | None = None,
+    kind: JobKind | None = None,
+    model: ModelName | None = None,
+    dataset: DatasetName | None = None,
+    batch_size: Annotated[int | None, Query(ge=1, le=MAX_BATCH)] = None,
+    dtype: DType | None = None,
     spec_hash: Annotated[str | None, Query(max_length=16)] = None,
     device: Annotated[str | None, Query(max_length=16, description="device id")] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
