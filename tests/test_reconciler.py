@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import redis
 from sqlalchemy import update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.core.config import Settings
@@ -24,7 +25,7 @@ from services.devices import service as devices
 from services.devices.models import Worker
 from services.jobs import service as jobs
 from services.jobs.models import Job
-from services.jobs.reconciler import ReconcileReport, reconcile_once
+from services.jobs.reconciler import Reconciler, ReconcileReport, reconcile_once
 from tests.conftest import tiny_spec
 
 
@@ -259,3 +260,25 @@ def test_two_reconcilers_at_once_requeue_and_publish_each_job_once(
         assert {fresh(session, job_id).status for job_id in lost} == {"queued"}
     assert [messages_for(settings.broker_url, queue_name, job_id) for job_id in lost] == [1] * 20
     assert sum(report.requeued for report in reports) >= 20
+
+
+def test_the_first_pass_after_a_database_outage_does_not_judge_running_jobs(
+    db_session: Session, session_maker: sessionmaker[Session], settings: Settings, queue_name: str
+) -> None:
+    # The heartbeats failed during the outage too: a job whose beat looks stale then is not lost.
+    add_worker(db_session, f"quiet-{queue_name}", queues=[queue_name], beat_age_s=60)
+    job = running_job(db_session, queue_name, f"quiet-{queue_name}", beat_age_s=60)
+    reachable = False
+
+    def factory() -> Session:
+        if not reachable:
+            raise OperationalError("SELECT 1", {}, Exception("connection refused"))
+        return session_maker()
+
+    reconciler = Reconciler(settings, factory=factory)  # type: ignore[arg-type]
+    assert reconciler.run_pass() is None  # the database is down
+    reachable = True
+    report = reconciler.run_pass()  # it is back: the outage ends here
+
+    assert report is not None and report.requeued == 0
+    assert (fresh(db_session, job.id).status, fresh(db_session, job.id).attempts) == ("running", 1)

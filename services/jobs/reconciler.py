@@ -284,8 +284,10 @@ class Reconciler:
     def run_pass(self) -> ReconcileReport | None:
         """One pass; None when the database could not be reached (logged, tried again next tick)."""
         factory = self._factory or session_factory(self.settings)
-        judge_running = self._outage_ended_at is None or (
-            time.monotonic() - self._outage_ended_at >= self.settings.worker_dead_after_s
+        # The first pass that reaches the database again ends an outage; it must not judge running jobs yet.
+        judge_running = not self._in_outage and (
+            self._outage_ended_at is None
+            or time.monotonic() - self._outage_ended_at >= self.settings.worker_dead_after_s
         )
         try:
             with factory() as session:
