@@ -227,21 +227,28 @@ def private_redis(addresses: list[str], log_dir: Path) -> Iterator[int]:
     argv += ["--dir", str(log_dir), "--daemonize", "no"]
     with log_path.open("wb") as log:
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    client = redis.Redis(host=addresses[0], port=port, socket_timeout=2, socket_connect_timeout=2)
+    last_error: list[str] = []
     try:
 
         def answers() -> bool:
             if process.poll() is not None:
                 pytest.fail(f"redis-server exited with {process.returncode}:\n{log_path.read_text()}")
+            # A fresh client each try: a connection refused while the link came up is not reused.
+            client = redis.Redis(host=addresses[0], port=port, socket_timeout=2, socket_connect_timeout=2)
             try:
                 return bool(client.ping())
-            except redis.RedisError:
+            except redis.RedisError as exc:
+                last_error[:] = [repr(exc)]
                 return False
+            finally:
+                client.close()
 
-        wait_until(answers, 20, f"redis-server on {addresses} port {port}")
+        try:
+            wait_until(answers, 45, f"redis-server on {addresses} port {port}")
+        except pytest.fail.Exception:
+            pytest.fail(f"redis-server on {addresses} port {port}: no answer in 45 s ({last_error})")
         yield port
     finally:
-        client.close()
         process.terminate()
         try:
             process.wait(timeout=10)
