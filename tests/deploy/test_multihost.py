@@ -266,6 +266,7 @@ def redis_client_addresses(address: str, port: int) -> set[str]:
         client.close()
 
 
+@pytest.mark.isolated
 def test_workers_on_two_hosts_register_their_devices_and_run_the_jobs_aimed_at_them(
     postgres_admin_url: str, tmp_path: Path
 ) -> None:
