@@ -5,15 +5,32 @@
 
 The stack runs as deployed on a fresh PostgreSQL database and a claimed Redis database: `bpbench api` and one
 `bpbench worker --device cpu --threads 1` (prefork, one process). A train job is calibrated so that its
-engine time (`engine_time_s` of its result) is about `--engine-seconds`; then `--jobs` such jobs are run one
-after another on the idle worker. For each: the clock starts before `POST /api/v1/jobs` is sent and stops
-when this process sees the row `succeeded` (it polls the database every `--poll-ms`, which adds half that on
-average: counted as overhead, not subtracted). overhead = that wall time - engine_time_s.
+engine time (`engine_time_s` of its result: `engine.jobs.run_job` from start to result document, data set
+and evaluation included) is about `--engine-seconds`; then `--jobs` such jobs are run one after another on the
+idle worker. For each: the clock starts before `POST /api/v1/jobs` is sent and stops when this process sees
+the row `succeeded` (it polls the database every `--poll-ms`, which adds half that on average: counted as
+overhead, not subtracted). overhead = that wall time - engine_time_s.
 
-The overhead is split with the row's own timestamps: post (the POST's round trip, seen by the client), API
-(created -> published), queue (published -> claimed by the worker: broker, Celery's hand-off to the pool
-process, the claim), run (claimed -> finished, minus the engine: the worker's own work around the engine),
-and after (finished -> seen: the result's commit, polling, and the part of the POST before the row exists).
+Calibration runs through the same stack, in the worker's own conditions (its pool process, one BLAS thread):
+one warm-up job (a pool process's first job pays for imports, first allocations and thread-pool start-up),
+then the median engine time of 5 jobs at each of two step counts gives engine time = fixed + steps x per-step;
+the steps it predicts are checked with 5 more jobs and corrected along the line until within 5% of the target
+(after 4 tries, on a noisy machine, the step count whose check came closest is used).
+(Scaling from one cold probe job, as before, took the warm-up's costs for per-step costs: "1749 steps ~ 1 s"
+ran 0.57-0.62 s.)
+
+The overhead is split into consecutive parts of the job's life, from the client's clock and the row's own
+timestamps (one machine, one system clock; the means add up to the mean overhead):
+  submit -> created     the POST until the API stamps the new row (HTTP, authentication, validation)
+  created -> published  the API's INSERT, COMMIT and publish
+  published -> claimed  broker, Celery's hand-off to the pool process, the claim's connection check-out (ping)
+  worker around engine  claimed -> finished minus engine_time_s: the claim's UPDATE, check_memory, the
+                        heartbeat, run_job's edges, the result's connection check-out (ping)
+  finished -> seen      the result, its trials and the status written and committed, then this process's
+                        poll (half of --poll-ms on average)
+`post_ms` (the POST's round trip as the client sees it) overlaps the first two.
+It passes when the overhead's p50 is <= 5% of the engine time and the jobs were not longer than the target
+(+10%): a longer job would flatter the ratio.
 `--profile` records the worker's pool process with py-spy over the whole series.
 """
 
@@ -58,7 +75,7 @@ WORKER_PARTS = [
     "complete_job (services/jobs/service.py",
     "build_result (services/results/service.py",
     "free_gpu_memory (workers/tasks.py",
-    "JobHeartbeat",
+    "JobHeartbeats",
     "trace_task (celery",
     "update_progress (services/jobs/service.py",
     "_do_ping",
@@ -70,6 +87,17 @@ WORKER_PARTS = [
 
 
 PROFILE_RATE = 500  # py-spy samples per second
+CALIBRATION_STEPS = (200, 800)  # the two points of the line engine time = fixed + steps x per-step
+CALIBRATION_JOBS = 5  # jobs per calibration point (their median)
+CALIBRATION_TRIES = 4  # corrections along the line before settling for the closest step count measured
+CALIBRATION_TOLERANCE = 0.05  # the calibrated steps' median engine time is within 5% of the target
+SPLIT = {  # part of the overhead -> its key in `run_one`'s row
+    "submit -> created": "submit_s",
+    "created -> published": "api_s",
+    "published -> claimed": "queue_s",
+    "worker around engine": "run_minus_engine_s",
+    "finished -> seen": "finish_s",
+}
 
 
 def one_second_spec(steps: int) -> dict[str, Any]:
@@ -93,6 +121,7 @@ def run_one(client: Any, engine: Any, spec: dict[str, Any], poll_s: float) -> di
     from services.jobs.models import Job
     from services.results.models import Result
 
+    t0_wall = time.time()  # the clock the API and the worker stamp the row with (`utcnow()`)
     t0 = time.perf_counter()
     response = client.post("/api/v1/jobs", json=spec)
     post_s = time.perf_counter() - t0
@@ -106,6 +135,7 @@ def run_one(client: Any, engine: Any, spec: dict[str, Any], poll_s: float) -> di
                 break
             time.sleep(poll_s)
         seen = time.perf_counter() - t0
+        seen_wall = time.time()
         job = connection.execute(
             select(Job.created_at, Job.published_at, Job.started_at, Job.finished_at, Job.error).where(
                 Job.id == job_id
@@ -120,11 +150,46 @@ def run_one(client: Any, engine: Any, spec: dict[str, Any], poll_s: float) -> di
         "engine_s": float(engine_s),
         "overhead_s": seen - float(engine_s),
         "post_s": post_s,
+        "submit_s": job.created_at.timestamp() - t0_wall,
         "api_s": (job.published_at - job.created_at).total_seconds(),
         "queue_s": (job.started_at - job.published_at).total_seconds(),
         "run_minus_engine_s": run_s - float(engine_s),
-        "after_s": seen - (job.finished_at - job.created_at).total_seconds(),
+        "finish_s": seen_wall - job.finished_at.timestamp(),
     }
+
+
+def calibrate(client: Any, engine: Any, target_s: float, poll_s: float, pause_s: float) -> int:
+    """Steps for a job of about `target_s` engine seconds, measured through the stack on the idle worker."""
+
+    def median_engine_s(steps: int) -> float:
+        times = []
+        for _ in range(CALIBRATION_JOBS):
+            time.sleep(pause_s)
+            times.append(run_one(client, engine, one_second_spec(steps), poll_s)["engine_s"])
+        return statistics.median(times)
+
+    run_one(client, engine, one_second_spec(CALIBRATION_STEPS[0]), poll_s)  # warm-up: not measured
+    low, high = CALIBRATION_STEPS
+    low_s, high_s = median_engine_s(low), median_engine_s(high)
+    per_step = max((high_s - low_s) / (high - low), 1e-6)
+    fixed = max(low_s - per_step * low, 0.0)
+    print(
+        f"calibration: {low} steps {low_s:.3f} s, {high} steps {high_s:.3f} s -> "
+        f"{1000 * fixed:.1f} ms + {1000 * per_step:.3f} ms/step; load {load_average()}",
+        flush=True,
+    )
+    steps = max(20, round((target_s - fixed) / per_step))
+    checked: dict[int, float] = {}
+    for _ in range(CALIBRATION_TRIES):
+        checked[steps] = measured = median_engine_s(steps)
+        print(f"  {steps} steps: median engine time {measured:.3f} s; load {load_average()}", flush=True)
+        if abs(measured - target_s) <= CALIBRATION_TOLERANCE * target_s:
+            return steps
+        # Move along the line: the fixed part stays, the per-step part scales with the steps.
+        steps = max(20, round(steps * (target_s - fixed) / max(measured - fixed, 1e-3)))
+    closest = min(checked, key=lambda n: abs(checked[n] - target_s))
+    print(f"  not within {CALIBRATION_TOLERANCE:.0%} after {CALIBRATION_TRIES} tries; using {closest} steps")
+    return closest
 
 
 def main() -> None:
@@ -158,13 +223,8 @@ def main() -> None:
         ):
             engine = make_engine(database_url)
             poll_s = args.poll_ms / 1000
-            # Calibrate: the engine time of a 300-step job, then scale the steps to the target.
-            probe = run_one(client, engine, one_second_spec(300), poll_s)
-            steps = max(20, int(300 * args.engine_seconds / probe["engine_s"]))
-            run_one(client, engine, one_second_spec(steps), poll_s)  # warm: imports, dataset, caches
-            print(
-                f"calibrated: {steps} steps ~ {args.engine_seconds:g} s of engine time; load {load_average()}"
-            )
+            steps = calibrate(client, engine, args.engine_seconds, poll_s, args.pause_s)
+            print(f"calibrated: {steps} steps for {args.engine_seconds:g} s of engine time", flush=True)
             profiler = None
             if args.profile:
                 import psutil
@@ -188,22 +248,28 @@ def main() -> None:
             stop_py_spy(profiler)
             engine.dispose()
     overhead_ratio = [r["overhead_s"] / r["engine_s"] for r in rows]
+    engine_times = [r["engine_s"] for r in rows]
     summary: dict[str, Any] = {
-        "target": "queue overhead p50 <= 5% of engine time",
+        "target": "queue overhead p50 <= 5% of engine time, for jobs of about 1 s of engine time",
         "jobs": len(rows),
-        "engine_s_p50": statistics.median(r["engine_s"] for r in rows),
+        "steps": steps,
+        "engine_s_target": args.engine_seconds,
+        "engine_s_p10_p50_p90": [percentile(engine_times, q) for q in (10, 50, 90)],
         "overhead_ms_p50": 1000 * statistics.median(r["overhead_s"] for r in rows),
         "overhead_ms_p90": 1000 * percentile([r["overhead_s"] for r in rows], 90),
         "overhead_ratio_p50": statistics.median(overhead_ratio),
-        "split_ms_p50": {
-            key: 1000 * statistics.median(r[key] for r in rows)
-            for key in ("post_s", "api_s", "queue_s", "run_minus_engine_s", "after_s")
-        },
+        "split_ms_p50": {part: 1000 * statistics.median(r[key] for r in rows) for part, key in SPLIT.items()},
+        "split_ms_mean": {part: 1000 * statistics.fmean(r[key] for r in rows) for part, key in SPLIT.items()},
+        "overhead_ms_mean": 1000 * statistics.fmean(r["overhead_s"] for r in rows),
+        "post_ms_p50": 1000 * statistics.median(r["post_s"] for r in rows),
         "poll_ms": args.poll_ms,
         "load_average": load_average(),
         "machine": machine(),
     }
-    summary["pass"] = summary["overhead_ratio_p50"] <= 0.05
+    # The ratio answers the target only for jobs of about the target's engine time; longer ones flatter it.
+    engine_p50 = summary["engine_s_p10_p50_p90"][1]
+    summary["engine_on_target"] = abs(engine_p50 - args.engine_seconds) <= 0.1 * args.engine_seconds
+    summary["pass"] = summary["overhead_ratio_p50"] <= 0.05 and engine_p50 <= 1.1 * args.engine_seconds
     print(json.dumps(summary, indent=2))
     if args.profile:
         collapsed = PROFILE_DIR / "worker-overhead.collapsed"

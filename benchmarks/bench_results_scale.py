@@ -76,7 +76,10 @@ def store(backend: str, results: int, tmp: Path) -> Iterator[str]:
 
 
 def explain(database_url: str) -> None:
-    """Print the plan of every SQL statement the two endpoints run (EXPLAIN ANALYZE on PostgreSQL)."""
+    """Print the plan of every SQL statement the endpoints run (EXPLAIN ANALYZE on PostgreSQL).
+
+    In order: compare?spec_hash=, the job list and its count, then compare with no filter.
+    """
     from sqlalchemy import event
     from sqlalchemy.orm import Session
 
@@ -91,14 +94,21 @@ def explain(database_url: str) -> None:
         captured.append((statement, parameters))
 
     event.listen(engine, "before_cursor_execute", capture)
+    starts: dict[int, str] = {}  # where each endpoint's statements begin in `captured`
     with Session(engine) as session:
+        starts[len(captured)] = "compare?spec_hash"
         compare(session, CompareFilters(spec_hash=SPEC["spec_hash"]))
+        starts[len(captured)] = "jobs?status=succeeded"
         service.list_jobs(session, status="succeeded", limit=50)
         service.count_jobs(session, status="succeeded")
+        starts[len(captured)] = "compare (no filter: every spec)"
+        compare(session, CompareFilters())
     event.remove(engine, "before_cursor_execute", capture)
     postgres = engine.dialect.name == "postgresql"
     with engine.connect() as connection:
-        for statement, parameters in captured:
+        for number, (statement, parameters) in enumerate(captured):
+            if number in starts:
+                print(f"\n=== {starts[number]}")
             if not statement.lstrip().upper().startswith(("SELECT", "WITH")):
                 continue
             prefix = "EXPLAIN (ANALYZE, BUFFERS) " if postgres else "EXPLAIN QUERY PLAN "

@@ -11,6 +11,9 @@ The shape follows what a busy deployment accumulates:
   spec a distinct (model, dataset, batch_size) so that compare's filters pick one spec, and each spec's
   results spread over the 8 devices; 1% of the jobs are `gemm` (one gemm spec, a peak FLOP/s per result);
 - 5 trials per train result (the `samples_per_s` series, a result's trials side by side), none for gemm;
+- `spec_device_stats` (compare's counts per spec and device) rebuilt from the results by the service's
+  own INSERT ... SELECT (`refresh_spec_device_stats`), and a gemm result's `peak_flops_per_s` column set
+  with its JSON document, as `complete_job` stores them;
 - every result's job `succeeded`, plus 5% more jobs that are not (failed 3%, cancelled 1%, queued 0.5%,
   running 0.5%), newest last.
 Then VACUUM ANALYZE (PostgreSQL) or ANALYZE (SQLite), as autovacuum would have done to a store that has
@@ -105,6 +108,7 @@ def _sql(dialect: str, results: int) -> list[str]:
         f'\'", "batch_size": \' || {batch} || \', "dtype": "float32", "steps": 100}}\''
     )
     speed = "(1000.0 + (((i % 1000) * 7919) % 1000))"
+    peak = "(1e10 + i)"  # a gemm result's peak FLOP/s: the column and the JSON document agree
     statements = [
         f"""INSERT INTO devices (id, device_class, vendor, name, memory_bytes, software, fingerprint,
             first_seen, last_seen)
@@ -121,8 +125,8 @@ def _sql(dialect: str, results: int) -> list[str]:
                    {device}, {ts}, {ts}, {ts}, CASE WHEN i <= {results} THEN {ts_plus} END, {ts_plus}
             FROM {seq}""",
         f"""INSERT INTO results (id, job_id, device_id, spec_hash, kind, model_name, dataset, batch_size,
-            dtype, samples_per_s, samples_per_s_ci_low, samples_per_s_ci_high, trial_count, engine_time_s,
-            metrics, statistics, fingerprint, created_at)
+            dtype, samples_per_s, samples_per_s_ci_low, samples_per_s_ci_high, peak_flops_per_s, trial_count,
+            engine_time_s, metrics, statistics, fingerprint, created_at)
             SELECT i, {job_id}, {device},
                    CASE WHEN {is_gemm} THEN '{GEMM_SPEC_HASH}' ELSE {spec_hash} END,
                    CASE WHEN {is_gemm} THEN 'gemm' ELSE 'train' END,
@@ -132,8 +136,9 @@ def _sql(dialect: str, results: int) -> list[str]:
                    CASE WHEN {is_gemm} THEN NULL ELSE {speed} END,
                    CASE WHEN {is_gemm} THEN NULL ELSE {speed} - 10 END,
                    CASE WHEN {is_gemm} THEN NULL ELSE {speed} + 10 END,
+                   CASE WHEN {is_gemm} THEN {peak} END,
                    CASE WHEN {is_gemm} THEN 0 ELSE {TRIALS_PER_RESULT} END, 0.5,
-                   (CASE WHEN {is_gemm} THEN '{{"peak_flops_per_s": ' || (1e10 + i) || '}}'
+                   (CASE WHEN {is_gemm} THEN '{{"peak_flops_per_s": ' || {peak} || '}}'
                     ELSE '{{"flops_per_step": 1000000.0, "samples_per_s": ' || {speed} || '}}' END){as_json},
                    '{{}}'{as_json}, '{{}}'{as_json}, {ts_plus}
             FROM {seq} WHERE i <= {results}""",
@@ -154,8 +159,10 @@ def _sql(dialect: str, results: int) -> list[str]:
 def generate(database_url: str, results: int, *, echo: bool = True) -> float:
     """Insert `results` results (and their jobs, trials and 8 devices) into an empty migrated database."""
     from sqlalchemy import text
+    from sqlalchemy.orm import Session
 
     from services.core.db import make_engine
+    from services.results.service import refresh_spec_device_stats
 
     engine = make_engine(database_url)
     t0 = time.perf_counter()
@@ -167,6 +174,14 @@ def generate(database_url: str, results: int, *, echo: bool = True) -> float:
                 if echo:
                     first = " ".join(statement.split()[:3])
                     print(f"  {first} ... {time.perf_counter() - started:.1f} s", flush=True)
+            # compare's per-spec counts, by the INSERT ... SELECT the service rebuilds them with.
+            started = time.perf_counter()
+            with Session(bind=connection) as session:
+                refresh_spec_device_stats(session)
+            if echo:
+                print(
+                    f"  INSERT INTO spec_device_stats ... {time.perf_counter() - started:.1f} s", flush=True
+                )
         # What autovacuum does to a store that has lived a while: statistics, and on PostgreSQL the
         # visibility map that lets index-only scans skip the table.
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:

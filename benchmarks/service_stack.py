@@ -5,9 +5,9 @@ Every piece is a real process on loopback, started the way production starts it 
 
 - PostgreSQL (`BPBENCH_BENCH_POSTGRES_URL`, default `postgresql://postgres@127.0.0.1:5432/postgres`): a fresh
   database `bpbench_bench_<hex>` per run, migrated by `bpbench api`, dropped afterwards.
-- Redis (`BPBENCH_BENCH_REDIS_URL`, default `redis://127.0.0.1:6379`): a database number claimed with the
-  same lock key the test suite uses (`bpbench:test-run-lock`), so a benchmark and a test run never share a
-  queue; emptied before and after. `BPBENCH_BENCH_REDIS_DB` pins the number.
+- Redis (`BPBENCH_BENCH_REDIS_URL`, default `redis://127.0.0.1:6379`): a database number claimed the way the
+  test suite claims one (`tests/redis_databases.py`, lock key `bpbench:test-run-lock`), so a benchmark and a
+  test run never share a queue; emptied before and after. `BPBENCH_BENCH_REDIS_DB` pins the number.
 
 The helpers are context managers that always clean up, so an interrupted benchmark leaves nothing behind.
 """
@@ -36,7 +36,6 @@ POSTGRES_ADMIN_URL = os.environ.get(
     "BPBENCH_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 REDIS_SERVER_URL = os.environ.get("BPBENCH_BENCH_REDIS_URL", "redis://127.0.0.1:6379").rstrip("/")
-REDIS_LOCK_KEY = "bpbench:test-run-lock"  # shared with tests/conftest.py: one user per database number
 BENCH_TOKEN = "bpb_benchmark-admin-token-not-a-secret"
 # Profiles are kept here after a run (collapsed stacks: flamegraph.pl or speedscope read them).
 PROFILE_DIR = Path(os.environ.get("BPBENCH_BENCH_PROFILE_DIR", "/tmp/bpbench-profiles"))
@@ -100,32 +99,12 @@ def postgres_database(prefix: str = "bpbench_bench") -> Iterator[str]:
 @contextlib.contextmanager
 def redis_database() -> Iterator[str]:
     """A Redis database number of this run's own (claimed with the tests' lock key), emptied before/after."""
-    import redis
+    from tests.redis_databases import claimed_redis_database
 
-    token = f"bench-{uuid.uuid4().hex}"
     pinned = os.environ.get("BPBENCH_BENCH_REDIS_DB")
     candidates = [int(pinned)] if pinned else [14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 15]
-    for db in candidates:
-        client = redis.Redis.from_url(f"{REDIS_SERVER_URL}/{db}")
-        if client.set(REDIS_LOCK_KEY, token, nx=True, ex=3600):
-            break
-        client.close()
-    else:
-        raise RuntimeError(f"every Redis database {candidates} is claimed by a test run or benchmark")
-
-    def empty() -> None:
-        for key in client.scan_iter(count=1000):
-            if key != REDIS_LOCK_KEY.encode():
-                client.delete(key)
-
-    empty()
-    try:
-        yield f"{REDIS_SERVER_URL}/{db}"
-    finally:
-        empty()
-        if client.get(REDIS_LOCK_KEY) == token.encode():
-            client.delete(REDIS_LOCK_KEY)
-        client.close()
+    with claimed_redis_database(REDIS_SERVER_URL, candidates, owner="bench-") as url:
+        yield url
 
 
 # --- processes -------------------------------------------------------------------------------------------

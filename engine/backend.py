@@ -8,6 +8,7 @@ seen, so the CPU path never imports it and forked GPU workers do not initialise 
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import os
 import platform
@@ -224,11 +225,35 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _blas_info() -> list[dict[str, Any]]:
-    from threadpoolctl import threadpool_info
+@functools.cache
+def _host_info() -> dict[str, Any]:
+    """The parts of the fingerprint that cannot change while this process lives (read once)."""
+    import psutil
 
+    return {
+        "cpu_model": _cpu_model(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "logical_cores": psutil.cpu_count(logical=True),
+        "numpy_version": np.__version__,
+        "python_version": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+# threadpoolctl finds the thread pools by scanning every loaded library (/proc/self/maps): milliseconds in a
+# worker, on every job. The scan is kept per process and redone only after an import, the way a new
+# library gets loaded; the thread counts are read from the libraries on every call (threadpool_limits).
+_pools: tuple[int, Any] | None = None  # (len(sys.modules) at the scan, its ThreadpoolController)
+
+
+def _blas_info() -> list[dict[str, Any]]:
+    global _pools
+    if _pools is None or _pools[0] != len(sys.modules):
+        from threadpoolctl import ThreadpoolController
+
+        _pools = (len(sys.modules), ThreadpoolController())  # after the import: it may add a module
     keys = ("user_api", "internal_api", "prefix", "version", "architecture", "threading_layer", "num_threads")
-    return [{k: pool.get(k) for k in keys} for pool in threadpool_info()]
+    return [{k: pool.get(k) for k in keys} for pool in _pools[1].info()]
 
 
 def _gpu_info(device: Device) -> dict[str, Any]:
@@ -250,18 +275,21 @@ def _gpu_info(device: Device) -> dict[str, Any]:
 
 
 def fingerprint(device: Device = CPU) -> dict[str, Any]:
-    """A JSON-serialisable description of the hardware and software a measurement ran on."""
-    import psutil
+    """A JSON-serialisable description of the hardware and software a measurement ran on.
 
+    Cheap after the first call of a process (a worker takes one per job): the host's fixed facts and the
+    loaded libraries are read once; the BLAS thread counts, the environment and the hostname every time.
+    """
+    host = _host_info()
     doc: dict[str, Any] = {
         "device": device.name,
-        "cpu_model": _cpu_model(),
-        "physical_cores": psutil.cpu_count(logical=False),
-        "logical_cores": psutil.cpu_count(logical=True),
-        "numpy_version": np.__version__,
+        "cpu_model": host["cpu_model"],
+        "physical_cores": host["physical_cores"],
+        "logical_cores": host["logical_cores"],
+        "numpy_version": host["numpy_version"],
         "blas": _blas_info(),
-        "python_version": platform.python_version(),
-        "platform": platform.platform(),
+        "python_version": host["python_version"],
+        "platform": host["platform"],
         "hostname": socket.gethostname(),
     }
     coretype = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ}

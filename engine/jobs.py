@@ -55,6 +55,10 @@ GRADCHECK_THRESHOLDS: dict[str, float | None] = {"float64": 1e-7, "float32": Non
 BVN_INPUT, BVN_CLASSES, BVN_SAMPLES = 16, 4, 8  # small enough that numerical differentiation stays feasible
 MIN_TRIAL_S = 0.01  # tiny operations are repeated inside one trial until it lasts this long
 WARMUP_S = 0.05  # untimed calls before a series of trials
+# The last data set a job loaded is kept for the next job of this process (a worker runs the same set job
+# after job; making or reading it cost more than a tiny job's 20 steps, issue 7 target 3). Only sets whose
+# content follows from the arguments (no user path), and only up to this size.
+DATASET_CACHE_MAX_BYTES = 32 * 2**20
 
 # What `JobSpec().engine_dict()` gives (a test keeps them equal); the engine imports nothing of services.
 DEFAULT_SPEC: dict[str, Any] = {
@@ -274,13 +278,35 @@ def _model_input(spec: dict[str, Any]) -> tuple[tuple[int, ...] | None, int]:
     return (layers[0],), layers[-1]
 
 
+_last_dataset: tuple[tuple[Any, ...], Dataset] | None = None
+
+
+def _load_cached(name: str, path: str | None, **options: Any) -> Dataset:
+    """`load_dataset`, reusing the last set this process loaded with the same arguments.
+
+    The arrays are made read-only, so no job can change what the next one trains on.
+    """
+    global _last_dataset
+    key = (name, path, *sorted(options.items()))
+    if _last_dataset is not None and _last_dataset[0] == key:
+        return _last_dataset[1]
+    _last_dataset = None  # let the previous set go before the next one is made
+    data = load_dataset(name, path=path, **options)
+    for array in (data.x_train, data.t_train, data.x_test, data.t_test):
+        array.flags.writeable = False
+    size = sum(a.nbytes for a in (data.x_train, data.t_train, data.x_test, data.t_test))
+    if path is None and size <= DATASET_CACHE_MAX_BYTES:
+        _last_dataset = (key, data)
+    return data
+
+
 def _load(spec: dict[str, Any], dtype: str) -> Dataset:
     input_shape, n_classes = _model_input(spec)
     name = spec["dataset"]
     try:
-        data = load_dataset(
+        data = _load_cached(
             name,
-            path=spec.get("dataset_path"),
+            spec.get("dataset_path"),
             dtype=dtype,
             input_shape=input_shape,
             n_classes=n_classes,

@@ -2,7 +2,8 @@
 
 The URL is taken, in order, from `config.attributes["database_url"]` (set by `services.core.migrate`),
 `-x database_url=...` on the alembic command line, then the settings (`BPBENCH_DATABASE_URL`).
-SQLite runs in batch mode, since it cannot ALTER most things in place.
+SQLite runs in batch mode, since it cannot ALTER most things in place, and with foreign-key enforcement off
+while it migrates (batch mode drops and re-creates tables; see `sqlite_foreign_keys_deferred`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import services.results.models
 import services.timeline.models  # noqa: F401
 from services.core.config import get_settings
 from services.core.db import Base, make_engine
+from services.core.migrate import sqlite_foreign_keys_deferred
 
 metadata = Base.metadata
 
@@ -67,7 +69,7 @@ def run_migrations_online() -> None:
         return
     engine = make_engine(_database_url())
     try:
-        with engine.connect() as connection:
+        with engine.connect() as connection, sqlite_foreign_keys_deferred(connection):
             _configure(connection)
             with context.begin_transaction():
                 context.run_migrations()

@@ -42,6 +42,7 @@ from services.core.migrate import upgrade_to_head
 from services.devices.models import Worker
 from services.jobs.models import FINAL_STATUSES, Job
 from services.jobs.spec import JobSpec
+from tests import redis_databases
 
 CI = os.environ.get("CI", "").strip().lower() == "true"
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -59,7 +60,6 @@ BROKERS = [
     for name in os.environ.get("BPBENCH_TEST_BROKERS", "redis,rabbitmq").split(",")
     if name.strip()
 ]
-REDIS_LOCK_KEY = "bpbench:test-run-lock"
 WORKER_READY_TIMEOUT_S = 60.0
 JOB_TIMEOUT_S = 60.0
 
@@ -177,32 +177,10 @@ def db_session(session_maker: sessionmaker[Session]) -> Iterator[Session]:
 def claimed_redis_database() -> Iterator[str]:
     """A Redis database of its own (1..15, locked against other users), emptied before and after."""
     require_server("Redis", REDIS_SERVER_URL, 6379)
-    import redis
-
-    token = uuid.uuid4().hex
     pinned = os.environ.get("BPBENCH_TEST_REDIS_DB")
     candidates = [int(pinned)] if pinned else list(range(15, 0, -1))
-    for db in candidates:
-        client = redis.Redis.from_url(f"{REDIS_SERVER_URL}/{db}")
-        if client.set(REDIS_LOCK_KEY, token, nx=True, ex=3600):
-            break
-        client.close()
-    else:
-        pytest.fail(f"every Redis database {candidates} is locked by another test run ({REDIS_LOCK_KEY})")
-
-    def empty() -> None:
-        for key in client.scan_iter(count=1000):
-            if key != REDIS_LOCK_KEY.encode():
-                client.delete(key)
-
-    empty()
-    try:
-        yield f"{REDIS_SERVER_URL}/{db}"
-    finally:
-        empty()
-        if client.get(REDIS_LOCK_KEY) == token.encode():
-            client.delete(REDIS_LOCK_KEY)
-        client.close()
+    with redis_databases.claimed_redis_database(REDIS_SERVER_URL, candidates) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, sessionmaker
 
 from services.core.db import utcnow
 from services.devices.models import Device, Worker
 from services.devices.service import register_device, register_worker
 from services.jobs import service as jobs
 from services.jobs.models import Job
-from services.results.models import Result, Trial
+from services.results.models import Result, SpecDeviceStats, Trial
+from services.results.service import refresh_spec_device_stats
 from tests.conftest import tiny_spec
 
 
@@ -48,6 +50,29 @@ def _claim(session: Session, job_id: str, device: Device, worker: str = "w1@test
     claim = jobs.claim_job(session, job_id, worker_name=worker, device_id=device.id)
     assert claim is not None
     return claim
+
+
+def _completed(session: Session, device: Device, seed: int, median: float = 1000.0) -> Result:
+    """A train job of the spec with this seed, claimed for `device` and completed."""
+    job_id = _queued(session, seed=seed)
+    claim = _claim(session, job_id, device)
+    result = jobs.complete_job(session, job_id, _document(median), attempt=claim.attempt)
+    assert result is not None
+    return result
+
+
+def _spec_device_stats(session: Session, spec_hash: str) -> list[tuple[Any, ...]]:
+    """The `spec_device_stats` rows of a spec: device, count, newest, and the spec's filter columns."""
+    rows = session.scalars(
+        select(SpecDeviceStats)
+        .where(SpecDeviceStats.spec_hash == spec_hash)
+        .order_by(SpecDeviceStats.device_id)
+        .execution_options(populate_existing=True)
+    ).all()
+    return [
+        (r.device_id, r.result_count, r.newest_at, r.kind, r.model_name, r.dataset, r.batch_size, r.dtype)
+        for r in rows
+    ]
 
 
 def test_a_job_is_claimed_once_and_a_second_claim_changes_nothing(
@@ -210,3 +235,117 @@ def test_jobs_are_listed_newest_first_with_filters(db_session: Session, device: 
     assert jobs.count_jobs(db_session, status=["queued"], device="gpu") >= 3
     with pytest.raises(ValueError, match="unknown job status 'done'; accepted: queued, running"):
         jobs.list_jobs(db_session, status="done")
+
+
+def test_each_completed_result_is_counted_for_its_spec_and_device(
+    db_session: Session, device: Device
+) -> None:
+    other = register_device(db_session, {"device": "cpu", "cpu_model": f"Other CPU {uuid.uuid4().hex[:8]}"})
+    seed = uuid.uuid4().int % 2**32  # a spec of this test only
+    first = _completed(db_session, device, seed, 900.0)
+    second = _completed(db_session, device, seed, 1100.0)
+    elsewhere = _completed(db_session, other, seed)
+    spec = ("train", "mlp", "synthetic", 32, "float32")
+
+    counted = _spec_device_stats(db_session, first.spec_hash)
+
+    assert first.created_at < second.created_at
+    assert counted == sorted(
+        [(device.id, 2, second.created_at, *spec), (other.id, 1, elsewhere.created_at, *spec)]
+    )
+    refresh_spec_device_stats(db_session, [first.spec_hash])  # rebuilt from `results`: the same rows
+    assert _spec_device_stats(db_session, first.spec_hash) == counted
+    db_session.rollback()
+
+
+def test_a_completion_that_writes_no_result_counts_nothing(db_session: Session, device: Device) -> None:
+    seed = uuid.uuid4().int % 2**32
+    result = _completed(db_session, device, seed)
+
+    assert jobs.complete_job(db_session, result.job_id, _document(), attempt=1) is None
+    stale = _queued(db_session, seed=seed)
+    claim = _claim(db_session, stale, device)
+    assert jobs.complete_job(db_session, stale, _document(), attempt=claim.attempt + 1) is None
+
+    assert _spec_device_stats(db_session, result.spec_hash) == [
+        (device.id, 1, result.created_at, "train", "mlp", "synthetic", 32, "float32")
+    ]
+    assert jobs.fail_job(db_session, stale, "test over", attempt=claim.attempt)  # not left running
+
+
+def test_a_gemm_result_keeps_its_peak_in_a_column_and_is_no_compare_candidate(
+    db_session: Session, device: Device
+) -> None:
+    job_id = _queued(db_session, kind="gemm", gemm_sizes=[64], seed=uuid.uuid4().int % 2**32)
+    claim = _claim(db_session, job_id, device)
+    document = {"kind": "gemm", "metrics": {"peak_flops_per_s": 7.5e9}, "trials": {"64": [7e9, 7.5e9]}}
+
+    result = jobs.complete_job(db_session, job_id, document, attempt=claim.attempt)
+
+    assert result is not None and (result.kind, result.peak_flops_per_s) == ("gemm", 7.5e9)
+    stored = db_session.scalar(select(Result.peak_flops_per_s).where(Result.id == result.id))
+    assert stored == 7.5e9
+    assert _spec_device_stats(db_session, result.spec_hash) == []  # no samples/s figure to compare
+
+
+def test_concurrent_completions_of_one_spec_on_one_device_are_both_counted(
+    session_maker: sessionmaker[Session], db_session: Session, device: Device
+) -> None:
+    seed = uuid.uuid4().int % 2**32
+    claims = [
+        _claim(db_session, job_id, device) for job_id in [_queued(db_session, seed=seed) for _ in range(2)]
+    ]
+    start = threading.Barrier(len(claims))
+    stored: list[Result | None] = []
+
+    def complete(claim: jobs.Claim) -> None:
+        with session_maker() as session:
+            start.wait(timeout=30)
+            stored.append(jobs.complete_job(session, claim.job_id, _document(), attempt=claim.attempt))
+
+    threads = [threading.Thread(target=complete, args=(claim,)) for claim in claims]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert len(stored) == 2 and all(result is not None for result in stored)
+    newest = max(result.created_at for result in stored if result is not None)
+    assert [row[:3] for row in _spec_device_stats(db_session, tiny_spec(seed=seed).spec_hash())] == [
+        (device.id, 2, newest)
+    ]
+
+
+def test_completing_an_unknown_job_raises_job_not_found(db_session: Session) -> None:
+    with pytest.raises(jobs.JobNotFound, match="no job with id 'missing'"):
+        jobs.complete_job(db_session, "missing", _document(), attempt=1)
+
+
+def test_a_result_takes_the_device_of_the_row_not_of_a_stale_copy_in_the_session(
+    db_session: Session, device: Device
+) -> None:
+    job_id = _queued(db_session)
+    stale = db_session.get(Job, job_id)  # loaded while queued: no device yet
+    assert stale is not None and stale.device_id is None
+    claim = _claim(db_session, job_id, device)
+
+    result = jobs.complete_job(db_session, job_id, _document(), attempt=claim.attempt)
+
+    assert result is not None and result.device_id == device.id
+    assert (stale.status, stale.device_id) == ("succeeded", device.id)
+
+
+def test_the_single_statement_writes_leave_the_sessions_next_transaction_transactional(
+    db_session: Session, device: Device
+) -> None:
+    # claim, progress and the heartbeat run in autocommit; the pooled connection must not stay that way.
+    job_id = _queued(db_session)
+    claim = _claim(db_session, job_id, device)
+    assert jobs.update_progress(db_session, job_id, 0.5, "half", attempt=claim.attempt)
+    assert jobs.touch_job(db_session, job_id, attempt=claim.attempt)
+
+    db_session.execute(update(Job).where(Job.id == job_id).values(progress_message="never committed"))
+    db_session.rollback()
+
+    job = db_session.get(Job, job_id, populate_existing=True)
+    assert job is not None and (job.progress, job.progress_message) == (0.5, "half")

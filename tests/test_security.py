@@ -88,10 +88,15 @@ def test_every_route_but_the_public_ones_needs_a_token(api: ApiServer, service_s
     assert answers == {route: (401, "Bearer") for route in protected}
 
 
-def test_a_revoked_token_is_refused_at_once(api: ApiServer, db_session: Session) -> None:
+def test_a_revoked_token_is_refused_at_once_with_the_token_cache_off(
+    service_settings: Settings, db_session: Session, tmp_path: Path
+) -> None:
+    # With the cache on (BPBENCH_TOKEN_CACHE_TTL_S > 0) a revocation takes up to the TTL:
+    # tests/test_submission.py::test_a_revoked_token_is_refused_within_the_cache_ttl.
     token, row = create_token(db_session, name="soon-revoked", scopes=["read"])
     db_session.commit()
-    with api.client(token=token) as client:
+    server = running_api(service_settings, tmp_path, ADMIN_TOKEN, BPBENCH_TOKEN_CACHE_TTL_S="0")
+    with server as api_server, api_server.client(token=token) as client:
         assert client.get("/api/v1/timeline").status_code == 200
         auth_service.revoke_token(db_session, row.id)
         db_session.commit()
@@ -425,6 +430,41 @@ def test_secrets_are_redacted_from_log_text() -> None:
     assert redact_secrets("amqp://guest:guest@127.0.0.1:5672//") == "amqp://guest:***@127.0.0.1:5672//"
     assert redact_secrets("token bpb_Zx9-_aaaa leaked") == "token bpb_*** leaked"
     assert redact_secrets("plain text, 3 jobs") == "plain text, 3 jobs"
+    assert redact_secrets("token=%s password=%(pw)s") == "token=%s password=%(pw)s"
+
+
+def test_a_record_is_redacted_once_on_its_logger_and_its_handler(monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    from services.core import logging as bpbench_logging
+
+    calls: list[str] = []
+    real = bpbench_logging.redact_secrets
+
+    def counted(text: str) -> str:
+        calls.append(text)
+        return real(text)
+
+    monkeypatch.setattr(bpbench_logging, "redact_secrets", counted)
+    logger = logging.getLogger("bpbench.test.redact-once")
+    logger.propagate = False
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    handler = Keep()
+    logger.addFilter(bpbench_logging.RedactSecretsFilter())
+    handler.addFilter(bpbench_logging.RedactSecretsFilter())
+    logger.addHandler(handler)
+    try:
+        logger.warning("GET /?token=%s HTTP/1.1", "bpb_abcdef123")
+    finally:
+        logger.removeHandler(handler)
+    # The placeholder survives redaction of the format string; the argument is redacted on its own.
+    assert seen == ["GET /?token=bpb_*** HTTP/1.1"]
+    assert calls == ["GET /?token=%s HTTP/1.1", "bpb_abcdef123"]  # message and argument, once each
 
 
 def _with_password(url: str, password: str) -> str:

@@ -7,9 +7,12 @@ the worker subprocess claims it, runs the engine and records the outcome in the 
 
 from __future__ import annotations
 
+import os
+import threading
 import time
+import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 import redis
@@ -19,9 +22,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.core.config import Settings
 from services.core.queue import device_queue, publish_job
 from services.devices.models import Device, Worker
+from services.devices.service import register_device
 from services.jobs import service as jobs
+from services.jobs.models import Job
 from services.results.models import Result, Trial
 from tests.conftest import WorkerProcess, tiny_spec, wait_for_job, wait_until
+from workers.tasks import JobHeartbeats, job_heartbeats
 
 
 def _queue_drained(broker_url: str, *queues: str) -> bool:
@@ -238,3 +244,101 @@ def test_a_worker_stopped_with_sigterm_exits_cleanly_and_is_marked_stopped(
     with session_maker() as session:
         row = session.get(Worker, worker.name)
         assert row is not None and row.stopped_at is not None
+
+
+# --- the job heartbeat (in this process, on this session's database) -----------------------------------
+
+BEAT_S = 0.2
+
+
+def _claimed(maker: sessionmaker[Session]) -> jobs.Claim:
+    with maker() as session:
+        fingerprint = {"device": "cpu", "cpu_model": f"Beat CPU {uuid.uuid4().hex[:8]}", "blas": []}
+        device = register_device(session, fingerprint)
+        job = jobs.create_job(session, tiny_spec())
+        session.commit()
+        claim = jobs.claim_job(session, job.id, worker_name="beat@test", device_id=device.id)
+        assert claim is not None
+        return claim
+
+
+def _updated_at(maker: sessionmaker[Session], job_id: str) -> datetime:
+    with maker() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return job.updated_at
+
+
+def test_a_watched_job_gets_a_heartbeat_every_interval_until_it_is_unwatched(
+    session_maker: sessionmaker[Session],
+) -> None:
+    claim = _claimed(session_maker)
+    claimed_at = _updated_at(session_maker, claim.job_id)
+    beats = JobHeartbeats(session_maker, BEAT_S)
+
+    beats.watch(claim)
+    first = wait_until(
+        lambda: (at := _updated_at(session_maker, claim.job_id)) > claimed_at and at, 5, "a first beat"
+    )
+    wait_until(lambda: _updated_at(session_maker, claim.job_id) > first, 5, "a second beat")
+    beats.unwatch(claim)
+    time.sleep(BEAT_S)  # a beat being written at the unwatch may still land
+    last = _updated_at(session_maker, claim.job_id)
+    time.sleep(3 * BEAT_S)
+
+    assert _updated_at(session_maker, claim.job_id) == last
+    assert beats.watched() == []
+
+
+def test_a_job_that_is_no_longer_this_attempts_is_dropped_by_its_next_beat(
+    session_maker: sessionmaker[Session],
+) -> None:
+    claim = _claimed(session_maker)
+    beats = JobHeartbeats(session_maker, BEAT_S)
+    beats.watch(claim)
+    with session_maker() as session:
+        assert jobs.mark_cancelled(session, claim.job_id, attempt=claim.attempt)
+    cancelled_at = _updated_at(session_maker, claim.job_id)
+
+    wait_until(lambda: beats.watched() == [], 5, "the beat to drop the cancelled job")
+
+    assert _updated_at(session_maker, claim.job_id) == cancelled_at  # fenced: the beat wrote nothing
+
+
+def test_one_heartbeat_thread_serves_every_job_of_a_process(
+    session_maker: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[str] = []
+    start = threading.Thread.start
+
+    def counted_start(thread: threading.Thread) -> None:
+        started.append(thread.name)
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", counted_start)
+    claims = [_claimed(session_maker) for _ in range(3)]
+
+    for claim in claims:  # one job after another, as a pool process runs them
+        beats = job_heartbeats(session_maker, BEAT_S)
+        beats.watch(claim)
+        assert beats.watched() == [(claim.job_id, claim.attempt)]
+        beats.unwatch(claim)
+
+    assert started.count("job-heartbeats") <= 1  # none if an earlier test of this process started it
+    assert job_heartbeats(session_maker, BEAT_S).watched() == []
+
+
+def test_a_forked_pool_process_gets_a_heartbeat_of_its_own(session_maker: sessionmaker[Session]) -> None:
+    beats = job_heartbeats(session_maker, BEAT_S)
+    claim = _claimed(session_maker)
+    beats.watch(claim)  # the parent's thread is running, and its registry holds this instance
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: no database use, and out without any cleanup
+            mine = job_heartbeats(session_maker, BEAT_S)
+            os._exit(0 if mine is not beats and mine.watched() == [] else 1)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        beats.unwatch(claim)
+
+    assert os.waitstatus_to_exitcode(status) == 0

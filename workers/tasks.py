@@ -7,14 +7,15 @@ run `engine.jobs.run_job`, then record the outcome through `services.jobs.servic
 - `JobDiverged` -> `failed` with `diverged at step N`; `JobError` -> `failed` with the engine's message;
 - a job whose estimated memory exceeds the device's free memory -> `failed` before it starts;
 - anything else -> `failed` with the exception's type and message (the traceback goes to the log).
-Every write after the claim is fenced by the claim's attempt number, and a thread beside the job writes
-its heartbeat (`jobs.updated_at`), so the reconciler can tell a job whose process died.
+Every write after the claim is fenced by the claim's attempt number, and a thread of the process that runs
+the job writes its heartbeat (`jobs.updated_at`), so the reconciler can tell a job whose process died.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import os
 import sys
 import threading
 import time
@@ -63,37 +64,90 @@ def current_context() -> WorkerContext:
     return _context
 
 
-class JobHeartbeat:
-    """A daemon thread that bumps the running job's `updated_at` every `heartbeat_interval_s`.
+class JobHeartbeats:
+    """One daemon thread per process that bumps each watched job's `updated_at` every `interval_s`.
 
-    It lives in the process that runs the job (the pool child), so when that process dies (killed child,
+    It lives in the process that runs the jobs (the pool child), so when that process dies (killed child,
     Celery's hard time limit) the job's heartbeat stops even though the worker's own heartbeat goes on;
-    the reconciler requeues a running job whose heartbeat is stale. Writes are fenced by the attempt.
+    the reconciler requeues a running job whose heartbeat is stale. A job is watched from its claim (which
+    wrote `updated_at`: the first beat is due one interval later) until it ends; a beat that finds the job no
+    longer this attempt's drops it. The thread is started once, not per job, and sleeps while nothing is due.
     """
 
-    def __init__(self, factory: sessionmaker[Session], claim: jobs.Claim, interval_s: float) -> None:
+    def __init__(self, factory: sessionmaker[Session], interval_s: float) -> None:
         self._factory = factory
-        self._claim = claim
         self._interval_s = interval_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"job-heartbeat-{claim.job_id}", daemon=True)
+        self._due: dict[tuple[str, int], float] = {}  # (job id, attempt) -> monotonic time of its next beat
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        """Start beating."""
-        self._thread.start()
+    def watch(self, claim: jobs.Claim) -> None:
+        """Beat for this claimed job from one interval from now until `unwatch`."""
+        with self._changed:
+            self._due[(claim.job_id, claim.attempt)] = time.monotonic() + self._interval_s
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="job-heartbeats", daemon=True)
+                self._thread.start()
+            self._changed.notify()
+
+    def unwatch(self, claim: jobs.Claim) -> None:
+        """Stop beating for this job (a beat already being written may still land: it is fenced)."""
+        with self._changed:
+            self._due.pop((claim.job_id, claim.attempt), None)
+
+    def watched(self) -> list[tuple[str, int]]:
+        """The (job id, attempt) pairs beaten for now."""
+        with self._changed:
+            return sorted(self._due)
 
     def _run(self) -> None:
-        while not self._stop.wait(self._interval_s):
-            try:
-                with self._factory() as session:
-                    if not jobs.touch_job(session, self._claim.job_id, attempt=self._claim.attempt):
-                        return  # finished, cancelled or taken over: nothing left to keep alive
-            except Exception as exc:  # the database may be restarting; keep trying
-                log.warning("job %s: heartbeat not recorded: %s", self._claim.job_id, exc)
+        while True:
+            with self._changed:
+                now = time.monotonic()
+                due = [key for key, at in self._due.items() if at <= now]
+                if not due:
+                    soonest = min(self._due.values(), default=None)
+                    self._changed.wait(None if soonest is None else soonest - now)
+                    continue
+                for key in due:
+                    self._due[key] = now + self._interval_s
+            for job_id, attempt in due:  # outside the lock: a slow database does not block `watch`
+                self._beat(job_id, attempt)
 
-    def stop(self) -> None:
-        """Stop beating (does not wait for a write in flight: the thread is a daemon)."""
-        self._stop.set()
+    def _beat(self, job_id: str, attempt: int) -> None:
+        try:
+            with self._factory() as session:
+                alive = jobs.touch_job(session, job_id, attempt=attempt)
+        except Exception as exc:  # the database may be restarting; keep trying
+            log.warning("job %s: heartbeat not recorded: %s", job_id, exc)
+            return
+        if not alive:  # finished, cancelled or taken over: nothing left to keep alive
+            with self._changed:
+                self._due.pop((job_id, attempt), None)
+
+
+_heartbeats: dict[tuple[int, float], JobHeartbeats] = {}
+_heartbeats_lock = threading.Lock()
+
+
+def _forget_heartbeats_after_fork() -> None:
+    # A forked pool process has none of its parent's threads, and a lock held at the fork stays held.
+    global _heartbeats_lock
+    _heartbeats.clear()
+    _heartbeats_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_heartbeats_after_fork)
+
+
+def job_heartbeats(factory: sessionmaker[Session], interval_s: float) -> JobHeartbeats:
+    """This process's job heartbeat thread for this database and interval (a forked child makes its own)."""
+    key = (id(factory), interval_s)
+    with _heartbeats_lock:
+        beats = _heartbeats.get(key)
+        if beats is None:
+            beats = _heartbeats[key] = JobHeartbeats(factory, interval_s)
+        return beats
 
 
 class JobMonitor:
@@ -218,8 +272,8 @@ def execute_job(job_id: str, context: WorkerContext, settings: Settings | None =
     attempt = claim.attempt
     log.info("job %s: attempt %d started on %s", job_id, attempt, context.name)
     spec: dict[str, Any] = {**claim.spec, "device": context.engine_device}
-    beat = JobHeartbeat(factory, claim, settings.heartbeat_interval_s)
-    beat.start()
+    beats = job_heartbeats(factory, settings.heartbeat_interval_s)
+    beats.watch(claim)
     monitor = JobMonitor(factory, claim, settings)
     try:
         check_memory(claim.spec, context.engine_device)
@@ -249,7 +303,7 @@ def execute_job(job_id: str, context: WorkerContext, settings: Settings | None =
         log.exception("job %s failed", job_id)
         return _failed(factory, job_id, _describe(exc), attempt)
     finally:
-        beat.stop()
+        beats.unwatch(claim)
         monitor.close()
         free_gpu_memory()
     result = persist(

@@ -6,27 +6,32 @@ a known token without the scope is a 403.
 
 Every request except the health probes is also rate limited (`rate_limit`, an app-wide dependency): per
 token id when it carries a valid token, else per client address (so guessing tokens is limited too).
+
+These dependencies are `async`: they run on the event loop, not in the thread pool (a hand-off each cost
+more than the check itself; issue 7). A token is looked up in the database (in the thread pool) only when
+the app's `TokenCache` does not hold it: once per `BPBENCH_TOKEN_CACHE_TTL_S` per token and process.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from services.api.cookies import CSRF_HEADER, CSRF_VALUE, csrf_checked, token_from_cookie
 from services.api.limits import RateLimiter
-from services.auth.models import ApiToken
-from services.auth.service import authenticate, grants
+from services.auth.service import TokenCache, TokenIdentity, authenticate, grants, hash_token
 from services.core.config import Settings
 
 _bearer = HTTPBearer(auto_error=False, description="an API token (`bpbench up` prints one)")
 
 
-def get_settings_dep(request: Request) -> Settings:
+async def get_settings_dep(request: Request) -> Settings:
     """The settings the app was created with."""
     settings: Settings = request.app.state.settings
     return settings
@@ -67,13 +72,62 @@ def presented_token(request: Request) -> str | None:
     return token_from_cookie(request)
 
 
-def request_token(request: Request, session: Session) -> ApiToken | None:
-    """The valid (known, unrevoked) token of this request, or None; looked up once per request."""
+def _look_up_token(factory: sessionmaker[Session], raw: str) -> TokenIdentity | None:
+    with factory() as session:
+        row = authenticate(session, raw)
+        return TokenIdentity.of(row) if row is not None else None
+
+
+class TokenLookups:
+    """The app's token cache, and the database look-ups in flight: requests that carry the same token while
+    it is being looked up wait for that one look-up (when an entry expires under load, dozens of requests
+    would otherwise each take a thread and a connection to ask the same question)."""
+
+    def __init__(self, cache: TokenCache) -> None:
+        self.cache = cache
+        self._in_flight: dict[str, asyncio.Task[TokenIdentity | None]] = {}
+
+    async def identity(self, factory: sessionmaker[Session], raw: str) -> TokenIdentity | None:
+        """The valid token `raw`, or None: from the cache, else from the database (in the thread pool)."""
+        token = self.cache.get(raw)
+        if token is not None:
+            return token
+        key = hash_token(raw)
+        lookup = self._in_flight.get(key)
+        if lookup is None:
+            # A task of its own: a request that goes away does not cancel the others' answer.
+            lookup = asyncio.ensure_future(self._look_up(factory, raw, key))
+            lookup.add_done_callback(_retrieve_outcome)
+            self._in_flight[key] = lookup
+        return await asyncio.shield(lookup)
+
+    async def _look_up(self, factory: sessionmaker[Session], raw: str, key: str) -> TokenIdentity | None:
+        try:
+            token = await run_in_threadpool(_look_up_token, factory, raw)
+        finally:
+            self._in_flight.pop(key, None)
+        if token is not None:
+            self.cache.put(raw, token)
+        return token
+
+
+def _retrieve_outcome(task: asyncio.Task[TokenIdentity | None]) -> None:
+    # The requests that waited for it got its error; if all went away, nobody needs it logged as unseen.
+    if not task.cancelled():
+        task.exception()
+
+
+async def request_token(request: Request) -> TokenIdentity | None:
+    """The valid (known, unrevoked) token of this request, or None: from the app's token cache, else looked
+    up in the database (in the thread pool) and cached; once per request."""
     cached = getattr(request.state, "api_token", _UNSET)
     if cached is not _UNSET:
         return cached  # type: ignore[return-value]
     raw = presented_token(request)
-    token = authenticate(session, raw) if raw else None
+    token = None
+    if raw:
+        lookups: TokenLookups = request.app.state.token_lookups
+        token = await lookups.identity(request.app.state.session_factory, raw)
     request.state.api_token = token
     return token
 
@@ -83,16 +137,13 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def rate_limit(request: Request, session: SessionDep) -> None:
+async def rate_limit(request: Request) -> None:
     """429 with `Retry-After` when this token (or, without a valid token, this address) is over its rate."""
     limiter: RateLimiter = request.app.state.rate_limiter
-    if not limiter.enabled or request.url.path in UNLIMITED_PATHS:
+    if not limiter.enabled or request.scope["path"] in UNLIMITED_PATHS:
         return
-    token = request_token(request, session)
+    token = await request_token(request)
     limiter.check(f"token:{token.id}" if token is not None else f"ip:{client_address(request)}")
-
-
-RateLimited = Depends(rate_limit)
 
 
 def _nul_refused(field: str, where: str, value: str) -> HTTPException:
@@ -111,18 +162,27 @@ def _nul_refused(field: str, where: str, value: str) -> HTTPException:
     )
 
 
-def reject_nul_characters(request: Request) -> None:
+async def reject_nul_characters(request: Request) -> None:
     """422 for a NUL character in the path or a query parameter (PostgreSQL cannot store or compare one:
     it used to be a 500, found by the security tests). Body fields are checked by their models."""
     path = request.scope.get("path", "")
     if "\x00" in path:
         raise _nul_refused("path", "path", path)
+    if not request.scope.get("query_string"):
+        return
     for name, value in request.query_params.multi_items():
         if "\x00" in name or "\x00" in value:
             raise _nul_refused(name.replace("\x00", "\\u0000"), "query", value)
 
 
-NoNulCharacters = Depends(reject_nul_characters)
+async def check_request(request: Request) -> None:
+    """The app-wide checks of every request, in one dependency (FastAPI's per-dependency bookkeeping costs
+    more than these checks): the rate limit, then no NUL character in the path or query."""
+    await rate_limit(request)
+    await reject_nul_characters(request)
+
+
+RequestChecks = Depends(check_request)
 
 
 def _unauthorized(message: str) -> HTTPException:
@@ -134,9 +194,8 @@ def _unauthorized(message: str) -> HTTPException:
 def require_scope(scope: str, *, public_when_read_open: bool = False) -> Any:
     """A dependency that lets the request through only with a token granting `scope`."""
 
-    def check(
-        request: Request, session: SessionDep, settings: SettingsDep, credentials: Credentials
-    ) -> ApiToken | None:
+    async def check(request: Request, credentials: Credentials) -> TokenIdentity | None:
+        settings: Settings = request.app.state.settings
         if public_when_read_open and settings.public_read:
             return None
         # --- issue 5 (dashboard sign-in): the bearer header, else the dashboard's HttpOnly cookie. ---
@@ -149,7 +208,7 @@ def require_scope(scope: str, *, public_when_read_open: bool = False) -> Any:
         # --- end issue 5 ---
         if raw is None:
             raise _unauthorized(f"this endpoint needs a bearer token with the {scope!r} scope")
-        token = request_token(request, session)
+        token = await request_token(request)
         if token is None:
             raise _unauthorized("the bearer token is not valid (unknown or revoked)")
         if not grants(token, scope):

@@ -11,8 +11,9 @@ Two sources, chosen for multi-process correctness:
   `bpbench_workers_live{device_class}` and `bpbench_devices{device_class}`.
 - HTTP request metrics are counted in this process by an ASGI middleware:
   `bpbench_http_requests_total{method,route,status}` and `bpbench_http_request_duration_seconds{method,route}`
-  (labelled by the route template, `/api/v1/jobs/{job_id}`, never the raw path). With several API processes
-  each counts its own requests: scrape each process (Prometheus sums them), as one does for any
+  (labelled by the route template, `/api/v1/jobs/{job_id}`, never the raw path), and
+  `bpbench_job_submit_batch_size` (jobs per group commit of `POST /api/v1/jobs`). With several API
+  processes each counts its own requests: scrape each process (Prometheus sums them), as one does for any
   per-process counter; the job figures above are not affected.
 """
 
@@ -57,6 +58,7 @@ JOB_DURATION_BUCKETS: tuple[float, ...] = (
     6 * 3600,
 )
 HTTP_LATENCY_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+SUBMIT_BATCH_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 JOB_KINDS: tuple[str, ...] = ("train", "gradcheck", "backprop_vs_numerical", "gemm")
 UNMATCHED_ROUTE = "<unmatched>"
 
@@ -255,6 +257,9 @@ class HttpMetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: HttpMetrics) -> None:
         self.app = app
         self.metrics = metrics
+        # The labelled children, by (method, route, status): `labels()` takes a lock and builds a key each
+        # time; the set is bounded by the routes, methods and statuses there are.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -274,8 +279,16 @@ class HttpMetricsMiddleware:
         finally:
             route = route_template(scope)
             method = scope.get("method", "GET")
-            self.metrics.requests.labels(method, route, str(status)).inc()
-            self.metrics.latency.labels(method, route).observe(time.perf_counter() - started)
+            key = (method, route, status)
+            children = self._children.get(key)
+            if children is None:
+                children = (
+                    self.metrics.requests.labels(method, route, str(status)),
+                    self.metrics.latency.labels(method, route),
+                )
+                self._children[key] = children
+            children[0].inc()
+            children[1].observe(time.perf_counter() - started)
 
 
 def install_metrics(app: FastAPI, settings: Settings) -> CollectorRegistry:
@@ -285,5 +298,12 @@ def install_metrics(app: FastAPI, settings: Settings) -> CollectorRegistry:
     registry = CollectorRegistry()
     registry.register(ServiceCollector(app.state.session_factory, settings))
     app.add_middleware(HttpMetricsMiddleware, metrics=HttpMetrics(registry))
+    batch_sizes = Histogram(
+        "bpbench_job_submit_batch_size",
+        "Jobs committed together by one group commit of POST /api/v1/jobs (this process)",
+        buckets=SUBMIT_BATCH_BUCKETS,
+        registry=registry,
+    )
+    app.state.group_commit.observe_batch = batch_sizes.observe
     app.state.metrics_registry = registry
     return registry

@@ -91,6 +91,12 @@ class Settings(BaseSettings):
     api_url: str = "http://127.0.0.1:8000"
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)
+    api_workers: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="processes `bpbench api` serves with (uvicorn --workers); 0: one per CPU, at most 8",
+    )
     # Never printed: excluded from repr so a logged Settings shows no secret.
     api_token: str | None = Field(default=None, repr=False)
     public_read: bool = False
@@ -112,6 +118,20 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="comma-separated origins allowed by CORS; empty (the default): no CORS at all",
+    )
+    submit_batch_max: int = Field(
+        default=256,
+        ge=1,
+        le=1000,
+        description="most jobs one group commit of POST /api/v1/jobs writes at once; 1: one commit per job",
+    )
+    # issue 7: a request with a token seen within this time needs no SELECT; a revocation waits this long.
+    token_cache_ttl_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=300,
+        description="seconds an API process remembers a valid token; a revoked token is refused within "
+        "this time; 0: every request looks its token up",
     )
 
     # A dead worker's job runs again within heartbeat-free time + one reconcile tick:

@@ -6,16 +6,57 @@ migrating works from any working directory and from an installed wheel.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import Connection
 
 import migrations
 from services.core.config import get_settings, normalize_database_url
 from services.core.db import make_engine
+
+
+class ForeignKeyViolation(RuntimeError):
+    """A migration on SQLite left rows whose parent is missing (it has run: the error says it, loudly)."""
+
+
+@contextmanager
+def sqlite_foreign_keys_deferred(connection: Connection) -> Iterator[None]:
+    """Run a SQLite migration with foreign-key enforcement off, then check every reference and turn it on.
+
+    Batch mode copies a table into a new one and drops the original. With `foreign_keys=ON` (every bpbench
+    connection has it) dropping `results` would cascade and delete every trial, so Alembic's documented
+    recipe is to switch enforcement off for the migration. The PRAGMA is a no-op inside a transaction, so
+    this runs before the migration's transaction begins; `PRAGMA foreign_key_check` afterwards turns a
+    migration that left a dangling reference into an error (`bpbench migrate` fails, naming the first row)
+    instead of a silent success. Other databases: nothing to do.
+    """
+    if connection.dialect.name != "sqlite":
+        yield
+        return
+    connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+    # End the transaction SQLAlchemy began for the PRAGMA: Alembic must begin (and commit) its own, or it
+    # would take it for the caller's transaction and leave the migration uncommitted.
+    connection.commit()
+    try:
+        yield
+        dangling = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+        connection.commit()
+        if dangling:
+            table, rowid, parent, _ = dangling[0]
+            raise ForeignKeyViolation(
+                f"the migration left {len(dangling)} row(s) with a missing parent "
+                f"(first: {table} rowid {rowid} -> {parent})"
+            )
+    finally:
+        connection.rollback()
+        connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+        connection.commit()
 
 
 def script_location() -> Path:

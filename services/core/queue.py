@@ -1,8 +1,9 @@
 """The Celery app, client side: configuration as data, and `publish_job`.
 
-The API (and the reconciler) reach the broker only through `publish_job`, which sends the task
-`bpbench.run_job` *by name* with the job's id as its only argument: the committed job row is the source
-of truth, the message only says "look at job X". The task itself is registered by `workers.tasks`.
+The API (and the reconciler) reach the broker only through `publish_job` (or `publish_jobs`, a batch over
+one producer), which sends the task `bpbench.run_job` *by name* with the job's id as its only argument: the
+committed job row is the source of truth, the message only says "look at job X". The task itself is
+registered by `workers.tasks`.
 
 Delivery is at-least-once (`acks_late`, reject on worker lost); a second delivery of the same id is a
 no-op because the worker's claim is a conditional `queued -> running` update.
@@ -10,6 +11,7 @@ no-op because the worker's claim is a conditional `queued -> running` update.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import kombu.pools
@@ -99,10 +101,34 @@ def configure(settings: Settings) -> None:
         celery_app.amqp._producer_pool = None
 
 
-def publish_job(job_id: str, queue: str, *, time_limit_s: float | None = None) -> None:
-    """Send `bpbench.run_job(job_id)` to `queue`; the job row must already be committed."""
+def _send_options(queue: str, time_limit_s: float | None) -> dict[str, Any]:
     options: dict[str, Any] = {"queue": queue, "routing_key": queue}
     if time_limit_s:
         # Hard limit (prefork pool) a little above the limit the worker itself enforces between steps.
         options["time_limit"] = time_limit_s + 60
-    celery_app.send_task(RUN_JOB_TASK, args=[job_id], **options)
+    return options
+
+
+def publish_job(job_id: str, queue: str, *, time_limit_s: float | None = None) -> None:
+    """Send `bpbench.run_job(job_id)` to `queue`; the job row must already be committed."""
+    celery_app.send_task(RUN_JOB_TASK, args=[job_id], **_send_options(queue, time_limit_s))
+
+
+def publish_jobs(jobs: Sequence[tuple[str, str, float | None]]) -> tuple[int, Exception | None]:
+    """Send `bpbench.run_job` for each `(job_id, queue, time_limit_s)`, in order, over one producer.
+
+    One producer (one broker connection) serves the whole batch instead of one pool checkout per message.
+    Stops at the first failure (the broker is most likely down: the rest would only wait on it too) and
+    returns how many were sent and that error; the rows must already be committed.
+    """
+    sent = 0
+    try:
+        with celery_app.producer_or_acquire() as producer:
+            for job_id, queue, time_limit_s in jobs:
+                celery_app.send_task(
+                    RUN_JOB_TASK, args=[job_id], producer=producer, **_send_options(queue, time_limit_s)
+                )
+                sent += 1
+    except Exception as exc:  # kombu/redis/amqp raise many kinds; the caller logs it
+        return sent, exc
+    return sent, None

@@ -8,25 +8,26 @@ worker whose job was taken away and re-run elsewhere cannot overwrite the newer 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import CursorResult, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, CursorResult, Table, func, insert, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from services.core.config import get_settings
 from services.core.db import utcnow
-from services.core.queue import publish_job, queue_for
+from services.core.queue import publish_job, publish_jobs, queue_for
 from services.devices.models import Worker
-from services.jobs.models import ACTIVE_STATUSES, FINAL_STATUSES, JOB_STATUSES, Job
-from services.jobs.spec import JobSpec
+from services.jobs.models import ACTIVE_STATUSES, FINAL_STATUSES, JOB_STATUSES, Job, new_job_id
+from services.jobs.spec import JobSpec, spec_hash_of
 from services.results.models import Result, Trial
-from services.results.service import build_result
+from services.results.service import build_result, record_spec_device_stats
 
 log = logging.getLogger(__name__)
 
@@ -52,23 +53,43 @@ def _rowcount(result: Any) -> int:
     return int(result.rowcount) if isinstance(result, CursorResult) else 0
 
 
+def _single_statement(session: Session) -> None:
+    """Run the caller's one statement in autocommit: one round trip instead of BEGIN, statement, COMMIT.
+
+    A single UPDATE is atomic on its own; a transaction the caller already began is left as it is.
+    """
+    if not session.in_transaction():
+        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+
+
+def job_row(spec: JobSpec, *, target_device_id: str | None = None) -> dict[str, Any]:
+    """The column values of a new `queued` job for `spec`, id and timestamps included (nothing is written)."""
+    now = utcnow()
+    engine_doc = spec.engine_dict()
+    return {
+        "id": new_job_id(),
+        "spec": engine_doc,
+        "spec_hash": spec_hash_of(engine_doc),
+        "kind": spec.kind,
+        "device": spec.device,
+        "device_class": spec.device_class,
+        "target_device_id": target_device_id,
+        "queue": queue_for(spec, target_device_id),
+        "status": "queued",
+        "progress": 0.0,
+        "progress_message": None,
+        "attempts": 0,
+        "cancel_requested": False,
+        "time_limit_s": get_settings().job_time_limit_s(spec.time_limit_s),
+        "created_at": now,
+        "published_at": None,
+        "updated_at": now,
+    }
+
+
 def create_job(session: Session, spec: JobSpec, *, target_device_id: str | None = None) -> Job:
     """Add a `queued` job for `spec` (flushed, not committed); publish it only after the commit."""
-    settings = get_settings()
-    job = Job(
-        spec=spec.engine_dict(),
-        spec_hash=spec.spec_hash(),
-        kind=spec.kind,
-        device=spec.device,
-        device_class=spec.device_class,
-        target_device_id=target_device_id,
-        queue=queue_for(spec, target_device_id),
-        status="queued",
-        progress=0.0,
-        attempts=0,
-        cancel_requested=False,
-        time_limit_s=settings.job_time_limit_s(spec.time_limit_s),
-    )
+    job = Job(**job_row(spec, target_device_id=target_device_id))
     session.add(job)
     session.flush()
     return job
@@ -99,6 +120,71 @@ def submit_job(session: Session, spec: JobSpec, *, target_device_id: str | None 
         session.rollback()
         log.warning("job %s is queued but could not be published to %s yet: %s", job.id, job.queue, exc)
     return job
+
+
+@dataclass(frozen=True)
+class SubmittedBatch:
+    """What `publish_job_rows` did: every row is committed; the first `published` were published at
+    `published_at` (the rest stay queued with `published_at` unset, for the reconciler)."""
+
+    published: int
+    published_at: datetime | None
+
+
+def _autocommit(session: Session) -> Connection:
+    if session.in_transaction():
+        raise ValueError("group commit runs each statement on its own: pass a session with no transaction")
+    # One round trip per statement instead of BEGIN, statement, COMMIT.
+    return session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+
+
+# Core statements on the table: the ORM's bulk bookkeeping cost more than the SQL itself (issue 7).
+_JOBS = cast(Table, Job.__table__)
+
+
+def insert_job_rows(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Group commit of `job_row`s: one multi-row INSERT, committed on its own (autocommit), so `session`
+    must not have begun a transaction. It is one statement (SQLAlchemy's insertmanyvalues: `INSERT ...
+    VALUES (...), (...) RETURNING id`), so it stores every row or none; its error is raised."""
+    if not rows:
+        return
+    stored = _autocommit(session).execute(insert(_JOBS).returning(_JOBS.c.id), list(rows)).all()
+    if len(stored) != len(rows):  # never seen: the statement is all or nothing
+        raise RuntimeError(f"{len(stored)} of {len(rows)} job rows stored")
+    with contextlib.suppress(SQLAlchemyError):
+        session.commit()  # nothing left to commit: ends the session's use of the connection
+
+
+def publish_job_rows(session: Session, rows: Sequence[dict[str, Any]]) -> SubmittedBatch:
+    """Publish committed job rows over one producer, then record `published_at` of those sent in one UPDATE
+    (autocommit: `session` must not have begun a transaction). Raises nothing: a broker failure leaves the
+    unsent jobs queued and unpublished, and a failed UPDATE leaves sent jobs with `published_at` unset; the
+    reconciler publishes both later (a second message for a job is harmless: the claim is conditional)."""
+    sent, error = publish_jobs([(row["id"], row["queue"], row["time_limit_s"]) for row in rows])
+    if error is not None:
+        log.warning("%d job(s) are queued but could not be published yet: %s", len(rows) - sent, error)
+    if sent == 0:
+        return SubmittedBatch(published=0, published_at=None)
+    now = utcnow()
+    try:
+        _autocommit(session).execute(
+            update(_JOBS)
+            .where(_JOBS.c.id.in_([row["id"] for row in rows[:sent]]))
+            .values(published_at=now, updated_at=now)
+        )
+    except SQLAlchemyError as exc:
+        log.warning("%d job(s) were published but their published_at was not recorded: %s", sent, exc)
+        return SubmittedBatch(published=0, published_at=None)
+    with contextlib.suppress(SQLAlchemyError):
+        session.commit()
+    return SubmittedBatch(published=sent, published_at=now)
+
+
+def submit_job_rows(session: Session, rows: Sequence[dict[str, Any]]) -> SubmittedBatch:
+    """`insert_job_rows` then `publish_job_rows`: what `services/api/group_commit.py` runs for each batch.
+    Raises only what the INSERT raised (then nothing of the batch is stored)."""
+    insert_job_rows(session, rows)
+    return publish_job_rows(session, rows)
 
 
 def get_job(session: Session, job_id: str) -> Job | None:
@@ -167,6 +253,7 @@ def claim_job(session: Session, job_id: str, *, worker_name: str, device_id: str
     cancelled, or unknown. That is what makes a duplicate delivery harmless.
     """
     now = utcnow()
+    _single_statement(session)
     # RETURNING (PostgreSQL, SQLite >= 3.35) hands back what the worker needs: no second round trip.
     claimed = session.execute(
         update(Job)
@@ -206,6 +293,7 @@ def update_progress(
     values: dict[str, Any] = {"progress": min(max(float(progress), 0.0), 1.0), "updated_at": utcnow()}
     if message is not None:
         values["progress_message"] = message[:MAX_PROGRESS_MESSAGE_CHARS]
+    _single_statement(session)
     result = session.execute(update(Job).where(_running_attempt(job_id, attempt)).values(**values))
     session.commit()
     return _rowcount(result) == 1
@@ -213,6 +301,7 @@ def update_progress(
 
 def should_stop(session: Session, job_id: str, *, attempt: int | None = None) -> bool:
     """True when the job was asked to stop: cancel requested, or no longer this attempt's to run."""
+    _single_statement(session)
     row = session.execute(
         select(Job.status, Job.cancel_requested, Job.attempts).where(Job.id == job_id)
     ).one_or_none()
@@ -226,18 +315,17 @@ def should_stop(session: Session, job_id: str, *, attempt: int | None = None) ->
 def complete_job(
     session: Session, job_id: str, document: dict[str, Any], *, attempt: int | None = None
 ) -> Result | None:
-    """Write the result and its trials and mark the job `succeeded`, all in one transaction.
+    """Write the result and its trials, count it in `spec_device_stats` and mark the job `succeeded`, all in
+    one transaction.
 
     Idempotent: returns None and writes nothing if the job is not running under this attempt or already
     has a result (the unique `results.job_id` constraint decides a race).
     """
-    # Fresh from the database, not the identity map: a claim in this same session (an UPDATE ... RETURNING)
-    # does not refresh a cached copy, and the result takes its device from the row.
-    job = session.get(Job, job_id, populate_existing=True)
-    if job is None:
-        raise JobNotFound(f"no job with id {job_id!r}")
     now = utcnow()
-    result = session.execute(
+    # The UPDATE hands back the row the result is built from (one round trip, not a SELECT first), fresh
+    # from the database even when this session holds a copy (populate_existing): the result takes its device
+    # from the row.
+    job = session.scalars(
         update(Job)
         .where(_running_attempt(job_id, attempt))
         .values(
@@ -248,9 +336,14 @@ def complete_job(
             updated_at=now,
             error=None,
         )
-    )
-    if _rowcount(result) != 1:
+        .returning(Job)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    ).one_or_none()
+    if job is None:
+        exists = session.scalar(select(Job.id).where(Job.id == job_id)) is not None
         session.rollback()
+        if not exists:
+            raise JobNotFound(f"no job with id {job_id!r}")
         log.info("job %s was not running as attempt %s; result not written", job_id, attempt)
         return None
     record = build_result(job, document)
@@ -266,6 +359,7 @@ def complete_job(
         session.flush()
         if trials:
             session.execute(insert(Trial), [{**row, "result_id": record.id} for row in trials])
+        record_spec_device_stats(session, record)  # compare's per-spec counts, in the same transaction
         session.commit()
     except IntegrityError:
         session.rollback()
@@ -286,6 +380,7 @@ def fail_job(session: Session, job_id: str, error: str, *, attempt: int | None =
         if attempt is not None
         else ((Job.id == job_id) & Job.status.in_(ACTIVE_STATUSES))
     )
+    _single_statement(session)
     result = session.execute(
         update(Job)
         .where(condition)
@@ -300,6 +395,7 @@ def mark_cancelled(
 ) -> bool:
     """Mark a running job `cancelled` once its worker has stopped it; False if it was not this attempt's."""
     now = utcnow()
+    _single_statement(session)
     result = session.execute(
         update(Job)
         .where(_running_attempt(job_id, attempt))
@@ -401,6 +497,7 @@ def touch_job(session: Session, job_id: str, *, attempt: int) -> bool:
     Written by a thread beside the running job (in the pool process that runs it), so a job whose process
     died (killed pool child, hard time limit, lost network) goes stale even while its worker lives.
     """
+    _single_statement(session)
     result = session.execute(update(Job).where(_running_attempt(job_id, attempt)).values(updated_at=utcnow()))
     session.commit()
     return _rowcount(result) == 1

@@ -176,11 +176,14 @@ class JobSpec(StrictModel):
 
     def spec_hash(self) -> str:
         """Canonical hash of what is measured: everything but where it runs."""
-        doc = self.engine_dict()
-        doc.pop("device", None)
-        doc.pop("time_limit_s", None)
-        canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        return spec_hash_of(self.engine_dict())
+
+
+def spec_hash_of(engine_doc: dict[str, Any]) -> str:
+    """`JobSpec.spec_hash` of a spec's `engine_dict()` (for a caller that has the dict already)."""
+    doc = {key: value for key, value in engine_doc.items() if key not in ("device", "time_limit_s")}
+    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def count_parameters(layers: list[int]) -> int:

@@ -4,14 +4,15 @@
 1. The filters (kind, model, dataset, batch size, dtype, or a spec hash) may match results of several specs
    (e.g. two step counts). Only one spec is compared: the one with the most results (ties: more devices,
    then the newest). The response names it, lists every candidate with its count, and says so in `note`,
-   so a caller can ask again with `spec_hash=` for another one.
+   so a caller can ask again with `spec_hash=` for another one. The counts come from `spec_device_stats`
+   (kept in step with `results` when a result is stored), never from a GROUP BY over every result.
 2. For that spec, one row per device, from the raw trials pooled over every run of the device (GROUP BY and
    window functions in the database, never a loop over rows in Python): median `samples_per_s` and its 95%
    CI by the order-statistic method of `engine.stats` (the ranks come from the per-device trial count),
    the number of runs and trials.
 3. The ratio of each median to the baseline's (`baseline=` a device id or name; default the slowest),
    the efficiency against the device's measured GEMM peak of the same dtype (`flops_per_step / batch_size`
-   times the median samples/s, over the best `peak_flops_per_s` of the device's gemm results), and the
+   times the median samples/s, over the best `peak_flops_per_s` column of the device's gemm results), and the
    vendor's row in the seed's timeline.
 """
 
@@ -20,13 +21,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Float, and_, cast, func, or_, select
+from sqlalchemy import Float, and_, case, cast, func, or_, select
 from sqlalchemy.orm import Session
 
 from engine.stats import CI_METHOD, median_ci_ranks
 from services.devices.models import Device
 from services.jobs.models import Job
-from services.results.models import Result, Trial
+from services.results.models import NO_DEVICE, Result, SpecDeviceStats, Trial
 from services.timeline.models import VendorEntry
 
 
@@ -49,15 +50,15 @@ class CompareFilters:
     dtype: str | None = None
     spec_hash: str | None = None
 
-    def conditions(self) -> list[Any]:
-        """SQL conditions on `results` for the filters that are set."""
+    def conditions(self, table: type[Result] | type[SpecDeviceStats]) -> list[Any]:
+        """SQL conditions on `results` (or `spec_device_stats`) for the filters that are set."""
         columns = {
-            Result.kind: self.kind,
-            Result.model_name: self.model,
-            Result.dataset: self.dataset,
-            Result.batch_size: self.batch_size,
-            Result.dtype: self.dtype,
-            Result.spec_hash: self.spec_hash,
+            table.kind: self.kind,
+            table.model_name: self.model,
+            table.dataset: self.dataset,
+            table.batch_size: self.batch_size,
+            table.dtype: self.dtype,
+            table.spec_hash: self.spec_hash,
         }
         return [column == value for column, value in columns.items() if value is not None]
 
@@ -68,29 +69,37 @@ class CompareFilters:
 
 
 def spec_candidates(session: Session, filters: CompareFilters) -> list[dict[str, Any]]:
-    """Specs matching the filters with throughput results (hash, results, devices, newest); best first."""
+    """Specs matching the filters with throughput results (hash, results, devices, newest); best first.
+
+    Read from `spec_device_stats` (one row per spec and device, kept in step with `results`), so the cost
+    grows with specs x devices, not with results: with no filter every spec is a candidate. Order: more
+    results, then more devices, then the newest result; the spec hash settles a complete tie.
+    """
+    stats = SpecDeviceStats
+    results = func.sum(stats.result_count)
+    devices = func.count(case((stats.device_id != NO_DEVICE, 1)))
+    newest = func.max(stats.newest_at)
     query = (
         select(
-            Result.spec_hash,
-            func.max(Result.kind),
-            func.max(Result.model_name),
-            func.max(Result.dataset),
-            func.max(Result.batch_size),
-            func.max(Result.dtype),
-            func.count(Result.id).label("results"),
-            func.count(func.distinct(Result.device_id)).label("devices"),
-            func.max(Result.created_at).label("newest"),
+            stats.spec_hash,
+            func.max(stats.kind),
+            func.max(stats.model_name),
+            func.max(stats.dataset),
+            func.max(stats.batch_size),
+            func.max(stats.dtype),
+            results,
+            devices,
+            newest,
         )
-        .where(Result.samples_per_s.is_not(None), *filters.conditions())
-        .group_by(Result.spec_hash)
-        .order_by(
-            func.count(Result.id).desc(),
-            func.count(func.distinct(Result.device_id)).desc(),
-            func.max(Result.created_at).desc(),
-        )
+        .where(*filters.conditions(stats))
+        .group_by(stats.spec_hash)
+        .order_by(results.desc(), devices.desc(), newest.desc(), stats.spec_hash)
     )
     keys = ("spec_hash", "kind", "model", "dataset", "batch_size", "dtype", "results", "devices", "newest")
-    return [dict(zip(keys, row, strict=True)) for row in session.execute(query)]
+    return [
+        dict(zip(keys, (*row[:6], int(row[6]), int(row[7]), row[8]), strict=True))
+        for row in session.execute(query)
+    ]
 
 
 def _pooled_trials(session: Session, spec_hash: str) -> dict[str, dict[str, Any]]:
@@ -135,14 +144,18 @@ def _pooled_trials(session: Session, spec_hash: str) -> dict[str, dict[str, Any]
 
 
 def _gemm_peaks(session: Session, device_ids: list[str], dtype: str | None) -> dict[str, float]:
-    """Each device's best measured GEMM rate (FLOP/s) for this dtype, from its gemm results."""
-    peak = cast(Result.metrics["peak_flops_per_s"].as_string(), Float)
-    query = select(Result.device_id, func.max(peak)).where(
-        Result.kind == "gemm", Result.device_id.in_(device_ids)
+    """Each device's best measured GEMM rate (FLOP/s) for this dtype, from its gemm results.
+
+    One correlated MAX per device on `ix_results_gemm_peaks` (kind, device_id, dtype, peak): an index
+    probe, whatever the number of gemm results (with no dtype, a scan of the device's gemm entries).
+    """
+    best = select(func.max(Result.peak_flops_per_s)).where(
+        Result.kind == "gemm", Result.device_id == Device.id
     )
     if dtype is not None:
-        query = query.where(Result.dtype == dtype)
-    return {d: float(v) for d, v in session.execute(query.group_by(Result.device_id)) if v is not None}
+        best = best.where(Result.dtype == dtype)
+    query = select(Device.id, best.scalar_subquery()).where(Device.id.in_(device_ids))
+    return {d: float(v) for d, v in session.execute(query) if v is not None}
 
 
 def _flops_per_sample(session: Session, spec_hash: str) -> float | None:

@@ -1,8 +1,10 @@
-"""Results of succeeded jobs (at most one per job) and their raw timing trials.
+"""Results of succeeded jobs (at most one per job), their raw timing trials, and a per-spec summary.
 
 The full engine document is kept (`metrics`, `statistics`); the fields the comparison filters and sorts
 on are copied into columns (spec hash, kind, model, dataset, batch size, dtype, device, the median
-`samples_per_s` and its confidence interval), so comparing devices is one indexed query.
+`samples_per_s` and its confidence interval, a gemm run's peak FLOP/s), so comparing devices is one
+indexed query. `SpecDeviceStats` counts the throughput results per (spec, device), so choosing which
+spec to compare reads specs x devices rows instead of every result.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ class Result(Base):
         Index("ix_results_compare", "spec_hash", "device_id"),
         # issue 7: compare's filters, and each device's best gemm result, by index at a million results.
         Index("ix_results_spec_filters", "model_name", "dataset", "batch_size", "dtype"),
-        Index("ix_results_gemm_peaks", "kind", "device_id", "dtype"),
+        # The peak last: each device's best gemm run of a dtype is one backward index probe.
+        Index("ix_results_gemm_peaks", "kind", "device_id", "dtype", "peak_flops_per_s"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -41,6 +44,9 @@ class Result(Base):
     samples_per_s: Mapped[float | None] = mapped_column(Float, doc="median over the trials")
     samples_per_s_ci_low: Mapped[float | None] = mapped_column(Float, doc="95% CI of the median, low end")
     samples_per_s_ci_high: Mapped[float | None] = mapped_column(Float, doc="95% CI of the median, high end")
+    peak_flops_per_s: Mapped[float | None] = mapped_column(
+        Float, doc="gemm: the best FLOP/s of the run (the engine's `metrics.peak_flops_per_s`)"
+    )
     trial_count: Mapped[int] = mapped_column(Integer, default=0)
     engine_time_s: Mapped[float | None] = mapped_column(Float)
     metrics: Mapped[dict[str, Any]] = mapped_column(doc="the engine's `metrics` document")
@@ -77,3 +83,35 @@ class Trial(Base):
     samples_per_s: Mapped[float | None] = mapped_column(Float, doc="the value, for the samples_per_s series")
 
     result: Mapped[Result] = relationship(back_populates="trials")
+
+
+NO_DEVICE = ""  # `SpecDeviceStats.device_id` of results stored without a device (a key column has no NULL)
+
+
+class SpecDeviceStats(Base):
+    """Per (spec, device): how many throughput results `results` holds and when the newest was stored.
+
+    Kept in step with `results` in the transaction that stores a result (`record_spec_device_stats`, an
+    upsert) and rebuilt from it by `refresh_spec_device_stats` after results are deleted. Only results with
+    a `samples_per_s` figure count: they are what `compare` chooses a spec among (issue 7, target 4).
+    The filter columns are the spec's (one spec hash, one kind, model, dataset, batch size and dtype).
+    """
+
+    __tablename__ = "spec_device_stats"
+    __table_args__ = (Index("ix_spec_device_stats_filters", "model_name", "dataset", "batch_size", "dtype"),)
+
+    spec_hash: Mapped[str] = mapped_column(String(16), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(16), primary_key=True, doc="NO_DEVICE when none")
+    kind: Mapped[str] = mapped_column(String(32))
+    model_name: Mapped[str | None] = mapped_column(String(64))
+    dataset: Mapped[str | None] = mapped_column(String(32))
+    batch_size: Mapped[int | None] = mapped_column(Integer)
+    dtype: Mapped[str | None] = mapped_column(String(16))
+    result_count: Mapped[int] = mapped_column(Integer)
+    newest_at: Mapped[datetime] = mapped_column(doc="the newest result's created_at")
+
+    def __repr__(self) -> str:
+        return (
+            f"SpecDeviceStats(spec_hash={self.spec_hash!r}, device_id={self.device_id!r}, "
+            f"result_count={self.result_count!r})"
+        )

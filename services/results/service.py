@@ -6,10 +6,11 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import case, delete, func, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, selectinload
 
-from services.results.models import Result, Trial
+from services.results.models import NO_DEVICE, Result, SpecDeviceStats, Trial
 
 if TYPE_CHECKING:
     from services.jobs.models import Job
@@ -69,6 +70,7 @@ def build_result(job: Job, document: dict[str, Any]) -> Result:
     spec = job.spec or {}
     model = spec.get("model") or {}
     median, ci_low, ci_high = headline(document)
+    metrics = document.get("metrics") or {}
     trials = trial_rows(document)
     return Result(
         job_id=job.id,
@@ -82,13 +84,79 @@ def build_result(job: Job, document: dict[str, Any]) -> Result:
         samples_per_s=median,
         samples_per_s_ci_low=ci_low,
         samples_per_s_ci_high=ci_high,
+        peak_flops_per_s=_number(metrics.get("peak_flops_per_s")) if job.kind == "gemm" else None,
         trial_count=len(trials),  # every series
         engine_time_s=_number(document.get("engine_time_s")),
-        metrics=document.get("metrics") or {},
+        metrics=metrics,
         statistics=document.get("statistics") or {},
         fingerprint=document.get("fingerprint") or {},
         trials=trials,
     )
+
+
+def record_spec_device_stats(session: Session, result: Result) -> None:
+    """Count a stored result in `spec_device_stats`, in the caller's transaction (after its flush).
+
+    One upsert (`INSERT ... ON CONFLICT DO UPDATE`, the same syntax on PostgreSQL and SQLite): the row of
+    the result's (spec, device) is created or gets one more result and, if this one is newer, its time.
+    Concurrent writers of one pair serialise on that row's lock; a result without a figure is not counted.
+    """
+    if result.samples_per_s is None:
+        return
+    dialect = session.get_bind().dialect.name
+    upsert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(SpecDeviceStats).values(
+        spec_hash=result.spec_hash,
+        device_id=result.device_id or NO_DEVICE,
+        kind=result.kind,
+        model_name=result.model_name,
+        dataset=result.dataset,
+        batch_size=result.batch_size,
+        dtype=result.dtype,
+        result_count=1,
+        newest_at=result.created_at,
+    )
+    stored = SpecDeviceStats.__table__.c
+    session.execute(
+        upsert.on_conflict_do_update(
+            index_elements=[stored.spec_hash, stored.device_id],
+            set_={
+                "result_count": stored.result_count + 1,
+                # CASE, not GREATEST: PostgreSQL has GREATEST, SQLite a two-argument max().
+                "newest_at": case(
+                    (upsert.excluded.newest_at > stored.newest_at, upsert.excluded.newest_at),
+                    else_=stored.newest_at,
+                ),
+            },
+        )
+    )
+
+
+def refresh_spec_device_stats(session: Session, spec_hashes: Sequence[str] | None = None) -> None:
+    """Rebuild the `spec_device_stats` rows of these specs (every spec if None) from `results`, in SQL.
+
+    What a path that deletes results calls in its transaction (nothing in bpbench deletes results today;
+    a job deleted by hand takes its result with it through the foreign key's ON DELETE CASCADE), and how
+    benchmarks/gen_results.py fills the table after inserting results in bulk.
+    """
+    rows = select(
+        Result.spec_hash,
+        func.coalesce(Result.device_id, NO_DEVICE),
+        func.max(Result.kind),
+        func.max(Result.model_name),
+        func.max(Result.dataset),
+        func.max(Result.batch_size),
+        func.max(Result.dtype),
+        func.count(),
+        func.max(Result.created_at),
+    ).where(Result.samples_per_s.is_not(None))
+    forget = delete(SpecDeviceStats)
+    if spec_hashes is not None:
+        rows = rows.where(Result.spec_hash.in_(list(spec_hashes)))
+        forget = forget.where(SpecDeviceStats.spec_hash.in_(list(spec_hashes)))
+    rows = rows.group_by(Result.spec_hash, Result.device_id)  # NULL is one group, stored as NO_DEVICE
+    columns = ["spec_hash", "device_id", "kind", "model_name", "dataset", "batch_size", "dtype"]
+    session.execute(forget)
+    session.execute(insert(SpecDeviceStats).from_select([*columns, "result_count", "newest_at"], rows))
 
 
 def get_result_for_job(session: Session, job_id: str, *, with_trials: bool = False) -> Result | None:

@@ -80,6 +80,11 @@ def test_the_link_signs_in_and_the_token_leaves_the_address_bar(
     assert (cookie["httpOnly"], cookie["sameSite"]) == (True, "Strict")
     assert page.evaluate("document.cookie") == ""  # HttpOnly: invisible to scripts
     assert "signed in as BPBENCH_API_TOKEN" in page.inner_text("#who")
+    # The page runs under a strict Content-Security-Policy; a violation would be a console error above.
+    headers = page.request.get(f"{api.url}/").headers
+    assert "script-src 'self';" in headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in headers["content-security-policy"]
+    assert (headers["x-content-type-options"], headers["referrer-policy"]) == ("nosniff", "no-referrer")
     assert console.errors == []
 
 
@@ -107,6 +112,11 @@ def test_the_dashboard_charts_the_devices_of_jobs_that_ran(
         "document.getElementById('timeline-chart').layout.annotations.map(a => a.text)"
     )
     assert any(cpu_worker_name(page, device) in text for text in annotations), annotations
+    # The year axis ends just after this year; the device notes sit in the right margin, not on the axis.
+    axis_end, this_year = page.evaluate(
+        "[document.getElementById('timeline-chart').layout.xaxis.range[1], new Date().getFullYear()]"
+    )
+    assert this_year < axis_end <= this_year + 2, (axis_end, this_year)
     # Backprop against numerical: both methods, log-log, for the device.
     traces = page.evaluate(
         "document.getElementById('bvn-chart').data.map(t => [t.name, t.x.length, t.y.every(v => v > 0)])"

@@ -6,11 +6,16 @@ import importlib.util
 import json
 import subprocess
 import sys
+import types
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import threadpoolctl
+from threadpoolctl import threadpool_info, threadpool_limits
 
+import engine.backend
 from engine.backend import (
     CPU,
     Device,
@@ -80,6 +85,43 @@ def test_fingerprint_is_json_and_names_the_blas() -> None:
     blas = [pool for pool in doc["blas"] if pool["user_api"] == "blas"]
     assert blas and blas[0]["num_threads"] >= 1 and blas[0]["internal_api"]
     assert "gpu" not in doc
+
+
+def _blas_threads(pools: list[dict[str, Any]]) -> list[int]:
+    return [pool["num_threads"] for pool in pools if pool["user_api"] == "blas"]
+
+
+def test_the_fingerprint_reports_the_blas_threads_of_the_moment_though_its_scan_is_kept() -> None:
+    with threadpool_limits(limits=2, user_api="blas"):
+        if set(_blas_threads(threadpool_info())) != {2}:
+            pytest.skip("this BLAS does not run 2 threads on this machine")
+        fingerprint(CPU)  # scans the libraries (or finds them scanned already)
+        assert set(_blas_threads(fingerprint(CPU)["blas"])) == {2}
+        with threadpool_limits(limits=1, user_api="blas"):
+            assert set(_blas_threads(fingerprint(CPU)["blas"])) == {1}
+        assert set(_blas_threads(fingerprint(CPU)["blas"])) == {2}
+
+
+def test_the_library_scan_is_done_once_and_again_after_an_import(monkeypatch: pytest.MonkeyPatch) -> None:
+    scans: list[int] = []
+
+    class CountingController(threadpoolctl.ThreadpoolController):
+        def __init__(self) -> None:
+            scans.append(1)
+            super().__init__()
+
+    monkeypatch.setattr(threadpoolctl, "ThreadpoolController", CountingController)
+    monkeypatch.setattr(engine.backend, "_pools", None)
+    first = fingerprint(CPU)
+    scans.clear()
+
+    again = [fingerprint(CPU) for _ in range(3)]
+    assert scans == []
+    monkeypatch.setitem(sys.modules, "bpbench_test_late_import", types.ModuleType("bpbench_test_late_import"))
+    after_import = fingerprint(CPU)
+
+    assert scans == [1]
+    assert all(doc == first for doc in again) and after_import == first
 
 
 def test_seed_everything_gives_reproducible_generators() -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import numpy as np
 import pytest
 
 import engine.jobs
+from engine.datasets import load_dataset
 from engine.jobs import JobCancelled, JobDiverged, JobError, run_job
 
 FAST_TIMING = {"warmup": 1, "window": 5, "min_repeats": 3, "max_repeats": 5, "target_cv": 0.5}
@@ -74,6 +76,47 @@ def test_seeded_training_is_reproducible() -> None:
     c = _train(seed=8, steps=20)
     assert a["metrics"]["loss_curve"] == b["metrics"]["loss_curve"]
     assert a["metrics"]["loss_curve"] != c["metrics"]["loss_curve"]
+
+
+def _synthetic_spec(seed: int = 0) -> dict[str, Any]:
+    return engine.jobs._merge_defaults(
+        {
+            "dataset": "synthetic",
+            "synthetic_samples": 64,
+            "seed": seed,
+            "model": {"name": "mlp", "layers": [784, 8, 10]},
+        }
+    )
+
+
+def test_the_next_job_reuses_the_last_data_set_read_only_with_the_same_numbers() -> None:
+    first = engine.jobs._load(_synthetic_spec(), "float32")
+    second = engine.jobs._load(_synthetic_spec(), "float32")
+    fresh = load_dataset("synthetic", dtype="float32", input_shape=(784,), n_classes=10, samples=64, seed=0)
+
+    assert second is first
+    assert not any(a.flags.writeable for a in (first.x_train, first.t_train, first.x_test, first.t_test))
+    np.testing.assert_array_equal(first.x_train, fresh.x_train)
+    np.testing.assert_array_equal(first.t_test, fresh.t_test)
+    with pytest.raises(ValueError, match="read-only"):
+        first.x_train[0, 0] = 1.0
+
+
+def test_a_job_with_other_arguments_gets_its_own_data_set_and_only_the_last_is_kept() -> None:
+    seed0 = engine.jobs._load(_synthetic_spec(seed=0), "float32")
+    seed1 = engine.jobs._load(_synthetic_spec(seed=1), "float32")
+    as_float64 = engine.jobs._load(_synthetic_spec(seed=1), "float64")
+
+    assert not np.array_equal(seed0.x_train, seed1.x_train)
+    assert as_float64.x_train.dtype == np.float64 and as_float64 is not seed1
+    assert engine.jobs._load(_synthetic_spec(seed=0), "float32") is not seed0
+
+
+def test_a_data_set_over_the_cache_cap_is_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine.jobs, "DATASET_CACHE_MAX_BYTES", 1000)
+    first = engine.jobs._load(_synthetic_spec(seed=5), "float32")
+
+    assert engine.jobs._load(_synthetic_spec(seed=5), "float32") is not first
 
 
 def test_mlp_on_digits_reaches_095_test_accuracy() -> None:

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from pydantic import BaseModel, Field
-from sqlalchemy.orm import Session
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
-from services.api.deps import MAX_OFFSET, TOTAL_CAP, ReadAccess, SessionDep, SettingsDep, SubmitAccess
+from services.api.deps import MAX_OFFSET, TOTAL_CAP, ReadAccess, SessionDep, SubmitAccess
+from services.api.group_commit import GroupCommit
+from services.core.config import Settings
 from services.devices.models import Device
 from services.jobs import service
 from services.jobs.models import Job
 from services.jobs.resources import JobTooLarge, check_memory_cap, estimate_job_memory
 from services.jobs.spec import JobKind, JobSpec, Text
 from services.results.service import get_result_for_job
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -36,8 +43,10 @@ class JobSubmission(JobSpec):
     )
 
     def job_spec(self) -> JobSpec:
-        """The spec alone, without the routing field."""
-        return JobSpec.model_validate(self.model_dump(exclude={"target"}))
+        """The spec alone, without the routing field (built from the values already validated: no second
+        validation of the whole spec)."""
+        values = {name: getattr(self, name) for name in JobSpec.model_fields}
+        return JobSpec.model_construct(_fields_set=self.model_fields_set - {"target"}, **values)
 
 
 class ResultSummary(BaseModel):
@@ -202,26 +211,84 @@ def check_memory(spec: JobSpec, cap_bytes: int) -> None:
         ) from None
 
 
+def _check_target_in_database(factory: sessionmaker[Session], spec: JobSpec, target: str) -> None:
+    with factory() as session:
+        check_target(session, spec, target)
+
+
+def submitted_job_json(row: dict[str, Any], published_at: datetime | None) -> bytes:
+    """The 202 body of a job just committed: `JobOut` of its row, serialised once (never re-validated)."""
+    job = JobOut.model_construct(
+        id=row["id"],
+        status=row["status"],
+        kind=row["kind"],
+        device=row["device"],
+        device_class=row["device_class"],
+        target_device_id=row["target_device_id"],
+        queue=row["queue"],
+        progress=row["progress"],
+        progress_message=row["progress_message"],
+        cancel_requested=row["cancel_requested"],
+        attempts=row["attempts"],
+        error=None,
+        worker=None,
+        device_id=None,
+        spec_hash=row["spec_hash"],
+        spec=row["spec"],
+        created_at=row["created_at"],
+        published_at=published_at,
+        started_at=None,
+        finished_at=None,
+        duration_s=None,
+        result=None,
+        suite_item=None,
+    )
+    return job.model_dump_json().encode()
+
+
 @router.post(
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobOut,
-    responses={401: {"description": "no valid token"}, 422: {"description": "a field is out of range"}},
+    responses={
+        401: {"description": "no valid token"},
+        422: {"description": "a field is out of range"},
+        503: {"description": "the database could not store the job (nothing was accepted; retry)"},
+    },
     dependencies=[SubmitAccess],
 )
-def submit_job(
-    submission: JobSubmission, session: SessionDep, settings: SettingsDep, response: Response
-) -> JobOut:
-    """Accept a job: the row is committed (queued) before its id is sent to the broker.
+async def submit_job(submission: JobSubmission, request: Request) -> Response:
+    """Accept a job: the row is committed (queued) before its id is sent to the broker and before this answer.
 
-    If the broker cannot be reached the job still answers 202 and stays `queued`; it is published later.
+    Concurrent submissions are committed together (one INSERT and one COMMIT per batch: see
+    `services/api/group_commit.py`). If the broker cannot be reached the job still answers 202 and stays
+    `queued` with `published_at` unset; the reconciler publishes it later. If the database cannot store it
+    the answer is 503 with `Retry-After`, and nothing was accepted.
     """
     spec = submission.job_spec()
-    check_target(session, spec, submission.target)
+    if submission.target is not None:
+        factory = request.app.state.session_factory
+        await run_in_threadpool(_check_target_in_database, factory, spec, submission.target)
+    settings: Settings = request.app.state.settings
     check_memory(spec, settings.max_job_memory_bytes)  # issue 4: a job no worker could hold is refused
-    job = service.submit_job(session, spec, target_device_id=submission.target)
-    response.headers["Location"] = f"/api/v1/jobs/{job.id}"
-    return job_out(session, job, with_result=False)
+    row = service.job_row(spec, target_device_id=submission.target)
+    committer: GroupCommit = request.app.state.group_commit
+    try:
+        published_at = await committer.submit(row)
+    except SQLAlchemyError as exc:
+        log.warning("job not stored: %s", exc)
+        raise HTTPException(
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail=f"the database could not store the job ({type(exc).__name__}); nothing was accepted, "
+            "retry later",
+            headers={"Retry-After": "1"},
+        ) from None
+    return Response(
+        submitted_job_json(row, published_at),
+        status_code=status.HTTP_202_ACCEPTED,
+        media_type="application/json",
+        headers={"Location": f"/api/v1/jobs/{row['id']}"},
+    )
 
 
 @router.get("", response_model=JobPage, dependencies=[ReadAccess])

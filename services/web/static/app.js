@@ -356,8 +356,10 @@ async function loadTimeline() {
   const lastYear = new Date().getFullYear();
   const annotations = rows.filter((r) => r !== "milestones").map((row) => {
     const devices = measured[row.toLowerCase()] || [];
+    // In the right margin (paper coordinates), so the year axis ends at this year instead of
+    // stretching decades past it to make room for the text.
     return {
-      x: lastYear + 4, y: row, xanchor: "left", showarrow: false, align: "left", font: { size: 10 },
+      xref: "paper", x: 1.01, y: row, xanchor: "left", showarrow: false, align: "left", font: { size: 10 },
       text: devices.length
         ? devices.map((d) => `<b>${d.name}</b>: ${best[d.id] ? best[d.id].text : "no result yet"}`).join("<br>")
         : "<i>not measured here</i>",
@@ -366,13 +368,13 @@ async function loadTimeline() {
   plot("timeline-chart", traces, {
     title: { text: "years each vendor entered deep learning · milestones · measured devices (best figure)" },
     barmode: "overlay",
-    xaxis: { range: [1984, lastYear + 30], dtick: 4, title: { text: "year" } },
+    xaxis: { range: [1984, lastYear + 2], dtick: 4, title: { text: "year" } },
     yaxis: { categoryorder: "array", categoryarray: [...rows, "milestones"], automargin: true },
     annotations,
     shapes: [{ type: "line", x0: lastYear + 0.5, x1: lastYear + 0.5, yref: "paper", y0: 0, y1: 1, line: { dash: "dot", color: "#999" } }],
     showlegend: true,
     legend: { orientation: "h", y: -0.15 },
-    margin: { l: 90, r: 20, t: 40, b: 80 },
+    margin: { l: 90, r: 280, t: 40, b: 80 },
     height: 140 + 48 * (rows.length + 1),
   });
 
