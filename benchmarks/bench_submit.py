@@ -38,7 +38,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,21 +48,18 @@ from service_stack import (
     BENCH_TOKEN,
     PROFILE_DIR,
     Service,
-    _spawn,
-    bpbench_command,
-    free_port,
     inclusive_table,
     load_average,
     machine,
     percentile,
     postgres_database,
     redis_database,
+    running_api,
     service_env,
     start_py_spy,
     stop_py_spy,
     summarize_collapsed,
     tiny_train_spec,
-    wait_until,
 )
 
 # Parts of a submission, as frame names in the profile (substring match on "function (file:line)").
@@ -279,30 +275,6 @@ class Variant:
         return variant
 
 
-@contextlib.contextmanager
-def running_bpbench_api(env: dict[str, str], log_dir: Path, args: list[str]) -> Iterator[Service]:
-    """`bpbench api --host 127.0.0.1 --port <free> ARGS` (as deployed), once `/readyz` answers 200."""
-    import httpx
-
-    port = free_port()
-    argv = [*bpbench_command(), "api", "--host", "127.0.0.1", "--port", str(port), *args]
-    service = _spawn(f"api-{port}", argv, env, log_dir)
-    service.url = f"http://127.0.0.1:{port}"
-    try:
-
-        def ready() -> bool:
-            if service.process.poll() is not None:
-                raise RuntimeError(f"the API exited with {service.process.returncode}:\n{service.log_tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                return httpx.get(f"{service.url}/readyz", timeout=2).status_code == 200
-            return False
-
-        wait_until(ready, 90, f"the API ({' '.join(args) or 'as deployed'}) to answer /readyz", 0.2)
-        yield service
-    finally:
-        service.stop()
-
-
 def postgres_backends_cpu_s(database_url: str) -> float:
     """CPU seconds used so far by the PostgreSQL backends connected to this database (the API's pool)."""
     import psutil
@@ -493,7 +465,7 @@ def main() -> None:
         apis = []
         for variant in variants:
             env = {**service_env(database_url, broker_url, data_dir, **extra), **variant.env}
-            apis.append(stack.enter_context(running_bpbench_api(env, data_dir / "logs", variant.args)))
+            apis.append(stack.enter_context(running_api(env, data_dir / "logs", variant.args)))
         for api in apis:
             runs.append(warm_up(args.client, api, args.concurrency, database_url))
         for index in range(args.rounds):

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -181,23 +181,16 @@ def _spawn(name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> Se
 
 
 @contextlib.contextmanager
-def running_api(env: dict[str, str], log_dir: Path, *, uvicorn_workers: int = 1) -> Iterator[Service]:
-    """The API as deployed: `bpbench api` (migrates, then one uvicorn process), or `uvicorn --workers N`.
+def running_api(env: dict[str, str], log_dir: Path, args: Sequence[str] = ()) -> Iterator[Service]:
+    """The API as deployed: `bpbench api --host 127.0.0.1 --port <free> ARGS` (it migrates, then serves with
+    uvicorn, `--workers N` processes), once `/readyz` answers 200."""
+    import httpx
 
-    With `uvicorn_workers > 1` the database is migrated first (`bpbench migrate`) and uvicorn runs N
-    processes sharing the port, as a multi-process deployment would.
-    """
     port = free_port()
-    if uvicorn_workers > 1:
-        subprocess.run([*bpbench_command(), "migrate"], env=env, check=True, capture_output=True, timeout=120)
-        argv = [sys.executable, "-m", "uvicorn", "services.api.main:app", "--host", "127.0.0.1"]
-        argv += ["--port", str(port), "--workers", str(uvicorn_workers), "--log-level", "warning"]
-    else:
-        argv = [*bpbench_command(), "api", "--host", "127.0.0.1", "--port", str(port)]
+    argv = [*bpbench_command(), "api", "--host", "127.0.0.1", "--port", str(port), *args]
     service = _spawn(f"api-{port}", argv, env, log_dir)
     service.url = f"http://127.0.0.1:{port}"
     try:
-        import httpx
 
         def ready() -> bool:
             if service.process.poll() is not None:
@@ -206,7 +199,7 @@ def running_api(env: dict[str, str], log_dir: Path, *, uvicorn_workers: int = 1)
                 return httpx.get(f"{service.url}/readyz", timeout=2).status_code == 200
             return False
 
-        wait_until(ready, 90, "the API to answer /readyz", interval_s=0.2)
+        wait_until(ready, 90, f"the API ({' '.join(args) or 'as deployed'}) to answer /readyz", 0.2)
         yield service
     finally:
         service.stop()
