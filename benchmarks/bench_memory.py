@@ -145,8 +145,10 @@ def worker_phase(client: Any, engine: Any, worker_pid: int, jobs: int, warmup: i
 def api_phase(
     url: str, api_pid: int, paths: list[str], requests: int, every: int, warmup: int
 ) -> dict[str, Any]:
-    """`requests` reads in slices of `every`; the API's RSS after each slice."""
-    readings: list[tuple[int, int]] = []
+    """`requests` reads in slices of `every`; after each slice the RSS of every process of the API (`bpbench
+    api` serves from `--workers N` uvicorn processes under a supervisor): each must stay flat."""
+    total: list[tuple[int, int]] = []
+    by_pid: dict[int, list[tuple[int, int]]] = {}
     statuses: dict[str, int] = {}
     sent = 0
     while sent < requests:
@@ -155,15 +157,26 @@ def api_phase(
         for code, n in result["statuses"].items():
             statuses[code] = statuses.get(code, 0) + n
         sent += count
-        readings.append((sent, process_tree_rss(api_pid).get(api_pid, 0)))
+        sizes = process_tree_rss(api_pid)
+        total.append((sent, sum(sizes.values())))
+        for pid, rss in sizes.items():
+            by_pid.setdefault(pid, []).append((sent, rss))
+        each = ", ".join(f"{pid}: {rss / MIB:.1f}" for pid, rss in sorted(sizes.items()))
         print(
-            f"  {sent:7d} requests: API {readings[-1][1] / MIB:6.1f} MiB  load {load_average()}", flush=True
+            f"  {sent:7d} requests: API {total[-1][1] / MIB:6.1f} MiB in all ({each})  load {load_average()}",
+            flush=True,
         )
+    # A process that was not there from the first reading (a restarted worker) is judged from its own start.
+    growths = {pid: growth(readings, warmup) for pid, readings in by_pid.items()}
     return {
         "requests": sent,
         "statuses": statuses,
-        "api_mib": [round(rss / MIB, 1) for _, rss in readings],
-        "api_growth": growth(readings, warmup),
+        "processes": len(by_pid),
+        "api_mib": [round(rss / MIB, 1) for _, rss in total],
+        "api_mib_by_process": {str(pid): [round(r / MIB, 1) for _, r in rs] for pid, rs in by_pid.items()},
+        "api_growth_by_process": {str(pid): g for pid, g in growths.items()},
+        "api_total_growth": growth(total, warmup),
+        "api_growth": max(growths.values()),
     }
 
 
