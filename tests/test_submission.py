@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -16,8 +17,9 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import psutil
@@ -43,6 +45,16 @@ from tests.apiserver import ADMIN_TOKEN, PROJECT_ROOT, ApiServer, free_port, run
 from tests.conftest import bpbench_command, tiny_spec, wait_until
 
 api = apiserver.api  # the shared API server fixture
+
+
+T = TypeVar("T")
+
+
+def run_coroutine(coroutine: Coroutine[Any, Any, T]) -> T:
+    """`asyncio.run` in a thread of its own: the browser tests' Playwright keeps an event loop running in
+    this thread for the rest of the session, and `asyncio.run` refuses to start inside a running loop."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 def gpu_rows(count: int, **spec: Any) -> list[dict[str, Any]]:
@@ -87,7 +99,7 @@ def test_concurrent_submissions_are_committed_in_one_batch_and_all_published(
     committer = GroupCommit(session_maker, observe_batch=batches.append)
     rows = gpu_rows(20)
 
-    outcomes = asyncio.run(submit_all(committer, rows))
+    outcomes = run_coroutine(submit_all(committer, rows))
 
     ids = [row["id"] for row in rows]
     found = stored(session_maker, ids)
@@ -106,7 +118,7 @@ def test_more_submissions_than_a_batch_holds_are_written_in_several_batches(
     committer = GroupCommit(session_maker, max_batch=8, observe_batch=batches.append)
     rows = gpu_rows(20)
 
-    asyncio.run(submit_all(committer, rows))
+    run_coroutine(submit_all(committer, rows))
 
     assert batches == [8, 8, 4]
     found = stored(session_maker, [row["id"] for row in rows])
@@ -124,7 +136,7 @@ def test_a_row_the_database_refuses_fails_alone_and_its_batch_is_stored(
     bad = jobs.job_row(tiny_spec(device="gpu", seed=999), target_device_id="nosuchdevice")
     rows.insert(2, bad)
 
-    outcomes = asyncio.run(submit_all(committer, rows))
+    outcomes = run_coroutine(submit_all(committer, rows))
 
     assert isinstance(outcomes[2], IntegrityError)
     good = [row["id"] for row in rows if row is not bad]
@@ -142,7 +154,7 @@ def test_a_batch_the_database_cannot_store_fails_every_request_and_stores_nothin
     committer = GroupCommit(sessionmaker(bind=engine, expire_on_commit=False))
     rows = gpu_rows(5)
 
-    outcomes = asyncio.run(submit_all(committer, rows))
+    outcomes = run_coroutine(submit_all(committer, rows))
 
     engine.dispose()
     assert [type(outcome) for outcome in outcomes] == [OperationalError] * 5
@@ -158,7 +170,7 @@ def test_a_broker_outage_leaves_the_whole_batch_queued_and_unpublished(
     queue.configure(dead)
     try:
         rows = gpu_rows(6)
-        outcomes = asyncio.run(submit_all(GroupCommit(session_maker), rows))
+        outcomes = run_coroutine(submit_all(GroupCommit(session_maker), rows))
     finally:
         queue.configure(service_settings)
 
@@ -187,7 +199,7 @@ def test_concurrent_http_submissions_are_group_committed_and_each_answer_is_its_
     bodies = [tiny_spec(device="gpu", seed=2000 + i).model_dump(mode="json") for i in range(40)]
     with api.client() as client:
         count0, sum0 = batch_metrics(client)
-        responses = asyncio.run(submit(bodies))
+        responses = run_coroutine(submit(bodies))
         count1, sum1 = batch_metrics(client)
 
     assert [response.status_code for response in responses] == [202] * 40
@@ -301,8 +313,8 @@ def test_requests_with_the_same_uncached_token_share_one_database_lookup(
     async def twenty_requests() -> list[TokenIdentity | None]:
         return await asyncio.gather(*(lookups.identity(session_maker, token) for _ in range(20)))
 
-    identities = asyncio.run(twenty_requests())
-    again = asyncio.run(lookups.identity(session_maker, token))
+    identities = run_coroutine(twenty_requests())
+    again = run_coroutine(lookups.identity(session_maker, token))
 
     assert len(calls) == 1
     assert {identity.name if identity else None for identity in identities} == {"looked-up-once"}
