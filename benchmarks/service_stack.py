@@ -342,6 +342,19 @@ def stop_py_spy(process: subprocess.Popen[bytes] | None) -> None:
         process.kill()
 
 
+# Frames where a stack waits rather than computes (select/poll/epoll, lock acquire, socket recv, sleeps).
+IDLE_MARKERS = (
+    "select (",
+    "poll (",
+    "epoll",
+    "wait (threading",
+    "acquire",
+    "_recv_into",
+    "recv (",
+    "sleep",
+)
+
+
 def summarize_collapsed(
     path: Path, top: int = 15, *, skip_idle: bool = True
 ) -> list[tuple[str, float, float]]:
@@ -350,16 +363,7 @@ def summarize_collapsed(
     With `skip_idle`, stacks that end waiting (select/poll/epoll, lock acquire, socket recv, sleeps) are
     left out, so the table shows where the CPU went, not where threads waited.
     """
-    idle_markers = (
-        "select (",
-        "poll (",
-        "epoll",
-        "wait (threading",
-        "acquire",
-        "_recv_into",
-        "recv (",
-        "sleep",
-    )
+    idle_markers = IDLE_MARKERS
     inclusive: dict[str, int] = {}
     own: dict[str, int] = {}
     total = 0
@@ -395,16 +399,7 @@ def inclusive_table(
     `within`: count only stacks through a frame containing it (e.g. the task's thread: `execute_job`), and
     the key `"_samples"` gives how many samples that was (for turning shares into time at a known rate).
     """
-    idle_markers = (
-        "select (",
-        "poll (",
-        "epoll",
-        "wait (threading",
-        "acquire",
-        "_recv_into",
-        "recv (",
-        "sleep",
-    )
+    idle_markers = IDLE_MARKERS
     hits = dict.fromkeys(names, 0)
     total = 0
     if not path.exists():
