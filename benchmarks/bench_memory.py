@@ -24,7 +24,6 @@ import asyncio
 import json
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,14 +32,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from service_stack import (
     BENCH_TOKEN,
+    RATE_LIMIT_OUT_OF_THE_WAY,
+    fresh_backing,
     load_average,
     machine,
-    postgres_database,
     process_tree_rss,
-    redis_database,
     running_api,
     running_worker,
-    service_env,
     tiny_train_spec,
     wait_until,
 )
@@ -200,24 +198,19 @@ def main() -> None:
 
     from services.core.db import make_engine
 
-    extra = {"BPBENCH_RATE_LIMIT_PER_S": "1000000", "BPBENCH_RATE_LIMIT_BURST": "1000000"}
     summary: dict[str, Any] = {
         "target": "RSS growth <= 10% (worker over 1,000 jobs, API over 100,000 requests)"
     }
-    with (
-        tempfile.TemporaryDirectory(prefix="bpbench-bench-") as tmp,
-        postgres_database() as database_url,
-        redis_database() as broker_url,
-    ):
-        data_dir = Path(tmp)
-        env = service_env(database_url, broker_url, data_dir, **extra)
+    with fresh_backing() as backing:
+        data_dir = backing.data_dir
+        env = backing.env(**RATE_LIMIT_OUT_OF_THE_WAY)
         headers = {"Authorization": f"Bearer {BENCH_TOKEN}"}
         with (
             running_api(env, data_dir / "logs") as api,
             running_worker(env, data_dir / "logs", concurrency=1, threads=1) as worker,
             httpx.Client(base_url=api.url, headers=headers, timeout=60) as client,
         ):
-            engine = make_engine(database_url)
+            engine = make_engine(backing.database_url)
             # At least a few jobs and results exist for the reads to find.
             jobs = max(args.jobs, 20)
             print(f"worker: {jobs} tiny jobs; load {load_average()}", flush=True)

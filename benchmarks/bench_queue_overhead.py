@@ -40,7 +40,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -50,15 +49,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from service_stack import (
     BENCH_TOKEN,
     PROFILE_DIR,
+    RATE_LIMIT_OUT_OF_THE_WAY,
+    fresh_backing,
     inclusive_table,
     load_average,
     machine,
     percentile,
-    postgres_database,
-    redis_database,
     running_api,
     running_worker,
-    service_env,
     start_py_spy,
     stop_py_spy,
 )
@@ -206,14 +204,9 @@ def main() -> None:
 
     from services.core.db import make_engine
 
-    extra = {"BPBENCH_RATE_LIMIT_PER_S": "1000000", "BPBENCH_RATE_LIMIT_BURST": "1000000"}
-    with (
-        tempfile.TemporaryDirectory(prefix="bpbench-bench-") as tmp,
-        postgres_database() as database_url,
-        redis_database() as broker_url,
-    ):
-        data_dir = Path(tmp)
-        env = service_env(database_url, broker_url, data_dir, **extra)
+    with fresh_backing() as backing:
+        data_dir, database_url = backing.data_dir, backing.database_url
+        env = backing.env(**RATE_LIMIT_OUT_OF_THE_WAY)
         with (
             running_api(env, data_dir / "logs") as api,
             running_worker(env, data_dir / "logs", concurrency=1, threads=1) as worker,

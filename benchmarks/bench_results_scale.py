@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gen_results import generate, spec_of
 from service_stack import (
     BENCH_TOKEN,
+    RATE_LIMIT_OUT_OF_THE_WAY,
     load_average,
     machine,
     postgres_database,
@@ -139,7 +140,7 @@ def main() -> None:
 
     import httpx
 
-    extra = {"BPBENCH_RATE_LIMIT_PER_S": "1000000", "BPBENCH_RATE_LIMIT_BURST": "1000000"}
+    extra = RATE_LIMIT_OUT_OF_THE_WAY
     with (
         tempfile.TemporaryDirectory(prefix="bpbench-bench-") as tmp_name,
         redis_database() as broker_url,

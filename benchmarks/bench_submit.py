@@ -47,15 +47,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from service_stack import (
     BENCH_TOKEN,
     PROFILE_DIR,
+    RATE_LIMIT_OUT_OF_THE_WAY,
     Service,
+    fresh_backing,
     inclusive_table,
     load_average,
     machine,
     percentile,
-    postgres_database,
-    redis_database,
     running_api,
-    service_env,
     start_py_spy,
     stop_py_spy,
     summarize_collapsed,
@@ -449,22 +448,16 @@ def main() -> None:
     from services.core import queue
     from services.core.config import Settings
 
-    # The per-token rate limit (issue 4) would cap one benchmark token at its default 50/s: set high, kept on.
-    extra = {"BPBENCH_RATE_LIMIT_PER_S": "1000000", "BPBENCH_RATE_LIMIT_BURST": "1000000"}
+    extra = dict(RATE_LIMIT_OUT_OF_THE_WAY)
     extra.update(item.split("=", 1) for item in args.env)
     variants = [Variant("as deployed"), *(Variant.parse(text) for text in args.variant)]
     runs: list[dict[str, Any]] = []  # every load generator run, warm-ups included, for the database check
-    with (
-        tempfile.TemporaryDirectory(prefix="bpbench-bench-") as tmp,
-        postgres_database() as database_url,
-        redis_database() as broker_url,
-        contextlib.ExitStack() as stack,
-    ):
-        data_dir = Path(tmp)
+    with fresh_backing() as backing, contextlib.ExitStack() as stack:
+        data_dir, database_url, broker_url = backing.data_dir, backing.database_url, backing.broker_url
         queue.configure(Settings(database_url=database_url, broker_url=broker_url, data_dir=data_dir))
         apis = []
         for variant in variants:
-            env = {**service_env(database_url, broker_url, data_dir, **extra), **variant.env}
+            env = {**backing.env(**extra), **variant.env}
             apis.append(stack.enter_context(running_api(env, data_dir / "logs", variant.args)))
         for api in apis:
             runs.append(warm_up(args.client, api, args.concurrency, database_url))

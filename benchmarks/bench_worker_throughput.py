@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from service_stack import (
     PROFILE_DIR,
+    fresh_backing,
     inclusive_table,
     load_average,
     machine,
-    postgres_database,
-    redis_database,
     running_worker,
-    service_env,
     start_py_spy,
     stop_py_spy,
     summarize_collapsed,
@@ -110,19 +107,15 @@ def main() -> None:
     from services.results.models import Result
 
     collapsed = PROFILE_DIR / "worker-tiny.collapsed"
-    with (
-        tempfile.TemporaryDirectory(prefix="bpbench-bench-") as tmp,
-        postgres_database() as database_url,
-        redis_database() as broker_url,
-    ):
+    with fresh_backing() as backing:
         from services.core.migrate import upgrade_to_head
 
-        data_dir = Path(tmp)
+        data_dir, database_url, broker_url = backing.data_dir, backing.database_url, backing.broker_url
         upgrade_to_head(database_url)
         submit(database_url, broker_url, data_dir, args.jobs)
         print(f"{args.jobs} jobs queued; load {load_average()}", flush=True)
         engine = make_engine(database_url)
-        env = service_env(database_url, broker_url, data_dir)
+        env = backing.env()
         with running_worker(env, data_dir / "logs", concurrency=1, threads=1) as worker:
             profiler = None
             if not args.no_profile:
