@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +26,15 @@ from typing import Any
 
 import numpy as np
 
-DATASETS = ("mnist5k", "mnist", "digits", "synthetic", "spiral")
+from engine.spec import DATASETS
+
+# Samples (train + test) and features per sample of the sets whose size is fixed; `mnist` as published.
+FIXED_SIZES: dict[str, tuple[int, int]] = {
+    "mnist5k": (5_000, 784),
+    "mnist": (70_000, 784),
+    "digits": (1_797, 64),
+}
+SPIRAL_FEATURES = 2
 DATA_DIR = Path(__file__).resolve().parent / "data"
 MNIST5K_FILE = DATA_DIR / "mnist5k.npz"
 # sha256 of engine/data/mnist5k.npz as written by scripts/build_mnist5k.py.
@@ -97,6 +106,19 @@ def load_dataset(
         path=path, dtype=np_dtype, input_shape=input_shape, n_classes=n_classes, samples=samples, seed=seed
     )
     return dataset
+
+
+def dataset_size(
+    name: str, *, samples: int, n_classes: int, input_shape: tuple[int, ...] | None
+) -> tuple[int, int]:
+    """(samples, features per sample) that `load_dataset` with these arguments holds, without loading it."""
+    if name == "synthetic":
+        return samples, math.prod(input_shape or (784,))
+    if name == "spiral":
+        return samples // max(n_classes, 1) * n_classes, SPIRAL_FEATURES
+    if name not in FIXED_SIZES:
+        raise DatasetError(f"unknown dataset {name!r}; accepted: {', '.join(DATASETS)}")
+    return FIXED_SIZES[name]
 
 
 # --- image sets -------------------------------------------------------------------------------
