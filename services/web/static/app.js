@@ -505,6 +505,18 @@ function jobBody(form) {
   return body;
 }
 
+// The job kinds are the engine's: the API's schema lists them (the job submission's `kind`), so a new kind
+// appears here without an edit.
+async function loadJobKinds() {
+  const schema = await api("/openapi.json");
+  const submission = Object.values(schema.components.schemas).find((s) => s.properties && s.properties.kind && s.properties.kind.enum);
+  const kinds = submission ? submission.properties.kind.enum : ["train"];
+  for (const select of document.querySelectorAll("select[data-job-kinds]")) {
+    const chosen = select.value;
+    select.replaceChildren(...kinds.map((kind) => el("option", kind === chosen ? { selected: "selected" } : {}, kind)));
+  }
+}
+
 function setupSubmit() {
   const allowed = state.session && state.session.can_submit;
   $("submit-disabled").hidden = allowed;
@@ -640,6 +652,7 @@ async function main() {
   if (!session.can_read) return;
   $("overview").hidden = false;
   setupSubmit();
+  await loadJobKinds().catch(showError);
   await loadDevices();
   $("compare-filters").addEventListener("change", (event) => {
     if (event.target.name !== "spec_hash" && event.target.name !== "baseline") {
