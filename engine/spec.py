@@ -5,8 +5,9 @@ API and the dashboard read them from here. Pure Python: nothing here touches an 
 
 - The enumerations (`KINDS`, `MODEL_NAMES`, `DATASETS`, `ACTIVATIONS`, `INITS`, `OPTIMIZERS`, `DTYPES`).
 - `DEFAULT_SPEC`: the fully populated spec a job gets when it says nothing (`JobSpec().engine_dict()`).
-- The one device grammar: `parse_device(text) -> DeviceRef`, built from `DEVICE_BACKENDS`. A backend is a
-  name and what may follow its colon; adding `cuda:N` or `xla:<platform>:<N>` later is one more entry.
+- The one device grammar: `parse_device(text) -> DeviceRef`, built by `DeviceGrammar` from its backends. A
+  backend is a name and what may follow its colon; adding `cuda:N` or `xla:<platform>:<N>` later is one
+  more `DeviceBackend` in `DEVICE_GRAMMAR`.
 - Model resolution: the default layers and init of each model (`resolve_model`), the input a model asks
   of its data set and the convnet's square-image reading of a flat input (`model_input`, `image_shape`).
 - `count_parameters(layers)`: the weights and biases of a dense stack (the API's parameter bound).
@@ -117,19 +118,6 @@ class DeviceBackend:
         return forms
 
 
-DEVICE_BACKENDS: tuple[DeviceBackend, ...] = (
-    DeviceBackend("cpu"),
-    DeviceBackend("gpu", selector=r"\d{1,2}", selector_range="0..99"),
-)
-DEVICE_PATTERN = re.compile("^(" + "|".join(a for b in DEVICE_BACKENDS for a in b.alternatives()) + ")$")
-DEVICE_SPELLINGS: tuple[str, ...] = tuple(s for b in DEVICE_BACKENDS for s in b.spellings())
-_RANGES = ", ".join(f"{b.selector_name} = {b.selector_range}" for b in DEVICE_BACKENDS if b.selector_range)
-# "cpu, gpu or gpu:N (N = 0..99)": the text every refusal of a device spelling uses.
-DEVICE_ACCEPTED = f"{', '.join(DEVICE_SPELLINGS[:-1])} or {DEVICE_SPELLINGS[-1]}" + (
-    f" ({_RANGES})" if _RANGES else ""
-)
-
-
 class DeviceSpellingError(ValueError):
     """The text is not a device of the grammar; the message names it and the accepted spellings."""
 
@@ -156,16 +144,42 @@ class DeviceRef:
         return self.backend if self.selector is None else f"{self.backend}:{self.selector}"
 
 
+class DeviceGrammar:
+    """The spellings of devices, from a list of backends: one regular expression, one message, one parser."""
+
+    def __init__(self, backends: tuple[DeviceBackend, ...]) -> None:
+        self.backends = backends
+        alternatives = [a for backend in backends for a in backend.alternatives()]
+        self.pattern = re.compile("^(" + "|".join(alternatives) + ")$")
+        self.spellings: tuple[str, ...] = tuple(s for backend in backends for s in backend.spellings())
+        ranges = ", ".join(f"{b.selector_name} = {b.selector_range}" for b in backends if b.selector_range)
+        listed = f"{', '.join(self.spellings[:-1])} or {self.spellings[-1]}"
+        self.accepted = listed + (f" ({ranges})" if ranges else "")
+
+    def parse(self, text: str, what: str = "device") -> DeviceRef:
+        """The DeviceRef `text` spells, exactly as written; anything else raises DeviceSpellingError."""
+        match = self.pattern.match(text) if isinstance(text, str) else None
+        if match is None:
+            raise DeviceSpellingError(f"{what} must be {self.accepted}, got {text!r}")
+        backend, _, selector = match.group(1).partition(":")
+        return DeviceRef(backend, selector or None)
+
+
+# Today's devices: the CPU and CUDA GPUs by index. The API has always taken at most two digits.
+DEVICE_GRAMMAR = DeviceGrammar(
+    (DeviceBackend("cpu"), DeviceBackend("gpu", selector=r"\d{1,2}", selector_range="0..99"))
+)
+DEVICE_PATTERN = DEVICE_GRAMMAR.pattern
+DEVICE_SPELLINGS = DEVICE_GRAMMAR.spellings
+DEVICE_ACCEPTED = DEVICE_GRAMMAR.accepted  # "cpu, gpu or gpu:N (N = 0..99)": every refusal says this
+
+
 def parse_device(text: str, what: str = "device") -> DeviceRef:
     """`cpu`, `gpu` or `gpu:N` -> DeviceRef, exactly as written; anything else raises DeviceSpellingError.
 
     Callers that accept other letter cases or surrounding spaces normalise before calling.
     """
-    match = DEVICE_PATTERN.match(text) if isinstance(text, str) else None
-    if match is None:
-        raise DeviceSpellingError(f"{what} must be {DEVICE_ACCEPTED}, got {text!r}")
-    backend, _, selector = match.group(1).partition(":")
-    return DeviceRef(backend, selector or None)
+    return DEVICE_GRAMMAR.parse(text, what)
 
 
 # --- model resolution ---------------------------------------------------------------------------------

@@ -28,12 +28,12 @@ def estimate_job_memory(spec: JobSpec) -> MemoryEstimate:
     return estimate_memory(spec.engine_dict())
 
 
-def check_memory_cap(spec: JobSpec, cap_bytes: int) -> MemoryEstimate:
-    """The estimate, or `JobTooLarge` if it exceeds the server's cap (at submission)."""
+def check_memory_cap(spec: JobSpec, cap_bytes: int, who: str = "this server") -> MemoryEstimate:
+    """The estimate, or `JobTooLarge` if it exceeds the cap (`who` applies it: the server at submission)."""
     estimate = estimate_job_memory(spec)
     if estimate.total_bytes > cap_bytes:
         raise JobTooLarge(
-            f"the job needs an estimated {estimate.describe()}; this server accepts at most {mib(cap_bytes)} "
+            f"the job needs an estimated {estimate.describe()}; {who} accepts at most {mib(cap_bytes)} "
             f"per job ({_REDUCE})"
         )
     return estimate
