@@ -18,8 +18,14 @@ from engine.backend import Device, DeviceError, Stopwatch, resolve_device, synch
 from engine.datasets import Dataset, DatasetError, dataset_size, load_dataset
 from engine.networks import CONVNET_FILTER_SIZE, CONVNET_FILTERS, Network, build_network
 from engine.optimizers import make_optimizer
-from engine.spec import CONVNET_HIDDEN, CONVNET_SYNTHETIC_IMAGE, JobError, count_parameters, image_shape
-from engine.spec import model_input as spec_model_input
+from engine.spec import (
+    CONVNET_HIDDEN,
+    CONVNET_SYNTHETIC_IMAGE,
+    JobError,
+    count_parameters,
+    image_shape,
+    model_input,
+)
 from engine.stats import repeat_until_stable
 
 MIN_TRIAL_S = 0.01  # tiny operations are repeated inside one trial until it lasts this long
@@ -138,7 +144,7 @@ def _load_cached(name: str, path: str | None, **options: Any) -> Dataset:
 
 def load_data(spec: dict[str, Any], dtype: str) -> Dataset:
     """The spec's data set in `dtype`, shaped as its model reads it (the convnet gets images)."""
-    input_shape, n_classes = spec_model_input(spec)
+    input_shape, n_classes = model_input(spec)
     name = spec["dataset"]
     try:
         data = _load_cached(
@@ -231,7 +237,7 @@ def repeat_trials(trial: Callable[[], float], timing: dict[str, Any]) -> tuple[l
 
 def data_size(spec: dict[str, Any]) -> tuple[int, tuple[int, ...]]:
     """(samples, per-sample input shape as the model reads it) of the spec's data set, without loading it."""
-    input_shape, n_classes = spec_model_input(spec)
+    input_shape, n_classes = model_input(spec)
     samples, features = dataset_size(
         spec["dataset"], samples=int(spec["synthetic_samples"]), n_classes=n_classes, input_shape=input_shape
     )
