@@ -347,9 +347,14 @@ class Dropout(Layer):
 class BatchNorm(Layer):
     """Normalises each feature over the batch, then scales by gamma and shifts by beta.
 
-    Training uses the batch's mean and variance and updates running averages (momentum 0.9);
-    evaluation (`train=False`) uses the running averages. A 4-D input is normalised per sample
-    position as in the textbook (flattened to (N, -1)).
+    Training normalises with the batch's mean and biased variance (divided by N) and updates running
+    averages, running <- momentum * running + (1 - momentum) * batch (momentum 0.9 is torch's 0.1);
+    evaluation (`train=False`) uses the running averages. They follow PyTorch's BatchNorm convention:
+    the running variance starts at 1 and takes the unbiased batch variance (divided by N - 1), so an
+    untrained or barely trained net evaluates at the scale it trains at, where a running variance that
+    starts at 0 divides by about sqrt(eps) (x1000) at first. A batch of one has no spread: it moves the
+    running mean only (torch refuses such a batch). A 4-D input is normalised per sample position as in
+    the textbook (flattened to (N, -1)).
     """
 
     def __init__(self, gamma: Array, beta: Array, momentum: float = 0.9, eps: float = 1e-6) -> None:
@@ -361,7 +366,7 @@ class BatchNorm(Layer):
         self.grads = {"gamma": self.dgamma, "beta": self.dbeta}
         self.momentum, self.eps = momentum, eps
         self.running_mean = xp.zeros_like(gamma)
-        self.running_var = xp.zeros_like(gamma)
+        self.running_var = xp.ones_like(gamma)
         self.input_shape: tuple[int, ...] = ()
         self.batch_size = 0
         self.xc: Array = None
@@ -381,8 +386,10 @@ class BatchNorm(Layer):
             self.xn = xn = xc / std
             self.running_mean *= self.momentum
             self.running_mean += (1 - self.momentum) * mu
-            self.running_var *= self.momentum
-            self.running_var += (1 - self.momentum) * var
+            n = x.shape[0]
+            if n > 1:
+                self.running_var *= self.momentum
+                self.running_var += (1 - self.momentum) * n / (n - 1) * var  # unbiased
         else:
             xn = (x - self.running_mean) / xp.sqrt(self.running_var + self.eps)
         out = self.gamma * xn + self.beta

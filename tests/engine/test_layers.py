@@ -143,7 +143,8 @@ def test_batchnorm_training_normalises_and_updates_running_stats() -> None:
     std = np.sqrt(np.array([1.0, 100.0]) + 1e-6)
     np.testing.assert_allclose(out, [[0.5 - 2 / std[0], -10 / std[1]], [0.5 + 2 / std[0], 10 / std[1]]])
     np.testing.assert_allclose(layer.running_mean, [0.2, 2.0])
-    np.testing.assert_allclose(layer.running_var, [0.1, 10.0])
+    # from 1, toward the unbiased batch variance [2, 200]: 0.9 * 1 + 0.1 * [2, 200]
+    np.testing.assert_allclose(layer.running_var, [1.1, 20.9])
     evaluated = layer.forward(np.array([[0.2, 2.0]]), train=False)
     np.testing.assert_allclose(evaluated, [[0.5, 0.0]], atol=1e-12)
 
