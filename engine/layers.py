@@ -351,8 +351,8 @@ class BatchNorm(Layer):
     averages, running <- momentum * running + (1 - momentum) * batch (momentum 0.9 is torch's 0.1);
     evaluation (`train=False`) uses the running averages. They follow PyTorch's BatchNorm convention:
     the running variance starts at 1 and takes the unbiased batch variance (divided by N - 1), so an
-    untrained or barely trained net evaluates at the scale it trains at, where a running variance that
-    starts at 0 divides by about sqrt(eps) (x1000) at first. A batch of one has no spread: it moves the
+    untrained net evaluates near the scale it trains at, where a running variance that starts at 0
+    divides by sqrt(eps) = 1e-3 before the first step. A batch of one has no spread: it moves the
     running mean only (torch refuses such a batch). A 4-D input is normalised per sample position as in
     the textbook (flattened to (N, -1)).
     """
