@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from engine.backend import Device, as_numpy
 from engine.layers import BatchNorm
 
 FEATURES = 5
@@ -93,3 +94,18 @@ def test_a_batch_of_one_moves_the_running_mean_only() -> None:
     np.testing.assert_array_equal(out, [[0.0, 0.0]])  # nothing to normalise against but itself
     np.testing.assert_allclose(layer.running_mean, [0.4, -0.6])
     np.testing.assert_array_equal(layer.running_var, [1.0, 1.0])
+
+
+@pytest.mark.gpu
+def test_batchnorm_on_the_gpu_keeps_the_cpu_running_statistics(gpu: Device, rng: np.random.Generator) -> None:
+    gamma, beta = rng.uniform(0.5, 1.5, FEATURES), rng.normal(0.0, 0.3, FEATURES)
+    layers = [BatchNorm(xp.asarray(gamma), xp.asarray(beta), eps=EPS) for xp in (np, gpu.xp)]
+    train, x_eval = batches(rng, (1, FEATURES)), batches(rng, (1, FEATURES))[0]
+    for x in train:
+        for layer, xp in zip(layers, (np, gpu.xp), strict=True):
+            layer.forward(xp.asarray(x), train=True)
+    cpu, on_gpu = layers
+    np.testing.assert_allclose(as_numpy(on_gpu.running_mean), cpu.running_mean, **TOLERANCE)
+    np.testing.assert_allclose(as_numpy(on_gpu.running_var), cpu.running_var, **TOLERANCE)
+    evaluated = as_numpy(on_gpu.forward(gpu.xp.asarray(x_eval), train=False))
+    np.testing.assert_allclose(evaluated, cpu.forward(x_eval, train=False), **TOLERANCE)

@@ -19,7 +19,20 @@ from typing import Any
 import numpy as np
 import pytest
 
-from engine.optimizers import EPS, SGD, AdaGrad, Adam, Momentum, Nesterov, Optimizer, RMSprop, decays
+from engine.backend import Device, as_numpy
+from engine.optimizers import (
+    EPS,
+    OPTIMIZERS,
+    SGD,
+    AdaGrad,
+    Adam,
+    Momentum,
+    Nesterov,
+    Optimizer,
+    RMSprop,
+    decays,
+    make_optimizer,
+)
 
 STEPS = 20
 SHAPES = {"W1": (4, 3), "b1": (3,), "gamma1": (3,), "beta1": (3,), "W2": (3, 2), "b2": (2,)}
@@ -45,11 +58,11 @@ def gradient(param: np.ndarray, noise: np.ndarray) -> np.ndarray:
     return PULL * param + noise
 
 
-def run_engine(optimizer: Optimizer) -> dict[str, np.ndarray]:
-    params = initial_params()
+def run_engine(optimizer: Optimizer, xp: Any = np) -> dict[str, np.ndarray]:
+    params = {name: xp.asarray(value) for name, value in initial_params().items()}
     for noise in noise_sequence():
-        optimizer.update(params, {name: gradient(p, noise[name]) for name, p in params.items()})
-    return params
+        optimizer.update(params, {name: gradient(p, xp.asarray(noise[name])) for name, p in params.items()})
+    return {name: as_numpy(value) for name, value in params.items()}
 
 
 def run_torch(
@@ -177,3 +190,11 @@ def test_adam_eps_placement_is_what_sets_it_apart_from_torch_in_the_first_step(t
     assert w_torch.item() == pytest.approx(-0.1 * 1e-6 / (1e-6 + EPS), rel=1e-12)
     assert w_engine["W1"][0] == pytest.approx(-0.0240, abs=1e-4)
     assert w_torch.item() == pytest.approx(-0.0909, abs=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_each_optimizer_on_the_gpu_takes_the_cpu_steps(gpu: Device, name: str) -> None:
+    spec = {"name": name, "lr": 0.01, "weight_decay": 0.05}
+    on_gpu = run_engine(make_optimizer(spec), gpu.xp)
+    assert_same_params(on_gpu, run_engine(make_optimizer(spec)))

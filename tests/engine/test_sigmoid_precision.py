@@ -11,6 +11,7 @@ import decimal
 import numpy as np
 import pytest
 
+from engine.backend import Device, as_numpy
 from engine.layers import Sigmoid
 
 # exp contributes up to ~2.5 ulp (NumPy's SIMD float32 exp), 1 + e, the reciprocal and the products 0.5 each
@@ -85,3 +86,16 @@ def test_sigmoid_reuses_its_buffers_and_writes_no_warnings(recwarn: pytest.Warni
         layer.forward(x)
         layer.backward(np.ones_like(x))
     assert len(recwarn) == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_sigmoid_on_the_gpu_is_within_a_few_ulp_too(gpu: Device, dtype: str) -> None:
+    x = sample(dtype)
+    reference = np.array([exact(float(v)) for v in x])
+    layer = Sigmoid()
+    x_gpu = gpu.xp.asarray(x)
+    y = as_numpy(layer.forward(x_gpu))
+    dy = as_numpy(layer.backward(gpu.xp.ones_like(x_gpu)))
+    assert ulp_error(y, reference[:, 0], dtype).max() <= MAX_ULP
+    assert ulp_error(dy, reference[:, 1], dtype).max() <= MAX_ULP
