@@ -37,6 +37,7 @@ MNIST_FILES = {
     "x_test": "t10k-images-idx3-ubyte",
     "t_test": "t10k-labels-idx1-ubyte",
 }
+SYNTHETIC_LABEL_CHUNK_BYTES = 16 * 2**20  # rows of the synthetic set labelled at a time
 TEST_EVERY = 5  # every fifth sample of a class is a test sample: a 80/20 stratified split
 
 
@@ -316,10 +317,17 @@ def _make_synthetic(
             f"got classes={classes}, shape={shape}, samples={samples}"
         )
     rng = np.random.default_rng(seed)
-    x = rng.random((samples, *shape), dtype=np.float64).astype(dtype)
+    # Drawn in the job's dtype (float32 and float64 are both native to the generator), and labelled in
+    # chunks: the set itself is the only full-size array, so memory is what the estimate counts.
+    x = rng.random((samples, *shape), dtype=dtype.type)
     features = int(np.prod(shape))
-    teacher = rng.standard_normal((features, classes))
-    t = np.argmax((x.reshape(samples, features) - 0.5) @ teacher, axis=1).astype(np.int64)
+    teacher = rng.standard_normal((features, classes)).astype(dtype)
+    flat = x.reshape(samples, features)
+    t = np.empty(samples, dtype=np.int64)
+    chunk = max(1, SYNTHETIC_LABEL_CHUNK_BYTES // (features * dtype.itemsize))
+    for start in range(0, samples, chunk):
+        rows = flat[start : start + chunk] - dtype.type(0.5)
+        np.argmax(rows @ teacher, axis=1, out=t[start : start + chunk])
     return _split_generated("synthetic", x, t, shape, classes)
 
 

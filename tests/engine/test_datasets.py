@@ -218,3 +218,18 @@ def test_a_truncated_idx_file_is_refused(tmp_path: Path) -> None:
     short.write_bytes(bytes([0, 0, 8, 2]) + struct.pack(">2I", 3, 3) + bytes(4))
     with pytest.raises(DatasetError, match=r"\(3, 3\) needs 21 bytes, the file has 16"):
         datasets._read_idx(short)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_synthetic_data_costs_its_own_size_and_no_float64_detour(dtype: str) -> None:
+    samples, features = 20_000, 1024
+    tracemalloc.start()
+    try:
+        data = load_dataset("synthetic", input_shape=(features,), n_classes=10, samples=samples, dtype=dtype)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    set_bytes = samples * features * np.dtype(dtype).itemsize
+    assert data.x_train.dtype == np.dtype(dtype)
+    # The set, plus two label chunks' temporaries (rows minus 0.5, and their product with the teacher).
+    assert peak <= set_bytes + 2 * datasets.SYNTHETIC_LABEL_CHUNK_BYTES + 2**20
