@@ -226,7 +226,7 @@ def _read_idx_stream(stream: Any, file: Path, stored_size: int | None, gzipped: 
             f"the file has {stored_size}{' uncompressed' if gzipped else ''}"
         )
     data = np.empty(declared, dtype=np.uint8)
-    view, filled = memoryview(data), 0
+    view, filled = data.data, 0
     while filled < declared:  # reads at most the declared size, whatever the file holds
         count = stream.readinto(view[filled:])
         if not count:
