@@ -64,7 +64,7 @@ def change_point_events(session: Session, *, now: datetime | None = None) -> lis
             SpecDeviceStats.newest_at >= since, SpecDeviceStats.result_count >= 2 * MIN_SEGMENT
         )
     ).all()
-    names = dict(session.execute(select(Device.id, Device.name)).tuples().all())
+    names: dict[str, str] = {row.id: row.name for row in session.execute(select(Device.id, Device.name))}
     events = []
     for device_id, spec_hash in pairs:
         rows = session.execute(
