@@ -1,7 +1,8 @@
 """Schedules (a suite run on a device every so often, by Celery beat's tick) and alert deliveries (webhook
 messages about regressions, change points and scheduled devices gone quiet, with their delivery status).
 
-Two new tables; nothing existing changes.
+And history marks (an expected shift a person marked on a device: its histories restart there). Three new
+tables; nothing existing changes.
 
 Revision ID: 0005
 Revises: 0004
@@ -62,8 +63,28 @@ def upgrade() -> None:
     with op.batch_alter_table("schedules", schema=None) as batch_op:
         batch_op.create_index("ix_schedules_enabled_next", ["enabled", "next_run_at"], unique=False)
 
+    op.create_table(
+        "history_marks",
+        sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
+        sa.Column("device_id", sa.String(length=16), nullable=False),
+        sa.Column("spec_hash", sa.String(length=16), nullable=True),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("note", sa.String(length=500), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["device_id"], ["devices.id"], name=op.f("fk_history_marks_device_id_devices"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_history_marks")),
+    )
+    with op.batch_alter_table("history_marks", schema=None) as batch_op:
+        batch_op.create_index("ix_history_marks_device_at", ["device_id", "at"], unique=False)
+
 
 def downgrade() -> None:
+    with op.batch_alter_table("history_marks", schema=None) as batch_op:
+        batch_op.drop_index("ix_history_marks_device_at")
+
+    op.drop_table("history_marks")
     with op.batch_alter_table("schedules", schema=None) as batch_op:
         batch_op.drop_index("ix_schedules_enabled_next")
 

@@ -5,7 +5,8 @@
 - A change point is found over a pair's whole recent series (`services.results.changepoints`), for pairs
   with a result in the last `LOOKBACK` and at least two segments' worth of results: key
   `change_point:<device>:<spec>:<result id where the new level starts>`, so the same shift found again at
-  the next scan is the same event.
+  the next scan is the same event. The series is cut where the software stack changed or a person marked
+  an expected shift (`services.results.history`), and change points are looked for within each stretch.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from services.core.db import utcnow
 from services.devices.models import Device
 from services.results import regressions
 from services.results.changepoints import MIN_SEGMENT, detect_change_points
+from services.results.history import cuts_of, marks_for, stretches
 from services.results.models import Result, SpecDeviceStats
 
 LOOKBACK = timedelta(days=1)
@@ -75,6 +77,8 @@ def change_point_events(session: Session, *, now: datetime | None = None) -> lis
                 Result.model_name,
                 Result.dataset,
                 Result.batch_size,
+                Result.created_at,
+                Result.fingerprint,
             )
             .where(
                 Result.device_id == device_id,
@@ -84,24 +88,30 @@ def change_point_events(session: Session, *, now: datetime | None = None) -> lis
             .order_by(Result.created_at.desc(), Result.id.desc())
             .limit(SERIES_LIMIT)
         ).all()[::-1]
-        values = [float(row.samples_per_s) for row in rows]
-        for point in detect_change_points(values):
-            first = rows[point.index]
-            where = _describe(
-                names.get(device_id), first.kind, first.model_name, first.dataset, first.batch_size
-            )
-            text = (
-                f"change point on {where}: {point.change:+.1%} "
-                f"({point.before_median:,.0f} -> {point.after_median:,.0f} samples/s) "
-                f"from result {first.id}, p {point.p_value:.3g}"
-            )
-            details = {
-                "device_id": device_id,
-                "spec_hash": spec_hash,
-                "result_id": first.id,
-                **point.as_dict(),
-            }
-            events.append(
-                Event(f"change_point:{device_id}:{spec_hash}:{first.id}", "change_point", text, details)
-            )
+        cuts = cuts_of(
+            [row.created_at for row in rows],
+            [row.fingerprint for row in rows],
+            marks_for(session, device_id, spec_hash),
+        )
+        for start, end in stretches(len(rows), cuts):
+            stretch = rows[start:end]
+            for point in detect_change_points([float(row.samples_per_s) for row in stretch]):
+                first = stretch[point.index]
+                where = _describe(
+                    names.get(device_id), first.kind, first.model_name, first.dataset, first.batch_size
+                )
+                text = (
+                    f"change point on {where}: {point.change:+.1%} "
+                    f"({point.before_median:,.0f} -> {point.after_median:,.0f} samples/s) "
+                    f"from result {first.id}, p {point.p_value:.3g}"
+                )
+                details = {
+                    "device_id": device_id,
+                    "spec_hash": spec_hash,
+                    "result_id": first.id,
+                    **point.as_dict(),
+                    "index": start + point.index,
+                }
+                key = f"change_point:{device_id}:{spec_hash}:{first.id}"
+                events.append(Event(key, "change_point", text, details))
     return events

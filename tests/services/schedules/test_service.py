@@ -20,6 +20,7 @@ from services.devices.service import register_device
 from services.jobs import service as jobs
 from services.jobs.models import Job
 from services.jobs.suites import SUITES
+from services.results.history import add_mark
 from services.schedules.models import Schedule
 from services.schedules.service import (
     ScheduleError,
@@ -114,3 +115,26 @@ def test_a_planted_step_in_a_devices_history_is_a_change_point_event(
     assert event.details["change"] == pytest.approx(930.5 / 1000.5 - 1)
     assert event.text.startswith(f"change point on {device.name}: train mlp synthetic batch 32: -7.0%")
     assert first_after.status == "succeeded"
+
+
+def test_a_step_at_a_software_upgrade_is_a_cut_not_a_change_point(
+    db_session: Session, service_settings: Settings
+) -> None:
+    fingerprint = {"cpu_model": f"Upgraded CPU {uuid.uuid4().hex[:6]}", "host": {"cpu_count": 2}}
+    device = register_device(db_session, fingerprint)
+    _record(db_session, device.id, [1000.0, 1004.0, 998.0, 1002.0, 1001.0, 999.0])
+    _DOCUMENT["fingerprint"] = {**_DOCUMENT["fingerprint"], "numpy_version": "9.9.9"}
+    try:
+        _record(db_session, device.id, [930.0, 934.0, 928.0, 931.0, 933.0, 929.0])
+    finally:
+        _DOCUMENT.clear()  # the next test measures a fresh document
+    assert [e for e in change_point_events(db_session) if e.details["device_id"] == device.id] == []
+
+
+def test_a_marked_shift_restarts_the_series(db_session: Session, service_settings: Settings) -> None:
+    fingerprint = {"cpu_model": f"Marked CPU {uuid.uuid4().hex[:6]}", "host": {"cpu_count": 2}}
+    device = register_device(db_session, fingerprint)
+    _record(db_session, device.id, [1000.0, 1004.0, 998.0, 1002.0, 1001.0, 999.0])
+    add_mark(db_session, device_id=device.id, note="BIOS update")
+    _record(db_session, device.id, [930.0, 934.0, 928.0, 931.0, 933.0, 929.0])
+    assert [e for e in change_point_events(db_session) if e.details["device_id"] == device.id] == []
