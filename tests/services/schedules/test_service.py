@@ -3,8 +3,8 @@ change points become alert events. Real databases (both backends) and the real b
 
 from __future__ import annotations
 
-import copy
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -12,12 +12,10 @@ import pytest
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from engine.jobs import run_job
 from services.alerts.events import change_point_events
 from services.core.config import Settings
 from services.core.db import utcnow
 from services.devices.service import register_device
-from services.jobs import service as jobs
 from services.jobs.models import Job
 from services.jobs.suites import SUITES
 from services.results.history import add_mark
@@ -31,6 +29,7 @@ from services.schedules.service import (
     run_due,
 )
 from tests.conftest import tiny_spec
+from tests.support.results import record, with_median
 
 
 @pytest.fixture(autouse=True)
@@ -80,25 +79,18 @@ def test_a_run_without_a_succeeded_job_for_a_period_is_missing_data(
     assert "none of its 6 jobs succeeded (queued)" in event.text
 
 
-_DOCUMENT: dict[str, Any] = {}
+def _record(session: Session, device_id: str, medians: list[float], numpy: str | None = None) -> list[Job]:
+    """One finished job of the tiny spec per median (on another NumPy version when `numpy` is given)."""
 
+    def adjust(median: float) -> Callable[[dict[str, Any]], None]:
+        def apply(document: dict[str, Any]) -> None:
+            with_median(median)(document)
+            if numpy is not None:
+                document["fingerprint"]["numpy_version"] = numpy
 
-def _record(session: Session, device_id: str, medians: list[float]) -> list[Job]:
-    """One finished job per median: a real engine result of a tiny run, its throughput set to the median."""
-    if not _DOCUMENT:
-        _DOCUMENT.update(run_job(tiny_spec(seed=1).engine_dict()))
-    spec = tiny_spec(seed=1)
-    done = []
-    for median in medians:
-        job = jobs.submit_job(session, spec)
-        claim = jobs.claim_job(session, job.id, worker_name="planted", device_id=device_id)
-        assert claim is not None
-        document = copy.deepcopy(_DOCUMENT)
-        document["statistics"]["samples_per_s"].update(median=median, ci95=[median * 0.99, median * 1.01])
-        document["trials"] = [median] * 5
-        assert jobs.complete_job(session, job.id, document, attempt=claim.attempt) is not None
-        done.append(job)
-    return done
+        return apply
+
+    return [record(session, tiny_spec(seed=1), device_id, adjust(median)) for median in medians]
 
 
 def test_a_planted_step_in_a_devices_history_is_a_change_point_event(
@@ -123,11 +115,7 @@ def test_a_step_at_a_software_upgrade_is_a_cut_not_a_change_point(
     fingerprint = {"cpu_model": f"Upgraded CPU {uuid.uuid4().hex[:6]}", "host": {"cpu_count": 2}}
     device = register_device(db_session, fingerprint)
     _record(db_session, device.id, [1000.0, 1004.0, 998.0, 1002.0, 1001.0, 999.0])
-    _DOCUMENT["fingerprint"] = {**_DOCUMENT["fingerprint"], "numpy_version": "9.9.9"}
-    try:
-        _record(db_session, device.id, [930.0, 934.0, 928.0, 931.0, 933.0, 929.0])
-    finally:
-        _DOCUMENT.clear()  # the next test measures a fresh document
+    _record(db_session, device.id, [930.0, 934.0, 928.0, 931.0, 933.0, 929.0], numpy="9.9.9")
     assert [e for e in change_point_events(db_session) if e.details["device_id"] == device.id] == []
 
 
