@@ -12,7 +12,8 @@ Two sources, chosen for multi-process correctness:
 - HTTP request metrics are counted in this process by an ASGI middleware:
   `bpbench_http_requests_total{method,route,status}` and `bpbench_http_request_duration_seconds{method,route}`
   (labelled by the route template, `/api/v1/jobs/{job_id}`, never the raw path), and
-  `bpbench_job_submit_batch_size` (jobs per group commit of `POST /api/v1/jobs`). With several API
+  `bpbench_job_submit_batch_size` (jobs per group commit of `POST /api/v1/jobs`) and
+  `bpbench_token_lookups_total{outcome}` (token cache misses that asked the database). With several API
   processes each counts its own requests: scrape each process (Prometheus sums them), as one does for any
   per-process counter; the job figures above are not affected.
 """
@@ -306,5 +307,13 @@ def install_metrics(app: FastAPI, settings: Settings) -> CollectorRegistry:
         registry=registry,
     )
     app.state.group_commit.observe_batch = batch_sizes.observe
+    token_lookups = Counter(
+        "bpbench_token_lookups",
+        "API tokens looked up in the database because the token cache did not hold them (this process), "
+        "by outcome: valid or unknown",
+        ["outcome"],
+        registry=registry,
+    )
+    app.state.token_lookups.observe_lookup = lambda outcome: token_lookups.labels(outcome).inc()
     app.state.metrics_registry = registry
     return registry
