@@ -71,7 +71,9 @@ def test_every_kind_of_the_vocabulary_has_one_module_in_order() -> None:
 def test_training_reproduces_the_losses_and_accuracies_of_the_engine_before_the_split() -> None:
     metrics = run_job(SPIRAL_SPEC)["metrics"]
     assert metrics["loss_curve"] == [[step, loss] for step, loss in enumerate(SPIRAL_LOSSES, start=1)]
-    assert (metrics["train_accuracy"], metrics["test_accuracy"]) == (0.3472222222222222, 0.16666666666666666)
+    # Evaluation runs BatchNorm on its running statistics, which follow PyTorch's convention since the
+    # split (running variance from 1, unbiased updates): before, this net evaluated at 0.347 / 0.167.
+    assert (metrics["train_accuracy"], metrics["test_accuracy"]) == (0.5, 0.3333333333333333)
     assert (metrics["steps_to_target"], metrics["target_checks"]) == (None, 2)
 
 
