@@ -7,6 +7,7 @@ rates. `TrainingLoop` keeps the parts apart: chunk planning, timing, loss record
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -31,6 +32,7 @@ from engine.kinds.base import (
     optimizer_of,
 )
 from engine.stats import AdaptiveRepeats, headline, summarize
+from engine.telemetry import TelemetrySource, WindowReading
 
 
 def window_plan(steps: int, warmup: int, window: int) -> tuple[int, int]:
@@ -95,6 +97,8 @@ class TrainingLoop:
         self.peak: dict[str, int] = self.probe()
         self.train_time = 0.0  # seconds spent in training steps only (no evaluation, no bookkeeping)
         self.stopwatch = Stopwatch(device)
+        self.telemetry = TelemetrySource(device.index if device.is_gpu else None)
+        self.readings: list[WindowReading] = []  # one per timed window, clean or marked
         self.done = 0
 
     # --- the parts of a chunk ----------------------------------------------------------------------
@@ -111,27 +115,38 @@ class TrainingLoop:
             )
             yield chunk, not in_warmup and chunk == self.window and not self.repeats.done
 
-    def train_chunk(self, chunk: int) -> tuple[float, list[Any]]:
-        """Train `chunk` steps; the seconds they took and their losses (device scalars, not synchronised)."""
+    def train_chunk(self, chunk: int, timed: bool = False) -> tuple[float, list[Any]]:
+        """Train `chunk` steps; the seconds they took and their losses (device scalars, not synchronised).
+
+        A timed chunk is also read by the telemetry: counters before the first step and after the last
+        (the device synchronised at both ends), nothing in between."""
         indices = self.device.xp.asarray(
             self.batch_rng.integers(0, self.data.n_train, size=(chunk, self.batch_size))
         )
         losses: list[Any] = []
         synchronize(self.device)
+        if timed:
+            self.telemetry.begin()
         self.stopwatch.start()
         for i in range(chunk):
             self.reporter.check_stop(f"at step {self.done + i + 1}")
             batch = indices[i]
             self.network.train_step(self.x_train[batch], self.t_train[batch], self.optimizer)
             losses.append(self.network.last_layer.loss)  # `last_loss` would synchronise
-        return self.stopwatch.stop(), losses
+        seconds = self.stopwatch.stop()
+        if timed:
+            self.readings.append(self.telemetry.end())
+        return seconds, losses
 
     def record_timing(self, chunk: int, seconds: float, timed: bool) -> None:
-        """Count the chunk's time; a timed window also becomes a throughput trial."""
+        """Count the chunk's time; a timed window also becomes a throughput trial, marked if the telemetry
+        saw bad conditions during it (then the repeat loop keeps it apart and takes another)."""
         self.train_time += seconds
         if timed:
-            self.repeats.add(chunk * self.batch_size / seconds)
-            self.step_times.append(seconds / chunk)
+            marks = self.readings[-1].marks if self.readings else ()
+            self.repeats.add(chunk * self.batch_size / seconds, marks)
+            if not marks:
+                self.step_times.append(seconds / chunk)
 
     def record_losses(self, losses: list[Any], first_step: int) -> None:
         """Move a chunk's losses to the host (one sync), check them, keep the sampled points."""
@@ -170,7 +185,7 @@ class TrainingLoop:
     def run(self) -> dict[str, Any]:
         """Train every step, then evaluate; the result body."""
         for chunk, timed in self.chunks():
-            seconds, losses = self.train_chunk(chunk)
+            seconds, losses = self.train_chunk(chunk, timed)
             self.record_timing(chunk, seconds, timed)
             self.record_losses(losses, self.done + 1)
             self.done += chunk
@@ -188,7 +203,7 @@ class TrainingLoop:
         train_accuracy = self.accuracy(self.x_train, self.t_train)
         test_accuracy = self.accuracy(self.x_test, self.t_test)
         throughput = summarize(self.repeats.trials)
-        step_time = summarize(self.step_times)
+        step_time = summarize(self.step_times or [1.0 / t * batch_size for t in self.repeats.trials])
         flops_per_step = int(network.flops_per_step(batch_size))
         median_rate = throughput["median"]
         train_time, peak = self.train_time, self.peak
@@ -221,6 +236,8 @@ class TrainingLoop:
         }
         if self.device.is_gpu:
             metrics["peak_gpu_pool_bytes"] = peak.get("gpu_pool_bytes")
+        metrics["energy"] = self.energy(median_rate)
+        metrics["conditions"] = self.conditions()
         return {
             "metrics": metrics,
             "statistics": {"samples_per_s": throughput, "step_time_s": step_time},
@@ -233,7 +250,59 @@ class TrainingLoop:
                 "target_cv": self.repeats.target_cv,
                 "achieved_cv": throughput["cv"],
                 "eval_every_steps": self.eval_every,
+                "dropped_windows": len(self.repeats.dropped),
+                "dropped_reasons": self.repeats.dropped_reasons(),
+                "all_windows_marked": self.repeats.all_marked,
             },
+        }
+
+    def _figure_readings(self) -> list[WindowReading]:
+        """The readings of the windows the figures are made of (the clean ones, unless all were marked)."""
+        if self.repeats.all_marked:
+            return self.readings
+        return [reading for reading in self.readings if not reading.marks]
+
+    def energy(self, median_rate: float | None) -> dict[str, Any]:
+        """Mean power, energy per sample and samples per joule over the figures' windows, where a sensor
+        exists; else `null`s and the reason there is none."""
+        readings = [r for r in self._figure_readings() if r.energy_j is not None and r.seconds > 0]
+        telemetry = self.telemetry
+        if not readings:
+            return {
+                "source": telemetry.energy_source,
+                "reason": telemetry.energy_reason or "no timed window was read",
+                "mean_power_w": None,
+                "energy_per_sample_j": None,
+                "samples_per_j": None,
+                "windows": 0,
+            }
+        joules = sum(float(r.energy_j or 0.0) for r in readings)
+        seconds = sum(r.seconds for r in readings)
+        power = joules / seconds
+        samples_per_j = median_rate / power if median_rate and power > 0 else None
+        return {
+            "source": telemetry.energy_source,
+            "reason": None,
+            "mean_power_w": power,
+            "energy_per_sample_j": 1.0 / samples_per_j if samples_per_j else None,
+            "samples_per_j": samples_per_j,
+            "windows": len(readings),
+        }
+
+    def conditions(self) -> dict[str, Any]:
+        """The host's load and the CPU clock around the timed windows, and the windows set aside."""
+        loads = [value for r in self.readings for value in (r.load_before, r.load_after)]
+        clocks = [r.clock_mhz for r in self.readings if r.clock_mhz is not None]
+        return {
+            "load_min": min(loads) if loads else None,
+            "load_max": max(loads) if loads else None,
+            "cpu_count": os.cpu_count(),
+            "clock_mhz": sum(clocks) / len(clocks) if clocks else None,
+            "nominal_clock_mhz": self.telemetry.nominal_clock_mhz,
+            "dropped_windows": len(self.repeats.dropped),
+            "dropped_reasons": self.repeats.dropped_reasons(),
+            "all_windows_marked": self.repeats.all_marked,
+            "gpu": self.readings[-1].gpu if self.readings and self.readings[-1].gpu else None,
         }
 
 
