@@ -141,7 +141,7 @@ def bpbench_command() -> list[str]:
     script = Path(sys.executable).with_name("bpbench")
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-c", "from services.cli import main; main()"]
+    return [sys.executable, "-c", "from cli import main; main()"]
 
 
 # The per-token rate limit (issue 4) would hold one benchmark token to its default 50/s: set out of the way

@@ -312,7 +312,7 @@ def bpbench_command() -> list[str]:
     script = Path(sys.executable).with_name("bpbench")
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-c", "from services.cli import main; main()"]
+    return [sys.executable, "-c", "from cli import main; main()"]
 
 
 @dataclass

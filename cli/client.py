@@ -20,8 +20,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from services.cli.app import app
-from services.cli.spec_options import OneLineErrorCommand, SpecFileArg, spec_or_exit, with_spec_options
+from cli.app import app
+from cli.spec_options import OneLineErrorCommand, SpecFileArg, spec_or_exit, with_spec_options
 from services.core.config import Settings, get_settings
 
 FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})

@@ -21,8 +21,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from services.cli.app import app
-from services.cli.spec_options import (
+from cli.app import app
+from cli.spec_options import (
     OneLineErrorCommand,
     SpecFileArg,
     fail,

@@ -29,8 +29,8 @@ from typing import IO, Annotated, Any
 import typer
 from rich.console import Console
 
-from services.cli.app import app
-from services.cli.client import (
+from cli.app import app
+from cli.client import (
     ApiClient,
     ClientError,
     checks_table,
@@ -40,7 +40,7 @@ from services.cli.client import (
     timeline_tables,
     wait_for_jobs,
 )
-from services.cli.client import (
+from cli.client import (
     console as client_console,
 )
 from services.core.config import DATABASE_FILE, Settings, get_settings
@@ -48,9 +48,9 @@ from services.core.config import DATABASE_FILE, Settings, get_settings
 console = client_console
 
 # The command line of a child `bpbench ...`: the same interpreter, so the same virtual environment.
-BPBENCH = [sys.executable, "-c", "from services.cli import main; main()"]
+BPBENCH = [sys.executable, "-c", "from cli import main; main()"]
 _PR_SET_PDEATHSIG = 1
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 class StackError(RuntimeError):

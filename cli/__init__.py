@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from services.cli import client, local, servers, stack, tokens  # noqa: F401  (registers commands)
-from services.cli.app import app
+from cli import client, local, servers, stack, tokens  # noqa: F401  (registers commands)
+from cli.app import app
 
 
 def main() -> None:

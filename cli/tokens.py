@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from services.cli.app import app
-from services.cli.client import console, err_console
+from cli.app import app
+from cli.client import console, err_console
 from services.core.config import get_settings, redact_url
 
 if TYPE_CHECKING:  # the database layer is imported when a token command runs, not at every CLI start

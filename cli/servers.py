@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from services.cli.app import app
+from cli.app import app
 
 
 @app.command("worker")
