@@ -11,14 +11,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
 from cli.app import app
-from cli.client import console, err_console
+from cli.render import console, err_console, token_documents, tokens_table
 from services.core.config import get_settings, redact_url
 
 if TYPE_CHECKING:  # the database layer is imported when a token command runs, not at every CLI start
@@ -71,10 +69,6 @@ def parse_scopes(text: str) -> list[str]:
     return scopes
 
 
-def _when(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
-
-
 @token_app.command("create")
 def create_command(
     name: Annotated[str, typer.Option(help="who or what the token is for (shown in lists)")],
@@ -118,35 +112,9 @@ def list_command(
     with _database() as session:
         rows = list_tokens(session)
     if as_json:
-        doc = [
-            {
-                "id": row.id,
-                "name": row.name,
-                "scopes": row.scopes,
-                "prefix": row.prefix,
-                "created_at": row.created_at.isoformat(),
-                "last_used_at": row.last_used_at.isoformat() if row.last_used_at else None,
-                "revoked": row.revoked,
-                "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None,
-            }
-            for row in rows
-        ]
-        typer.echo(json.dumps(doc, indent=2))
+        typer.echo(json.dumps(token_documents(rows), indent=2))
         return
-    table = Table(title=f"API tokens ({len(rows)})")
-    for column in ("name", "scopes", "prefix", "created (UTC)", "last used (UTC)", "revoked"):
-        table.add_column(column)
-    for row in rows:
-        revoked = f"yes, {_when(row.revoked_at)}" if row.revoked else "no"
-        table.add_row(
-            row.name,
-            ",".join(row.scopes),
-            row.prefix,
-            _when(row.created_at),
-            _when(row.last_used_at),
-            revoked,
-        )
-    console.print(table)
+    console.print(tokens_table(rows))
 
 
 def find_tokens(session: Session, name_or_prefix: str) -> list[ApiToken]:

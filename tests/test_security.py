@@ -24,8 +24,8 @@ from fastapi.testclient import TestClient
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
+from cli.api_client import ApiClient
 from cli.app import app as cli_app
-from cli.client import ApiClient
 from services.api.limits import RateLimiter, TokenBucket
 from services.api.main import create_app
 from services.auth import service as auth_service

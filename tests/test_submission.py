@@ -29,7 +29,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from cli.stack import MAX_DEFAULT_API_WORKERS, default_api_workers
+from cli.servers import MAX_DEFAULT_API_WORKERS, default_api_workers
 from services.api import deps
 from services.api.group_commit import GroupCommit
 from services.api.routes.jobs import JobSubmission
