@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from services.api.cookies import CSRF_HEADER, CSRF_VALUE, csrf_checked, token_from_cookie
+from services.api.errors import unprocessable
 from services.api.limits import RateLimiter
 from services.auth.service import TokenCache, TokenIdentity, authenticate, grants, hash_token
 from services.core.config import Settings
@@ -148,18 +149,8 @@ async def rate_limit(request: Request) -> None:
 
 def _nul_refused(field: str, where: str, value: str) -> HTTPException:
     accepted = "text without NUL characters (\\u0000)"
-    return HTTPException(
-        status_code=422,
-        detail=[
-            {
-                "field": field,
-                "in": where,
-                "value": value[:200],
-                "accepted": accepted,
-                "message": f"{field}: contains a NUL character; accepted: {accepted}",
-            }
-        ],
-    )
+    message = f"{field}: contains a NUL character; accepted: {accepted}"
+    return unprocessable(field, where, value[:200], accepted, message)
 
 
 async def reject_nul_characters(request: Request) -> None:
@@ -198,14 +189,13 @@ def require_scope(scope: str, *, public_when_read_open: bool = False) -> Any:
         settings: Settings = request.app.state.settings
         if public_when_read_open and settings.public_read:
             return None
-        # --- issue 5 (dashboard sign-in): the bearer header, else the dashboard's HttpOnly cookie. ---
+        # The bearer header, else the dashboard's HttpOnly sign-in cookie (whose writes need the CSRF header).
         raw = credentials.credentials if credentials is not None else token_from_cookie(request)
         if credentials is None and raw is not None and not csrf_checked(request):
             raise HTTPException(
                 status_code=status.HTTP_403_FORBIDDEN,
                 detail=f"a write signed in by cookie needs the header {CSRF_HEADER}: {CSRF_VALUE} (CSRF)",
             )
-        # --- end issue 5 ---
         if raw is None:
             raise _unauthorized(f"this endpoint needs a bearer token with the {scope!r} scope")
         token = await request_token(request)

@@ -23,7 +23,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from services.api.deps import RequestChecks, TokenLookups
-from services.api.errors import install_error_handlers
+from services.api.errors import install_domain_error_handlers, install_error_handlers
 from services.api.group_commit import GroupCommit
 from services.api.limits import BodySizeLimit, RateLimiter
 from services.api.metrics import install_metrics
@@ -122,6 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.token_lookups = TokenLookups(TokenCache(settings.token_cache_ttl_s))
     app.state.group_commit = GroupCommit(app.state.session_factory, max_batch=settings.submit_batch_max)
     install_error_handlers(app)
+    install_domain_error_handlers(app)
     install_limits(app, settings)
     app.include_router(health.router)
     for module in (jobs, suites, results, compare, timeline, devices):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from pydantic import BaseModel
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.api.deps import ReadAccess, SessionDep
 from services.timeline.data import SEED_SOURCE
-from services.timeline.models import Milestone, VendorEntry
+from services.timeline.models import VendorEntry
+from services.timeline.service import list_milestones, list_vendor_entries
 
 router = APIRouter(prefix="/timeline", tags=["timeline"])
 
@@ -77,22 +77,12 @@ def vendor_out(entry: VendorEntry) -> VendorOut:
 
 def timeline(session: Session) -> TimelineOut:
     """Both tables from the database."""
-    vendors = session.scalars(select(VendorEntry).order_by(VendorEntry.position))
-    milestones = session.scalars(select(Milestone).order_by(Milestone.position))
+    vendors = list_vendor_entries(session)
+    milestones = list_milestones(session)
     return TimelineOut(
         source=SEED_SOURCE,
         vendors=[vendor_out(v) for v in vendors],
-        milestones=[
-            MilestoneOut(
-                year=m.year,
-                event=m.event,
-                event_zh=m.event_zh,
-                note=m.note,
-                note_zh=m.note_zh,
-                source=m.source,
-            )
-            for m in milestones
-        ],
+        milestones=[MilestoneOut.model_validate(m, from_attributes=True) for m in milestones],
     )
 
 
