@@ -56,7 +56,7 @@ BVN_INPUT, BVN_CLASSES, BVN_SAMPLES = 16, 4, 8  # small enough that numerical di
 MIN_TRIAL_S = 0.01  # tiny operations are repeated inside one trial until it lasts this long
 WARMUP_S = 0.05  # untimed calls before a series of trials
 # The last data set a job loaded is kept for the next job of this process (a worker runs the same set job
-# after job; making or reading it cost more than a tiny job's 20 steps, issue 7 target 3). Only sets whose
+# after job; making or reading it cost more than a tiny job's 20 steps). Only sets whose
 # content follows from the arguments (no user path), and only up to this size.
 DATASET_CACHE_MAX_BYTES = 32 * 2**20
 

@@ -8,7 +8,7 @@ Every request except the health probes is also rate limited (`rate_limit`, an ap
 token id when it carries a valid token, else per client address (so guessing tokens is limited too).
 
 These dependencies are `async`: they run on the event loop, not in the thread pool (a hand-off each cost
-more than the check itself; issue 7). A token is looked up in the database (in the thread pool) only when
+more than the check itself). A token is looked up in the database (in the thread pool) only when
 the app's `TokenCache` does not hold it: once per `BPBENCH_TOKEN_CACHE_TTL_S` per token and process.
 """
 
@@ -57,7 +57,7 @@ Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 # PostgreSQL take for OFFSET (a bigger value used to be a 500 from the database driver; found by fuzzing).
 MAX_OFFSET = 1_000_000_000
 # Paged lists count their total exactly only this far: past it COUNT(*) would read every matching row (a
-# million succeeded jobs), so the page says `total_exact: false` ("more than this") instead (issue 7).
+# million succeeded jobs), so the page says `total_exact: false` ("more than this") instead.
 TOTAL_CAP = 10_000
 
 # Probes must answer whatever the load (and without touching the database): never rate limited.

@@ -83,7 +83,7 @@ def _sqlite_pragmas(busy_timeout_ms: int) -> Any:
 
 
 # Connections are opened lazily, kept, and never closed on return: with overflow connections an API under
-# load opened and closed one every few requests (a PostgreSQL backend start each; issue 7, target 1).
+# load opened and closed one every few requests (a PostgreSQL backend start each).
 # 20 covers the requests that run at once in one API process (more wait for a connection, cheaply).
 POSTGRES_POOL_SIZE = 20
 

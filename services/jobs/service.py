@@ -138,7 +138,7 @@ def _autocommit(session: Session) -> Connection:
     return session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
 
 
-# Core statements on the table: the ORM's bulk bookkeeping cost more than the SQL itself (issue 7).
+# Core statements on the table: the ORM's bulk bookkeeping cost more than the SQL itself.
 _JOBS = cast(Table, Job.__table__)
 
 
@@ -371,7 +371,7 @@ def complete_job(
         return None
     record = build_result(job, document)
     # The trials go in as one multi-row INSERT (Core), not as ORM objects: the unit of work's bookkeeping
-    # for tens of rows cost more than the statement itself (issue 7, target 2).
+    # for tens of rows cost more than the statement itself.
     trials = [
         {"series": t.series, "index": t.index, "value": t.value, "samples_per_s": t.samples_per_s}
         for t in record.trials
