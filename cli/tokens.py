@@ -22,8 +22,6 @@ from services.core.config import get_settings, redact_url
 if TYPE_CHECKING:  # the database layer is imported when a token command runs, not at every CLI start
     from sqlalchemy.orm import Session
 
-    from services.auth.models import ApiToken
-
 
 token_app = typer.Typer(
     help="API tokens with scopes read, submit, admin (talks to BPBENCH_DATABASE_URL directly).",
@@ -77,17 +75,14 @@ def create_command(
     ] = "read",
 ) -> None:
     """Make a token and print it once (stdout); only its hash is kept."""
-    from sqlalchemy import select
-
-    from services.auth.models import ApiToken
-    from services.auth.service import create_token
+    from services.auth.service import active_token_named, create_token
 
     scopes = parse_scopes(scope)
     name = name.strip()
     if not name or len(name) > 100:
         raise _fail(f"--name {name!r}: accepted: 1 to 100 characters", 2)
     with _database() as session:
-        taken = session.scalar(select(ApiToken).where(ApiToken.name == name, ApiToken.revoked.is_(False)))
+        taken = active_token_named(session, name)
         if taken is not None:
             raise _fail(
                 f"a token named {name!r} exists (prefix {taken.prefix}); revoke it or pick another name"
@@ -117,23 +112,6 @@ def list_command(
     console.print(tokens_table(rows))
 
 
-def find_tokens(session: Session, name_or_prefix: str) -> list[ApiToken]:
-    """Unrevoked tokens whose name is `name_or_prefix`, whose prefix starts with it, or which it is."""
-    from services.auth.service import hash_token, list_tokens
-
-    wanted = name_or_prefix.strip()
-    digest = hash_token(wanted)
-
-    def matches(row: ApiToken) -> bool:
-        if row.name == wanted:
-            return True
-        if len(wanted) <= len(row.prefix):
-            return len(wanted) >= MIN_PREFIX and row.prefix.startswith(wanted)
-        return row.token_hash == digest  # the whole token was given
-
-    return [row for row in list_tokens(session) if not row.revoked and matches(row)]
-
-
 @token_app.command("revoke")
 def revoke_command(
     name_or_prefix: Annotated[
@@ -141,10 +119,10 @@ def revoke_command(
     ],
 ) -> None:
     """Revoke one token by name or prefix: it stops working at once (the row is kept, marked)."""
-    from services.auth.service import revoke_token
+    from services.auth.service import find_active_tokens, revoke_token
 
     with _database() as session:
-        matches = find_tokens(session, name_or_prefix)
+        matches = find_active_tokens(session, name_or_prefix, min_prefix=MIN_PREFIX)
         if not matches:
             raise _fail(
                 f"no unrevoked token has the name or prefix {name_or_prefix!r} (see `bpbench token list`)"
