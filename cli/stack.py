@@ -41,8 +41,9 @@ from cli.render import (
 )
 from services.core.config import DATABASE_FILE, Settings, get_settings
 
-# The command line of a child `bpbench ...`: the same interpreter, so the same virtual environment.
-BPBENCH = [sys.executable, "-m", "cli"]
+# The command line of a child `bpbench ...`: the same interpreter, so the same virtual environment. `-P`:
+# the working directory is not put on the path, so a folder named `cli` there cannot stand in for ours.
+BPBENCH = [sys.executable, "-P", "-m", "cli"]
 _PR_SET_PDEATHSIG = 1
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
