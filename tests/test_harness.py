@@ -14,9 +14,8 @@ from harness.processes import PROJECT_ROOT, free_port, service_env, wait_until
 def test_a_service_environment_keeps_no_other_bpbench_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BPBENCH_PUBLIC_READ", "true")
     monkeypatch.setenv("PYTHONPATH", "/elsewhere")
-    env = service_env(
-        "sqlite:///x.db", "redis://127.0.0.1:6379/3", Path("/data"), "bpb_t", BPBENCH_API_URL="u"
-    )
+    broker = "redis://127.0.0.1:6379/3"
+    env = service_env("sqlite:///x.db", broker, Path("/data"), "bpb_t", BPBENCH_API_URL="u")
     assert {k: v for k, v in env.items() if k.startswith("BPBENCH_")} == {
         "BPBENCH_DATABASE_URL": "sqlite:///x.db",
         "BPBENCH_BROKER_URL": broker,
