@@ -392,94 +392,103 @@ def _rate_row(stats: dict[str, Any], unit: str) -> str:
 
 
 def summary_table(result: dict[str, Any]) -> Table:
-    """A rich table of the headline figures of a result document."""
-    kind = result["kind"]
-    metrics = result["metrics"]
+    """A rich table of the headline figures of a result document (one filler per job kind)."""
     spec = result["spec"]
-    model = spec["model"]
     table = Table(
-        title=f"bpbench {kind} on {result['fingerprint'].get('device', spec['device'])}", show_lines=False
+        title=f"bpbench {result['kind']} on {result['fingerprint'].get('device', spec['device'])}",
+        show_lines=False,
     )
-    if kind == "train":
-        table.add_column("metric")
-        table.add_column("value")
-        layers = "-".join(
-            str(w) for w in [*metrics["input_shape"], *model["layers"][1:-1], metrics["n_classes"]]
-        )
-        table.add_row(
-            "model", f"{model['name']} {layers} ({metrics['parameters']} parameters), {spec['dtype']}"
-        )
-        table.add_row(
-            "dataset",
-            f"{spec['dataset']} ({metrics['train_samples']} train / {metrics['test_samples']} test)",
-        )
-        table.add_row(
-            "steps x batch", f"{metrics['steps']} x {metrics['batch_size']}, {spec['optimizer']['name']}"
-        )
-        table.add_row("samples/s", _rate_row(metrics["samples_per_s"], ""))
-        table.add_row("step time (median)", _seconds(metrics["step_time_s"]["median"]))
-        table.add_row("train accuracy", f"{metrics['train_accuracy']:.4f}")
-        table.add_row("test accuracy", f"{metrics['test_accuracy']:.4f}")
-        table.add_row("final loss", f"{metrics['final_loss']:.4f}")
-        if metrics.get("target_accuracy") is not None:
-            reached = metrics["steps_to_target"]
-            table.add_row(
-                f"time to {metrics['target_accuracy']}",
-                f"{_seconds(metrics['time_to_target_s'])} ({reached} steps)" if reached else "not reached",
-            )
-        table.add_row("FLOPs/step", _si(metrics["flops_per_step"]))
-        table.add_row("achieved FLOP/s", _si(metrics["flops_per_s"], "FLOP/s"))
-        table.add_row(
-            f"peak memory ({metrics['peak_memory_source']})", _si(metrics["peak_memory_bytes"], "B")
-        )
-        timing = result["timing"]
-        table.add_row(
-            "timing",
-            f"{timing['windows']} windows of {timing['window_steps']} steps after {timing['warmup_steps']} "
-            f"warm-up ({timing['stop_reason']})",
-        )
-    elif kind == "gradcheck":
-        for column in ("parameter", "max abs error", "max rel error", "checked", "h", "pass"):
-            table.add_column(column)
-        for name, p in metrics["parameters"].items():
-            errors = f"{p['max_abs']:.2e}", f"{p['max_rel']:.2e}"
-            table.add_row(name, *errors, str(p["checked"]), f"{p['h']:g}", _mark(p["passed"]))
-        limit = "-" if metrics["threshold"] is None else f"<= {metrics['threshold']:.0e}"
-        errors = f"{metrics['max_abs_error']:.2e}", f"{metrics['max_relative_error']:.2e}"
-        table.add_row("all", *errors, limit, "", _mark(metrics["passed"]))
-        table.caption = (
-            f"{metrics['network']}, {metrics['samples']} random samples; central differences with "
-            "Richardson extrapolation, the better of the steps h per parameter"
-        )
-    elif kind == "backprop_vs_numerical":
-        for column in (
-            "hidden",
-            "parameters",
-            "backprop",
-            "numerical",
-            "time ratio",
-            "forward evals (num/bp)",
-        ):
-            table.add_column(column, justify="right")
-        for row in metrics["sizes"]:
-            cells = [str(row["width"]), str(row["parameters"])]
-            cells += [_seconds(row["backprop_s"]), _seconds(row["numerical_s"]), f"{row['time_ratio']:.0f}x"]
-            table.add_row(*cells, f"{row['numerical_forward_evaluations']} / 1")
-        table.caption = (
-            f"MLP {metrics['input_width']}-h-{metrics['n_classes']}, {metrics['samples']} samples, medians"
-        )
-    elif kind == "gemm":
-        for column in ("n", "FLOP/s (median)", "95% CI", "CV", "time/matmul"):
-            table.add_column(column, justify="right")
-        for row in metrics["sizes"]:
-            stats = row["flops_per_s"]
-            low, high = stats["ci95"]
-            cv = f"{stats['cv'] * 100:.1f}%" if stats["cv"] is not None else "-"
-            rate, interval = _si(stats["median"], "FLOP/s"), f"{_si(low)} - {_si(high)}"
-            table.add_row(str(row["n"]), rate, interval, cv, _seconds(row["seconds_per_matmul"]))
-        peak = _si(metrics["peak_flops_per_s"], "FLOP/s")
-        table.caption = f"peak {peak} at n={metrics['peak_size']}, {metrics['dtype']}"
+    fill = _SUMMARY_FILLERS.get(result["kind"])
+    if fill is not None:
+        fill(table, result)
     return table
+
+
+def _train_summary(table: Table, result: dict[str, Any]) -> None:
+    metrics, spec = result["metrics"], result["spec"]
+    model = spec["model"]
+    table.add_column("metric")
+    table.add_column("value")
+    layers = "-".join(str(w) for w in [*metrics["input_shape"], *model["layers"][1:-1], metrics["n_classes"]])
+    table.add_row("model", f"{model['name']} {layers} ({metrics['parameters']} parameters), {spec['dtype']}")
+    table.add_row(
+        "dataset", f"{spec['dataset']} ({metrics['train_samples']} train / {metrics['test_samples']} test)"
+    )
+    table.add_row(
+        "steps x batch", f"{metrics['steps']} x {metrics['batch_size']}, {spec['optimizer']['name']}"
+    )
+    table.add_row("samples/s", _rate_row(metrics["samples_per_s"], ""))
+    table.add_row("step time (median)", _seconds(metrics["step_time_s"]["median"]))
+    table.add_row("train accuracy", f"{metrics['train_accuracy']:.4f}")
+    table.add_row("test accuracy", f"{metrics['test_accuracy']:.4f}")
+    table.add_row("final loss", f"{metrics['final_loss']:.4f}")
+    if metrics.get("target_accuracy") is not None:
+        reached = metrics["steps_to_target"]
+        table.add_row(
+            f"time to {metrics['target_accuracy']}",
+            f"{_seconds(metrics['time_to_target_s'])} ({reached} steps)" if reached else "not reached",
+        )
+    table.add_row("FLOPs/step", _si(metrics["flops_per_step"]))
+    table.add_row("achieved FLOP/s", _si(metrics["flops_per_s"], "FLOP/s"))
+    table.add_row(f"peak memory ({metrics['peak_memory_source']})", _si(metrics["peak_memory_bytes"], "B"))
+    timing = result["timing"]
+    table.add_row(
+        "timing",
+        f"{timing['windows']} windows of {timing['window_steps']} steps after {timing['warmup_steps']} "
+        f"warm-up ({timing['stop_reason']})",
+    )
+
+
+def _gradcheck_summary(table: Table, result: dict[str, Any]) -> None:
+    metrics = result["metrics"]
+    for column in ("parameter", "max abs error", "max rel error", "checked", "h", "pass"):
+        table.add_column(column)
+    for name, p in metrics["parameters"].items():
+        errors = f"{p['max_abs']:.2e}", f"{p['max_rel']:.2e}"
+        table.add_row(name, *errors, str(p["checked"]), f"{p['h']:g}", _mark(p["passed"]))
+    limit = "-" if metrics["threshold"] is None else f"<= {metrics['threshold']:.0e}"
+    errors = f"{metrics['max_abs_error']:.2e}", f"{metrics['max_relative_error']:.2e}"
+    table.add_row("all", *errors, limit, "", _mark(metrics["passed"]))
+    table.caption = (
+        f"{metrics['network']}, {metrics['samples']} random samples; central differences with "
+        "Richardson extrapolation, the better of the steps h per parameter"
+    )
+
+
+def _backprop_vs_numerical_summary(table: Table, result: dict[str, Any]) -> None:
+    metrics = result["metrics"]
+    for column in ("hidden", "parameters", "backprop", "numerical", "time ratio", "forward evals (num/bp)"):
+        table.add_column(column, justify="right")
+    for row in metrics["sizes"]:
+        cells = [str(row["width"]), str(row["parameters"])]
+        cells += [_seconds(row["backprop_s"]), _seconds(row["numerical_s"]), f"{row['time_ratio']:.0f}x"]
+        table.add_row(*cells, f"{row['numerical_forward_evaluations']} / 1")
+    table.caption = (
+        f"MLP {metrics['input_width']}-h-{metrics['n_classes']}, {metrics['samples']} samples, medians"
+    )
+
+
+def _gemm_summary(table: Table, result: dict[str, Any]) -> None:
+    metrics = result["metrics"]
+    for column in ("n", "FLOP/s (median)", "95% CI", "CV", "time/matmul"):
+        table.add_column(column, justify="right")
+    for row in metrics["sizes"]:
+        stats = row["flops_per_s"]
+        low, high = stats["ci95"]
+        cv = f"{stats['cv'] * 100:.1f}%" if stats["cv"] is not None else "-"
+        rate, interval = _si(stats["median"], "FLOP/s"), f"{_si(low)} - {_si(high)}"
+        table.add_row(str(row["n"]), rate, interval, cv, _seconds(row["seconds_per_matmul"]))
+    peak = _si(metrics["peak_flops_per_s"], "FLOP/s")
+    table.caption = f"peak {peak} at n={metrics['peak_size']}, {metrics['dtype']}"
+
+
+# What `bpbench run` prints for each job kind: a new kind adds its filler here.
+_SUMMARY_FILLERS: dict[str, Callable[[Table, dict[str, Any]], None]] = {
+    "train": _train_summary,
+    "gradcheck": _gradcheck_summary,
+    "backprop_vs_numerical": _backprop_vs_numerical_summary,
+    "gemm": _gemm_summary,
+}
 
 
 def _mark(passed: bool | None) -> str:
