@@ -143,7 +143,7 @@ def run_worker(
     log_format: str = "text",
 ) -> int:
     """Register the device, then consume its queues until a shutdown signal; returns the exit code."""
-    # issue 5 (observability): one log setup for the worker; job lines carry job id, worker and device.
+    # One log setup for the worker; job lines carry job id, worker and device.
     from services.core.logging import LOG_FORMATS, configure_logging
 
     if log_format not in LOG_FORMATS:

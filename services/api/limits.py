@@ -146,8 +146,8 @@ class BodySizeLimit:
                 await _send_error(send, 413, str(BodyTooLarge(self.max_bytes, length).detail))
                 return
             if b"transfer-encoding" not in headers:
-                # The server reads no more than Content-Length bytes as this body (issue 7: counting them
-                # again cost a wrapper around every receive and send). A chunked body is always counted.
+                # The server reads no more than Content-Length bytes as this body (counting them again
+                # cost a wrapper around every receive and send). A chunked body is always counted.
                 await self.app(scope, receive, send)
                 return
         received = 0

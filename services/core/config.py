@@ -100,7 +100,7 @@ class Settings(BaseSettings):
     # Never printed: excluded from repr so a logged Settings shows no secret.
     api_token: str | None = Field(default=None, repr=False)
     public_read: bool = False
-    # --- issue 4 (security): request limits and CORS ---
+    # --- request limits and CORS: what a client may send, and from which origins ---
     max_body_bytes: int = Field(
         default=64 * 1024,
         ge=1024,
@@ -130,7 +130,7 @@ class Settings(BaseSettings):
         le=1000,
         description="most jobs one group commit of POST /api/v1/jobs writes at once; 1: one commit per job",
     )
-    # issue 7: a request with a token seen within this time needs no SELECT; a revocation waits this long.
+    # A request with a token seen within this time needs no SELECT; a revocation waits this long.
     token_cache_ttl_s: float = Field(
         default=5.0,
         ge=0,

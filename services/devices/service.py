@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -208,6 +208,13 @@ def list_devices(session: Session) -> list[Device]:
 def get_device(session: Session, device_id: str) -> Device | None:
     """The device with this id, or None."""
     return session.get(Device, device_id)
+
+
+def devices_by_id(session: Session, device_ids: Collection[str]) -> dict[str, Device]:
+    """The registered devices among `device_ids`, by id (one query; unknown ids are left out)."""
+    if not device_ids:
+        return {}
+    return {d.id: d for d in session.scalars(select(Device).where(Device.id.in_(list(device_ids))))}
 
 
 def list_workers(session: Session, *, device_id: str | None = None) -> list[Worker]:

@@ -203,3 +203,33 @@ def list_results(
     if limit is not None:
         query = query.limit(limit)
     return list(session.scalars(query))
+
+
+def count_results(
+    session: Session, *, device_ids: Sequence[str] | None, cap: int | None = None, **columns: Any
+) -> int:
+    """How many results match the same filters as `list_results`, counted by the database.
+
+    With `cap`, at most `cap` + 1 rows are read (a million results cost what ten thousand do).
+    """
+    query = select(Result.id)
+    for name, value in columns.items():
+        if value is not None:
+            query = query.where(getattr(Result, name) == value)
+    if device_ids is not None:
+        query = query.where(Result.device_id.in_(list(device_ids)))
+    if cap is not None:
+        query = query.limit(cap + 1)
+    return int(session.scalar(select(func.count()).select_from(query.subquery())) or 0)
+
+
+def trial_series(session: Session, result_id: int) -> dict[str, list[float | None]]:
+    """The trials of a result grouped by series (`samples_per_s`, `loss`, ...), each in trial order."""
+    series: dict[str, list[float | None]] = {}
+    for name, value in session.execute(
+        select(Trial.series, Trial.value)
+        .where(Trial.result_id == result_id)
+        .order_by(Trial.series, Trial.index)
+    ):
+        series.setdefault(name, []).append(value)
+    return series

@@ -1,8 +1,8 @@
-"""The API client commands: `bpbench submit`, `jobs`, `show`, `cancel`, `compare`, `timeline`, `devices`.
+"""Everything the command line prints: rich tables, progress bars, JSON and one-line errors.
 
-They speak HTTP to a running API (`BPBENCH_API_URL`, default http://127.0.0.1:8000) with the token from
-`BPBENCH_API_TOKEN` or `DATA_DIR/api-token`. Output is rich tables by default and JSON with `--json`.
-A refused connection or an HTTP error is one line on stderr and exit status 1, never a traceback.
+The commands fetch or compute a document, then hand it to a function here; nothing here talks to a
+database. Piped output (logs, tests) gets room for the wide comparison table instead of rich's default
+80 columns.
 """
 
 from __future__ import annotations
@@ -10,121 +10,32 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Annotated, Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
-from engine.spec import KINDS
-from services.cli.app import app
-from services.cli.spec_options import OneLineErrorCommand, SpecFileArg, spec_or_exit, with_spec_options
-from services.core.config import Settings, get_settings
+from cli.api_client import ApiClient, ClientError
+
+if TYPE_CHECKING:
+    from services.auth.models import ApiToken
 
 FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 
-# Piped output (logs, tests) gets room for the wide comparison table instead of rich's default 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
-
-
-class ClientError(Exception):
-    """A failure talking to the API, already worded for a person (one line)."""
-
-
-def read_token(settings: Settings) -> str | None:
-    """The API token: `BPBENCH_API_TOKEN`, else the file `bpbench up` wrote in the data directory."""
-    if settings.api_token:
-        return settings.api_token
-    path = settings.api_token_file
-    try:
-        return path.read_text().strip() or None
-    except OSError:
-        return None
-
-
-def _http_error_message(response: httpx.Response) -> str:
-    """`HTTP 422: steps: ...` from an error response, whatever its body."""
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    detail: Any = None
-    if isinstance(body, dict):
-        detail = body.get("message") or body.get("detail")
-    if isinstance(detail, list):
-        detail = "; ".join(str(d.get("message", d) if isinstance(d, dict) else d) for d in detail)
-    if detail is None:
-        detail = response.text.strip()[:300] or response.reason_phrase
-    return f"HTTP {response.status_code} from {response.request.method} {response.request.url.path}: {detail}"
-
-
-class ApiClient:
-    """A small synchronous client of the bpbench API; every failure is a `ClientError`."""
-
-    def __init__(self, base_url: str, token: str | None = None, timeout: float = 30.0) -> None:
-        self.base_url = base_url.rstrip("/")
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
-
-    @classmethod
-    def from_settings(cls, settings: Settings | None = None) -> ApiClient:
-        """A client for `BPBENCH_API_URL` with the token from the environment or the data directory."""
-        settings = settings or get_settings()
-        return cls(settings.api_url, read_token(settings))
-
-    def close(self) -> None:
-        """Close the connection pool."""
-        self._http.close()
-
-    # A 429 is waited out (its Retry-After, at most this long) this many times before it is an error.
-    RATE_LIMIT_RETRIES = 3
-    RATE_LIMIT_MAX_WAIT_S = 10.0
-
-    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """Send a request; raise `ClientError` on a connection failure or a non-2xx answer.
-
-        A 429 (rate limited) is retried after its `Retry-After`, up to `RATE_LIMIT_RETRIES` times."""
-        for _ in range(self.RATE_LIMIT_RETRIES):
-            response = self._send(method, path, **kwargs)
-            if response.status_code != 429:
-                break
-            try:
-                wait_s = float(response.headers.get("Retry-After", "1"))
-            except ValueError:
-                wait_s = 1.0
-            time.sleep(min(max(wait_s, 0.1), self.RATE_LIMIT_MAX_WAIT_S))
-        else:
-            response = self._send(method, path, **kwargs)
-        if response.status_code >= 400:
-            raise ClientError(_http_error_message(response))
-        return response
-
-    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            return self._http.request(method, path, **kwargs)
-        except httpx.ConnectError:
-            raise ClientError(
-                f"cannot reach the bpbench API at {self.base_url} (connection refused); "
-                "start it with `bpbench up` or `bpbench api`, or set BPBENCH_API_URL"
-            ) from None
-        except httpx.TimeoutException:
-            raise ClientError(f"the bpbench API at {self.base_url} did not answer in time") from None
-        except httpx.HTTPError as exc:
-            raise ClientError(f"request to {self.base_url}{path} failed: {exc}") from None
-
-    def get(self, path: str, **params: Any) -> Any:
-        """GET `path` with the query parameters that are not None; the decoded JSON."""
-        clean = {k: v for k, v in params.items() if v is not None}
-        return self.request("GET", path, params=clean).json()
-
-    def post(self, path: str, body: Any = None) -> Any:
-        """POST a JSON body; the decoded JSON."""
-        return self.request("POST", path, json=body).json()
 
 
 @contextmanager
@@ -158,7 +69,7 @@ def _years(entry: dict[str, Any] | None) -> str:
     return str(entry.get("years") or entry.get("entered") or "-")
 
 
-# --- rendering, shared with `bpbench up` -------------------------------------------------------------
+# --- the API's documents, shared by the client commands and `bpbench up` -----------------------------
 
 
 def jobs_table(jobs: Sequence[dict[str, Any]], title: str = "Jobs") -> Table:
@@ -368,122 +279,8 @@ def show_job(job: dict[str, Any]) -> None:
     console.print(table)
 
 
-# --- commands ------------------------------------------------------------------------------------------
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
-
-
-@app.command("submit", cls=OneLineErrorCommand)
-@with_spec_options
-def submit_command(
-    spec_file: SpecFileArg = None,
-    *,
-    target: Annotated[
-        str | None, typer.Option(help="exact device id to run on (see `bpbench devices`)")
-    ] = None,
-    wait: Annotated[bool, typer.Option("--wait", help="show a progress bar until the job ends")] = False,
-    as_json: JsonOpt = False,
-    overrides: dict[str, Any],
-) -> None:
-    """Submit a benchmark job to the API: the same spec and options as `bpbench run`."""
-    spec = spec_or_exit(spec_file, overrides)
-    body = spec.model_dump(mode="json", exclude_unset=False)
-    if target:
-        body["target"] = target
-    with one_line_errors():
-        client = ApiClient.from_settings()
-        job = client.post("/api/v1/jobs", body)
-        if wait:
-            (job,) = wait_for_jobs(client, [job], out=err_console if as_json else console)
-    if as_json:
-        print_json(job)
-    elif wait:
-        show_job(job)
-    else:
-        console.print(
-            f"submitted job {job['id']} ({job['status']}); follow it with `bpbench show {job['id']}`"
-        )
-    if wait and job.get("status") != "succeeded":
-        raise typer.Exit(1)
-
-
-@app.command("jobs")
-def jobs_command(
-    status: Annotated[str | None, typer.Option(help="queued, running, succeeded, failed, cancelled")] = None,
-    kind: Annotated[str | None, typer.Option(help=", ".join(KINDS))] = None,
-    device: Annotated[str | None, typer.Option(help="requested device class or exact device id")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=1000)] = 20,
-    offset: Annotated[int, typer.Option(min=0)] = 0,
-    as_json: JsonOpt = False,
-) -> None:
-    """List jobs, newest first."""
-    with one_line_errors():
-        page = ApiClient.from_settings().get(
-            "/api/v1/jobs", status=status, kind=kind, device=device, limit=limit, offset=offset
-        )
-    if as_json:
-        print_json(page)
-        return
-    # `total_exact` false: more than `total` match (the API counts exactly up to 10,000).
-    total = f"{page['total']}{'' if page.get('total_exact', True) else '+'}"
-    console.print(
-        jobs_table(page["items"], title=f"Jobs {offset + 1}-{offset + len(page['items'])} of {total}")
-    )
-
-
-@app.command("show")
-def show_command(job_id: Annotated[str, typer.Argument(help="job id")], as_json: JsonOpt = False) -> None:
-    """Show one job: status, progress, result summary, error."""
-    with one_line_errors():
-        job = ApiClient.from_settings().get(f"/api/v1/jobs/{job_id}")
-    if as_json:
-        print_json(job)
-    else:
-        show_job(job)
-
-
-@app.command("cancel")
-def cancel_command(job_id: Annotated[str, typer.Argument(help="job id")], as_json: JsonOpt = False) -> None:
-    """Cancel a job (a queued job at once; a running one between two steps)."""
-    with one_line_errors():
-        job = ApiClient.from_settings().post(f"/api/v1/jobs/{job_id}/cancel")
-    if as_json:
-        print_json(job)
-    else:
-        console.print(f"job {job['id']}: {job['status']}")
-
-
-@app.command("compare")
-def compare_command(
-    kind: Annotated[str | None, typer.Option()] = None,
-    model: Annotated[str | None, typer.Option()] = None,
-    dataset: Annotated[str | None, typer.Option()] = None,
-    batch_size: Annotated[int | None, typer.Option()] = None,
-    dtype: Annotated[str | None, typer.Option()] = None,
-    spec_hash: Annotated[str | None, typer.Option(help="compare exactly this spec")] = None,
-    baseline: Annotated[str | None, typer.Option(help="device id or name; default the slowest")] = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Compare devices on one spec: median throughput with CI, ratio, efficiency, vendor timeline."""
-    with one_line_errors():
-        doc = ApiClient.from_settings().get(
-            "/api/v1/compare",
-            kind=kind,
-            model=model,
-            dataset=dataset,
-            batch_size=batch_size,
-            dtype=dtype,
-            spec_hash=spec_hash,
-            baseline=baseline,
-        )
-        # issue 5: each device's newest result on this spec, flagged when outside its history's noise.
-        flags = ApiClient.from_settings().get("/api/v1/regressions", spec_hash=doc["spec_hash"])["items"]
-    if as_json:
-        print_json({**doc, "regressions": flags})
-        return
-    console.print(comparison_table(doc))
-    if doc.get("note"):
-        console.print(f"[dim]{doc['note']}[/dim]")
+def print_regression_flags(flags: Sequence[dict[str, Any]]) -> None:
+    """One coloured line per flagged result: regression or improvement, the change and its history."""
     for flag in flags:
         colour = "red" if flag["flag"] == "regression" else "green"
         console.print(
@@ -495,24 +292,206 @@ def compare_command(
         )
 
 
-@app.command("timeline")
-def timeline_command(as_json: JsonOpt = False) -> None:
-    """The seed's timeline: when each vendor entered deep learning, and the milestones 1986-2012."""
-    with one_line_errors():
-        doc = ApiClient.from_settings().get("/api/v1/timeline")
-    if as_json:
-        print_json(doc)
-        return
-    for table in timeline_tables(doc):
-        console.print(table)
+# --- API tokens (read from the database by `bpbench token`) ------------------------------------------
 
 
-@app.command("devices")
-def devices_command(as_json: JsonOpt = False) -> None:
-    """Registered devices: fingerprint summary, live or not, queue."""
-    with one_line_errors():
-        doc = ApiClient.from_settings().get("/api/v1/devices")
-    if as_json:
-        print_json(doc)
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def token_documents(rows: Sequence[ApiToken]) -> list[dict[str, Any]]:
+    """The tokens as JSON documents (never the token itself: only its hash is stored)."""
+    return [
+        {
+            "id": row.id,
+            "name": row.name,
+            "scopes": row.scopes,
+            "prefix": row.prefix,
+            "created_at": row.created_at.isoformat(),
+            "last_used_at": row.last_used_at.isoformat() if row.last_used_at else None,
+            "revoked": row.revoked,
+            "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None,
+        }
+        for row in rows
+    ]
+
+
+def tokens_table(rows: Sequence[ApiToken]) -> Table:
+    """Every token: name, scopes, prefix, created, last used, revoked."""
+    table = Table(title=f"API tokens ({len(rows)})")
+    for column in ("name", "scopes", "prefix", "created (UTC)", "last used (UTC)", "revoked"):
+        table.add_column(column)
+    for row in rows:
+        revoked = f"yes, {_when(row.revoked_at)}" if row.revoked else "no"
+        table.add_row(
+            row.name,
+            ",".join(row.scopes),
+            row.prefix,
+            _when(row.created_at),
+            _when(row.last_used_at),
+            revoked,
+        )
+    return table
+
+
+# --- the result document of a local run -------------------------------------------------------------
+
+
+@contextmanager
+def progress_bar(
+    console: Console, *, enabled: bool, title: str
+) -> Iterator[Callable[[float, str], None] | None]:
+    """A rich progress bar on stderr; yields the callback for `run_job` (None when disabled)."""
+    if not enabled:
+        yield None
         return
-    console.print(devices_table(doc["items"]))
+    columns = (
+        TextColumn("[bold]{task.fields[title]}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>5.1f}%"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.description}"),
+    )
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("starting", total=1.0, title=title)
+
+        def update(fraction: float, message: str) -> None:
+            bar.update(task, completed=fraction, description=message)
+
+        yield update
+
+
+def _si(value: float | None, unit: str = "") -> str:
+    """1.23 G, 45.6 k ... (three significant digits)."""
+    if value is None:
+        return "-"
+    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g} {prefix}{unit}"
+    return f"{value:.3g} {unit}".rstrip()
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value < 1e-3:
+        return f"{value * 1e6:.3g} µs"
+    if value < 1:
+        return f"{value * 1e3:.3g} ms"
+    return f"{value:.3g} s"
+
+
+def _rate_row(stats: dict[str, Any], unit: str) -> str:
+    lo, hi = stats["ci95"] if stats.get("ci95") else (None, None)
+    cv = stats.get("cv")
+    return (
+        f"{_si(stats['median'], unit)}  (95% CI {_si(lo)} - {_si(hi)}, IQR {_si(stats['iqr'])}, "
+        f"CV {cv * 100 if cv is not None else float('nan'):.1f}%, n={stats['n']})"
+    )
+
+
+def summary_table(result: dict[str, Any]) -> Table:
+    """A rich table of the headline figures of a result document (one filler per job kind)."""
+    spec = result["spec"]
+    table = Table(
+        title=f"bpbench {result['kind']} on {result['fingerprint'].get('device', spec['device'])}",
+        show_lines=False,
+    )
+    fill = _SUMMARY_FILLERS.get(result["kind"])
+    if fill is not None:
+        fill(table, result)
+    return table
+
+
+def _train_summary(table: Table, result: dict[str, Any]) -> None:
+    metrics, spec = result["metrics"], result["spec"]
+    model = spec["model"]
+    table.add_column("metric")
+    table.add_column("value")
+    layers = "-".join(str(w) for w in [*metrics["input_shape"], *model["layers"][1:-1], metrics["n_classes"]])
+    table.add_row("model", f"{model['name']} {layers} ({metrics['parameters']} parameters), {spec['dtype']}")
+    table.add_row(
+        "dataset", f"{spec['dataset']} ({metrics['train_samples']} train / {metrics['test_samples']} test)"
+    )
+    table.add_row(
+        "steps x batch", f"{metrics['steps']} x {metrics['batch_size']}, {spec['optimizer']['name']}"
+    )
+    table.add_row("samples/s", _rate_row(metrics["samples_per_s"], ""))
+    table.add_row("step time (median)", _seconds(metrics["step_time_s"]["median"]))
+    table.add_row("train accuracy", f"{metrics['train_accuracy']:.4f}")
+    table.add_row("test accuracy", f"{metrics['test_accuracy']:.4f}")
+    table.add_row("final loss", f"{metrics['final_loss']:.4f}")
+    if metrics.get("target_accuracy") is not None:
+        reached = metrics["steps_to_target"]
+        table.add_row(
+            f"time to {metrics['target_accuracy']}",
+            f"{_seconds(metrics['time_to_target_s'])} ({reached} steps)" if reached else "not reached",
+        )
+    table.add_row("FLOPs/step", _si(metrics["flops_per_step"]))
+    table.add_row("achieved FLOP/s", _si(metrics["flops_per_s"], "FLOP/s"))
+    table.add_row(f"peak memory ({metrics['peak_memory_source']})", _si(metrics["peak_memory_bytes"], "B"))
+    timing = result["timing"]
+    table.add_row(
+        "timing",
+        f"{timing['windows']} windows of {timing['window_steps']} steps after {timing['warmup_steps']} "
+        f"warm-up ({timing['stop_reason']})",
+    )
+
+
+def _gradcheck_summary(table: Table, result: dict[str, Any]) -> None:
+    metrics = result["metrics"]
+    for column in ("parameter", "max abs error", "max rel error", "checked", "h", "pass"):
+        table.add_column(column)
+    for name, p in metrics["parameters"].items():
+        errors = f"{p['max_abs']:.2e}", f"{p['max_rel']:.2e}"
+        table.add_row(name, *errors, str(p["checked"]), f"{p['h']:g}", _mark(p["passed"]))
+    limit = "-" if metrics["threshold"] is None else f"<= {metrics['threshold']:.0e}"
+    errors = f"{metrics['max_abs_error']:.2e}", f"{metrics['max_relative_error']:.2e}"
+    table.add_row("all", *errors, limit, "", _mark(metrics["passed"]))
+    table.caption = (
+        f"{metrics['network']}, {metrics['samples']} random samples; central differences with "
+        "Richardson extrapolation, the better of the steps h per parameter"
+    )
+
+
+def _backprop_vs_numerical_summary(table: Table, result: dict[str, Any]) -> None:
+    metrics = result["metrics"]
+    for column in ("hidden", "parameters", "backprop", "numerical", "time ratio", "forward evals (num/bp)"):
+        table.add_column(column, justify="right")
+    for row in metrics["sizes"]:
+        cells = [str(row["width"]), str(row["parameters"])]
+        cells += [_seconds(row["backprop_s"]), _seconds(row["numerical_s"]), f"{row['time_ratio']:.0f}x"]
+        table.add_row(*cells, f"{row['numerical_forward_evaluations']} / 1")
+    table.caption = (
+        f"MLP {metrics['input_width']}-h-{metrics['n_classes']}, {metrics['samples']} samples, medians"
+    )
+
+
+def _gemm_summary(table: Table, result: dict[str, Any]) -> None:
+    metrics = result["metrics"]
+    for column in ("n", "FLOP/s (median)", "95% CI", "CV", "time/matmul"):
+        table.add_column(column, justify="right")
+    for row in metrics["sizes"]:
+        stats = row["flops_per_s"]
+        low, high = stats["ci95"]
+        cv = f"{stats['cv'] * 100:.1f}%" if stats["cv"] is not None else "-"
+        rate, interval = _si(stats["median"], "FLOP/s"), f"{_si(low)} - {_si(high)}"
+        table.add_row(str(row["n"]), rate, interval, cv, _seconds(row["seconds_per_matmul"]))
+    peak = _si(metrics["peak_flops_per_s"], "FLOP/s")
+    table.caption = f"peak {peak} at n={metrics['peak_size']}, {metrics['dtype']}"
+
+
+# What `bpbench run` prints for each job kind: a new kind adds its filler here.
+_SUMMARY_FILLERS: dict[str, Callable[[Table, dict[str, Any]], None]] = {
+    "train": _train_summary,
+    "gradcheck": _gradcheck_summary,
+    "backprop_vs_numerical": _backprop_vs_numerical_summary,
+    "gemm": _gemm_summary,
+}
+
+
+def _mark(passed: bool | None) -> str:
+    if passed is None:
+        return "n/a (float32)"  # rounding-bound: no pass/fail outside float64
+    return "[green]pass[/green]" if passed else "[red]FAIL[/red]"
