@@ -11,10 +11,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from cli.api_client import ApiClient
 from cli.app import app
 from cli.render import (
+    comparison_notes,
     comparison_table,
     console,
     devices_table,
@@ -144,6 +146,8 @@ def compare_command(
     console.print(comparison_table(doc))
     if doc.get("note"):
         console.print(f"[dim]{doc['note']}[/dim]")
+    for note in comparison_notes(doc):
+        console.print(f"[yellow]{escape(note)}[/yellow]")
     print_regression_flags(flags)
 
 

@@ -112,6 +112,7 @@ def comparison_table(doc: dict[str, Any], title: str | None = None) -> Table:
         "ratio",
         "efficiency",
         "gemm peak GFLOP/s",
+        "samples/J",
         "platform",
         "entered deep learning",
     ):
@@ -129,12 +130,38 @@ def comparison_table(doc: dict[str, Any], title: str | None = None) -> Table:
             f"{_fmt(ci[0])} .. {_fmt(ci[1])}",
             str(row.get("runs", "-")),
             f"{row['ratio']:.2f}x" if isinstance(row.get("ratio"), int | float) else "-",
-            f"{100 * efficiency:.1f}%" if isinstance(efficiency, int | float) else "-",
+            "recalibrate!"
+            if row.get("efficiency_flag")
+            else f"{100 * efficiency:.1f}%"
+            if isinstance(efficiency, int | float)
+            else "-",
             _fmt(row["gemm_peak_flops_per_s"] / 1e9) if row.get("gemm_peak_flops_per_s") else "-",
+            _fmt(row["samples_per_j"]) if isinstance(row.get("samples_per_j"), int | float) else "-",
             str(timeline.get("platform") or "-"),
             _years(timeline),
         )
     return table
+
+
+def comparison_notes(doc: dict[str, Any]) -> list[str]:
+    """What a reader of the comparison must know: flagged efficiencies, energy not measured, a loaded
+    host beside quiet ones, and the stack fields that differ between the devices."""
+    notes = []
+    for row in doc.get("rows", []):
+        name = row.get("device_name") or row.get("device_id")
+        if row.get("efficiency_flag"):
+            notes.append(f"{name}: {row['efficiency_flag']}")
+        elif row.get("calibration_note") and row.get("efficiency") is None:
+            notes.append(f"{name}: {row['calibration_note']}")
+        if row.get("samples_per_j") is None and row.get("energy_note"):
+            notes.append(f"{name}: energy not measured ({row['energy_note']})")
+    if doc.get("load_warning"):
+        notes.append(str(doc["load_warning"]))
+    names = {row["device_id"]: row.get("device_name") or row["device_id"] for row in doc.get("rows", [])}
+    for field, values in (doc.get("stack_differences") or {}).items():
+        listed = ", ".join(f"{names.get(device, device)} {value}" for device, value in values.items())
+        notes.append(f"{field} differs: {listed}")
+    return notes
 
 
 def checks_table(jobs: Sequence[dict[str, Any]]) -> Table:

@@ -15,10 +15,15 @@
    times the median samples/s, over the calibration chosen by `services.results.calibration`: a gemm run at
    sizes >= 1024 on the same software stack; the row names it, and an efficiency over 100% is flagged with
    the command that recalibrates), and the vendor's row in the seed's timeline.
+4. The conditions of each device's runs: median samples per joule and power where a sensor measured them
+   (else why not), the highest load average seen, and the software stack of its newest run. The answer
+   lists the stack fields that differ between the devices (`stack_differences`) and warns when runs on a
+   loaded host are compared with quiet ones (`load_warning`).
 """
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +33,7 @@ from sqlalchemy.orm import Session
 from engine.stats import CI_METHOD, median_ci_ranks
 from services.devices.models import Device
 from services.jobs.models import Job
-from services.results.calibration import Calibration, calibration_for, recalibrate_command
+from services.results.calibration import Calibration, calibration_for, load_of, recalibrate_command
 from services.results.history import stack_of
 from services.results.models import NO_DEVICE, Result, SpecDeviceStats, Trial
 from services.timeline.models import VendorEntry
@@ -162,6 +167,52 @@ def _calibrations(
     return found
 
 
+def _run_conditions(session: Session, spec_hash: str, device_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Per device over its runs of this spec: median samples per joule (and power) where a sensor
+    measured them, why not where none did, the highest load seen, and the stack of its newest run."""
+    rows = session.execute(
+        select(Result.device_id, Result.metrics, Result.fingerprint)
+        .where(Result.spec_hash == spec_hash, Result.device_id.in_(device_ids))
+        .order_by(Result.created_at, Result.id)
+    ).all()
+    found: dict[str, dict[str, Any]] = {}
+    for device_id, metrics, fingerprint in rows:
+        entry = found.setdefault(device_id, {"per_j": [], "power": [], "reasons": set(), "loads": []})
+        energy = (metrics or {}).get("energy") or {}
+        if isinstance(energy.get("samples_per_j"), int | float):
+            entry["per_j"].append(float(energy["samples_per_j"]))
+            entry["power"].append(float(energy.get("mean_power_w") or 0.0))
+        elif energy.get("reason"):
+            entry["reasons"].add(str(energy["reason"]))
+        load = load_of(metrics)
+        if load is not None:
+            entry["loads"].append(load)
+        entry["stack"] = stack_of(fingerprint)
+        entry["cpu_count"] = ((metrics or {}).get("conditions") or {}).get("cpu_count")
+    summary = {}
+    for device_id, entry in found.items():
+        loads, cpu_count = entry["loads"], entry.get("cpu_count")
+        summary[device_id] = {
+            "samples_per_j": statistics.median(entry["per_j"]) if entry["per_j"] else None,
+            "mean_power_w": statistics.median(entry["power"]) if entry["power"] else None,
+            "energy_note": None if entry["per_j"] else "; ".join(sorted(entry["reasons"])) or "not measured",
+            "load_max": max(loads) if loads else None,
+            "loaded": bool(loads and cpu_count and max(loads) > cpu_count),
+            "stack": entry["stack"],
+        }
+    return summary
+
+
+def _differences(stacks: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The stack fields whose values differ between the compared devices: field -> {device: value}."""
+    fields = sorted({key for stack in stacks.values() for key in stack})
+    return {
+        key: {device: stack.get(key) for device, stack in stacks.items()}
+        for key in fields
+        if len({repr(stack.get(key)) for stack in stacks.values()}) > 1
+    }
+
+
 def _efficiency(
     device_id: str,
     dtype: str | None,
@@ -220,6 +271,7 @@ def compare(session: Session, filters: CompareFilters, baseline: str | None = No
     devices = {d.id: d for d in session.scalars(select(Device).where(Device.id.in_(list(stats))))}
     timeline = {v.vendor.lower(): v for v in session.scalars(select(VendorEntry))}
     calibrations = _calibrations(session, spec_hash, list(stats), chosen["dtype"])
+    conditions = _run_conditions(session, spec_hash, list(stats))
     flops_per_sample = _flops_per_sample(session, spec_hash)
     spec = session.scalar(
         select(Job.spec).join(Result, Result.job_id == Job.id).where(Result.spec_hash == spec_hash).limit(1)
@@ -260,6 +312,8 @@ def compare(session: Session, filters: CompareFilters, baseline: str | None = No
                 "ratio": item["median"] / base if base else None,
                 "achieved_flops_per_s": achieved,
                 **_efficiency(device_id, chosen["dtype"], achieved, *calibrations[device_id]),
+                **{k: v for k, v in conditions.get(device_id, {}).items() if k != "stack"},
+                "stack": conditions.get(device_id, {}).get("stack"),
                 "timeline": None
                 if entry is None
                 else {
@@ -287,4 +341,19 @@ def compare(session: Session, filters: CompareFilters, baseline: str | None = No
         "baseline_device_id": baseline_id,
         "baseline_name": devices[baseline_id].name if baseline_id in devices else baseline_id,
         "rows": rows,
+        "stack_differences": _differences({d: c["stack"] for d, c in conditions.items()}),
+        "load_warning": _load_warning(rows),
     }
+
+
+def _load_warning(rows: list[dict[str, Any]]) -> str | None:
+    """A warning when quiet runs are compared with runs taken on a loaded host."""
+    loaded = [r for r in rows if r.get("loaded")]
+    if not loaded or len(loaded) == len(rows):
+        return None
+    names = ", ".join(str(r["device_name"] or r["device_id"]) for r in loaded)
+    return (
+        f"{names} ran with the host loaded beyond its cores (load average up to "
+        f"{max(r['load_max'] for r in loaded):.1f}) while the others ran quiet: "
+        "the ratio is not like for like"
+    )

@@ -45,6 +45,11 @@ CSV_COLUMNS = (
     "flops_per_s",
     "peak_flops_per_s",
     "max_relative_error",
+    "samples_per_j",
+    "mean_power_w",
+    "energy_note",
+    "load_max",
+    "dropped_windows",
 )
 
 
@@ -137,6 +142,14 @@ def to_csv(views: list[ResultOut]) -> str:
             key: metrics.get(key)
             for key in ("test_accuracy", "flops_per_s", "peak_flops_per_s", "max_relative_error")
         }
+        energy, conditions = metrics.get("energy") or {}, metrics.get("conditions") or {}
+        extra.update(
+            samples_per_j=energy.get("samples_per_j"),
+            mean_power_w=energy.get("mean_power_w"),
+            energy_note=energy.get("reason"),
+            load_max=conditions.get("load_max"),
+            dropped_windows=conditions.get("dropped_windows"),
+        )
         writer.writerow([_csv_cell(extra[c] if c in extra else doc.get(c)) for c in CSV_COLUMNS])
     return buffer.getvalue()
 

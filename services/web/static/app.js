@@ -207,7 +207,10 @@ function renderCompare(doc, flags) {
   $("compare-spec").textContent =
     `spec ${doc.spec_hash}: ${doc.spec && doc.spec.kind} ${model} on ${spec.dataset}, batch ${spec.batch_size}, ` +
     `${spec.dtype}, ${spec.steps} steps · baseline ${doc.baseline_name} · CI: ${doc.ci_method}`;
-  $("compare-note").textContent = doc.note || "";
+  const deviceNames = Object.fromEntries(doc.rows.map((r) => [r.device_id, r.device_name || r.device_id]));
+  const differences = Object.entries(doc.stack_differences || {}).map(([field, values]) =>
+    `${field} differs: ${Object.entries(values).map(([d, v]) => `${deviceNames[d] || d} ${v}`).join(", ")}`);
+  $("compare-note").textContent = [doc.note, doc.load_warning, ...differences].filter(Boolean).join(" · ");
   const form = $("compare-filters");
   fillSelect(form.elements.spec_hash,
     doc.candidates.map((c) => [c.spec_hash, `${c.spec_hash} · ${c.model || c.kind} b${c.batch_size} ${c.dtype} (${c.results})`]),
@@ -269,7 +272,7 @@ function renderCompare(doc, flags) {
 
   const table = $("compare-table");
   table.replaceChildren(el("thead", {}, el("tr", {},
-    ...["device", "vendor", "median samples/s", "95% CI", "ratio", "efficiency", "runs", "trials", "flag"]
+    ...["device", "vendor", "median samples/s", "95% CI", "ratio", "efficiency", "samples/J", "runs", "trials", "flag"]
       .map((h) => el("th", {}, h)))));
   const body = el("tbody");
   for (const r of rows) {
@@ -281,6 +284,8 @@ function renderCompare(doc, flags) {
       el("td", { class: "num" }, r.ratio === null ? "–" : `×${r.ratio.toFixed(2)}`),
       el("td", { class: "num", title: r.efficiency_flag || r.calibration_note || "" },
         r.efficiency === null ? "–" : r.efficiency_flag ? "recalibrate ⚠" : `${(100 * r.efficiency).toFixed(1)}%`),
+      el("td", { class: "num samples-per-joule", title: r.samples_per_j === null ? `energy not measured: ${r.energy_note || "no sensor"}` : `${fmt(r.mean_power_w, 3)} W` },
+        r.samples_per_j === null || r.samples_per_j === undefined ? "–" : fmt(r.samples_per_j, 4)),
       el("td", { class: "num" }, r.runs),
       el("td", { class: "num" }, r.trials),
       el("td", {}, flagBadge(flags[r.device_id]) || "")));
