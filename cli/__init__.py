@@ -3,12 +3,12 @@
 It sits above `services` and `workers` (it starts API, worker and reconciler processes); nothing there
 imports it. `app.py` holds the typer app, `api_client.py` the HTTP client, `render.py` what is printed,
 and one module per command group registers its commands: `local.py`, `servers.py` (with `stack.py`
-behind `bpbench up`), `client.py`, `tokens.py`.
+behind `bpbench up`), `client.py`, `tokens.py`, `monitoring.py` (schedules, alerts, marks).
 """
 
 from __future__ import annotations
 
-from cli import client, local, servers, tokens  # noqa: F401  (registers commands)
+from cli import client, local, monitoring, servers, tokens  # noqa: F401  (registers commands)
 from cli.app import app
 
 

@@ -100,3 +100,12 @@ def marks_for(session: Session, device_id: str, spec_hash: str) -> list[HistoryM
             .order_by(HistoryMark.at)
         ).all()
     )
+
+
+def list_marks(session: Session, device_id: str) -> list[HistoryMark]:
+    """Every mark of a device, oldest first."""
+    return list(
+        session.scalars(
+            select(HistoryMark).where(HistoryMark.device_id == device_id).order_by(HistoryMark.at)
+        ).all()
+    )
