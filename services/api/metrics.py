@@ -34,9 +34,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.core.config import Settings
-from services.core.db import utcnow
 from services.core.queue import CLASS_QUEUES, celery_app, device_queue
 from services.devices.models import Device, Worker
+from services.devices.service import live_worker_condition
 from services.jobs.models import FINAL_STATUSES, JOB_STATUSES, Job
 
 log = logging.getLogger(__name__)
@@ -130,16 +130,16 @@ class ServiceCollector(Collector):
         yield family
 
     def _workers(self, session: Session) -> Iterator[Metric]:
-        cutoff = utcnow().timestamp() - self._settings.worker_dead_after_s
         live: dict[str, int] = dict.fromkeys(CLASS_QUEUES, 0)
         rows = session.execute(
-            select(Device.device_class, Worker.last_heartbeat)
+            select(Device.device_class, func.count())
+            .select_from(Worker)
             .join(Device, Device.id == Worker.device_id)
-            .where(Worker.stopped_at.is_(None))
+            .where(live_worker_condition(dead_after_s=self._settings.worker_dead_after_s))
+            .group_by(Device.device_class)
         )
-        for device_class, heartbeat in rows:
-            if heartbeat.timestamp() >= cutoff:
-                live[device_class] = live.get(device_class, 0) + 1
+        for device_class, count in rows:
+            live[device_class] = live.get(device_class, 0) + int(count)
         family = GaugeMetricFamily(
             "bpbench_workers_live",
             "Workers with a recent heartbeat, per device class",

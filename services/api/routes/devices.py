@@ -11,8 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from services.api.deps import ReadAccess, SessionDep, SettingsDep
-from services.core.db import utcnow
-from services.devices.service import is_live, list_devices, list_workers
+from services.devices.service import list_devices, workers_with_liveness
 from services.jobs.models import Job
 
 router = APIRouter(prefix="/devices", tags=["devices"])
@@ -56,10 +55,8 @@ class DevicePage(BaseModel):
 
 def device_views(session: Session, worker_dead_after_s: float) -> list[DeviceOut]:
     """Every device (by class, then name) with its workers and the number of queued jobs it may take."""
-    now = utcnow()
     workers: dict[str, list[WorkerOut]] = {}
-    for worker in list_workers(session):
-        live = is_live(worker, dead_after_s=worker_dead_after_s, now=now)
+    for worker, live in workers_with_liveness(session, dead_after_s=worker_dead_after_s):
         workers.setdefault(worker.device_id, []).append(
             WorkerOut(
                 name=worker.name,
