@@ -30,6 +30,7 @@ from engine.backend import (
     Stopwatch,
     as_numpy,
     fingerprint,
+    memory_probe,
     resolve_device,
     seed_everything,
     synchronize,
@@ -196,22 +197,6 @@ def _device(spec: dict[str, Any]) -> Device:
         return resolve_device(spec["device"])
     except DeviceError as exc:
         raise JobError(str(exc)) from None
-
-
-def _memory_probe(device: Device) -> Callable[[], dict[str, int]]:
-    """A function that reads current memory use: host RSS, plus the CuPy pool's bytes on a GPU."""
-    import psutil
-
-    process = psutil.Process()
-    pool = device.xp.get_default_memory_pool() if device.is_gpu else None
-
-    def probe() -> dict[str, int]:
-        reading = {"host_rss_bytes": int(process.memory_info().rss)}
-        if pool is not None:
-            reading["gpu_pool_bytes"] = int(pool.total_bytes())
-        return reading
-
-    return probe
 
 
 def run_job(
@@ -403,7 +388,7 @@ def _run_train(spec: dict[str, Any], reporter: _Progress) -> dict[str, Any]:
     time_to_target: float | None = None
     steps_to_target: int | None = None
     target_checks = 0
-    probe = _memory_probe(device)
+    probe = memory_probe(device)
     peak: dict[str, int] = probe()
     train_time = 0.0  # seconds spent in training steps only (no evaluation, no bookkeeping)
     stopwatch = Stopwatch(device)

@@ -25,9 +25,9 @@ from services.devices.models import Device, Worker
 from services.devices.service import register_device
 from services.jobs import service as jobs
 from services.jobs.models import Job
+from services.jobs.runner import JobHeartbeats, job_heartbeats
 from services.results.models import Result, Trial
 from tests.conftest import WorkerProcess, tiny_spec, wait_for_job, wait_until
-from workers.tasks import JobHeartbeats, job_heartbeats
 
 
 def _queue_drained(broker_url: str, *queues: str) -> bool:

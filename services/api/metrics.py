@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.core.config import Settings
-from services.core.queue import CLASS_QUEUES, celery_app, device_queue
+from services.core.queue import CLASS_QUEUES, device_queue, get_celery_app
 from services.devices.models import Device, Worker
 from services.devices.service import live_worker_condition
 from services.jobs.models import FINAL_STATUSES, JOB_STATUSES, Job
@@ -183,7 +183,7 @@ def queue_depths(names: list[str]) -> dict[str, int]:
     A queue the broker does not know (never declared, or a Redis list that is empty and so absent) holds 0.
     """
     depths: dict[str, int] = {}
-    with celery_app.connection_for_read() as connection:
+    with get_celery_app().connection_for_read() as connection:
         connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=2)
         for name in names:
             # A fresh channel per queue: on AMQP a passive declare of a missing queue closes its channel.

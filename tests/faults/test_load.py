@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import insert, select, update
 
 from services.core.db import utcnow
-from services.core.queue import RUN_JOB_TASK, celery_app
+from services.core.queue import RUN_JOB_TASK, get_celery_app
 from services.jobs import service as jobs
 from services.jobs.models import Job, new_job_id
 from tests.conftest import tiny_spec, wait_until
@@ -59,6 +59,7 @@ def test_ten_thousand_small_jobs_through_two_workers_all_finish_once(stack: Stac
         session.execute(update(Job).where(Job.id == template.id).values(published_at=columns["published_at"]))
         session.execute(insert(Job), [{**columns, "id": job_id} for job_id in job_ids[1:]])
         session.commit()
+    celery_app = get_celery_app()
     with celery_app.producer_or_acquire() as producer:  # one connection for the 10,000 messages
         for job_id in job_ids:
             celery_app.send_task(
