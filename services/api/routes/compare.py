@@ -10,7 +10,8 @@ from fastapi import APIRouter, HTTPException, Query
 
 from services.api.deps import ReadAccess, SessionDep
 from services.jobs.spec import MAX_BATCH, DatasetName, DType, JobKind, ModelName
-from services.results.compare import CompareFilters, NoResults, UnknownBaseline, compare
+from services.results.compare import NoResults, UnknownBaseline, compare
+from services.results.filters import ResultFilter
 
 router = APIRouter(prefix="/compare", tags=["compare"])
 
@@ -40,7 +41,9 @@ def compare_devices(
     When the filters match several specs, the one with the most results is compared; `candidates` lists them
     all and `note` says so (ask again with `spec_hash=` for another).
     """
-    filters = CompareFilters(kind, model, dataset, batch_size, dtype, spec_hash)
+    filters = ResultFilter(
+        kind=kind, model=model, dataset=dataset, batch_size=batch_size, dtype=dtype, spec_hash=spec_hash
+    )
     try:
         return compare(session, filters, baseline)
     except NoResults as exc:

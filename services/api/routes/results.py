@@ -12,14 +12,15 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.api.deps import MAX_OFFSET, TOTAL_CAP, ReadAccess, SessionDep
 from services.devices.models import Device
 from services.jobs.spec import MAX_BATCH, DatasetName, DType, JobKind, ModelName
+from services.results.filters import ResultFilter
 from services.results.models import Result
-from services.results.service import list_results
+from services.results.service import count_results, list_results
 
 router = APIRouter(prefix="/results", tags=["results"])
 
@@ -163,41 +164,23 @@ def get_results(
     format: Literal["json", "csv"] = "json",
 ) -> Any:
     """Results, newest first; `format=csv` returns a CSV download of the same page."""
-    filters: dict[str, Any] = {
-        "kind": kind,
-        "model_name": model,
-        "dataset": dataset,
-        "batch_size": batch_size,
-        "dtype": dtype,
-        "spec_hash": spec_hash,
-        "device_ids": [device] if device else None,
-    }
-    views = _views(session, list_results(session, limit=limit, offset=offset, **filters))
+    result_filter = ResultFilter(
+        kind=kind,
+        model=model,
+        dataset=dataset,
+        batch_size=batch_size,
+        dtype=dtype,
+        spec_hash=spec_hash,
+        device_ids=(device,) if device else None,
+    )
+    views = _views(session, list_results(session, result_filter, limit=limit, offset=offset))
     if format == "csv":
         return Response(
             to_csv(views),
             media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": 'attachment; filename="bpbench-results.csv"'},
         )
-    total = count_results(session, cap=TOTAL_CAP, **filters)
+    total = count_results(session, result_filter, cap=TOTAL_CAP)
     return ResultPage(
         total=min(total, TOTAL_CAP), total_exact=total <= TOTAL_CAP, limit=limit, offset=offset, items=views
     )
-
-
-def count_results(
-    session: Session, *, device_ids: list[str] | None, cap: int | None = None, **columns: Any
-) -> int:
-    """How many results match the same filters as `list_results`, counted by the database.
-
-    With `cap`, at most `cap` + 1 rows are read (a million results cost what ten thousand do).
-    """
-    query = select(Result.id)
-    for name, value in columns.items():
-        if value is not None:
-            query = query.where(getattr(Result, name) == value)
-    if device_ids is not None:
-        query = query.where(Result.device_id.in_(device_ids))
-    if cap is not None:
-        query = query.limit(cap + 1)
-    return int(session.scalar(select(func.count()).select_from(query.subquery())) or 0)
