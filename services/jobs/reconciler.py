@@ -59,6 +59,7 @@ class ReconcileReport:
 
     requeued: int = 0
     failed: int = 0
+    cancelled: int = 0
     timed_out: int = 0
     published: int = 0
     republished: int = 0
@@ -66,11 +67,14 @@ class ReconcileReport:
     @property
     def changed(self) -> int:
         """How many jobs this pass touched."""
-        return self.requeued + self.failed + self.timed_out + self.published + self.republished
+        return (
+            self.requeued + self.failed + self.cancelled + self.timed_out + self.published + self.republished
+        )
 
     def __str__(self) -> str:
         return (
-            f"requeued {self.requeued}, failed {self.failed}, timed out {self.timed_out}, "
+            f"requeued {self.requeued}, failed {self.failed}, cancelled {self.cancelled}, "
+            f"timed out {self.timed_out}, "
             f"published {self.published}, republished {self.republished}"
         )
 
@@ -181,6 +185,9 @@ def recover_running(session: Session, settings: Settings, report: ReconcileRepor
         if outcome == "failed":
             report.failed += 1
             log.warning("job %s: failed after %d attempt(s): %s", job.id, job.attempts, reason)
+        elif outcome == "cancelled":
+            report.cancelled += 1
+            log.warning("job %s: attempt %d lost (%s); cancelled, as was asked", job.id, job.attempts, reason)
         elif outcome == "queued":
             report.requeued += 1
             log.warning("job %s: attempt %d lost (%s); requeued", job.id, job.attempts, reason)
