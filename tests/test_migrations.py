@@ -18,7 +18,8 @@ from services.core.db import make_engine, utcnow
 from services.core.migrate import check, current_revision, head_revision, upgrade_to_head
 from services.devices.models import Device
 from services.jobs.models import Job
-from services.results.compare import CompareFilters, compare
+from services.results.compare import compare
+from services.results.filters import ResultFilter
 from services.results.models import Result, SpecDeviceStats, Trial
 from services.results.service import record_spec_device_stats
 from services.timeline.data import MILESTONES, SEED_PATH, SEED_SOURCE, VENDORS, milestone_rows, vendor_rows
@@ -254,8 +255,8 @@ def _compare_docs(url: str) -> tuple[dict[str, Any], dict[str, Any], list[tuple[
                 ).order_by(SpecDeviceStats.spec_hash, SpecDeviceStats.device_id)
             ).all()
             return (
-                compare(session, CompareFilters()),
-                compare(session, CompareFilters(spec_hash=OLDER_PAIR)),
+                compare(session, ResultFilter()),
+                compare(session, ResultFilter(spec_hash=OLDER_PAIR)),
                 [tuple(row) for row in stats],
             )
     finally:

@@ -39,10 +39,6 @@ class UnknownBaseline(LookupError):
     """The baseline names no device of the comparison; the message lists the accepted ones."""
 
 
-# The comparison's name for the one results filter (kept for its callers).
-CompareFilters = ResultFilter
-
-
 def spec_candidates(session: Session, filters: ResultFilter) -> list[dict[str, Any]]:
     """Specs matching the filters with throughput results (hash, results, devices, newest); best first.
 
