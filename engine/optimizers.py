@@ -7,6 +7,11 @@ L2 weight decay (`weight_decay` = lambda) adds lambda * W to the gradient of eve
 i.e. the gradient of (lambda / 2) * sum(W**2) added to the loss. It applies to parameters whose
 name starts with "W" (Affine and Convolution weights), never to biases or BatchNorm's gamma/beta,
 as in the textbook's MultiLayerNet. The gradient arrays themselves are not modified.
+
+Against PyTorch (tests/engine/test_optimizers_reference.py, float64, 20 steps): SGD, Momentum, Nesterov,
+AdaGrad and RMSprop take the same steps as `torch.optim` (AdaGrad and RMSprop with eps=1e-7, which torch
+defaults to 1e-10 and 1e-8; RMSprop's `decay_rate` is torch's `alpha`). Weight decay is torch's
+`weight_decay` on a parameter group of the weights only. Adam differs in where eps goes: see `Adam`.
 """
 
 from __future__ import annotations
@@ -83,9 +88,12 @@ class Momentum(Optimizer):
 
 
 class Nesterov(Optimizer):
-    """Nesterov's accelerated gradient in the textbook's form (http://arxiv.org/abs/1212.0901).
+    """Nesterov's accelerated gradient in Bengio et al.'s form (http://arxiv.org/abs/1212.0901, eq. 7).
 
-    v <- momentum * v - lr * dW;  W <- W + momentum^2 * v - (1 + momentum) * lr * dW.
+    W <- W + momentum^2 * v - (1 + momentum) * lr * dW, with the velocity v from before this step;
+    then v <- momentum * v - lr * dW. The same steps as `torch.optim.SGD(nesterov=True)` at a fixed lr.
+    The textbook's code updates v first and uses the new one, which adds momentum^2 * lr * dW too much
+    per step (a first step of 2.71 lr dW instead of 1.9 lr dW at momentum 0.9).
     """
 
     def __init__(self, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 0.0) -> None:
@@ -95,10 +103,10 @@ class Nesterov(Optimizer):
 
     def step(self, key: str, param: Array, grad: Array) -> None:
         v = self._buffer(self.v, key, param)
+        param += self.momentum * self.momentum * v  # the old velocity: v is updated below
+        param -= (1 + self.momentum) * self.lr * grad
         v *= self.momentum
         v -= self.lr * grad
-        param += self.momentum * self.momentum * v
-        param -= (1 + self.momentum) * self.lr * grad
 
 
 class AdaGrad(Optimizer):
@@ -136,6 +144,11 @@ class Adam(Optimizer):
 
     t <- t + 1;  lr_t = lr * sqrt(1 - beta2^t) / (1 - beta1^t)
     m <- m + (1 - beta1) (dW - m);  v <- v + (1 - beta2) (dW^2 - v);  W <- W - lr_t m / (sqrt(v) + 1e-7)
+
+    This is the paper's "more efficient" ordering (end of its section 2), which adds eps to sqrt(v) before
+    the bias correction. `torch.optim.Adam` follows the paper's Algorithm 1 and adds eps after it, so the
+    engine's eps acts like torch's eps / sqrt(1 - beta2^t): 3.2e-6 at the first step with beta2 = 0.999,
+    1e-7 in the long run. The steps differ only where |dW| is not much larger than that.
     """
 
     def __init__(

@@ -15,7 +15,7 @@ the app's `TokenCache` does not hold it: once per `BPBENCH_TOKEN_CACHE_TTL_S` pe
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
@@ -86,6 +86,8 @@ class TokenLookups:
     def __init__(self, cache: TokenCache) -> None:
         self.cache = cache
         self._in_flight: dict[str, asyncio.Task[TokenIdentity | None]] = {}
+        # Called with "valid" or "unknown" after each database look-up (the metrics count them).
+        self.observe_lookup: Callable[[str], None] = lambda outcome: None
 
     async def identity(self, factory: sessionmaker[Session], raw: str) -> TokenIdentity | None:
         """The valid token `raw`, or None: from the cache, else from the database (in the thread pool)."""
@@ -106,6 +108,7 @@ class TokenLookups:
             token = await run_in_threadpool(_look_up_token, factory, raw)
         finally:
             self._in_flight.pop(key, None)
+        self.observe_lookup("valid" if token is not None else "unknown")
         if token is not None:
             self.cache.put(raw, token)
         return token
@@ -142,8 +145,15 @@ async def rate_limit(request: Request) -> None:
     limiter: RateLimiter = request.app.state.rate_limiter
     if not limiter.enabled or request.scope["path"] in UNLIMITED_PATHS:
         return
+    address_key = f"ip:{client_address(request)}"
+    raw = presented_token(request)
+    lookups: TokenLookups = request.app.state.token_lookups
+    if raw and lookups.cache.get(raw) is None:
+        # A token not known to be valid costs a database look-up: an address already over its rate
+        # (guessing tokens, say) is refused before it, so a flood of 429s costs the database nothing.
+        limiter.refuse_if_over(address_key)
     token = await request_token(request)
-    limiter.check(f"token:{token.id}" if token is not None else f"ip:{client_address(request)}")
+    limiter.check(f"token:{token.id}" if token is not None else address_key)
 
 
 def _nul_refused(field: str, where: str, value: str) -> HTTPException:

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from engine.spec import KINDS
 from services.cli.app import app
 from services.cli.spec_options import OneLineErrorCommand, SpecFileArg, spec_or_exit, with_spec_options
 from services.core.config import Settings, get_settings
@@ -409,7 +410,7 @@ def submit_command(
 @app.command("jobs")
 def jobs_command(
     status: Annotated[str | None, typer.Option(help="queued, running, succeeded, failed, cancelled")] = None,
-    kind: Annotated[str | None, typer.Option(help="train, gradcheck, backprop_vs_numerical, gemm")] = None,
+    kind: Annotated[str | None, typer.Option(help=", ".join(KINDS))] = None,
     device: Annotated[str | None, typer.Option(help="requested device class or exact device id")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 20,
     offset: Annotated[int, typer.Option(min=0)] = 0,

@@ -74,7 +74,13 @@ def _run_and_report(spec: JobSpec, *, json_output: bool, quiet: bool, out: Path 
     """Run the job with a progress bar on stderr; print the table or the JSON; exit with the job's status."""
     # Imported here so that `bpbench --help` and the other commands do not pay for NumPy.
     from engine.jobs import JobCancelled, JobDiverged, JobError, run_job
+    from services.core.config import get_settings
+    from services.jobs.resources import JobTooLarge, check_memory_cap
 
+    try:  # the cap the API applies at submission, so a local run refuses what a server would
+        check_memory_cap(spec, get_settings().max_job_memory_bytes, who="bpbench run")
+    except JobTooLarge as exc:
+        fail(f"{exc}; the cap is BPBENCH_MAX_JOB_MEMORY_BYTES")
     stderr = Console(stderr=True)
     should_stop = _deadline(spec.time_limit_s)
     try:

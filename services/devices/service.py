@@ -96,7 +96,8 @@ def _gpu_part(fingerprint: dict[str, Any]) -> dict[str, Any]:
     return gpu if isinstance(gpu, dict) else {}
 
 
-def _software(fingerprint: dict[str, Any]) -> dict[str, Any]:
+def software_of(fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """The software stack of a fingerprint: Python, NumPy, BLAS, CuPy, CUDA, driver, platform (kernel)."""
     gpu = _gpu_part(fingerprint)
     blas = [
         f"{pool.get('internal_api')} {pool.get('version')}"
@@ -136,7 +137,7 @@ def register_device(
             vendor=vendor_of(name),
             name=name,
             memory_bytes=memory,
-            software=_software(fingerprint),
+            software=software_of(fingerprint),
             fingerprint=fingerprint,
             first_seen=now,
             last_seen=now,
@@ -144,7 +145,7 @@ def register_device(
         session.add(device)
     else:
         device.last_seen = now
-        device.software = _software(fingerprint)
+        device.software = software_of(fingerprint)
         device.memory_bytes = memory
     session.commit()
     return device

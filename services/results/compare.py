@@ -12,8 +12,9 @@
    the number of runs and trials.
 3. The ratio of each median to the baseline's (`baseline=` a device id or name; default the slowest),
    the efficiency against the device's measured GEMM peak of the same dtype (`flops_per_step / batch_size`
-   times the median samples/s, over the best `peak_flops_per_s` column of the device's gemm results), and the
-   vendor's row in the seed's timeline.
+   times the median samples/s, over the calibration chosen by `services.results.calibration`: a gemm run at
+   sizes >= 1024 on the same software stack; the row names it, and an efficiency over 100% is flagged with
+   the command that recalibrates), and the vendor's row in the seed's timeline.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from sqlalchemy.orm import Session
 from engine.stats import CI_METHOD, median_ci_ranks
 from services.devices.models import Device
 from services.jobs.models import Job
+from services.results.calibration import Calibration, calibration_for, recalibrate_command
 from services.results.filters import ResultFilter
+from services.results.history import stack_of
 from services.results.models import NO_DEVICE, Result, SpecDeviceStats, Trial
 from services.timeline.models import VendorEntry
 
@@ -114,19 +117,46 @@ def _pooled_trials(session: Session, spec_hash: str) -> dict[str, dict[str, Any]
     return stats
 
 
-def _gemm_peaks(session: Session, device_ids: list[str], dtype: str | None) -> dict[str, float]:
-    """Each device's best measured GEMM rate (FLOP/s) for this dtype, from its gemm results.
+def _calibrations(
+    session: Session, spec_hash: str, device_ids: list[str], dtype: str | None
+) -> dict[str, tuple[Calibration | None, str | None]]:
+    """Each device's calibration (or why it has none), on the stack of its newest result of this spec."""
+    found = {}
+    for device_id in device_ids:
+        fingerprint = session.scalar(
+            select(Result.fingerprint)
+            .where(Result.spec_hash == spec_hash, Result.device_id == device_id)
+            .order_by(Result.created_at.desc(), Result.id.desc())
+            .limit(1)
+        )
+        found[device_id] = calibration_for(session, device_id, dtype, stack_of(fingerprint))
+    return found
 
-    One correlated MAX per device on `ix_results_gemm_peaks` (kind, device_id, dtype, peak): an index
-    probe, whatever the number of gemm results (with no dtype, a scan of the device's gemm entries).
-    """
-    best = select(func.max(Result.peak_flops_per_s)).where(
-        Result.kind == "gemm", Result.device_id == Device.id
-    )
-    if dtype is not None:
-        best = best.where(Result.dtype == dtype)
-    query = select(Device.id, best.scalar_subquery()).where(Device.id.in_(device_ids))
-    return {d: float(v) for d, v in session.execute(query) if v is not None}
+
+def _efficiency(
+    device_id: str,
+    dtype: str | None,
+    achieved: float | None,
+    calibration: Calibration | None,
+    why: str | None,
+) -> dict[str, Any]:
+    """The efficiency figure, the calibration it used, and a flag when it cannot be right."""
+    peak = calibration.peak_flops_per_s if calibration else None
+    efficiency = achieved / peak if achieved and peak else None
+    flag = None
+    if efficiency is not None and efficiency > 1.0:
+        flag = (
+            f"{efficiency:.0%} of the calibrated peak is impossible: the calibration "
+            f"(job {calibration.job_id if calibration else '?'}) was disturbed; recalibrate with "
+            f"`{recalibrate_command(device_id, dtype)}`"
+        )
+    return {
+        "gemm_peak_flops_per_s": peak,
+        "efficiency": efficiency,
+        "efficiency_flag": flag,
+        "calibration": calibration.as_dict() if calibration else None,
+        "calibration_note": why,
+    }
 
 
 def _flops_per_sample(session: Session, spec_hash: str) -> float | None:
@@ -160,7 +190,7 @@ def compare(session: Session, filters: ResultFilter, baseline: str | None = None
     stats = _pooled_trials(session, spec_hash)
     devices = {d.id: d for d in session.scalars(select(Device).where(Device.id.in_(list(stats))))}
     timeline = {v.vendor.lower(): v for v in session.scalars(select(VendorEntry))}
-    peaks = _gemm_peaks(session, list(stats), chosen["dtype"])
+    calibrations = _calibrations(session, spec_hash, list(stats), chosen["dtype"])
     flops_per_sample = _flops_per_sample(session, spec_hash)
     spec = session.scalar(
         select(Job.spec).join(Result, Result.job_id == Job.id).where(Result.spec_hash == spec_hash).limit(1)
@@ -184,7 +214,6 @@ def compare(session: Session, filters: ResultFilter, baseline: str | None = None
         # Device vendors are named as the seed names them (services.devices.service.vendor_of).
         vendor = device.vendor if device else None
         entry = timeline.get((vendor or "").lower())
-        peak = peaks.get(device_id)
         achieved = item["median"] * flops_per_sample if flops_per_sample else None
         rows.append(
             {
@@ -201,8 +230,7 @@ def compare(session: Session, filters: ResultFilter, baseline: str | None = None
                 "trials": item["trials"],
                 "ratio": item["median"] / base if base else None,
                 "achieved_flops_per_s": achieved,
-                "gemm_peak_flops_per_s": peak,
-                "efficiency": achieved / peak if achieved and peak else None,
+                **_efficiency(device_id, chosen["dtype"], achieved, *calibrations[device_id]),
                 "timeline": None
                 if entry is None
                 else {

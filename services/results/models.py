@@ -115,3 +115,17 @@ class SpecDeviceStats(Base):
             f"SpecDeviceStats(spec_hash={self.spec_hash!r}, device_id={self.device_id!r}, "
             f"result_count={self.result_count!r})"
         )
+
+
+class HistoryMark(Base):
+    """An expected shift marked by a person (a new driver, a BIOS change): histories restart there."""
+
+    __tablename__ = "history_marks"
+    __table_args__ = (Index("ix_history_marks_device_at", "device_id", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(String(16), ForeignKey("devices.id", ondelete="CASCADE"))
+    spec_hash: Mapped[str | None] = mapped_column(String(16), doc="one spec, or every spec when None")
+    at: Mapped[datetime] = mapped_column(doc="results from this time on start a new stretch")
+    note: Mapped[str] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -10,6 +10,8 @@ from sqlalchemy import case, delete, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, selectinload
 
+from engine.kinds import KINDS_BY_NAME
+from engine.kinds.base import model_columns
 from services.results.filters import ResultFilter
 from services.results.models import NO_DEVICE, Result, SpecDeviceStats, Trial
 
@@ -69,23 +71,25 @@ def trial_rows(document: dict[str, Any]) -> list[Trial]:
 def build_result(job: Job, document: dict[str, Any]) -> Result:
     """A Result (with its Trial rows) for `job` from the engine's document; not added to a session."""
     spec = job.spec or {}
-    model = spec.get("model") or {}
     median, ci_low, ci_high = headline(document)
     metrics = document.get("metrics") or {}
     trials = trial_rows(document)
+    # The kind says which of its figures are columns (gemm: the peak rate, no model or data set).
+    kind = KINDS_BY_NAME.get(job.kind)
+    columns = (kind.result_columns if kind is not None else model_columns)(spec, metrics)
     return Result(
         job_id=job.id,
         device_id=job.device_id,
         spec_hash=job.spec_hash,
         kind=job.kind,
-        model_name=model.get("name") if job.kind != "gemm" else None,
-        dataset=spec.get("dataset") if job.kind != "gemm" else None,
-        batch_size=spec.get("batch_size") if job.kind != "gemm" else None,
+        model_name=columns["model_name"],
+        dataset=columns["dataset"],
+        batch_size=columns["batch_size"],
         dtype=spec.get("dtype"),
         samples_per_s=median,
         samples_per_s_ci_low=ci_low,
         samples_per_s_ci_high=ci_high,
-        peak_flops_per_s=_number(metrics.get("peak_flops_per_s")) if job.kind == "gemm" else None,
+        peak_flops_per_s=_number(columns["peak_flops_per_s"]),
         trial_count=len(trials),  # every series
         engine_time_s=_number(document.get("engine_time_s")),
         metrics=metrics,

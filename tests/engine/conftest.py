@@ -1,13 +1,16 @@
-"""Shared fixtures of the engine tests: seeded data and a GPU device that skips where there is none."""
+"""Shared fixtures of the engine tests: seeded data, a GPU device that skips where there is none, and
+PyTorch as the reference the optimizers and BatchNorm are compared with."""
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import numpy as np
 import pytest
 
 from engine.backend import Device, DeviceError, resolve_device
+from tests.conftest import CI
 
 
 @pytest.fixture
@@ -22,6 +25,18 @@ def gpu() -> Device:
         return resolve_device("gpu")
     except DeviceError as exc:
         pytest.skip(f"no GPU: {exc}")
+
+
+@pytest.fixture(scope="session")
+def torch() -> Any:
+    """The `torch` module (pinned in the dev extra); a skip without it, a failure under CI=true."""
+    try:
+        return importlib.import_module("torch")
+    except ImportError as exc:
+        message = f"PyTorch is needed as the reference implementation: {exc}"
+        if CI:
+            pytest.fail(f"{message} (CI=true: a missing reference is a failure, not a skip)")
+        pytest.skip(message)
 
 
 def randomize_params(network: Any, rng: np.random.Generator) -> None:

@@ -1,4 +1,4 @@
-"""Migration 0005: `jobs.heartbeat_at`, backfilled from `updated_at`, and its downgrade keeps every row."""
+"""Migration 0006: `jobs.heartbeat_at`, backfilled from `updated_at`, and its downgrade keeps every row."""
 
 from __future__ import annotations
 
@@ -33,16 +33,16 @@ def _job(job_id: str, status: str, updated_at: object) -> dict[str, object]:
     }
 
 
-def test_0005_backfills_each_jobs_heartbeat_from_its_updated_at_and_downgrades_keeping_every_row(
+def test_0006_backfills_each_jobs_heartbeat_from_its_updated_at_and_downgrades_keeping_every_row(
     empty_database_url: str,
 ) -> None:
-    command.upgrade(alembic_config(empty_database_url), "0004")
+    command.upgrade(alembic_config(empty_database_url), "0005")
     beat = utcnow() - timedelta(minutes=5)
     finished = utcnow() - timedelta(minutes=1)
     engine = make_engine(empty_database_url)
     try:
         with engine.begin() as connection:
-            # Exactly the columns a store at 0004 has.
+            # Exactly the columns a store at 0005 has.
             device = {"id": DEVICE, "device_class": "cpu", "vendor": "Intel", "name": "Migrated Xeon"}
             connection.execute(Device.__table__.insert(), [{**device, "software": {}, "fingerprint": {}}])
             connection.execute(
@@ -66,13 +66,13 @@ def test_0005_backfills_each_jobs_heartbeat_from_its_updated_at_and_downgrades_k
 
         upgrade_to_head(empty_database_url)
 
-        assert current_revision(empty_database_url) == "0005"
+        assert current_revision(empty_database_url) == "0006"
         with engine.connect() as connection:
             heartbeats = dict(connection.execute(select(Job.id, Job.heartbeat_at)).all())
         # The reconciler judges a job running at the upgrade by what it read before: its updated_at.
         assert heartbeats == {RUNNING: beat, DONE: finished}
 
-        command.downgrade(alembic_config(empty_database_url), "0004")
+        command.downgrade(alembic_config(empty_database_url), "0005")
 
         with engine.connect() as connection:
             assert "heartbeat_at" not in {c["name"] for c in inspect(connection).get_columns("jobs")}
@@ -82,6 +82,6 @@ def test_0005_backfills_each_jobs_heartbeat_from_its_updated_at_and_downgrades_k
             # SQLite's batch mode would have copied `jobs`, cascading its results away.
             assert counts == [2, 1]
         upgrade_to_head(empty_database_url)
-        assert current_revision(empty_database_url) == "0005"
+        assert current_revision(empty_database_url) == "0006"
     finally:
         engine.dispose()

@@ -6,8 +6,8 @@ thread and the claim now write `heartbeat_at`, and the reconciler reads only tha
 their `updated_at` as their last heartbeat: for a job running at the upgrade that is what the reconciler
 read until now, so it is judged exactly as before.
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-03
 """
 
@@ -18,8 +18,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0005"
-down_revision: str | None = "0004"
+revision: str = "0006"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
