@@ -63,16 +63,16 @@ from service_stack import (
 
 # Parts of a job's life in the pool process, as frame names in the profile (substring match).
 WORKER_PARTS = [
-    "execute_job (workers/tasks.py",
+    "execute_job (services/jobs/runner.py",
     "claim_job (services/jobs/service.py",
-    "check_memory (workers/tasks.py",
+    "check_memory (services/jobs/runner.py",
     "_run_train (engine/jobs.py",
     "to_jsonable (engine/jobs.py",
-    "progress (workers/tasks.py",
-    "should_stop (workers/tasks.py",
+    "progress (services/jobs/runner.py",
+    "should_stop (services/jobs/runner.py",
     "complete_job (services/jobs/service.py",
     "build_result (services/results/service.py",
-    "free_gpu_memory (workers/tasks.py",
+    "release_memory (engine/backend.py",
     "JobHeartbeats",
     "trace_task (celery",
     "update_progress (services/jobs/service.py",

@@ -86,7 +86,8 @@ def explain(database_url: str) -> None:
 
     from services.core.db import make_engine
     from services.jobs import service
-    from services.results.compare import CompareFilters, compare
+    from services.results.compare import compare
+    from services.results.filters import ResultFilter
 
     engine = make_engine(database_url)
     captured: list[tuple[str, Any]] = []
@@ -98,12 +99,12 @@ def explain(database_url: str) -> None:
     starts: dict[int, str] = {}  # where each endpoint's statements begin in `captured`
     with Session(engine) as session:
         starts[len(captured)] = "compare?spec_hash"
-        compare(session, CompareFilters(spec_hash=SPEC["spec_hash"]))
+        compare(session, ResultFilter(spec_hash=SPEC["spec_hash"]))
         starts[len(captured)] = "jobs?status=succeeded"
         service.list_jobs(session, status="succeeded", limit=50)
         service.count_jobs(session, status="succeeded")
         starts[len(captured)] = "compare (no filter: every spec)"
-        compare(session, CompareFilters())
+        compare(session, ResultFilter())
     event.remove(engine, "before_cursor_execute", capture)
     postgres = engine.dialect.name == "postgresql"
     with engine.connect() as connection:

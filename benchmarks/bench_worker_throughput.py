@@ -43,7 +43,7 @@ PROFILE_RATE = 250
 # Parts of a job's life in the pool process (substring match on "function (file:line)").
 PARTS = [
     "trace_task (celery",
-    "execute_job (workers/tasks.py",
+    "execute_job (services/jobs/runner.py",
     "run_job (engine/jobs.py",
     "_run_train (engine/jobs.py",
     "_load (engine/jobs.py",
@@ -51,10 +51,10 @@ PARTS = [
     "fingerprint (engine/backend.py",
     "claim_job (services/jobs/service.py",
     "complete_job (services/jobs/service.py",
-    "check_memory (workers/tasks.py",
+    "check_memory (services/jobs/runner.py",
     "JobMonitor.__init__",
-    "progress (workers/tasks.py",
-    "should_stop (workers/tasks.py",
+    "progress (services/jobs/runner.py",
+    "should_stop (services/jobs/runner.py",
     "JobHeartbeats.watch",
     "JobHeartbeats.unwatch",
     "_do_ping",

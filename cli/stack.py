@@ -313,14 +313,17 @@ def _recover(settings: Settings) -> None:
     """Requeue what a previous, interrupted `up` left running, and publish what it never published."""
     from services.core import queue
     from services.core.db import session_scope
-    from services.jobs.recovery import publish_unpublished, requeue_interrupted
+    from services.jobs.recovery import recover
 
     queue.configure(settings)
     with session_scope(settings) as session:
-        requeued = requeue_interrupted(session)
-        published = publish_unpublished(session)
-    if requeued or published:
-        console.print(f"Recovered the previous run: {requeued} job(s) requeued, {published} published")
+        done = recover(session, settings)
+    if done.changed:
+        console.print(
+            f"Recovered the previous run: {done.requeued} job(s) requeued, {done.published} published"
+            + (f", {done.failed} failed after {settings.max_attempts} attempt(s)" if done.failed else "")
+            + (f", {done.cancelled} cancelled as asked" if done.cancelled else "")
+        )
 
 
 def run_stack(data_dir: Path | None, host: str, port: int, suite: str | None, exit_when_done: bool) -> None:

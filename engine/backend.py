@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import importlib
+import logging
 import os
 import platform
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -26,6 +28,7 @@ from engine.spec import DEVICE_SPELLINGS, DTYPES, DeviceSpellingError, parse_dev
 
 DEFAULT_DTYPE = "float32"
 SUPPORTED_DTYPES = DTYPES
+_log = logging.getLogger(__name__)
 
 
 class DeviceError(RuntimeError):
@@ -297,3 +300,53 @@ def fingerprint(device: Device = CPU) -> dict[str, Any]:
     if device.kind == "gpu":
         doc["gpu"] = _gpu_info(device)
     return doc
+
+
+# --- memory: what the device holds and has free (the worker's checks and the engine's peaks) --------------
+
+
+def memory_probe(device: Device) -> Callable[[], dict[str, int]]:
+    """A function that reads current memory use: host RSS, plus the CuPy pool's bytes on a GPU."""
+    import psutil
+
+    process = psutil.Process()
+    pool = device.xp.get_default_memory_pool() if device.is_gpu else None
+
+    def probe() -> dict[str, int]:
+        reading = {"host_rss_bytes": int(process.memory_info().rss)}
+        if pool is not None:
+            reading["gpu_pool_bytes"] = int(pool.total_bytes())
+        return reading
+
+    return probe
+
+
+def free_memory_bytes(device: str) -> tuple[int, str]:
+    """Bytes free now on `device` ("cpu", or "gpu:N" as this process sees it), and a name for messages.
+
+    A GPU answers for the current CUDA device (a pinned worker sees its one GPU as gpu:0); the CPU answers
+    with the host's available RAM.
+    """
+    if device.startswith("gpu"):
+        free, _total = _import_cupy().cuda.runtime.memGetInfo()
+        return int(free), f"GPU {device}"
+    import psutil
+
+    return int(psutil.virtual_memory().available), "this host's RAM"
+
+
+def release_memory() -> None:
+    """Give the CuPy memory pools back to the driver (a no-op when CuPy was never imported).
+
+    Arrays held only by reference cycles (layers <-> network) go back to the pool first. Never raises:
+    cleanup must not turn a finished job into a failure.
+    """
+    cupy = _cupy_if_loaded()
+    if cupy is None:
+        return
+    try:
+        gc.collect()
+        cupy.get_default_memory_pool().free_all_blocks()
+        cupy.get_default_pinned_memory_pool().free_all_blocks()
+    except Exception as exc:
+        _log.warning("could not free the CuPy memory pool: %s", exc)

@@ -25,7 +25,8 @@ from services.core.db import make_engine, utcnow
 from services.core.migrate import upgrade_to_head
 from services.devices.models import Device
 from services.jobs.models import Job
-from services.results.compare import CompareFilters, compare, spec_candidates
+from services.results.compare import compare, spec_candidates
+from services.results.filters import ResultFilter
 from services.results.models import NO_DEVICE, Result, SpecDeviceStats, Trial
 from services.results.service import record_spec_device_stats, refresh_spec_device_stats
 from tests import apiserver
@@ -261,7 +262,7 @@ def own_session(empty_database_url: str) -> Iterator[Session]:
     engine.dispose()
 
 
-def candidates_by_group_by(session: Session, filters: CompareFilters) -> list[dict[str, Any]]:
+def candidates_by_group_by(session: Session, filters: ResultFilter) -> list[dict[str, Any]]:
     """`spec_candidates` as it was before `spec_device_stats`: a GROUP BY over every throughput result."""
     results, devices = func.count(Result.id), func.count(func.distinct(Result.device_id))
     newest = func.max(Result.created_at)
@@ -285,7 +286,7 @@ def candidates_by_group_by(session: Session, filters: CompareFilters) -> list[di
     return [dict(zip(keys, row, strict=True)) for row in session.execute(query)]
 
 
-def _ranking(session: Session, filters: CompareFilters) -> list[tuple[str, int, int]]:
+def _ranking(session: Session, filters: ResultFilter) -> list[tuple[str, int, int]]:
     return [(c["spec_hash"], c["results"], c["devices"]) for c in spec_candidates(session, filters)]
 
 
@@ -309,11 +310,11 @@ def test_with_no_filter_the_spec_with_most_results_then_devices_then_the_newest_
         _result(session, gpu, small, 8, [40.0, 41.0], created_at=next(at))
     session.commit()
 
-    ranking = _ranking(session, CompareFilters())
-    doc = compare(session, CompareFilters())
+    ranking = _ranking(session, ResultFilter())
+    doc = compare(session, ResultFilter())
 
     assert ranking == [(newer_pair, 3, 2), (older_pair, 3, 2), (lone, 3, 1), (small, 2, 1)]
-    assert spec_candidates(session, CompareFilters()) == candidates_by_group_by(session, CompareFilters())
+    assert spec_candidates(session, ResultFilter()) == candidates_by_group_by(session, ResultFilter())
     assert doc["spec_hash"] == newer_pair
     assert [(c["spec_hash"], c["newest"]) for c in doc["candidates"][:2]] == [
         (newer_pair, (start + timedelta(minutes=5)).isoformat()),
@@ -324,13 +325,13 @@ def test_with_no_filter_the_spec_with_most_results_then_devices_then_the_newest_
     _result(session, gpu, older_pair, 32, [22.0, 23.0], created_at=start)  # one more result, an old one
     session.commit()
 
-    assert _ranking(session, CompareFilters())[:2] == [(older_pair, 4, 2), (newer_pair, 3, 2)]
-    again = compare(session, CompareFilters())
+    assert _ranking(session, ResultFilter())[:2] == [(older_pair, 4, 2), (newer_pair, 3, 2)]
+    again = compare(session, ResultFilter())
     assert again["spec_hash"] == older_pair
     assert again["candidates"][0]["newest"] == (start + timedelta(minutes=2)).isoformat()  # still the newest
-    assert _ranking(session, CompareFilters(batch_size=16)) == [(newer_pair, 3, 2)]
-    assert spec_candidates(session, CompareFilters(kind="train", dtype="float32")) == candidates_by_group_by(
-        session, CompareFilters(kind="train", dtype="float32")
+    assert _ranking(session, ResultFilter(batch_size=16)) == [(newer_pair, 3, 2)]
+    assert spec_candidates(session, ResultFilter(kind="train", dtype="float32")) == candidates_by_group_by(
+        session, ResultFilter(kind="train", dtype="float32")
     )
 
 
@@ -346,9 +347,9 @@ def test_a_result_without_a_device_counts_as_a_result_but_not_as_a_device(own_se
     stored = session.scalars(select(SpecDeviceStats).order_by(SpecDeviceStats.device_id)).all()
 
     assert [(row.device_id, row.result_count) for row in stored] == [(NO_DEVICE, 1), (cpu.id, 1)]
-    assert _ranking(session, CompareFilters()) == [(spec_hash, 2, 1)]
-    assert spec_candidates(session, CompareFilters()) == candidates_by_group_by(session, CompareFilters())
-    assert [row["device_id"] for row in compare(session, CompareFilters())["rows"]] == [cpu.id]
+    assert _ranking(session, ResultFilter()) == [(spec_hash, 2, 1)]
+    assert spec_candidates(session, ResultFilter()) == candidates_by_group_by(session, ResultFilter())
+    assert [row["device_id"] for row in compare(session, ResultFilter())["rows"]] == [cpu.id]
 
 
 def test_deleting_results_leaves_the_counts_stale_until_they_are_refreshed(own_session: Session) -> None:
@@ -368,10 +369,10 @@ def test_deleting_results_leaves_the_counts_stale_until_they_are_refreshed(own_s
     ).all()
 
     session.execute(delete(Job).where(Job.id.in_(gone)))  # the results go by ON DELETE CASCADE
-    assert _ranking(session, CompareFilters()) == [(kept, 3, 2), (emptied, 1, 1)]  # not kept in step
+    assert _ranking(session, ResultFilter()) == [(kept, 3, 2), (emptied, 1, 1)]  # not kept in step
     refresh_spec_device_stats(session, [kept, emptied])
     session.commit()
 
     assert session.scalar(select(func.count()).select_from(Result)) == 2
-    assert _ranking(session, CompareFilters()) == [(kept, 2, 1)]
-    assert spec_candidates(session, CompareFilters()) == candidates_by_group_by(session, CompareFilters())
+    assert _ranking(session, ResultFilter()) == [(kept, 2, 1)]
+    assert spec_candidates(session, ResultFilter()) == candidates_by_group_by(session, ResultFilter())

@@ -80,8 +80,8 @@ def test_float64_training_on_the_gpu_follows_the_cpu_step_for_step() -> None:
 def test_a_finished_job_leaves_nothing_in_the_cupy_pool() -> None:
     import cupy
 
+    from engine.backend import release_memory as free_gpu_memory
     from engine.jobs import run_job
-    from workers.tasks import free_gpu_memory
 
     run_job(
         _spec(

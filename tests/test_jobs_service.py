@@ -16,6 +16,7 @@ from services.devices.models import Device, Worker
 from services.devices.service import register_device, register_worker
 from services.jobs import service as jobs
 from services.jobs.models import Job
+from services.jobs.reconciler import lost_running_jobs, unpublished_jobs
 from services.results.models import Result, SpecDeviceStats, Trial
 from services.results.service import refresh_spec_device_stats
 from tests.conftest import tiny_spec
@@ -206,6 +207,10 @@ def test_a_queued_job_is_cancelled_at_once_and_a_running_one_is_asked_to_stop(
         jobs.cancel_job(db_session, "missing")
 
 
+def _lost(session: Session) -> set[str]:
+    return {job.id for job in lost_running_jobs(session, dead_after_s=30, limit=100_000, now=utcnow())}
+
+
 def test_the_reconciler_queries_find_lost_and_unpublished_jobs(db_session: Session, device: Device) -> None:
     worker = f"silent-{uuid.uuid4().hex[:6]}@test"
     register_worker(
@@ -215,14 +220,15 @@ def test_the_reconciler_queries_find_lost_and_unpublished_jobs(db_session: Sessi
     _claim(db_session, lost_id, device, worker)
     unpublished_id = _queued(db_session, seed=2)
 
-    assert lost_id not in {job.id for job in jobs.jobs_of_dead_workers(db_session, dead_after_s=30)}
+    assert lost_id not in _lost(db_session)
     row = db_session.get(Worker, worker)
     assert row is not None
     row.last_heartbeat = utcnow() - timedelta(seconds=120)
     db_session.commit()
 
-    assert lost_id in {job.id for job in jobs.jobs_of_dead_workers(db_session, dead_after_s=30)}
-    assert unpublished_id in {job.id for job in jobs.jobs_never_picked_up(db_session, older_than_s=60)}
+    assert lost_id in _lost(db_session)
+    later = utcnow() + timedelta(seconds=60)  # past the grace a submitter gets to publish its own job
+    assert unpublished_id in {job.id for job in unpublished_jobs(db_session, limit=100_000, now=later)}
 
 
 def test_jobs_are_listed_newest_first_with_filters(db_session: Session, device: Device) -> None:

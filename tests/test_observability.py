@@ -106,7 +106,7 @@ def test_job_log_lines_name_the_job_worker_and_device(api: ApiServer, cpu_worker
         "the worker's log lines about the job",
     )
     assert any("succeeded" in line for line in lines)
-    assert all(line.endswith(tag) for line in lines if "workers.tasks" in line), lines
+    assert all(line.endswith(tag) for line in lines if "services.jobs.runner" in line), lines
 
 
 def test_json_log_lines_carry_the_job_fields() -> None:

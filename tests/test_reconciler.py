@@ -78,12 +78,12 @@ def queued_job(session: Session, queue: str, **values: Any) -> Job:
 
 
 def running_job(session: Session, queue: str, worker: str, *, beat_age_s: float, **values: Any) -> Job:
-    """A job claimed by `worker` whose own heartbeat (`updated_at`) is `beat_age_s` old."""
+    """A job claimed by `worker` whose own heartbeat (`heartbeat_at`) is `beat_age_s` old."""
     job = queued_job(session, queue)
     claim = jobs.claim_job(session, job.id, worker_name=worker, device_id=_device_of(session, worker))
     assert claim is not None
     past = utcnow() - timedelta(seconds=beat_age_s)
-    session.execute(update(Job).where(Job.id == job.id).values(updated_at=past, **values))
+    session.execute(update(Job).where(Job.id == job.id).values(heartbeat_at=past, **values))
     session.commit()
     session.refresh(job)
     return job

@@ -25,9 +25,9 @@ from services.devices.models import Device, Worker
 from services.devices.service import register_device
 from services.jobs import service as jobs
 from services.jobs.models import Job
+from services.jobs.runner import JobHeartbeats, job_heartbeats
 from services.results.models import Result, Trial
 from tests.conftest import WorkerProcess, tiny_spec, wait_for_job, wait_until
-from workers.tasks import JobHeartbeats, job_heartbeats
 
 
 def _queue_drained(broker_url: str, *queues: str) -> bool:
@@ -262,31 +262,31 @@ def _claimed(maker: sessionmaker[Session]) -> jobs.Claim:
         return claim
 
 
-def _updated_at(maker: sessionmaker[Session], job_id: str) -> datetime:
+def _heartbeat_at(maker: sessionmaker[Session], job_id: str) -> datetime:
     with maker() as session:
         job = session.get(Job, job_id)
-        assert job is not None
-        return job.updated_at
+        assert job is not None and job.heartbeat_at is not None
+        return job.heartbeat_at
 
 
 def test_a_watched_job_gets_a_heartbeat_every_interval_until_it_is_unwatched(
     session_maker: sessionmaker[Session],
 ) -> None:
     claim = _claimed(session_maker)
-    claimed_at = _updated_at(session_maker, claim.job_id)
+    claimed_at = _heartbeat_at(session_maker, claim.job_id)
     beats = JobHeartbeats(session_maker, BEAT_S)
 
     beats.watch(claim)
     first = wait_until(
-        lambda: (at := _updated_at(session_maker, claim.job_id)) > claimed_at and at, 5, "a first beat"
+        lambda: (at := _heartbeat_at(session_maker, claim.job_id)) > claimed_at and at, 5, "a first beat"
     )
-    wait_until(lambda: _updated_at(session_maker, claim.job_id) > first, 5, "a second beat")
+    wait_until(lambda: _heartbeat_at(session_maker, claim.job_id) > first, 5, "a second beat")
     beats.unwatch(claim)
     time.sleep(BEAT_S)  # a beat being written at the unwatch may still land
-    last = _updated_at(session_maker, claim.job_id)
+    last = _heartbeat_at(session_maker, claim.job_id)
     time.sleep(3 * BEAT_S)
 
-    assert _updated_at(session_maker, claim.job_id) == last
+    assert _heartbeat_at(session_maker, claim.job_id) == last
     assert beats.watched() == []
 
 
@@ -298,11 +298,11 @@ def test_a_job_that_is_no_longer_this_attempts_is_dropped_by_its_next_beat(
     beats.watch(claim)
     with session_maker() as session:
         assert jobs.mark_cancelled(session, claim.job_id, attempt=claim.attempt)
-    cancelled_at = _updated_at(session_maker, claim.job_id)
+    cancelled_at = _heartbeat_at(session_maker, claim.job_id)
 
     wait_until(lambda: beats.watched() == [], 5, "the beat to drop the cancelled job")
 
-    assert _updated_at(session_maker, claim.job_id) == cancelled_at  # fenced: the beat wrote nothing
+    assert _heartbeat_at(session_maker, claim.job_id) == cancelled_at  # fenced: the beat wrote nothing
 
 
 def test_one_heartbeat_thread_serves_every_job_of_a_process(

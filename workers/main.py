@@ -170,7 +170,7 @@ def run_worker(
     from services.devices import service as devices
     from workers import tasks
 
-    queue.configure(settings)
+    app = queue.configure(settings)
     device_id, _ = register_device(wanted, settings)
     worker_name = name or f"{wanted.tag}@{socket.gethostname()}"
     queues = [wanted.device_class, queue.device_queue(device_id)]
@@ -181,7 +181,7 @@ def run_worker(
     if pool == "solo":
         # The solo pool runs the job in the consumer's own thread, which then cannot answer AMQP
         # heartbeats; without this RabbitMQ would drop the connection in the middle of a long job.
-        queue.celery_app.conf.broker_heartbeat = 0
+        app.conf.broker_heartbeat = 0
     workers = concurrency or 1
     heartbeat = Heartbeat(worker_name, settings)
 
@@ -225,7 +225,7 @@ def run_worker(
         workers,
         redact_url(settings.broker_url),
     )
-    worker = queue.celery_app.Worker(
+    worker = app.Worker(
         hostname=worker_name,
         queues=queues,
         pool_cls=pool,

@@ -8,12 +8,12 @@ rates. `TrainingLoop` keeps the parts apart: chunk planning, timing, loss record
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from engine.backend import Device, Stopwatch, as_numpy, seed_everything, synchronize
+from engine.backend import Stopwatch, as_numpy, memory_probe, seed_everything, synchronize
 from engine.kinds.base import (
     DTYPE_BYTES,
     EVAL_CHUNK,
@@ -41,22 +41,6 @@ def window_plan(steps: int, warmup: int, window: int) -> tuple[int, int]:
         return warmup, window
     warm = min(warmup, steps // 2)
     return warm, steps - warm
-
-
-def memory_probe(device: Device) -> Callable[[], dict[str, int]]:
-    """A function that reads current memory use: host RSS, plus the CuPy pool's bytes on a GPU."""
-    import psutil
-
-    process = psutil.Process()
-    pool = device.xp.get_default_memory_pool() if device.is_gpu else None
-
-    def probe() -> dict[str, int]:
-        reading = {"host_rss_bytes": int(process.memory_info().rss)}
-        if pool is not None:
-            reading["gpu_pool_bytes"] = int(pool.total_bytes())
-        return reading
-
-    return probe
 
 
 class TrainingLoop:

@@ -94,8 +94,7 @@ def _without_opentelemetry() -> dict[str, Any]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The FastAPI application for these settings (default: from the environment)."""
     settings = settings or get_settings()
-    if settings.broker_url != queue.celery_app.conf.broker_url:
-        queue.configure(settings)
+    queue.configure(settings)  # keeps the app when the configuration is the same
 
     @asynccontextmanager
     async def lifespan(application: FastAPI) -> AsyncIterator[None]:

@@ -36,9 +36,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine.spec import KINDS
 from services.core.config import Settings
-from services.core.db import utcnow
-from services.core.queue import CLASS_QUEUES, celery_app, device_queue
+from services.core.queue import CLASS_QUEUES, device_queue, get_celery_app
 from services.devices.models import Device, Worker
+from services.devices.service import live_worker_condition
 from services.jobs.models import FINAL_STATUSES, JOB_STATUSES, Job
 
 log = logging.getLogger(__name__)
@@ -132,16 +132,16 @@ class ServiceCollector(Collector):
         yield family
 
     def _workers(self, session: Session) -> Iterator[Metric]:
-        cutoff = utcnow().timestamp() - self._settings.worker_dead_after_s
         live: dict[str, int] = dict.fromkeys(CLASS_QUEUES, 0)
         rows = session.execute(
-            select(Device.device_class, Worker.last_heartbeat)
+            select(Device.device_class, func.count())
+            .select_from(Worker)
             .join(Device, Device.id == Worker.device_id)
-            .where(Worker.stopped_at.is_(None))
+            .where(live_worker_condition(dead_after_s=self._settings.worker_dead_after_s))
+            .group_by(Device.device_class)
         )
-        for device_class, heartbeat in rows:
-            if heartbeat.timestamp() >= cutoff:
-                live[device_class] = live.get(device_class, 0) + 1
+        for device_class, count in rows:
+            live[device_class] = live.get(device_class, 0) + int(count)
         family = GaugeMetricFamily(
             "bpbench_workers_live",
             "Workers with a recent heartbeat, per device class",
@@ -185,7 +185,7 @@ def queue_depths(names: list[str]) -> dict[str, int]:
     A queue the broker does not know (never declared, or a Redis list that is empty and so absent) holds 0.
     """
     depths: dict[str, int] = {}
-    with celery_app.connection_for_read() as connection:
+    with get_celery_app().connection_for_read() as connection:
         connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=2)
         for name in names:
             # A fresh channel per queue: on AMQP a passive declare of a missing queue closes its channel.

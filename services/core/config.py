@@ -19,6 +19,21 @@ DATABASE_FILE = "bpbench.db"
 BROKER_SOCKET = "broker.sock"
 API_TOKEN_FILE = "api-token"
 
+# A job's time limit is enforced in three layers, each a margin behind the one before, so the gentlest one
+# acts first: the worker stops the job between steps at its limit; Celery's hard limit kills a pool child
+# stuck inside a step HARD_LIMIT_MARGIN_S later; the reconciler fails a job still beating OVERDUE_GRACE_S
+# past its limit (a solo-pool GPU worker has no hard limit); and Redis redelivers an unacknowledged message
+# only VISIBILITY_MARGIN_S past the longest limit a job may have, so a long job is never run twice.
+HARD_LIMIT_MARGIN_S = 60.0
+OVERDUE_GRACE_S = 2 * HARD_LIMIT_MARGIN_S
+VISIBILITY_MARGIN_S = 3600.0
+
+
+def hard_time_limit_s(time_limit_s: float) -> float:
+    """Celery's hard limit for a job of this time limit (the prefork pool kills the child past it)."""
+    return time_limit_s + HARD_LIMIT_MARGIN_S
+
+
 _POSTGRES_PREFIXES = ("postgresql://", "postgres://", "postgresql+psycopg2://")
 _BROKER_SCHEMES = (
     "redis://",
@@ -250,7 +265,11 @@ class Settings(BaseSettings):
     @property
     def broker_visibility_timeout_s(self) -> int:
         """Redis redelivers an unacknowledged message after this long: kept above any job's time limit."""
-        return int(self.max_job_time_s + 3600)
+        return int(self.max_job_time_s + VISIBILITY_MARGIN_S)
+
+    def overdue_after_s(self, time_limit_s: float) -> float:
+        """Run time past which the reconciler fails a job of this limit even while its heartbeat beats."""
+        return time_limit_s + OVERDUE_GRACE_S
 
     def job_time_limit_s(self, requested: float | None) -> float:
         """A job's time limit: the spec's `time_limit_s` capped by the server's `max_job_time_s`."""

@@ -130,7 +130,7 @@ def install_redaction() -> None:
 
 
 class TextFormatter(logging.Formatter):
-    """`2026-11-26 21:40:01,123 INFO workers.tasks: message [job=... worker=... device=...]`."""
+    """`2026-11-26 21:40:01,123 INFO services.jobs.runner: message [job=... worker=... device=...]`."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")

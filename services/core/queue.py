@@ -1,9 +1,14 @@
-"""The Celery app, client side: configuration as data, and `publish_job`.
+"""The Celery app, client side: configuration as data, built lazily, and `publish_job`.
 
 The API (and the reconciler) reach the broker only through `publish_job` (or `publish_jobs`, a batch over
 one producer), which sends the task `bpbench.run_job` *by name* with the job's id as its only argument: the
 committed job row is the source of truth, the message only says "look at job X". The task itself is
 registered by `workers.tasks`.
+
+Importing this module reads no settings and no environment: the app is built on first use
+(`get_celery_app()`, from `get_settings()`), or by `configure(settings)` for other settings. Other settings
+get a new app with pools of its own; the previous one is closed through Celery's public `close()`, so no
+process-global connection pool is reset behind Celery's back.
 
 Delivery is at-least-once (`acks_late`, reject on worker lost); a second delivery of the same id is a
 no-op because the worker's claim is a conditional `queued -> running` update.
@@ -11,14 +16,14 @@ no-op because the worker's claim is a conditional `queued -> running` update.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import kombu.pools
 from celery import Celery
 from kombu import Queue
 
-from services.core.config import Settings, get_settings
+from services.core.config import Settings, get_settings, hard_time_limit_s
 
 if TYPE_CHECKING:
     from services.jobs.spec import JobSpec
@@ -87,31 +92,48 @@ def make_celery(settings: Settings | None = None) -> Celery:
     return app
 
 
-celery_app = make_celery()
+_app: Celery | None = None
+_app_config: dict[str, Any] | None = None
+_app_lock = threading.Lock()
 
 
-def configure(settings: Settings) -> None:
-    """Reconfigure `celery_app` for other settings (tests, `bpbench up` with another data dir)."""
-    changed = celery_app.conf.broker_url != settings.broker_url
-    celery_app.conf.update(celery_config(settings))
-    if changed:
-        # The connection and producer pools still point at the old broker: drop them (rebuilt on next use).
-        kombu.pools.reset()
-        celery_app._pool = None
-        celery_app.amqp._producer_pool = None
+def get_celery_app() -> Celery:
+    """This process's Celery app: the one `configure` built, else one built now from `get_settings()`."""
+    with _app_lock:
+        if _app is not None:
+            return _app
+    return configure(get_settings())
+
+
+def configure(settings: Settings) -> Celery:
+    """Use these settings from now on (tests, `bpbench up` with another data dir); returns the app.
+
+    The same configuration keeps the app (and its open connections); another one gets a new app, and the
+    previous app is closed (its connection and producer pools released) once nothing can take it any more.
+    """
+    global _app, _app_config
+    config = celery_config(settings)
+    with _app_lock:
+        if _app is not None and config == _app_config:
+            return _app
+        previous, _app, _app_config = _app, make_celery(settings), config
+        app = _app
+    if previous is not None:
+        previous.close()
+    return app
 
 
 def _send_options(queue: str, time_limit_s: float | None) -> dict[str, Any]:
     options: dict[str, Any] = {"queue": queue, "routing_key": queue}
     if time_limit_s:
         # Hard limit (prefork pool) a little above the limit the worker itself enforces between steps.
-        options["time_limit"] = time_limit_s + 60
+        options["time_limit"] = hard_time_limit_s(time_limit_s)
     return options
 
 
 def publish_job(job_id: str, queue: str, *, time_limit_s: float | None = None) -> None:
     """Send `bpbench.run_job(job_id)` to `queue`; the job row must already be committed."""
-    celery_app.send_task(RUN_JOB_TASK, args=[job_id], **_send_options(queue, time_limit_s))
+    get_celery_app().send_task(RUN_JOB_TASK, args=[job_id], **_send_options(queue, time_limit_s))
 
 
 def publish_jobs(jobs: Sequence[tuple[str, str, float | None]]) -> tuple[int, Exception | None]:
@@ -122,10 +144,11 @@ def publish_jobs(jobs: Sequence[tuple[str, str, float | None]]) -> tuple[int, Ex
     returns how many were sent and that error; the rows must already be committed.
     """
     sent = 0
+    app = get_celery_app()
     try:
-        with celery_app.producer_or_acquire() as producer:
+        with app.producer_or_acquire() as producer:
             for job_id, queue, time_limit_s in jobs:
-                celery_app.send_task(
+                app.send_task(
                     RUN_JOB_TASK, args=[job_id], producer=producer, **_send_options(queue, time_limit_s)
                 )
                 sent += 1

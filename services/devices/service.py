@@ -17,7 +17,7 @@ from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, case, select, update
 from sqlalchemy.orm import Session
 
 from services.core.db import utcnow
@@ -194,10 +194,12 @@ def mark_worker_stopped(session: Session, name: str) -> None:
     session.commit()
 
 
-def is_live(worker: Worker, *, dead_after_s: float, now: datetime | None = None) -> bool:
-    """True if the worker has not stopped and sent a heartbeat within `dead_after_s`."""
-    now = now or utcnow()
-    return worker.stopped_at is None and now - worker.last_heartbeat <= timedelta(seconds=dead_after_s)
+def live_worker_condition(*, dead_after_s: float, now: datetime | None = None) -> ColumnElement[bool]:
+    """The one rule of a live worker, as a SQL condition on `workers`: it has not stopped, and its last
+    heartbeat is at most `dead_after_s` old at `now` (default: now). Every question about liveness (the
+    devices API, suites, the reconciler, the metrics) asks it through this condition."""
+    cutoff = (now or utcnow()) - timedelta(seconds=dead_after_s)
+    return Worker.stopped_at.is_(None) & (Worker.last_heartbeat >= cutoff)
 
 
 def list_devices(session: Session) -> list[Device]:
@@ -225,10 +227,20 @@ def list_workers(session: Session, *, device_id: str | None = None) -> list[Work
     return list(session.scalars(query))
 
 
+def workers_with_liveness(
+    session: Session, *, dead_after_s: float, device_id: str | None = None, now: datetime | None = None
+) -> list[tuple[Worker, bool]]:
+    """Every worker row (live or not), newest heartbeat first, each with whether it is live."""
+    live = case((live_worker_condition(dead_after_s=dead_after_s, now=now), True), else_=False)
+    query = select(Worker, live).order_by(Worker.last_heartbeat.desc())
+    if device_id is not None:
+        query = query.where(Worker.device_id == device_id)
+    return [(worker, bool(is_live)) for worker, is_live in session.execute(query)]
+
+
 def live_workers(session: Session, *, dead_after_s: float) -> list[Worker]:
     """Workers that have a recent heartbeat and did not stop."""
-    cutoff = utcnow() - timedelta(seconds=dead_after_s)
-    query = select(Worker).where(Worker.stopped_at.is_(None), Worker.last_heartbeat >= cutoff)
+    query = select(Worker).where(live_worker_condition(dead_after_s=dead_after_s))
     return list(session.scalars(query.order_by(Worker.name)))
 
 

@@ -66,6 +66,9 @@ class Job(Base):
     published_at: Mapped[datetime | None] = mapped_column(doc="last time the id was sent to the broker")
     started_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
+    heartbeat_at: Mapped[datetime | None] = mapped_column(
+        doc="the running attempt's last sign of life: set by the claim, then by its heartbeat thread"
+    )
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     @property

@@ -5,22 +5,25 @@ reconciler looks at the rows and repairs what the messages failed to do:
 
 1. `running` jobs that nobody runs any more are requeued (attempt + 1) and published again, or marked
    `failed` once `max_attempts` attempts ran. "Nobody runs it" means either its worker stopped or went
-   silent (`workers.last_heartbeat` older than `worker_dead_after_s`), or the job's own heartbeat
-   (`jobs.updated_at`, bumped by a thread beside the running job in the pool process that runs it) is that
-   old. The per-job heartbeat is what catches a pool child killed while the worker's main process lives
-   (out of memory, SIGKILL, Celery's hard time limit): the message is redelivered, finds the row `running`
-   and is dropped, and only the silence of the job itself tells that it stopped.
+   silent (not live by `services.devices.service.live_worker_condition`: `workers.last_heartbeat` older
+   than `worker_dead_after_s`), or the job's own heartbeat (`jobs.heartbeat_at`, set by a thread beside
+   the running job in the pool process that runs it) is that old. The per-job heartbeat is what catches
+   a pool child killed while the worker's main process lives (out of memory, SIGKILL, Celery's hard time
+   limit): the message is redelivered, finds the row `running` and is dropped, and only the silence of
+   the job itself tells that it stopped.
 2. A silent job that already ran past its time limit is marked `failed` (time limit) instead of requeued:
-   a rerun would hit the same limit. A job that runs on past its limit plus a grace while its heartbeat
-   still beats (a solo-pool GPU worker has no hard limit) is marked `failed` too; its worker then stops.
+   a rerun would hit the same limit. A job that runs on past its limit plus a grace
+   (`Settings.overdue_after_s`) while its heartbeat still beats (a solo-pool GPU worker has no hard
+   limit) is marked `failed` too; its worker then stops.
 3. `queued` jobs that were never published (the broker was down when they were submitted) are published;
    `queued` jobs published longer than `queued_republish_after_s` ago are published again when a live
    worker consumes their queue and no job of that queue was taken in that time (a queue that drains is
    alive: a lost message waits its turn; a queue nobody serves would only pile up copies).
 
-Every change is one conditional UPDATE fenced by the status (and the attempt), so two reconcilers can run
-at once: the loser of a race changes nothing and publishes nothing. Each tick handles at most
-`reconcile_batch` jobs of each kind. A duplicate message is harmless (the worker's claim is conditional).
+Every change is one conditional UPDATE fenced by the status (and the attempt), written by
+`services.jobs.service` (the only writer of job rows), so two reconcilers can run at once: the loser of a
+race changes nothing and publishes nothing. Each tick handles at most `reconcile_batch` jobs of each
+kind. A duplicate message is harmless (the worker's claim is conditional).
 """
 
 from __future__ import annotations
@@ -32,14 +35,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import CursorResult, exists, select, update
+from sqlalchemy import exists, select
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.core.config import Settings, get_settings
+from services.core.config import OVERDUE_GRACE_S, Settings, get_settings
 from services.core.db import session_factory, utcnow
 from services.core.queue import publish_job
 from services.devices.models import Worker
+from services.devices.service import live_worker_condition
 from services.jobs import service as jobs
 from services.jobs.models import Job
 
@@ -47,8 +51,6 @@ log = logging.getLogger("bpbench.reconciler")
 
 # A submitter commits the row and publishes right after; give it this long before publishing it for it.
 UNPUBLISHED_GRACE_S = 2.0
-# Past its time limit plus this, a job still beating is failed (Celery's hard limit is the limit + 60 s).
-TIME_LIMIT_GRACE_S = 120.0
 
 
 @dataclass
@@ -57,6 +59,7 @@ class ReconcileReport:
 
     requeued: int = 0
     failed: int = 0
+    cancelled: int = 0
     timed_out: int = 0
     published: int = 0
     republished: int = 0
@@ -64,28 +67,30 @@ class ReconcileReport:
     @property
     def changed(self) -> int:
         """How many jobs this pass touched."""
-        return self.requeued + self.failed + self.timed_out + self.published + self.republished
+        return (
+            self.requeued + self.failed + self.cancelled + self.timed_out + self.published + self.republished
+        )
 
     def __str__(self) -> str:
         return (
-            f"requeued {self.requeued}, failed {self.failed}, timed out {self.timed_out}, "
+            f"requeued {self.requeued}, failed {self.failed}, cancelled {self.cancelled}, "
+            f"timed out {self.timed_out}, "
             f"published {self.published}, republished {self.republished}"
         )
-
-
-def _rowcount(result: Any) -> int:
-    return int(result.rowcount) if isinstance(result, CursorResult) else 0
 
 
 def lost_running_jobs(session: Session, *, dead_after_s: float, limit: int, now: datetime) -> list[Job]:
     """Running jobs whose worker is dead (stopped, gone or silent) or whose own heartbeat is stale."""
     cutoff = now - timedelta(seconds=dead_after_s)
-    alive = select(Worker.name).where(Worker.stopped_at.is_(None), Worker.last_heartbeat >= cutoff)
+    alive = select(Worker.name).where(live_worker_condition(dead_after_s=dead_after_s, now=now))
     query = (
         select(Job)
         .where(
             Job.status == "running",
-            Job.worker_name.is_(None) | Job.worker_name.not_in(alive) | (Job.updated_at < cutoff),
+            Job.worker_name.is_(None)
+            | Job.worker_name.not_in(alive)
+            | Job.heartbeat_at.is_(None)
+            | (Job.heartbeat_at < cutoff),
         )
         .order_by(Job.started_at)
         .limit(limit)
@@ -93,8 +98,25 @@ def lost_running_jobs(session: Session, *, dead_after_s: float, limit: int, now:
     return list(session.scalars(query))
 
 
-def overdue_running_jobs(session: Session, *, grace_s: float, limit: int, now: datetime) -> list[Job]:
-    """Running jobs (heartbeat or not) that started longer ago than their time limit plus `grace_s`."""
+def unpublished_jobs(session: Session, *, limit: int, now: datetime) -> list[Job]:
+    """Queued jobs never published, left alone by their submitter for `UNPUBLISHED_GRACE_S`; oldest first."""
+    grace = now - timedelta(seconds=UNPUBLISHED_GRACE_S)
+    query = (
+        select(Job)
+        .where(
+            Job.status == "queued",
+            Job.cancel_requested.is_(False),
+            Job.published_at.is_(None),
+            Job.updated_at < grace,
+        )
+        .order_by(Job.created_at)
+        .limit(limit)
+    )
+    return list(session.scalars(query))
+
+
+def overdue_running_jobs(session: Session, settings: Settings, *, limit: int, now: datetime) -> list[Job]:
+    """Running jobs (heartbeat or not) that started longer ago than `settings.overdue_after_s` their limit."""
     candidates = session.scalars(
         select(Job)
         .where(Job.status == "running", Job.time_limit_s.is_not(None), Job.started_at.is_not(None))
@@ -106,7 +128,7 @@ def overdue_running_jobs(session: Session, *, grace_s: float, limit: int, now: d
         for job in candidates
         if job.started_at is not None
         and job.time_limit_s is not None
-        and (now - job.started_at).total_seconds() > job.time_limit_s + grace_s
+        and (now - job.started_at).total_seconds() > settings.overdue_after_s(job.time_limit_s)
     ]
 
 
@@ -129,37 +151,19 @@ def _fail_attempt(session: Session, job: Job, message: str) -> bool:
     return jobs.fail_job(session, job.id, message, attempt=job.attempts)
 
 
-def _publish_claimed(session: Session, job: Job, *, previous: datetime | None, now: datetime) -> bool:
+def _publish_taken(session: Session, job: Job, *, previous: datetime | None, now: datetime) -> bool:
     """Publish a job whose `published_at` this process just moved from `previous` to `now`.
 
-    If the broker refuses, `published_at` goes back (only if nobody changed it since), so the next pass
-    tries again.
+    If the broker refuses, the job service puts `published_at` back (only if nobody changed it since), so
+    the next pass tries again.
     """
     try:
         publish_job(job.id, job.queue, time_limit_s=job.time_limit_s)
     except Exception as exc:
-        session.rollback()
-        session.execute(
-            update(Job).where(Job.id == job.id, Job.published_at == now).values(published_at=previous)
-        )
-        session.commit()
+        jobs.release_publication(session, job.id, taken_at=now, previous=previous)
         log.warning("job %s: could not be published to %s: %s", job.id, job.queue, exc)
         return False
     return True
-
-
-def _take_publication(
-    session: Session, job: Job, *, unpublished: bool, cutoff: datetime, now: datetime
-) -> bool:
-    """Claim the right to publish `job` (a conditional UPDATE of `published_at`); True if this process won."""
-    condition = Job.published_at.is_(None) if unpublished else (Job.published_at < cutoff)
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job.id, Job.status == "queued", Job.cancel_requested.is_(False), condition)
-        .values(published_at=now)
-    )
-    session.commit()
-    return _rowcount(result) == 1
 
 
 def recover_running(session: Session, settings: Settings, report: ReconcileReport, *, now: datetime) -> None:
@@ -181,37 +185,24 @@ def recover_running(session: Session, settings: Settings, report: ReconcileRepor
         if outcome == "failed":
             report.failed += 1
             log.warning("job %s: failed after %d attempt(s): %s", job.id, job.attempts, reason)
+        elif outcome == "cancelled":
+            report.cancelled += 1
+            log.warning("job %s: attempt %d lost (%s); cancelled, as was asked", job.id, job.attempts, reason)
         elif outcome == "queued":
             report.requeued += 1
             log.warning("job %s: attempt %d lost (%s); requeued", job.id, job.attempts, reason)
-            if _take_publication(session, job, unpublished=True, cutoff=now, now=now):
-                _publish_claimed(session, job, previous=None, now=now)
-    for job in overdue_running_jobs(
-        session, grace_s=TIME_LIMIT_GRACE_S, limit=settings.reconcile_batch, now=now
-    ):
+            if jobs.take_publication(session, job.id, published_before=None, now=now):
+                _publish_taken(session, job, previous=None, now=now)
+    for job in overdue_running_jobs(session, settings, limit=settings.reconcile_batch, now=now):
         if _fail_attempt(session, job, _time_limit_message(job)):
             report.timed_out += 1
-            log.warning(
-                "job %s: still running %.0f s past its time limit; failed", job.id, TIME_LIMIT_GRACE_S
-            )
+            log.warning("job %s: still running %.0f s past its time limit; failed", job.id, OVERDUE_GRACE_S)
 
 
 def publish_queued(session: Session, settings: Settings, report: ReconcileReport, *, now: datetime) -> None:
     """Publish queued jobs never published, and republish those whose message looks lost."""
-    grace = now - timedelta(seconds=UNPUBLISHED_GRACE_S)
-    never = session.scalars(
-        select(Job)
-        .where(
-            Job.status == "queued",
-            Job.cancel_requested.is_(False),
-            Job.published_at.is_(None),
-            Job.updated_at < grace,
-        )
-        .order_by(Job.created_at)
-        .limit(settings.reconcile_batch)
-    ).all()
-    for job in never:
-        if _take_publication(session, job, unpublished=True, cutoff=now, now=now) and _publish_claimed(
+    for job in unpublished_jobs(session, limit=settings.reconcile_batch, now=now):
+        if jobs.take_publication(session, job.id, published_before=None, now=now) and _publish_taken(
             session, job, previous=None, now=now
         ):
             report.published += 1
@@ -224,13 +215,9 @@ def publish_queued(session: Session, settings: Settings, report: ReconcileReport
     ).all()
     if not stale:
         return
-    live_since = now - timedelta(seconds=settings.worker_dead_after_s)
+    live = live_worker_condition(dead_after_s=settings.worker_dead_after_s, now=now)
     consumed = {
-        str(name)
-        for queues in session.scalars(
-            select(Worker.queues).where(Worker.stopped_at.is_(None), Worker.last_heartbeat >= live_since)
-        )
-        for name in queues or []
+        str(name) for queues in session.scalars(select(Worker.queues).where(live)) for name in queues or []
     }
     draining: dict[str, bool] = {}
     for job in stale:
@@ -245,7 +232,7 @@ def publish_queued(session: Session, settings: Settings, report: ReconcileReport
         if draining[job.queue]:
             continue
         previous = job.published_at
-        if _take_publication(session, job, unpublished=False, cutoff=cutoff, now=now) and _publish_claimed(
+        if jobs.take_publication(session, job.id, published_before=cutoff, now=now) and _publish_taken(
             session, job, previous=previous, now=now
         ):
             report.republished += 1

@@ -1,4 +1,7 @@
-"""Job life cycle: create, publish, claim, progress, complete, fail, cancel; and the queries.
+"""Job life cycle: create, publish, claim, progress, heartbeat, complete, fail, cancel, requeue; queries.
+
+This module is the only writer of `jobs` rows: the worker's runner, the reconciler, the recovery of
+`bpbench up` and the API call these functions (docs/design.md draws the state machine they implement).
 
 Every state change is one conditional UPDATE (`... WHERE status = <expected>`), so two processes racing on
 the same job (a duplicate delivery, a cancel during a run, a reconciler requeue) cannot both win: the loser
@@ -10,9 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Connection, CursorResult, Table, func, insert, select, update
@@ -23,7 +27,6 @@ from sqlalchemy.orm.attributes import set_committed_value
 from services.core.config import get_settings
 from services.core.db import utcnow
 from services.core.queue import publish_job, publish_jobs, queue_for
-from services.devices.models import Worker
 from services.jobs.models import ACTIVE_STATUSES, FINAL_STATUSES, JOB_STATUSES, Job, new_job_id
 from services.jobs.spec import JobSpec, spec_hash_of
 from services.results.models import Result, Trial
@@ -287,6 +290,7 @@ def claim_job(session: Session, job_id: str, *, worker_name: str, device_id: str
             worker_name=worker_name,
             device_id=device_id,
             started_at=now,
+            heartbeat_at=now,
             updated_at=now,
             progress=0.0,
             progress_message="started",
@@ -458,34 +462,32 @@ def cancel_job(session: Session, job_id: str) -> Job:
     return job
 
 
-def jobs_of_dead_workers(session: Session, *, dead_after_s: float) -> list[Job]:
-    """Running jobs whose worker stopped, vanished or was silent for `dead_after_s` (for a reconciler)."""
-    cutoff = utcnow() - timedelta(seconds=dead_after_s)
-    alive = select(Worker.name).where(Worker.stopped_at.is_(None), Worker.last_heartbeat >= cutoff)
-    query = select(Job).where(
-        Job.status == "running", (Job.worker_name.is_(None)) | (Job.worker_name.not_in(alive))
-    )
-    return list(session.scalars(query.order_by(Job.started_at)))
-
-
-def jobs_never_picked_up(session: Session, *, older_than_s: float) -> list[Job]:
-    """Queued jobs never published, or published more than `older_than_s` ago (for a reconciler)."""
-    cutoff = utcnow() - timedelta(seconds=older_than_s)
-    query = select(Job).where(
-        Job.status == "queued",
-        Job.cancel_requested.is_(False),
-        Job.published_at.is_(None) | (Job.published_at < cutoff),
-    )
-    return list(session.scalars(query.order_by(Job.created_at)))
-
-
 def requeue_job(session: Session, job_id: str, *, attempt: int, reason: str, max_attempts: int) -> str | None:
-    """Take a running job back (its worker died): `queued` again, or `failed` once `max_attempts` ran.
+    """Take back a running attempt that nobody runs any more; returns the job's new status.
+
+    - `cancelled` when a cancel was requested: nobody is left to honour it, and a rerun would be refused;
+    - `failed` once `max_attempts` attempts ran (its worker and device stay: where the last one ran);
+    - else `queued` again, with its worker, device, start and heartbeat cleared, for the next attempt.
 
     Fenced by `attempt`, so a job that finished or was re-claimed meanwhile is left alone (returns None).
-    Publishing the requeued job is the caller's business (after this commit).
+    The reconciler calls it for one job whose worker went silent; `requeue_interrupted` for every running
+    job at once. Publishing the requeued job is the caller's business (after this commit).
     """
     now = utcnow()
+    fence = _running_attempt(job_id, attempt)
+    cancelled = session.execute(
+        update(Job)
+        .where(fence, Job.cancel_requested.is_(True))
+        .values(
+            status="cancelled",
+            progress_message=f"cancelled: {reason}"[:MAX_PROGRESS_MESSAGE_CHARS],
+            finished_at=now,
+            updated_at=now,
+        )
+    )
+    if _rowcount(cancelled) == 1:
+        session.commit()
+        return "cancelled"
     if attempt >= max_attempts:
         values: dict[str, Any] = {
             "status": "failed",
@@ -498,15 +500,64 @@ def requeue_job(session: Session, job_id: str, *, attempt: int, reason: str, max
             "worker_name": None,
             "device_id": None,
             "started_at": None,
+            "heartbeat_at": None,
             "progress": 0.0,
             "progress_message": f"requeued after attempt {attempt}: {reason}"[:MAX_PROGRESS_MESSAGE_CHARS],
             "published_at": None,
         }
-    result = session.execute(
-        update(Job).where(_running_attempt(job_id, attempt)).values(updated_at=now, **values)
-    )
+    result = session.execute(update(Job).where(fence).values(updated_at=now, **values))
     session.commit()
     return str(values["status"]) if _rowcount(result) == 1 else None
+
+
+def requeue_interrupted(session: Session, *, reason: str, max_attempts: int) -> Counter[str]:
+    """The recovery mode of `requeue_job`: every `running` job at once, judged by no heartbeat.
+
+    For a process that owns every worker of its database (`bpbench up` at start): no job can really be
+    running then, so each one still marked `running` was cut off, and goes through `requeue_job` with its
+    own attempt (a job that keeps bringing the stack down ends `failed` after `max_attempts` starts).
+    Returns how many jobs ended in each status.
+    """
+    running = session.execute(select(Job.id, Job.attempts).where(Job.status == "running")).all()
+    session.rollback()  # end the read: each requeue is its own transaction
+    outcomes: Counter[str] = Counter()
+    for job_id, attempt in running:
+        outcome = requeue_job(session, job_id, attempt=attempt, reason=reason, max_attempts=max_attempts)
+        if outcome is not None:
+            outcomes[outcome] += 1
+    return outcomes
+
+
+def take_publication(
+    session: Session, job_id: str, *, published_before: datetime | None, now: datetime
+) -> bool:
+    """Claim the right to publish a queued job: move its `published_at` to `now`; True if this call won.
+
+    `published_before=None` takes only a job never published; a time takes one last published before it.
+    One conditional UPDATE, so of two reconcilers only one publishes.
+    """
+    condition = (
+        Job.published_at.is_(None) if published_before is None else (Job.published_at < published_before)
+    )
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "queued", Job.cancel_requested.is_(False), condition)
+        .values(published_at=now)
+    )
+    session.commit()
+    return _rowcount(result) == 1
+
+
+def release_publication(
+    session: Session, job_id: str, *, taken_at: datetime, previous: datetime | None
+) -> None:
+    """Undo `take_publication` after the broker refused the message: `published_at` goes back to
+    `previous`, only if nobody changed it since, so the next pass tries again."""
+    session.rollback()
+    session.execute(
+        update(Job).where(Job.id == job_id, Job.published_at == taken_at).values(published_at=previous)
+    )
+    session.commit()
 
 
 def is_final(status: str) -> bool:
@@ -515,12 +566,17 @@ def is_final(status: str) -> bool:
 
 
 def touch_job(session: Session, job_id: str, *, attempt: int) -> bool:
-    """The per-job heartbeat: bump a running job's `updated_at`; False once it is no longer this attempt's.
+    """The per-job heartbeat: set a running job's `heartbeat_at`; False once it is no longer this attempt's.
 
     Written by a thread beside the running job (in the pool process that runs it), so a job whose process
-    died (killed pool child, hard time limit, lost network) goes stale even while its worker lives.
+    died (killed pool child, hard time limit, lost network) goes stale even while its worker lives. Only
+    the claim and this write `heartbeat_at`; `updated_at` is left as it was (a beat changes no state).
     """
     _single_statement(session)
-    result = session.execute(update(Job).where(_running_attempt(job_id, attempt)).values(updated_at=utcnow()))
+    result = session.execute(
+        update(Job)
+        .where(_running_attempt(job_id, attempt))
+        .values(heartbeat_at=utcnow(), updated_at=Job.updated_at)  # the column's onupdate would bump it
+    )
     session.commit()
     return _rowcount(result) == 1

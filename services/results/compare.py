@@ -24,7 +24,6 @@
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Float, and_, case, cast, func, or_, select
@@ -34,6 +33,7 @@ from engine.stats import CI_METHOD, median_ci_ranks
 from services.devices.models import Device
 from services.jobs.models import Job
 from services.results.calibration import Calibration, calibration_for, load_of, recalibrate_command
+from services.results.filters import ResultFilter
 from services.results.history import stack_of
 from services.results.models import NO_DEVICE, Result, SpecDeviceStats, Trial
 from services.timeline.models import VendorEntry
@@ -47,36 +47,7 @@ class UnknownBaseline(LookupError):
     """The baseline names no device of the comparison; the message lists the accepted ones."""
 
 
-@dataclass(frozen=True)
-class CompareFilters:
-    """What to compare; every field optional, `spec_hash` pins the spec exactly."""
-
-    kind: str | None = None
-    model: str | None = None
-    dataset: str | None = None
-    batch_size: int | None = None
-    dtype: str | None = None
-    spec_hash: str | None = None
-
-    def conditions(self, table: type[Result] | type[SpecDeviceStats]) -> list[Any]:
-        """SQL conditions on `results` (or `spec_device_stats`) for the filters that are set."""
-        columns = {
-            table.kind: self.kind,
-            table.model_name: self.model,
-            table.dataset: self.dataset,
-            table.batch_size: self.batch_size,
-            table.dtype: self.dtype,
-            table.spec_hash: self.spec_hash,
-        }
-        return [column == value for column, value in columns.items() if value is not None]
-
-    def describe(self) -> str:
-        """The filters in words, for messages."""
-        given = {k: v for k, v in self.__dict__.items() if v is not None}
-        return ", ".join(f"{k}={v}" for k, v in given.items()) or "no filters"
-
-
-def spec_candidates(session: Session, filters: CompareFilters) -> list[dict[str, Any]]:
+def spec_candidates(session: Session, filters: ResultFilter) -> list[dict[str, Any]]:
     """Specs matching the filters with throughput results (hash, results, devices, newest); best first.
 
     Read from `spec_device_stats` (one row per spec and device, kept in step with `results`), so the cost
@@ -99,7 +70,7 @@ def spec_candidates(session: Session, filters: CompareFilters) -> list[dict[str,
             devices,
             newest,
         )
-        .where(*filters.conditions(stats))
+        .where(filters.as_sql_filter(stats))
         .group_by(stats.spec_hash)
         .order_by(results.desc(), devices.desc(), newest.desc(), stats.spec_hash)
     )
@@ -250,7 +221,7 @@ def _flops_per_sample(session: Session, spec_hash: str) -> float | None:
     return float(row[0]) / float(row[1])
 
 
-def compare(session: Session, filters: CompareFilters, baseline: str | None = None) -> dict[str, Any]:
+def compare(session: Session, filters: ResultFilter, baseline: str | None = None) -> dict[str, Any]:
     """The comparison document of one spec (see the module docstring).
 
     Raises NoResults when nothing matches, UnknownBaseline when `baseline` names no compared device.
@@ -335,7 +306,7 @@ def compare(session: Session, filters: CompareFilters, baseline: str | None = No
         "spec": spec,
         "metric": "samples_per_s",
         "ci_method": CI_METHOD + ", over the trials of every run of the device",
-        "filters": {k: v for k, v in filters.__dict__.items() if v is not None},
+        "filters": filters.given(),
         "candidates": [{**c, "newest": c["newest"].isoformat() if c["newest"] else None} for c in candidates],
         "note": note,
         "baseline_device_id": baseline_id,

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from engine.kinds import KINDS_BY_NAME
 from engine.kinds.base import model_columns
+from services.results.filters import ResultFilter
 from services.results.models import NO_DEVICE, Result, SpecDeviceStats, Trial
 
 if TYPE_CHECKING:
@@ -172,33 +173,10 @@ def get_result_for_job(session: Session, job_id: str, *, with_trials: bool = Fal
 
 
 def list_results(
-    session: Session,
-    *,
-    kind: str | None = None,
-    model_name: str | None = None,
-    dataset: str | None = None,
-    batch_size: int | None = None,
-    dtype: str | None = None,
-    spec_hash: str | None = None,
-    device_ids: Sequence[str] | None = None,
-    limit: int | None = 100,
-    offset: int = 0,
+    session: Session, result_filter: ResultFilter | None = None, *, limit: int | None = 100, offset: int = 0
 ) -> list[Result]:
-    """Results, newest first, filtered on the denormalised comparison columns."""
-    query = select(Result)
-    filters = {
-        Result.kind: kind,
-        Result.model_name: model_name,
-        Result.dataset: dataset,
-        Result.batch_size: batch_size,
-        Result.dtype: dtype,
-        Result.spec_hash: spec_hash,
-    }
-    for column, value in filters.items():
-        if value is not None:
-            query = query.where(column == value)
-    if device_ids is not None:
-        query = query.where(Result.device_id.in_(list(device_ids)))
+    """Results matching the filter, newest first."""
+    query = (result_filter or ResultFilter()).apply(select(Result))
     query = query.order_by(Result.created_at.desc(), Result.id.desc()).offset(offset)
     if limit is not None:
         query = query.limit(limit)
@@ -206,18 +184,13 @@ def list_results(
 
 
 def count_results(
-    session: Session, *, device_ids: Sequence[str] | None, cap: int | None = None, **columns: Any
+    session: Session, result_filter: ResultFilter | None = None, *, cap: int | None = None
 ) -> int:
-    """How many results match the same filters as `list_results`, counted by the database.
+    """How many results match the filter, counted by the database.
 
     With `cap`, at most `cap` + 1 rows are read (a million results cost what ten thousand do).
     """
-    query = select(Result.id)
-    for name, value in columns.items():
-        if value is not None:
-            query = query.where(getattr(Result, name) == value)
-    if device_ids is not None:
-        query = query.where(Result.device_id.in_(list(device_ids)))
+    query = (result_filter or ResultFilter()).apply(select(Result.id))
     if cap is not None:
         query = query.limit(cap + 1)
     return int(session.scalar(select(func.count()).select_from(query.subquery())) or 0)

@@ -399,7 +399,7 @@ def shared_postgres_database(stack: Stack, request: pytest.FixtureRequest) -> st
 
 def point_client_at(stack: Stack) -> None:
     """Point this process's Celery client at the stack's broker (and back to the default afterwards)."""
-    previous = queue.celery_app.conf.broker_url
+    previous = queue.get_celery_app().conf.broker_url
     queue.configure(stack.settings())
 
     def restore() -> None:

@@ -10,7 +10,8 @@ from fastapi import APIRouter, Query
 
 from services.api.deps import ReadAccess, SessionDep
 from services.jobs.spec import MAX_BATCH, DatasetName, DType, JobKind, ModelName
-from services.results.compare import CompareFilters, compare
+from services.results.compare import compare
+from services.results.filters import ResultFilter
 
 router = APIRouter(prefix="/compare", tags=["compare"])
 
@@ -41,5 +42,7 @@ def compare_devices(
     all and `note` says so (ask again with `spec_hash=` for another).
     """
     # No match (NoResults) answers 404 and an unknown baseline 422: `install_domain_error_handlers`.
-    filters = CompareFilters(kind, model, dataset, batch_size, dtype, spec_hash)
+    filters = ResultFilter(
+        kind=kind, model=model, dataset=dataset, batch_size=batch_size, dtype=dtype, spec_hash=spec_hash
+    )
     return compare(session, filters, baseline)

@@ -10,8 +10,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from services.api.deps import ReadAccess, SessionDep, SettingsDep
-from services.core.db import utcnow
-from services.devices.service import is_live, list_devices, list_workers
+from services.devices.service import list_devices, workers_with_liveness
 from services.jobs.service import queued_job_counts
 
 router = APIRouter(prefix="/devices", tags=["devices"])
@@ -55,10 +54,8 @@ class DevicePage(BaseModel):
 
 def device_views(session: Session, worker_dead_after_s: float) -> list[DeviceOut]:
     """Every device (by class, then name) with its workers and the number of queued jobs it may take."""
-    now = utcnow()
     workers: dict[str, list[WorkerOut]] = {}
-    for worker in list_workers(session):
-        live = is_live(worker, dead_after_s=worker_dead_after_s, now=now)
+    for worker, live in workers_with_liveness(session, dead_after_s=worker_dead_after_s):
         workers.setdefault(worker.device_id, []).append(
             WorkerOut(
                 name=worker.name,

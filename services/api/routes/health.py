@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 
 from services.api.deps import SessionDep
 from services.core.db import ping
-from services.core.queue import celery_app
+from services.core.queue import get_celery_app
 
 router = APIRouter(tags=["health"])
 
@@ -30,7 +30,7 @@ def _check_database(session: SessionDep) -> str | None:
 
 def _check_broker() -> str | None:
     try:
-        with celery_app.connection_for_write() as connection:
+        with get_celery_app().connection_for_write() as connection:
             connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=2)
     except Exception as exc:
         return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else 'unreachable'}"

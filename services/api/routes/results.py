@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from services.api.deps import MAX_OFFSET, TOTAL_CAP, ReadAccess, SessionDep
 from services.devices.service import devices_by_id
 from services.jobs.spec import MAX_BATCH, DatasetName, DType, JobKind, ModelName
+from services.results.filters import ResultFilter
 from services.results.models import Result
 from services.results.service import count_results, list_results
 
@@ -174,23 +175,23 @@ def get_results(
     format: Literal["json", "csv"] = "json",
 ) -> Any:
     """Results, newest first; `format=csv` returns a CSV download of the same page."""
-    filters: dict[str, Any] = {
-        "kind": kind,
-        "model_name": model,
-        "dataset": dataset,
-        "batch_size": batch_size,
-        "dtype": dtype,
-        "spec_hash": spec_hash,
-        "device_ids": [device] if device else None,
-    }
-    views = _views(session, list_results(session, limit=limit, offset=offset, **filters))
+    result_filter = ResultFilter(
+        kind=kind,
+        model=model,
+        dataset=dataset,
+        batch_size=batch_size,
+        dtype=dtype,
+        spec_hash=spec_hash,
+        device_ids=(device,) if device else None,
+    )
+    views = _views(session, list_results(session, result_filter, limit=limit, offset=offset))
     if format == "csv":
         return Response(
             to_csv(views),
             media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": 'attachment; filename="bpbench-results.csv"'},
         )
-    total = count_results(session, cap=TOTAL_CAP, **filters)
+    total = count_results(session, result_filter, cap=TOTAL_CAP)
     return ResultPage(
         total=min(total, TOTAL_CAP), total_exact=total <= TOTAL_CAP, limit=limit, offset=offset, items=views
     )

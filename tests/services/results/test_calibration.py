@@ -12,7 +12,8 @@ from services.core.config import Settings
 from services.devices.service import register_device
 from services.jobs.spec import JobSpec
 from services.results.calibration import calibration_for
-from services.results.compare import CompareFilters, compare
+from services.results.compare import compare
+from services.results.filters import ResultFilter
 from services.results.history import stack_of
 from tests.conftest import tiny_spec
 from tests.support.results import engine_document, record
@@ -79,7 +80,7 @@ def test_compare_flags_an_efficiency_over_100_percent_and_names_the_calibration(
         device_id,
         lambda d: d["metrics"].update(peak_flops_per_s=achieved / 2),  # as if measured on a loaded machine
     )
-    (row,) = compare(db_session, CompareFilters(spec_hash=train.spec_hash()))["rows"]
+    (row,) = compare(db_session, ResultFilter(spec_hash=train.spec_hash()))["rows"]
     assert row["calibration"]["job_id"] == calibration_job.id
     assert row["efficiency"] == pytest.approx(2.0, rel=0.2)
     assert row["efficiency_flag"].startswith("2")
