@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from engine.backend import free_memory_bytes, release_memory
 from services.core.config import Settings, get_settings
 from services.core.db import session_factory
+from services.devices.memory import available_memory
 from services.jobs import service as jobs
 from services.jobs.resources import JobTooLarge, check_fits
 from services.jobs.spec import JobSpec
@@ -288,7 +289,8 @@ def execute_job(job_id: str, context: WorkerContext, settings: Settings | None =
 def check_memory(spec_doc: dict[str, Any], engine_device: str) -> None:
     """Raise `JobTooLarge` when the job's estimated memory exceeds what the device has free now."""
     spec = JobSpec.model_validate({**spec_doc, "device": "cpu" if engine_device == "cpu" else "gpu"})
-    free, where = free_memory_bytes(engine_device)
+    # On a CPU the bound is the host's RAM or, inside a container or slice, its cgroup limit if tighter.
+    free, where = available_memory() if engine_device == "cpu" else free_memory_bytes(engine_device)
     check_fits(spec, free, where)
 
 
