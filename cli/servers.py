@@ -81,6 +81,23 @@ def reconciler_command(
     raise typer.Exit(run_reconciler())
 
 
+@app.command("beat")
+def beat_command(
+    loglevel: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = "INFO",
+) -> None:
+    """Send the tick (run due schedules, send alerts) every BPBENCH_TICK_INTERVAL_S: Celery beat. Run one
+    per deployment; any worker executes the ticks."""
+    from celery.apps.beat import Beat
+
+    from services.core.logging import configure_logging
+    from services.core.queue import get_celery_app
+
+    configure_logging("text", loglevel.upper())
+    app = get_celery_app()
+    Path(app.conf.beat_schedule_filename).parent.mkdir(parents=True, exist_ok=True)
+    Beat(app=app, loglevel=loglevel.upper(), quiet=True).run()
+
+
 def _exit_cleanly(_signum: int, _frame: FrameType | None) -> None:
     raise SystemExit(0)
 

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 SCHEMA_FILE = Path(__file__).parent / "data" / "compose-spec.json"
 ENV_EXAMPLE = ROOT / ".env.example"
-BPBENCH_SERVICES = ("migrate", "api", "worker-cpu", "worker-gpu", "reconciler")
+BPBENCH_SERVICES = ("migrate", "api", "worker-cpu", "worker-gpu", "reconciler", "beat")
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +54,7 @@ def test_stack_has_every_service_of_the_deployment(compose: dict[str, Any]) -> N
         "worker-cpu",
         "worker-gpu",
         "reconciler",
+        "beat",
         "flower",
     }
     assert compose["services"]["worker-gpu"]["profiles"] == ["gpu"]

@@ -44,7 +44,7 @@ from harness.processes import free_port
 from services.core.config import Settings
 from services.core.db import make_engine
 from services.core.migrate import current_revision, head_revision, upgrade_to_head
-from services.core.queue import RUN_JOB_TASK, make_celery
+from services.core.queue import CONTROL_QUEUE, RUN_JOB_TASK, TICK_TASK, make_celery
 from services.devices.models import Worker
 from services.jobs import service as jobs
 from tests.conftest import (
@@ -487,9 +487,33 @@ def test_flower_service_answers_http_and_stops_cleanly(
     assert http_status(f"http://127.0.0.1:{port}/healthcheck") is None
 
 
+def test_beat_service_sends_the_tick_to_the_control_queue_and_stops_cleanly(
+    compose: dict[str, Any], local_servers: LocalServers, tmp_path: Path
+) -> None:
+    argv = local_program(compose["services"]["beat"]["command"])
+    env = service_env(compose, "beat", local_servers, tmp_path, BPBENCH_TICK_INTERVAL_S="1")
+    broker = redis.Redis.from_url(env["BPBENCH_BROKER_URL"])
+    broker.delete(CONTROL_QUEUE)
+    try:
+        with running_service("beat", argv, env, tmp_path) as service:
+
+            def ticks() -> int | None:
+                # No worker runs here: the ticks wait in the control queue, each naming the tick task.
+                service.check_running()
+                waiting = broker.lrange(CONTROL_QUEUE, 0, -1)
+                return len(waiting) if len(waiting) >= 2 else None
+
+            wait_until(ticks, 30, "beat to send two ticks", interval_s=0.3)
+            assert all(TICK_TASK.encode() in message for message in broker.lrange(CONTROL_QUEUE, 0, -1))
+            assert service.terminate() == 0, service.log()
+    finally:
+        broker.delete(CONTROL_QUEUE)
+        broker.close()
+
+
 def test_every_bpbench_service_of_compose_is_run_here(compose: dict[str, Any]) -> None:
     # A service added to docker-compose.yml must get a test above that runs its command.
-    run_here = {"migrate", "api", "worker-cpu", "worker-gpu", "reconciler", "redis", "flower"}
+    run_here = {"migrate", "api", "worker-cpu", "worker-gpu", "reconciler", "beat", "redis", "flower"}
     image_only = {"postgres"}  # the official image's entrypoint, nothing of ours
     assert set(compose["services"]) == run_here | image_only
     assert {name for name, service in compose["services"].items() if "command" in service} == run_here

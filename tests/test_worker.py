@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.core.config import Settings
-from services.core.queue import device_queue, publish_job
+from services.core.queue import CONTROL_QUEUE, device_queue, publish_job
 from services.devices.models import Device, Worker
 from services.devices.service import register_device
 from services.jobs import service as jobs
@@ -110,7 +110,8 @@ def test_a_duplicate_delivery_of_one_job_writes_one_result(
 def test_a_job_aimed_at_one_device_runs_on_that_devices_worker(
     cpu_worker: WorkerProcess, session_maker: sessionmaker[Session]
 ) -> None:
-    assert cpu_worker.queues == ["cpu", device_queue(cpu_worker.device_id)]
+    # Its class, its own device queue, and the control queue the beat tick goes to.
+    assert cpu_worker.queues == ["cpu", device_queue(cpu_worker.device_id), CONTROL_QUEUE]
     with session_maker() as session:
         job = jobs.submit_job(session, tiny_spec(seed=3), target_device_id=cpu_worker.device_id)
     assert job.queue == f"device.{cpu_worker.device_id}"

@@ -173,7 +173,7 @@ def run_worker(
     app = queue.configure(settings)
     device_id, _ = register_device(wanted, settings)
     worker_name = name or f"{wanted.tag}@{socket.gethostname()}"
-    queues = [wanted.device_class, queue.device_queue(device_id)]
+    queues = [wanted.device_class, queue.device_queue(device_id), queue.CONTROL_QUEUE]
     tasks.configure_worker(
         tasks.WorkerContext(name=worker_name, device_id=device_id, engine_device=wanted.engine_device)
     )

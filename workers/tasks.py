@@ -1,4 +1,5 @@
-"""The Celery task `bpbench.run_job(job_id)`: the task and little else, as in Celery's `proj/tasks.py`.
+"""The Celery tasks `bpbench.run_job(job_id)` and `bpbench.tick`: the tasks and little else, as in Celery's
+`proj/tasks.py`.
 
 The task hands the job id and this worker's identity to `services.jobs.runner.execute_job`, which claims
 the job, runs it and records the outcome. It is a shared task: it joins whichever Celery app the process
@@ -11,7 +12,7 @@ from __future__ import annotations
 from celery import Task, shared_task
 
 from services.core.logging import job_context
-from services.core.queue import RUN_JOB_TASK
+from services.core.queue import RUN_JOB_TASK, TICK_TASK
 from services.jobs.runner import WorkerContext, execute_job
 
 _context: WorkerContext | None = None
@@ -43,3 +44,14 @@ def run_job_task(self: Task, job_id: str) -> str:
     # Every log line about this job names the job, the worker and the device.
     with job_context(str(job_id), context.name, context.device_id):
         return execute_job(str(job_id), context)
+
+
+@shared_task(name=TICK_TASK, ignore_result=True)
+def tick_task() -> dict[str, object]:
+    """Celery beat's minute tick: submit due schedules, store and deliver alerts (services.schedules.tick)."""
+    from services.core.config import get_settings
+    from services.core.db import session_factory
+    from services.schedules.tick import tick
+
+    settings = get_settings()
+    return tick(session_factory(settings), settings)

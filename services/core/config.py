@@ -130,6 +130,12 @@ class Settings(BaseSettings):
     rate_limit_burst: int = Field(
         default=200, ge=1, le=1_000_000, description="requests a token may send at once before 429s"
     )
+    tick_interval_s: float = Field(
+        default=60.0,
+        ge=1.0,
+        le=3600.0,
+        description="how often `bpbench beat` sends the tick that runs due schedules and sends alerts",
+    )
     alert_webhook_urls: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="comma-separated webhook URLs that get a JSON message (Slack-compatible `text`) about "

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery
@@ -29,6 +30,10 @@ if TYPE_CHECKING:
     from services.jobs.spec import JobSpec
 
 RUN_JOB_TASK = "bpbench.run_job"
+TICK_TASK = "bpbench.tick"
+# Every worker consumes this queue besides its device's: the minute tick runs on whichever worker is free,
+# on a GPU-only fleet too.
+CONTROL_QUEUE = "bpbench.control"
 CLASS_QUEUES: tuple[str, ...] = ("cpu", "gpu")
 DEVICE_QUEUE_PREFIX = "device."
 
@@ -82,6 +87,16 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": False,
         "timezone": "UTC",
         "enable_utc": True,
+        # `bpbench beat` sends the tick (due schedules, alerts); a tick no worker took within its period is
+        # dropped, so ticks do not pile up while no worker runs.
+        "beat_schedule": {
+            "bpbench-tick": {
+                "task": TICK_TASK,
+                "schedule": settings.tick_interval_s,
+                "options": {"queue": CONTROL_QUEUE, "expires": settings.tick_interval_s},
+            }
+        },
+        "beat_schedule_filename": str(Path(settings.data_dir) / "celerybeat-schedule"),
     }
 
 
@@ -155,3 +170,11 @@ def publish_jobs(jobs: Sequence[tuple[str, str, float | None]]) -> tuple[int, Ex
     except Exception as exc:  # kombu/redis/amqp raise many kinds; the caller logs it
         return sent, exc
     return sent, None
+
+
+def __getattr__(name: str) -> Any:
+    # `celery -A services.core.queue:celery_app ...` (Flower, inspect) asks for the app by attribute: it is
+    # built on that first use, like every other use, never at import.
+    if name == "celery_app":
+        return get_celery_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -33,7 +33,7 @@ from sqlalchemy.orm import sessionmaker
 from services.core.config import Settings
 from services.core.db import make_engine
 from services.core.migrate import upgrade_to_head
-from services.core.queue import RUN_JOB_TASK, device_queue, make_celery
+from services.core.queue import CONTROL_QUEUE, RUN_JOB_TASK, device_queue, make_celery
 from services.devices.models import Worker
 from services.jobs import service as jobs
 from tests.conftest import (
@@ -316,7 +316,7 @@ def test_workers_on_two_hosts_register_their_devices_and_run_the_jobs_aimed_at_t
                         worker.process.pid,
                         worker.device_id,
                     )
-                    assert row.queues == ["cpu", device_queue(worker.device_id)]
+                    assert row.queues == ["cpu", device_queue(worker.device_id), CONTROL_QUEUE]
 
             # Two jobs aimed at each device, sent to the device queues through the private broker.
             client = make_celery(
