@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from engine.backend import get_array_module
+from engine.blas_threads import matmul
 
 Array = Any  # numpy.ndarray or cupy.ndarray
 
@@ -191,18 +192,18 @@ class Affine(Layer):
         self.x_shape = x.shape
         self.x = x.reshape(x.shape[0], -1)
         out = self._buffer("out", (x.shape[0], self.W.shape[1]), x)
-        xp.matmul(self.x, self.W, out=out)
+        matmul(xp, self.x, self.W, out)
         out += self.b
         return out
 
     def backward(self, dout: Array) -> Array:
         xp = get_array_module(dout)
-        xp.matmul(self.x.T, dout, out=self.dW)
+        matmul(xp, self.x.T, dout, self.dW)
         xp.sum(dout, axis=0, out=self.db)
         if not self.need_dx:
             return None  # the input layer: dx of the data is never used, skip a whole GEMM
         dx = self._buffer("dx", self.x.shape, dout)
-        xp.matmul(dout, self.W.T, out=dx)
+        matmul(xp, dout, self.W.T, dx)
         return dx.reshape(self.x_shape)
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -481,7 +482,7 @@ class Convolution(Layer):
         col = self._buffer("col", (n, c * fh * fw, out_h * out_w), x)
         self.col = unfold(x, fh, fw, self.stride, self.pad, out=col)
         out = self._buffer("out", (n, fn, out_h * out_w), x)
-        xp.matmul(self.W.reshape(fn, -1), self.col, out=out)
+        matmul(xp, self.W.reshape(fn, -1), self.col, out)
         out += self.b[:, None]
         return out.reshape(n, fn, out_h, out_w)
 
@@ -492,12 +493,12 @@ class Convolution(Layer):
         dout = dout.reshape(n, fn, -1)
         xp.sum(dout.sum(axis=0), axis=1, out=self.db)  # summing the batch first: one contiguous pass
         per_sample = self._buffer("dW_per_sample", (n, fn, c * fh * fw), dout)
-        xp.matmul(dout, self.col.transpose(0, 2, 1), out=per_sample)
+        matmul(xp, dout, self.col.transpose(0, 2, 1), per_sample)
         xp.sum(per_sample, axis=0, out=self.dW.reshape(fn, -1))
         if not self.need_dx:
             return None
         dcol = self._buffer("dcol", self.col.shape, dout)
-        xp.matmul(self.W.reshape(fn, -1).T, dout, out=dcol)
+        matmul(xp, self.W.reshape(fn, -1).T, dout, dcol)
         return fold(dcol, self.x_shape, fh, fw, self.stride, self.pad)
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
