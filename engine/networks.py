@@ -86,6 +86,11 @@ class Network:
         self._sequence = list(self.layers.values())
         if self._sequence:
             self._sequence[0].need_dx = False  # nobody uses the gradient with respect to the data
+        for before, layer in itertools.pairwise(self._sequence):
+            # Their outputs are their own buffers, unused by their backward: a ReLU may overwrite them
+            # (and the gradient handed back to a ReLU inside a network is always a layer's buffer).
+            if isinstance(layer, Relu) and isinstance(before, Affine | Convolution):
+                layer.in_place = True
         self.last_layer = SoftmaxWithLoss()
         self.xp = get_array_module(*self.params.values()) if self.params else device.xp
 

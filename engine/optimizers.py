@@ -58,6 +58,15 @@ class Optimizer:
         raise NotImplementedError
 
 
+def _scaled_ratio(xp: Any, numerator: Array, squares: Array, lr: float, out: Array) -> Array:
+    """lr * numerator / (sqrt(squares) + 1e-7), in `out` (no temporary arrays)."""
+    xp.sqrt(squares, out=out)
+    out += EPS
+    xp.divide(numerator, out, out=out)
+    out *= lr
+    return out
+
+
 class SGD(Optimizer):
     """W <- W - lr * dW."""
 
@@ -76,9 +85,10 @@ class Momentum(Optimizer):
         self.v: dict[str, Array] = {}
 
     def step(self, key: str, param: Array, grad: Array) -> None:
-        v = self._buffer(self.v, key, param)
+        xp = get_array_module(param)
+        v, tmp = self._buffer(self.v, key, param), self._buffer(self._scratch, key, param)
         v *= self.momentum
-        v -= self.lr * grad
+        v -= xp.multiply(grad, self.lr, out=tmp)
         param += v
 
 
@@ -94,11 +104,12 @@ class Nesterov(Optimizer):
         self.v: dict[str, Array] = {}
 
     def step(self, key: str, param: Array, grad: Array) -> None:
-        v = self._buffer(self.v, key, param)
+        xp = get_array_module(param)
+        v, tmp = self._buffer(self.v, key, param), self._buffer(self._scratch, key, param)
         v *= self.momentum
-        v -= self.lr * grad
-        param += self.momentum * self.momentum * v
-        param -= (1 + self.momentum) * self.lr * grad
+        v -= xp.multiply(grad, self.lr, out=tmp)
+        param += xp.multiply(v, self.momentum * self.momentum, out=tmp)
+        param -= xp.multiply(grad, (1 + self.momentum) * self.lr, out=tmp)
 
 
 class AdaGrad(Optimizer):
@@ -110,9 +121,9 @@ class AdaGrad(Optimizer):
 
     def step(self, key: str, param: Array, grad: Array) -> None:
         xp = get_array_module(param)
-        h = self._buffer(self.h, key, param)
-        h += grad * grad
-        param -= self.lr * grad / (xp.sqrt(h) + EPS)
+        h, tmp = self._buffer(self.h, key, param), self._buffer(self._scratch, key, param)
+        h += xp.multiply(grad, grad, out=tmp)
+        param -= _scaled_ratio(xp, grad, h, self.lr, tmp)
 
 
 class RMSprop(Optimizer):
@@ -125,10 +136,12 @@ class RMSprop(Optimizer):
 
     def step(self, key: str, param: Array, grad: Array) -> None:
         xp = get_array_module(param)
-        h = self._buffer(self.h, key, param)
+        h, tmp = self._buffer(self.h, key, param), self._buffer(self._scratch, key, param)
         h *= self.decay_rate
-        h += (1 - self.decay_rate) * grad * grad
-        param -= self.lr * grad / (xp.sqrt(h) + EPS)
+        xp.multiply(grad, grad, out=tmp)
+        tmp *= 1 - self.decay_rate
+        h += tmp
+        param -= _scaled_ratio(xp, grad, h, self.lr, tmp)
 
 
 class Adam(Optimizer):
@@ -155,11 +168,16 @@ class Adam(Optimizer):
 
     def step(self, key: str, param: Array, grad: Array) -> None:
         xp = get_array_module(param)
-        m = self._buffer(self.m, key, param)
-        v = self._buffer(self.v, key, param)
-        m += (1 - self.beta1) * (grad - m)
-        v += (1 - self.beta2) * (grad**2 - v)
-        param -= self._lr_t * m / (xp.sqrt(v) + EPS)
+        m, v = self._buffer(self.m, key, param), self._buffer(self.v, key, param)
+        tmp = self._buffer(self._scratch, key, param)
+        xp.subtract(grad, m, out=tmp)
+        tmp *= 1 - self.beta1
+        m += tmp
+        xp.multiply(grad, grad, out=tmp)
+        tmp -= v
+        tmp *= 1 - self.beta2
+        v += tmp
+        param -= _scaled_ratio(xp, m, v, self._lr_t, tmp)
 
 
 OPTIMIZERS: dict[str, type[Optimizer]] = {
