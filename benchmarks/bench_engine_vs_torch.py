@@ -365,6 +365,12 @@ def main() -> None:
     parser.add_argument(
         "--layers", type=int, default=0, help="also time each engine layer over this many steps per config"
     )
+    parser.add_argument(
+        "--work-per-thread",
+        type=int,
+        default=None,
+        help="override engine.blas_threads.WORK_PER_THREAD (1: every product on all threads)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the full results here")
     args = parser.parse_args()
 
@@ -373,6 +379,10 @@ def main() -> None:
 
     if args.threads:
         threadpool_limits(args.threads, user_api="blas")
+    if args.work_per_thread is not None:
+        import engine.blas_threads
+
+        engine.blas_threads.WORK_PER_THREAD = args.work_per_thread
     threads, blas = blas_threads()
     torch.set_num_threads(threads)
     env = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS")}

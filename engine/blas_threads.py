@@ -56,13 +56,20 @@ class BlasPool:
         self._setters, self._getter = setters, getter
         self._found_at_modules = len(sys.modules)
 
-    def begin(self) -> None:
-        """Read the ceiling (the pool's count now) and start sizing products."""
+    def begin(self) -> bool:
+        """Read the ceiling (the pool's count now) and start sizing products; True if this call started it.
+
+        False, and nothing to undo, when sizing is already on (an outer step owns it), when NumPy's BLAS
+        is not OpenBLAS, or when the ceiling is one thread (nothing to choose).
+        """
+        if self.active:
+            return False
         self._find()
         if self._getter is None:
-            return
+            return False
         self.ceiling = self.current = max(1, int(self._getter()))
-        self.active = True
+        self.active = self.ceiling > 1
+        return self.active
 
     def fit(self, work: int) -> None:
         """Give the next product `work` multiply-adds' worth of threads (no call when unchanged)."""
@@ -93,14 +100,12 @@ def sized_products() -> Iterator[BlasPool]:
 
     Reentrant: an inner block leaves the sizing to the outer one.
     """
-    if POOL.active:
-        yield POOL
-        return
-    POOL.begin()
+    started = POOL.begin()
     try:
         yield POOL
     finally:
-        POOL.end()
+        if started:
+            POOL.end()
 
 
 def matmul(xp: Any, a: Any, b: Any, out: Any) -> Any:

@@ -14,7 +14,6 @@ counted. Dividing by the measured matmul rate of the same shapes gives the GEMM-
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 from collections.abc import Sequence
@@ -23,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from engine.backend import CPU, Device, get_array_module, resolve_dtype, seed_everything
-from engine.blas_threads import sized_products
+from engine.blas_threads import POOL as BLAS_POOL
 from engine.layers import (
     Affine,
     Array,
@@ -108,15 +107,15 @@ class Network:
         return t.astype(self.dtype, copy=False)
 
     # --- the textbook API -------------------------------------------------------------------------
-    def _sized_products(self) -> contextlib.AbstractContextManager[Any]:
-        """BLAS threads by product size on the CPU (engine.blas_threads); nothing to size on a GPU."""
-        return sized_products() if self.xp is np else contextlib.nullcontext()
-
     def forward(self, x: Array, train: bool = False) -> Array:
         """Scores (pre-softmax) for prepared input; the array is a layer buffer (see `predict`)."""
-        with self._sized_products():
+        sizing = self.xp is np and BLAS_POOL.begin()  # BLAS threads by product size (engine.blas_threads)
+        try:
             for layer in self._sequence:
                 x = layer.forward(x, train)
+        finally:
+            if sizing:
+                BLAS_POOL.end()
         return x
 
     def predict(self, x: Any, train: bool = False) -> Array:
@@ -133,12 +132,16 @@ class Network:
 
         Returns `self.grads` (name -> gradient array), refilled in place on every call.
         """
-        with self._sized_products():
+        sizing = self.xp is np and BLAS_POOL.begin()
+        try:
             scores = self.forward(self._inputs(x), train=True)
             self.last_layer.forward(scores, self._labels(t), compute_loss=False)  # read lazily: last_loss
             dout = self.last_layer.backward(1.0)
             for layer in reversed(self._sequence):
                 dout = layer.backward(dout)
+        finally:
+            if sizing:
+                BLAS_POOL.end()
         return self.grads
 
     def train_step(self, x: Any, t: Any, optimizer: Any) -> None:
