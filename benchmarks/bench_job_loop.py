@@ -7,9 +7,10 @@ Run (unsets the OpenBLAS overrides for this command only; see benchmarks/README.
 Each round runs, in rotating order: the train job exactly as `bpbench run --json` runs it
 (`engine.jobs.run_job` on `JobSpec(...).engine_dict()`; its figure is `metrics.samples_per_s.median`,
 what users see); the bare step (`Network.train_step` on batches gathered beforehand, the same network,
-data and batch size); and PyTorch's step on the same architecture and batches (as in
-bench_engine_vs_torch.py). The job's loop overhead is 1 - job / bare. `--profile` adds a cProfile of
-one job, sorted by own time, to show where the overhead goes.
+data and batch size); the bare step gathering its batch by fancy indexing each step, as the job's loop
+does, and gathering a whole 10-step window at once; and PyTorch's step on the same architecture and
+batches (as in bench_engine_vs_torch.py). The job's loop overhead is 1 - job / bare. `--profile` adds a
+cProfile of one job, sorted by own time, to show where the overhead goes.
 """
 
 from __future__ import annotations
@@ -54,22 +55,41 @@ def job_spec(steps: int) -> dict[str, Any]:
     return spec.engine_dict()
 
 
-def bare_step_rate(spec: dict[str, Any], seconds: float) -> float:
-    """Samples/s of `train_step` alone on pre-gathered batches of the job's data and network."""
+def bare_step_rate(spec: dict[str, Any], seconds: float, gather: str = "none") -> float:
+    """Samples/s of `train_step` alone on the job's data and network.
+
+    `gather`: "none" steps on batches gathered beforehand; "step" gathers each step's batch with
+    fancy indexing as the job's loop does (`x_train[indices[i]]`); "window" gathers the 10 batches
+    of a timing window with one fancy index and steps on contiguous slices of it.
+    """
     data = load_dataset(spec["dataset"], dtype=spec["dtype"])
     net = build_network(spec["model"], data.input_shape, data.n_classes, spec["dtype"], seed=0)
     opt = SGD(spec["optimizer"]["lr"])
     rng = np.random.default_rng(0)
     batch = spec["batch_size"]
-    xs = [data.x_train[rng.integers(0, data.n_train, batch)] for _ in range(8)]
-    ts = [data.t_train[rng.integers(0, data.n_train, batch)] for _ in range(8)]
-    for i in range(20):
-        net.train_step(xs[i % 8], ts[i % 8], opt)
+    x_train, t_train = data.x_train, data.t_train
+    xs = [x_train[rng.integers(0, data.n_train, batch)] for _ in range(8)]
+    ts = [t_train[rng.integers(0, data.n_train, batch)] for _ in range(8)]
+
+    def window() -> None:
+        indices = rng.integers(0, data.n_train, size=(10, batch))
+        if gather == "none":
+            for i in range(10):
+                net.train_step(xs[i % 8], ts[i % 8], opt)
+        elif gather == "step":
+            for i in range(10):
+                net.train_step(x_train[indices[i]], t_train[indices[i]], opt)
+        else:
+            x_window, t_window = x_train[indices], t_train[indices]
+            for i in range(10):
+                net.train_step(x_window[i], t_window[i], opt)
+
+    for _ in range(2):
+        window()
     steps, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        for i in range(50):
-            net.train_step(xs[i % 8], ts[i % 8], opt)
-        steps += 50
+        window()
+        steps += 10
     return steps * batch / (time.perf_counter() - t0)
 
 
@@ -109,13 +129,15 @@ def main() -> None:
     contestants = {
         "job": lambda: float(run_job(spec)["metrics"]["samples_per_s"]["median"]),
         "bare": lambda: bare_step_rate(spec, args.seconds),
+        "gather_per_step": lambda: bare_step_rate(spec, args.seconds, "step"),
+        "gather_per_window": lambda: bare_step_rate(spec, args.seconds, "window"),
         "torch": lambda: torch_rate(spec, args.seconds),
     }
     load_before = os.getloadavg()
     rates: dict[str, list[float]] = {key: [] for key in contestants}
     order = list(contestants)
     for r in range(args.rounds):
-        for key in order[r % 3 :] + order[: r % 3]:
+        for key in order[r % len(order) :] + order[: r % len(order)]:
             time.sleep(args.gap)
             rates[key].append(contestants[key]())
     load_after = os.getloadavg()
@@ -125,7 +147,7 @@ def main() -> None:
     print(f"threads {args.threads or 'BLAS default'}; torch {torch.get_num_threads()}; {args.rounds} rounds")
     print(f"load average before {load_before}, after {load_after}")
     for key, value in med.items():
-        print(f"  {key:6} median {value:10.0f} samples/s  rounds {[round(v) for v in rates[key]]}")
+        print(f"  {key:17} median {value:10.0f} samples/s  rounds {[round(v) for v in rates[key]]}")
     print(f"job / torch {med['job'] / med['torch']:.2f} (paired {paired_job_torch:.2f})")
     print(f"job / bare step {med['job'] / med['bare']:.3f} (paired {paired_job_bare:.3f}): loop overhead")
     if args.profile:
