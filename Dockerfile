@@ -8,6 +8,7 @@ COPY pyproject.toml README.md ./
 COPY engine engine
 COPY services services
 COPY workers workers
+COPY cli cli
 COPY migrations migrations
 # Only our own (pure-Python) wheel: each runtime resolves its dependencies for its own Python.
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .

@@ -6,8 +6,11 @@ Every piece is a real process on loopback, started the way production starts it 
 - PostgreSQL (`BPBENCH_BENCH_POSTGRES_URL`, default `postgresql://postgres@127.0.0.1:5432/postgres`): a fresh
   database `bpbench_bench_<hex>` per run, migrated by `bpbench api`, dropped afterwards.
 - Redis (`BPBENCH_BENCH_REDIS_URL`, default `redis://127.0.0.1:6379`): a database number claimed the way the
-  test suite claims one (`tests/redis_databases.py`, lock key `bpbench:test-run-lock`), so a benchmark and a
-  test run never share a queue; emptied before and after. `BPBENCH_BENCH_REDIS_DB` pins the number.
+  test suite claims one (`harness/redis_databases.py`, lock key `bpbench:test-run-lock`), so a benchmark and
+  a test run never share a queue; emptied before and after. `BPBENCH_BENCH_REDIS_DB` pins the number.
+
+The pieces the tests use too (the `bpbench` command, free ports, process environments, waiting, the
+PostgreSQL and Redis databases of one's own) come from the shared `harness/` package.
 
 The helpers are context managers that always clean up, so an interrupted benchmark leaves nothing behind.
 """
@@ -22,15 +25,19 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
+
+from harness import processes  # noqa: E402  (the project root is on the path only from here)
+from harness.postgres import postgres_database as _postgres_database  # noqa: E402
+from harness.processes import bpbench_command, free_port, wait_until  # noqa: E402
+from harness.redis_databases import claimed_redis_database  # noqa: E402
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "BPBENCH_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -39,7 +46,6 @@ REDIS_SERVER_URL = os.environ.get("BPBENCH_BENCH_REDIS_URL", "redis://127.0.0.1:
 BENCH_TOKEN = "bpb_benchmark-admin-token-not-a-secret"
 # Profiles are kept here after a run (collapsed stacks: flamegraph.pl or speedscope read them).
 PROFILE_DIR = Path(os.environ.get("BPBENCH_BENCH_PROFILE_DIR", "/tmp/bpbench-profiles"))
-T = TypeVar("T")
 
 
 def load_average() -> str:
@@ -53,54 +59,19 @@ def machine() -> str:
     return f"{os.cpu_count()} cores, Python {sys.version.split()[0]}"
 
 
-def wait_until(predicate: Callable[[], T | None], timeout_s: float, what: str, interval_s: float = 0.05) -> T:
-    """Poll `predicate` until it returns something truthy; raise TimeoutError naming `what`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s:g} s waiting for {what}")
-        time.sleep(interval_s)
-
-
-def free_port() -> int:
-    """A TCP port on loopback nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 # --- databases and broker --------------------------------------------------------------------------------
-
-
-def _postgres_admin(statement: str) -> None:
-    import psycopg
-
-    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as connection:
-        connection.execute(statement)
 
 
 @contextlib.contextmanager
 def postgres_database(prefix: str = "bpbench_bench") -> Iterator[str]:
     """A fresh, empty PostgreSQL database for the block (dropped afterwards, connections and all)."""
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    _postgres_admin(f'CREATE DATABASE "{name}"')
-    try:
-        yield urlsplit(POSTGRES_ADMIN_URL)._replace(path=f"/{name}").geturl()
-    finally:
-        from services.core.db import dispose_engines
-
-        dispose_engines()
-        _postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with _postgres_database(POSTGRES_ADMIN_URL, prefix) as url:
+        yield url
 
 
 @contextlib.contextmanager
 def redis_database() -> Iterator[str]:
     """A Redis database number of this run's own (claimed with the tests' lock key), emptied before/after."""
-    from tests.redis_databases import claimed_redis_database
-
     pinned = os.environ.get("BPBENCH_BENCH_REDIS_DB")
     candidates = [int(pinned)] if pinned else [14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 15]
     with claimed_redis_database(REDIS_SERVER_URL, candidates, owner="bench-") as url:
@@ -136,33 +107,14 @@ def fresh_backing() -> Iterator[Backing]:
 # --- processes -------------------------------------------------------------------------------------------
 
 
-def bpbench_command() -> list[str]:
-    """The `bpbench` console script of this environment (or the same entry point through the interpreter)."""
-    script = Path(sys.executable).with_name("bpbench")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "from services.cli import main; main()"]
-
-
-# The per-token rate limit (issue 4) would hold one benchmark token to its default 50/s: set out of the way
+# The per-token rate limit would hold one benchmark token to its default 50/s: set out of the way
 # for an API under load, but still in the request path.
 RATE_LIMIT_OUT_OF_THE_WAY = {"BPBENCH_RATE_LIMIT_PER_S": "1000000", "BPBENCH_RATE_LIMIT_BURST": "1000000"}
 
 
 def service_env(database_url: str, broker_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
     """The environment of an API or worker process on this database and broker (no other BPBENCH_ value)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BPBENCH_")}
-    env.update(
-        {
-            "BPBENCH_DATABASE_URL": database_url,
-            "BPBENCH_BROKER_URL": broker_url,
-            "BPBENCH_DATA_DIR": str(data_dir),
-            "BPBENCH_API_TOKEN": BENCH_TOKEN,
-            "PYTHONUNBUFFERED": "1",
-            **extra,
-        }
-    )
-    return env
+    return processes.service_env(database_url, broker_url, data_dir, BENCH_TOKEN, **extra)
 
 
 @dataclass

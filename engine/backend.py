@@ -12,7 +12,6 @@ import functools
 import importlib
 import os
 import platform
-import re
 import socket
 import sys
 import time
@@ -23,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from engine.spec import DEVICE_SPELLINGS, DTYPES, DeviceSpellingError, parse_device
+
 DEFAULT_DTYPE = "float32"
-SUPPORTED_DTYPES = ("float32", "float64")
-_DEVICE_PATTERN = re.compile(r"^(cpu|gpu)(?::(\d+))?$")
+SUPPORTED_DTYPES = DTYPES
 
 
 class DeviceError(RuntimeError):
@@ -83,17 +83,16 @@ CPU = Device("cpu", None)
 
 
 def resolve_device(spec: str | Device = "cpu") -> Device:
-    """Turn "cpu", "gpu" or "gpu:N" into a Device, checking that the GPU really exists."""
+    """Turn "cpu", "gpu" or "gpu:N" (any case, spaces around) into a Device, checking that the GPU exists."""
     if isinstance(spec, Device):
         return spec
-    match = _DEVICE_PATTERN.match(spec.strip().lower()) if isinstance(spec, str) else None
-    if match is None:
-        raise DeviceError(f"unknown device {spec!r}; accepted: cpu, gpu, gpu:N")
-    if match.group(1) == "cpu":
-        if match.group(2) is not None:
-            raise DeviceError(f"unknown device {spec!r}; the CPU takes no index (use 'cpu')")
+    try:
+        ref = parse_device(spec.strip().lower() if isinstance(spec, str) else spec)
+    except DeviceSpellingError:
+        raise DeviceError(f"unknown device {spec!r}; accepted: {', '.join(DEVICE_SPELLINGS)}") from None
+    if ref.backend == "cpu":
         return CPU
-    index = int(match.group(2) or 0)
+    index = ref.index or 0
     try:
         cupy = _import_cupy()
     except DeviceError as exc:

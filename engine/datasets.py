@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
+import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +27,15 @@ from typing import Any
 
 import numpy as np
 
-DATASETS = ("mnist5k", "mnist", "digits", "synthetic", "spiral")
+from engine.spec import DATASETS
+
+# Samples (train + test) and features per sample of the sets whose size is fixed; `mnist` as published.
+FIXED_SIZES: dict[str, tuple[int, int]] = {
+    "mnist5k": (5_000, 784),
+    "mnist": (70_000, 784),
+    "digits": (1_797, 64),
+}
+SPIRAL_FEATURES = 2
 DATA_DIR = Path(__file__).resolve().parent / "data"
 MNIST5K_FILE = DATA_DIR / "mnist5k.npz"
 # sha256 of engine/data/mnist5k.npz as written by scripts/build_mnist5k.py.
@@ -36,6 +46,7 @@ MNIST_FILES = {
     "x_test": "t10k-images-idx3-ubyte",
     "t_test": "t10k-labels-idx1-ubyte",
 }
+SYNTHETIC_LABEL_CHUNK_BYTES = 16 * 2**20  # rows of the synthetic set labelled at a time
 TEST_EVERY = 5  # every fifth sample of a class is a test sample: a 80/20 stratified split
 
 
@@ -97,6 +108,19 @@ def load_dataset(
         path=path, dtype=np_dtype, input_shape=input_shape, n_classes=n_classes, samples=samples, seed=seed
     )
     return dataset
+
+
+def dataset_size(
+    name: str, *, samples: int, n_classes: int, input_shape: tuple[int, ...] | None
+) -> tuple[int, int]:
+    """(samples, features per sample) that `load_dataset` with these arguments holds, without loading it."""
+    if name == "synthetic":
+        return samples, math.prod(input_shape or (784,))
+    if name == "spiral":
+        return samples // max(n_classes, 1) * n_classes, SPIRAL_FEATURES
+    if name not in FIXED_SIZES:
+        raise DatasetError(f"unknown dataset {name!r}; accepted: {', '.join(DATASETS)}")
+    return FIXED_SIZES[name]
 
 
 # --- image sets -------------------------------------------------------------------------------
@@ -177,18 +201,63 @@ def _load_mnist5k(
     return _finish_images("mnist5k", arrays, (784,), 10, 255.0, dtype, input_shape, n_classes)
 
 
+IDX_MAX_VALUES = 2**31  # the largest IDX payload read (2 GiB of bytes): bounds memory before any is read
+
+
 def _read_idx(file: Path) -> np.ndarray:
-    """Read one IDX file (magic 0x0000 08 nd, big-endian dims, then uint8 data), gzipped or not."""
-    raw = file.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
-    if len(raw) < 4 or raw[:3] != b"\x00\x00\x08":
-        raise DatasetError(f"{file} is not an IDX file of unsigned bytes (bad magic number {raw[:4].hex()})")
-    ndim = raw[3]
-    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
-    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if data.size != int(np.prod(dims)):
-        raise DatasetError(f"{file} is truncated: header says {dims}, found {data.size} values")
+    """Read one IDX file (magic 0x0000 08 nd, big-endian dims, then uint8 data), gzipped or not.
+
+    The header is read and checked first, and the payload size it declares is checked against the file's
+    size (a gzip file's trailer records its uncompressed size) before any payload is read. Then exactly
+    the declared number of bytes is read. So a file that is not IDX costs a few bytes of reading, and no
+    file costs more memory than its header declares: a payload longer or shorter than declared is refused.
+    """
+    with open(file, "rb") as raw_file:
+        gzipped = raw_file.read(2) == b"\x1f\x8b"
+        if gzipped:
+            raw_file.seek(-4, os.SEEK_END)
+            stored_size: int | None = struct.unpack("<I", raw_file.read(4))[0]  # ISIZE: size mod 2**32
+        else:
+            stored_size = raw_file.seek(0, os.SEEK_END)
+    try:
+        with gzip.open(file, "rb") if gzipped else open(file, "rb") as stream:
+            return _read_idx_stream(stream, file, stored_size, gzipped)
+    except (OSError, EOFError, struct.error) as exc:  # a broken gzip stream
+        raise DatasetError(f"{file} is not a readable IDX file ({type(exc).__name__})") from None
+
+
+def _read_idx_stream(stream: Any, file: Path, stored_size: int | None, gzipped: bool) -> np.ndarray:
+    head = stream.read(4)
+    if len(head) < 4 or head[:3] != b"\x00\x00\x08" or not 1 <= head[3] <= 4:
+        # The bytes seen are not echoed: an error message must not disclose a file's content.
+        raise DatasetError(f"{file} is not an IDX file of unsigned bytes (bad magic number)")
+    ndim = head[3]
+    dims_bytes = stream.read(4 * ndim)
+    if len(dims_bytes) < 4 * ndim:
+        raise DatasetError(f"{file} is truncated inside its header")
+    dims = struct.unpack(f">{ndim}I", dims_bytes)
+    declared = int(np.prod(dims, dtype=np.int64))
+    if declared > IDX_MAX_VALUES:
+        raise DatasetError(
+            f"{file}: header declares {dims} = {declared} values, over the limit of {IDX_MAX_VALUES}"
+        )
+    expected_size = 4 + 4 * ndim + declared
+    if stored_size is not None and stored_size != (expected_size % 2**32 if gzipped else expected_size):
+        raise DatasetError(
+            f"{file} does not hold what its header says: {dims} needs {expected_size} bytes, "
+            f"the file has {stored_size}{' uncompressed' if gzipped else ''}"
+        )
+    data = np.empty(declared, dtype=np.uint8)
+    view, filled = data.data, 0
+    while filled < declared:  # reads at most the declared size, whatever the file holds
+        count = stream.readinto(view[filled:])
+        if not count:
+            break
+        filled += count
+    if filled != declared:
+        raise DatasetError(f"{file} is truncated: header says {dims}, found {filled} values")
+    if stream.read(1):
+        raise DatasetError(f"{file} is longer than its header says ({dims})")
     return data.reshape(dims)
 
 
@@ -270,10 +339,17 @@ def _make_synthetic(
             f"got classes={classes}, shape={shape}, samples={samples}"
         )
     rng = np.random.default_rng(seed)
-    x = rng.random((samples, *shape), dtype=np.float64).astype(dtype)
+    # Drawn in the job's dtype (float32 and float64 are both native to the generator), and labelled in
+    # chunks: the set itself is the only full-size array, so memory is what the estimate counts.
+    x = rng.random((samples, *shape), dtype=dtype.type)
     features = int(np.prod(shape))
-    teacher = rng.standard_normal((features, classes))
-    t = np.argmax((x.reshape(samples, features) - 0.5) @ teacher, axis=1).astype(np.int64)
+    teacher = rng.standard_normal((features, classes)).astype(dtype)
+    flat = x.reshape(samples, features)
+    t = np.empty(samples, dtype=np.int64)
+    chunk = max(1, SYNTHETIC_LABEL_CHUNK_BYTES // (features * dtype.itemsize))
+    for start in range(0, samples, chunk):
+        rows = flat[start : start + chunk] - dtype.type(0.5)
+        np.argmax(rows @ teacher, axis=1, out=t[start : start + chunk])
     return _split_generated("synthetic", x, t, shape, classes)
 
 

@@ -130,27 +130,41 @@ class Relu(Layer):
 
 
 class Sigmoid(Layer):
-    """1 / (1 + exp(-x)), computed as (1 + tanh(x/2)) / 2, the same function without exp overflow."""
+    """1 / (1 + exp(-x)), from e = exp(-|x|) so that nothing overflows and neither tail cancels.
+
+    With s = 1 / (1 + e), y = s for x >= 0 and y = e * s for x < 0, each within a few ulp of the exact
+    value over the whole range. The form (1 + tanh(x/2)) / 2 loses the negative tail to cancellation:
+    in float32 it is 44% off at x = -17 and 0 from x = -20 on.
+
+    dy/dx = y (1 - y) = e * s^2 on both sides, so forward keeps e and s rather than y: y (1 - y) from a
+    rounded y is 0 wherever y rounds to 1 (x > 16.6 in float32, x > 36.7 in float64) instead of about e.
+    """
 
     def __init__(self) -> None:
         super().__init__()
-        self.out: Array = None
+        self.e: Array = None
+        self.s: Array = None
 
     def forward(self, x: Array, train: bool = True) -> Array:
         xp = get_array_module(x)
+        e = self._buffer("e", x.shape, x)
+        s = self._buffer("s", x.shape, x)
         out = self._buffer("out", x.shape, x)
-        xp.multiply(x, 0.5, out=out)
-        xp.tanh(out, out=out)
-        out += 1.0
-        out *= 0.5
-        self.out = out
+        xp.copysign(x, -1.0, out=e)  # -|x| in one pass
+        xp.exp(e, out=e)  # in (0, 1]
+        xp.add(e, 1.0, out=s)
+        xp.reciprocal(s, out=s)  # sigmoid(|x|), in [0.5, 1]
+        xp.greater_equal(x, 0.0, out=out)
+        xp.maximum(out, e, out=out)  # 1 where x >= 0, e where x < 0 (NaN stays NaN)
+        out *= s
+        self.e, self.s = e, s
         return out
 
     def backward(self, dout: Array) -> Array:
         xp = get_array_module(dout)
         dx = self._buffer("dx", dout.shape, dout)
-        xp.subtract(1.0, self.out, out=dx)  # dy/dx = y (1 - y)
-        dx *= self.out
+        xp.multiply(self.s, self.s, out=dx)  # dy/dx = y (1 - y) = e s^2, exact in both tails
+        dx *= self.e
         dx *= dout
         return dx
 
@@ -342,9 +356,14 @@ class Dropout(Layer):
 class BatchNorm(Layer):
     """Normalises each feature over the batch, then scales by gamma and shifts by beta.
 
-    Training uses the batch's mean and variance and updates running averages (momentum 0.9);
-    evaluation (`train=False`) uses the running averages. A 4-D input is normalised per sample
-    position as in the textbook (flattened to (N, -1)).
+    Training normalises with the batch's mean and biased variance (divided by N) and updates running
+    averages, running <- momentum * running + (1 - momentum) * batch (momentum 0.9 is torch's 0.1);
+    evaluation (`train=False`) uses the running averages. They follow PyTorch's BatchNorm convention:
+    the running variance starts at 1 and takes the unbiased batch variance (divided by N - 1), so an
+    untrained net evaluates near the scale it trains at, where a running variance that starts at 0
+    divides by sqrt(eps) = 1e-3 before the first step. A batch of one has no spread: it moves the
+    running mean only (torch refuses such a batch). A 4-D input is normalised per sample position as in
+    the textbook (flattened to (N, -1)).
     """
 
     def __init__(self, gamma: Array, beta: Array, momentum: float = 0.9, eps: float = 1e-6) -> None:
@@ -356,7 +375,7 @@ class BatchNorm(Layer):
         self.grads = {"gamma": self.dgamma, "beta": self.dbeta}
         self.momentum, self.eps = momentum, eps
         self.running_mean = xp.zeros_like(gamma)
-        self.running_var = xp.zeros_like(gamma)
+        self.running_var = xp.ones_like(gamma)
         self.input_shape: tuple[int, ...] = ()
         self.batch_size = 0
         self.xc: Array = None
@@ -376,8 +395,10 @@ class BatchNorm(Layer):
             self.xn = xn = xc / std
             self.running_mean *= self.momentum
             self.running_mean += (1 - self.momentum) * mu
-            self.running_var *= self.momentum
-            self.running_var += (1 - self.momentum) * var
+            n = x.shape[0]
+            if n > 1:
+                self.running_var *= self.momentum
+                self.running_var += (1 - self.momentum) * n / (n - 1) * var  # unbiased
         else:
             xn = (x - self.running_mean) / xp.sqrt(self.running_var + self.eps)
         out = self.gamma * xn + self.beta

@@ -36,10 +36,11 @@ from engine.layers import (
     SoftmaxWithLoss,
     Tanh,
 )
+from engine.spec import CONVNET_HIDDEN, INITS, MODEL_NAMES, default_init, default_layers, image_shape
 
 ACTIVATIONS: dict[str, type[Layer]] = {"relu": Relu, "sigmoid": Sigmoid, "tanh": Tanh}
-INITS = ("std", "xavier", "he")
-MODEL_NAMES = ("two_layer_net", "mlp", "simple_convnet")
+# simple_convnet's fixed geometry (the textbook's): 30 filters of 5x5, no padding, stride 1, 2x2 pooling.
+CONVNET_FILTERS, CONVNET_FILTER_SIZE = 30, 5
 
 
 class Network:
@@ -319,8 +320,8 @@ def two_layer_net(
 
 def simple_convnet(
     input_shape: tuple[int, int, int] = (1, 28, 28),
-    filter_num: int = 30,
-    filter_size: int = 5,
+    filter_num: int = CONVNET_FILTERS,
+    filter_size: int = CONVNET_FILTER_SIZE,
     pad: int = 0,
     stride: int = 1,
     hidden_size: int = 100,
@@ -390,15 +391,12 @@ def build_network(
     activation = model.get("activation", "relu")
     weight_init_std = float(model.get("weight_init_std", 0.01))
     if name == "simple_convnet":
-        if len(input_shape) == 1 and math.isqrt(input_shape[0]) ** 2 == input_shape[0]:
-            side = math.isqrt(input_shape[0])
-            input_shape = (1, side, side)
-        hidden = layers[1] if len(layers) >= 3 else 100
+        hidden = layers[1] if len(layers) >= 3 else CONVNET_HIDDEN
         return simple_convnet(
-            input_shape,  # type: ignore[arg-type]
+            image_shape(input_shape) or input_shape,  # type: ignore[arg-type]
             hidden_size=hidden,
             output_size=n_classes,
-            init=model.get("init") or "std",
+            init=model.get("init") or default_init(name),
             weight_init_std=weight_init_std,
             dtype=dtype,
             device=device,
@@ -406,14 +404,13 @@ def build_network(
         )
     if name not in MODEL_NAMES:
         raise ValueError(f"model name must be one of {', '.join(MODEL_NAMES)}, got {name!r}")
-    hidden_widths = layers[1:-1] if len(layers) >= 2 else [50]
+    hidden_widths = layers[1:-1] if len(layers) >= 2 else default_layers(name)[1:-1]
     if name == "two_layer_net" and len(hidden_widths) != 1:
         raise ValueError(f"two_layer_net takes exactly three widths, got layers={layers}")
-    default_init = "std" if name == "two_layer_net" else "he"
     net = mlp(
         [math.prod(input_shape), *hidden_widths, n_classes],
         activation=activation,
-        init=model.get("init") or default_init,
+        init=model.get("init") or default_init(name),
         weight_init_std=weight_init_std,
         batchnorm=bool(model.get("batchnorm", False)),
         dropout=float(model.get("dropout", 0.0)),

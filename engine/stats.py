@@ -116,14 +116,19 @@ def coefficient_of_variation(values: Sequence[float]) -> float:
 class AdaptiveRepeats:
     """The stopping rule of the repeat loop: feed it trials with `add`, stop when `done` turns true.
 
-    Done when `max_repeats` trials are in, or when at least `min_repeats` are in and the CV of all
-    trials so far is under `target_cv`.
+    Done when `max_repeats` trials have been taken, or when at least `min_repeats` clean ones are in and
+    their CV is under `target_cv`. A trial taken under bad conditions (`add(value, marks)` with a reason:
+    a throttling device, a slow clock, a loaded host) is kept apart in `dropped` and not averaged in; it
+    still counts towards `max_repeats`, so a machine that is always loaded cannot make the loop run
+    forever. If every trial was marked, `trials` are the marked ones (`all_marked` says so): a figure
+    taken under bad conditions, labelled, rather than none.
     """
 
     min_repeats: int = 5
     max_repeats: int = 50
     target_cv: float = 0.05
-    trials: list[float] = field(default_factory=list)
+    clean: list[float] = field(default_factory=list)
+    dropped: list[tuple[float, tuple[str, ...]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_repeats <= self.max_repeats:
@@ -132,9 +137,35 @@ class AdaptiveRepeats:
                 f"max_repeats={self.max_repeats}"
             )
 
-    def add(self, value: float) -> None:
-        """Record one trial."""
-        self.trials.append(float(value))
+    def add(self, value: float, marks: tuple[str, ...] = ()) -> None:
+        """Record one trial, and why it was taken under bad conditions if it was (`marks`)."""
+        if marks:
+            self.dropped.append((float(value), tuple(marks)))
+        else:
+            self.clean.append(float(value))
+
+    @property
+    def all_marked(self) -> bool:
+        """No clean trial, but marked ones: the figures come from those."""
+        return not self.clean and bool(self.dropped)
+
+    @property
+    def trials(self) -> list[float]:
+        """The trials the figures are made of: the clean ones (the marked ones if there is no clean one)."""
+        return [value for value, _ in self.dropped] if self.all_marked else self.clean
+
+    @property
+    def taken(self) -> int:
+        return len(self.clean) + len(self.dropped)
+
+    def dropped_reasons(self) -> dict[str, int]:
+        """How many trials each reason marked (a trial may have several)."""
+        counts: dict[str, int] = {}
+        for _, marks in self.dropped:
+            for mark in marks:
+                reason = mark.split(":", 1)[0]
+                counts[reason] = counts.get(reason, 0) + 1
+        return counts
 
     @property
     def cv(self) -> float:
@@ -143,19 +174,19 @@ class AdaptiveRepeats:
 
     @property
     def converged(self) -> bool:
-        """At least `min_repeats` trials and CV under target."""
-        return len(self.trials) >= self.min_repeats and self.cv < self.target_cv
+        """At least `min_repeats` clean trials and their CV under target."""
+        return len(self.clean) >= self.min_repeats and coefficient_of_variation(self.clean) < self.target_cv
 
     @property
     def done(self) -> bool:
         """Whether to stop taking trials."""
-        return len(self.trials) >= self.max_repeats or self.converged
+        return self.taken >= self.max_repeats or self.converged
 
     def stop_reason(self) -> str:
         """Why the loop stopped (or would stop now): "target_cv", "max_repeats" or "budget"."""
         if self.converged:
             return "target_cv"
-        if len(self.trials) >= self.max_repeats:
+        if self.taken >= self.max_repeats:
             return "max_repeats"
         return "budget"
 

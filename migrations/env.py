@@ -14,10 +14,12 @@ from alembic import context
 from sqlalchemy import Connection
 
 # Every model module, so that Base.metadata knows every table (autogenerate and `alembic check` compare it).
+import services.alerts.models
 import services.auth.models
 import services.devices.models
 import services.jobs.models
 import services.results.models
+import services.schedules.models
 import services.timeline.models  # noqa: F401
 from services.core.config import get_settings
 from services.core.db import Base, make_engine

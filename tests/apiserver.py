@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,16 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from harness.processes import PROJECT_ROOT, free_port, service_env
 from services.core.config import Settings
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+__all__ = ["ADMIN_TOKEN", "PROJECT_ROOT", "ApiServer", "api", "free_port", "running_api", "server_env"]
 
 
 @dataclass
@@ -50,21 +42,7 @@ class ApiServer:
 
 def server_env(settings: Settings, token: str, **extra: str) -> dict[str, str]:
     """The environment of a server or CLI process for these settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BPBENCH_")}
-    env.update(
-        {
-            "BPBENCH_DATABASE_URL": settings.database_url,
-            "BPBENCH_BROKER_URL": settings.broker_url,
-            "BPBENCH_DATA_DIR": str(settings.data_dir),
-            "BPBENCH_API_TOKEN": token,
-            "PYTHONPATH": os.pathsep.join(
-                p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p
-            ),
-            "PYTHONUNBUFFERED": "1",
-            **extra,
-        }
-    )
-    return env
+    return service_env(settings.database_url, settings.broker_url, settings.data_dir, token, **extra)
 
 
 @contextlib.contextmanager

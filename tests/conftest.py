@@ -23,8 +23,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -36,13 +34,16 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+# Shared with the benchmarks (harness/); imported here so the tests keep importing them from conftest.
+from harness import processes, redis_databases
+from harness.postgres import create_postgres_database, drop_postgres_database
+from harness.processes import bpbench_command, server_reachable
 from services.core.config import Settings
 from services.core.db import dispose_engines, make_engine
 from services.core.migrate import upgrade_to_head
 from services.devices.models import Worker
 from services.jobs.models import FINAL_STATUSES, Job
 from services.jobs.spec import JobSpec
-from tests import redis_databases
 
 CI = os.environ.get("CI", "").strip().lower() == "true"
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -69,16 +70,6 @@ T = TypeVar("T")
 # --- servers -------------------------------------------------------------------------------------------
 
 
-def server_reachable(url: str, default_port: int, timeout_s: float = 2.0) -> bool:
-    """True if a TCP connection to the URL's host and port succeeds."""
-    parts = urlsplit(url)
-    try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or default_port), timeout_s):
-            return True
-    except OSError:
-        return False
-
-
 def require_server(name: str, url: str, default_port: int) -> None:
     """Skip the test when the server is missing, or fail it when CI=true."""
     if server_reachable(url, default_port):
@@ -102,28 +93,6 @@ def rabbitmq_url() -> str:
     """The local RabbitMQ server's URL (no vhost)."""
     require_server("RabbitMQ", RABBITMQ_URL, 5672)
     return RABBITMQ_URL.rstrip("/")
-
-
-def _postgres_admin(admin_url: str, statement: str) -> None:
-    import psycopg
-
-    with psycopg.connect(admin_url, autocommit=True) as connection:
-        connection.execute(statement)
-
-
-def create_postgres_database(admin_url: str, prefix: str = "bpbench_test") -> str:
-    """Create an empty database with a fresh name on the admin URL's server; returns its URL."""
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    _postgres_admin(admin_url, f'CREATE DATABASE "{name}"')
-    parts = urlsplit(admin_url)
-    return parts._replace(path=f"/{name}").geturl()
-
-
-def drop_postgres_database(admin_url: str, url: str) -> None:
-    """Drop a database made by `create_postgres_database`, closing any connection still open to it."""
-    dispose_engines()
-    name = urlsplit(url).path.lstrip("/")
-    _postgres_admin(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @contextlib.contextmanager
@@ -261,14 +230,10 @@ def wait_until(
     predicate: Callable[[], T | None], timeout_s: float, what: str, *, interval_s: float = 0.1
 ) -> T:
     """Poll `predicate` until it returns something truthy (returned); fail after `timeout_s` naming `what`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}")
-        time.sleep(interval_s)
+    try:
+        return processes.wait_until(predicate, timeout_s, what, interval_s)
+    except TimeoutError as exc:
+        pytest.fail(str(exc))
 
 
 def wait_for_job(
@@ -305,14 +270,6 @@ def tiny_spec(**overrides: Any) -> JobSpec:
 
 
 # --- worker processes ----------------------------------------------------------------------------------
-
-
-def bpbench_command() -> list[str]:
-    """The `bpbench` console script of this environment, or the same entry point through the interpreter."""
-    script = Path(sys.executable).with_name("bpbench")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "from services.cli import main; main()"]
 
 
 @dataclass

@@ -13,9 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 import engine.jobs
+from cli import app
+from cli.spec_options import SpecError, spec_from_options
 from engine.jobs import DEFAULT_SPEC
-from services.cli import app
-from services.cli.spec_options import SpecError, spec_from_options
 from services.jobs.spec import JobSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +28,7 @@ def test_the_textbook_recipe_reaches_090_test_accuracy_on_mnist5k() -> None:
     command = (
         "run --kind train --model two_layer_net --dataset mnist5k --steps 10000 --batch-size 100 --lr 0.1"
     )
-    entry = "import sys; sys.argv[0] = 'bpbench'; from services.cli import main; main()"
+    entry = "import sys; sys.argv[0] = 'bpbench'; from cli import main; main()"
     # One BLAS thread: on a shared machine a second thread mostly waits, and the result does not depend on it.
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(

@@ -13,7 +13,7 @@ import jsonschema
 import pytest
 import yaml
 
-from services.cli.app import app
+from cli.app import app
 from services.core.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -40,6 +40,7 @@ import redis
 import yaml
 from sqlalchemy.orm import sessionmaker
 
+from harness.processes import free_port
 from services.core.config import Settings
 from services.core.db import make_engine
 from services.core.migrate import current_revision, head_revision, upgrade_to_head
@@ -138,13 +139,6 @@ def local_program(argv: list[str]) -> list[str]:
     if not script.exists():
         raise FileNotFoundError(f"{argv[0]} is not installed beside {sys.executable}")
     return [str(script), *argv[1:]]
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- the local servers, in place of the compose network's ------------------------------------------------

@@ -70,7 +70,7 @@ def test_alembic_upgrade_head_then_check_is_clean(empty_database_url: str, tmp_p
 
     assert checked.returncode == 0, checked.stderr
     assert "No new upgrade operations detected" in checked.stdout + checked.stderr
-    assert current_revision(empty_database_url) == head_revision() == "0004"
+    assert current_revision(empty_database_url) == head_revision() == "0005"
 
 
 def test_bpbench_migrate_upgrades_to_head_from_any_directory(empty_database_url: str, tmp_path: Path) -> None:

@@ -29,10 +29,12 @@ from services.devices.service import device_id_for, register_device
 from services.jobs import service as jobs
 from services.jobs.spec import JobSpec
 from services.results.regressions import (
+    ALPHA,
     MIN_CHANGE,
     assess,
     detect,
     mann_whitney_u,
+    smallest_p_value,
 )
 from tests import apiserver
 from tests.apiserver import ApiServer, server_env
@@ -259,3 +261,20 @@ def test_a_change_under_the_floor_is_never_flagged() -> None:
 def test_a_history_of_fewer_than_three_runs_is_refused() -> None:
     with pytest.raises(ValueError, match="at least 3"):
         assess([1.0], 1.0, [(1.0, [1.0]), (1.0, [1.0])])
+
+
+def test_the_exact_rank_test_cannot_reach_alpha_with_three_trials_a_side() -> None:
+    stats = pytest.importorskip("scipy.stats")
+    assert smallest_p_value(3, 3) == pytest.approx(0.1)
+    exact = stats.mannwhitneyu([1.0, 2.0, 3.0], [4.0, 5.0, 6.0], method="exact")
+    assert exact.pvalue == pytest.approx(smallest_p_value(3, 3))  # the most extreme ordering
+    assert smallest_p_value(5, 15) < ALPHA and smallest_p_value(1, 30) > ALPHA
+
+
+def test_a_big_change_with_too_few_trials_is_not_flagged_and_says_why() -> None:
+    history = [(100.0, [100.0]), (101.0, [101.0]), (99.0, [99.0])]
+    outcome = assess([60.0, 61.0, 59.0], 60.0, history)
+    assert outcome["flag"] is None
+    assert "3 trials against 3 can reach p 0.1 (needs under 0.01) no" in outcome["reason"]
+    enough = [(100.0, [100.0, 101.0, 99.0, 100.5, 99.5])] * 3
+    assert assess([60.0, 61.0, 59.0, 60.5, 59.5], 60.0, enough)["flag"] == "regression"

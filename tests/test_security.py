@@ -24,12 +24,12 @@ from fastapi.testclient import TestClient
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
+from cli.api_client import ApiClient
+from cli.app import app as cli_app
 from services.api.limits import RateLimiter, TokenBucket
 from services.api.main import create_app
 from services.auth import service as auth_service
 from services.auth.service import create_token
-from services.cli.app import app as cli_app
-from services.cli.client import ApiClient
 from services.core.config import Settings
 from services.core.logging import redact_secrets
 from services.jobs.spec import JobSpec

@@ -29,12 +29,12 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from cli.servers import MAX_DEFAULT_API_WORKERS, default_api_workers
 from services.api import deps
 from services.api.group_commit import GroupCommit
 from services.api.routes.jobs import JobSubmission
 from services.auth import service as auth_service
 from services.auth.service import TokenCache, TokenIdentity, create_token
-from services.cli.stack import MAX_DEFAULT_API_WORKERS, default_api_workers
 from services.core.config import Settings
 from services.core.db import make_engine
 from services.core.migrate import upgrade_to_head

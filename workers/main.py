@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import socket
 import threading
 from dataclasses import dataclass
 from typing import Any
 
+from engine.spec import DEVICE_ACCEPTED, DeviceSpellingError
+from engine.spec import parse_device as parse_device_ref
 from services.core.config import Settings, get_settings, redact_url
 
 log = logging.getLogger("bpbench.worker")
-
-_DEVICE = re.compile(r"^(cpu|gpu)(?::(\d{1,2}))?$")
 
 
 class WorkerConfigError(ValueError):
@@ -52,11 +51,12 @@ class WorkerDevice:
 
 def parse_device(value: str) -> WorkerDevice:
     """`cpu`, `gpu` or `gpu:N` -> WorkerDevice; anything else is refused with the accepted spellings."""
-    match = _DEVICE.match(value.strip().lower())
-    if match is None or (match.group(1) == "cpu" and match.group(2) is not None):
-        raise WorkerConfigError(f"--device must be cpu, gpu or gpu:N (N = 0..99), got {value!r}")
-    index = int(match.group(2)) if match.group(2) is not None else None
-    return WorkerDevice(requested=value.strip().lower(), device_class=match.group(1), gpu_index=index)
+    requested = value.strip().lower()
+    try:
+        ref = parse_device_ref(requested)
+    except DeviceSpellingError:
+        raise WorkerConfigError(f"--device must be {DEVICE_ACCEPTED}, got {value!r}") from None
+    return WorkerDevice(requested=requested, device_class=ref.device_class, gpu_index=ref.index)
 
 
 def pin_gpu(device: WorkerDevice) -> None:
@@ -143,7 +143,7 @@ def run_worker(
     log_format: str = "text",
 ) -> int:
     """Register the device, then consume its queues until a shutdown signal; returns the exit code."""
-    # issue 5 (observability): one log setup for the worker; job lines carry job id, worker and device.
+    # One log setup for the worker; job lines carry job id, worker and device.
     from services.core.logging import LOG_FORMATS, configure_logging
 
     if log_format not in LOG_FORMATS:

@@ -351,6 +351,6 @@ def _failed(factory: sessionmaker[Session], job_id: str, message: str, attempt: 
 def run_job_task(self: Task, job_id: str) -> str:
     """Celery entry point: run job `job_id` on this worker's device."""
     context = current_context()
-    # issue 5: every log line about this job names the job, the worker and the device.
+    # Every log line about this job names the job, the worker and the device.
     with job_context(str(job_id), context.name, context.device_id):
         return execute_job(str(job_id), context)

@@ -1,6 +1,6 @@
 """Indexes for a large results store: compare's filters, and the GEMM peaks per device.
 
-Issue 7 (scale of the results store), checked with EXPLAIN ANALYZE on a million results:
+Checked with EXPLAIN ANALYZE on a million results:
 - `ix_results_spec_filters` (model_name, dataset, batch_size, dtype): `GET /api/v1/compare?model=&dataset=
   &batch_size=` found its candidate specs by reading every result; now by an index range.
 - `ix_results_gemm_peaks` (kind, device_id, dtype): the efficiency column takes each compared device's best

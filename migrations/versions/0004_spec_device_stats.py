@@ -1,6 +1,6 @@
 """`spec_device_stats` (throughput results per spec and device) and `results.peak_flops_per_s`, backfilled.
 
-Issue 7, target 4 (a million results):
+Why (a million results):
 - `GET /api/v1/compare` with no filter chose the spec to compare by a GROUP BY over every throughput
   result. `spec_device_stats` holds one row per (spec, device): the count and the newest `created_at`, and
   the spec's filter columns. `complete_job` keeps it in step (an upsert in the result's transaction).

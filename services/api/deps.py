@@ -8,14 +8,14 @@ Every request except the health probes is also rate limited (`rate_limit`, an ap
 token id when it carries a valid token, else per client address (so guessing tokens is limited too).
 
 These dependencies are `async`: they run on the event loop, not in the thread pool (a hand-off each cost
-more than the check itself; issue 7). A token is looked up in the database (in the thread pool) only when
+more than the check itself). A token is looked up in the database (in the thread pool) only when
 the app's `TokenCache` does not hold it: once per `BPBENCH_TOKEN_CACHE_TTL_S` per token and process.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from services.api.cookies import CSRF_HEADER, CSRF_VALUE, csrf_checked, token_from_cookie
+from services.api.errors import unprocessable
 from services.api.limits import RateLimiter
 from services.auth.service import TokenCache, TokenIdentity, authenticate, grants, hash_token
 from services.core.config import Settings
@@ -56,7 +57,7 @@ Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 # PostgreSQL take for OFFSET (a bigger value used to be a 500 from the database driver; found by fuzzing).
 MAX_OFFSET = 1_000_000_000
 # Paged lists count their total exactly only this far: past it COUNT(*) would read every matching row (a
-# million succeeded jobs), so the page says `total_exact: false` ("more than this") instead (issue 7).
+# million succeeded jobs), so the page says `total_exact: false` ("more than this") instead.
 TOTAL_CAP = 10_000
 
 # Probes must answer whatever the load (and without touching the database): never rate limited.
@@ -86,6 +87,8 @@ class TokenLookups:
     def __init__(self, cache: TokenCache) -> None:
         self.cache = cache
         self._in_flight: dict[str, asyncio.Task[TokenIdentity | None]] = {}
+        # Called with "valid" or "unknown" after each database look-up (the metrics count them).
+        self.observe_lookup: Callable[[str], None] = lambda outcome: None
 
     async def identity(self, factory: sessionmaker[Session], raw: str) -> TokenIdentity | None:
         """The valid token `raw`, or None: from the cache, else from the database (in the thread pool)."""
@@ -106,6 +109,7 @@ class TokenLookups:
             token = await run_in_threadpool(_look_up_token, factory, raw)
         finally:
             self._in_flight.pop(key, None)
+        self.observe_lookup("valid" if token is not None else "unknown")
         if token is not None:
             self.cache.put(raw, token)
         return token
@@ -142,24 +146,21 @@ async def rate_limit(request: Request) -> None:
     limiter: RateLimiter = request.app.state.rate_limiter
     if not limiter.enabled or request.scope["path"] in UNLIMITED_PATHS:
         return
+    address_key = f"ip:{client_address(request)}"
+    raw = presented_token(request)
+    lookups: TokenLookups = request.app.state.token_lookups
+    if raw and lookups.cache.get(raw) is None:
+        # A token not known to be valid costs a database look-up: an address already over its rate
+        # (guessing tokens, say) is refused before it, so a flood of 429s costs the database nothing.
+        limiter.refuse_if_over(address_key)
     token = await request_token(request)
-    limiter.check(f"token:{token.id}" if token is not None else f"ip:{client_address(request)}")
+    limiter.check(f"token:{token.id}" if token is not None else address_key)
 
 
 def _nul_refused(field: str, where: str, value: str) -> HTTPException:
     accepted = "text without NUL characters (\\u0000)"
-    return HTTPException(
-        status_code=422,
-        detail=[
-            {
-                "field": field,
-                "in": where,
-                "value": value[:200],
-                "accepted": accepted,
-                "message": f"{field}: contains a NUL character; accepted: {accepted}",
-            }
-        ],
-    )
+    message = f"{field}: contains a NUL character; accepted: {accepted}"
+    return unprocessable(field, where, value[:200], accepted, message)
 
 
 async def reject_nul_characters(request: Request) -> None:
@@ -198,14 +199,13 @@ def require_scope(scope: str, *, public_when_read_open: bool = False) -> Any:
         settings: Settings = request.app.state.settings
         if public_when_read_open and settings.public_read:
             return None
-        # --- issue 5 (dashboard sign-in): the bearer header, else the dashboard's HttpOnly cookie. ---
+        # The bearer header, else the dashboard's HttpOnly sign-in cookie (whose writes need the CSRF header).
         raw = credentials.credentials if credentials is not None else token_from_cookie(request)
         if credentials is None and raw is not None and not csrf_checked(request):
             raise HTTPException(
                 status_code=status.HTTP_403_FORBIDDEN,
                 detail=f"a write signed in by cookie needs the header {CSRF_HEADER}: {CSRF_VALUE} (CSRF)",
             )
-        # --- end issue 5 ---
         if raw is None:
             raise _unauthorized(f"this endpoint needs a bearer token with the {scope!r} scope")
         token = await request_token(request)

@@ -14,12 +14,15 @@ import typing
 from typing import Any, Literal, Union
 
 import annotated_types as at
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.fields import FieldInfo
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from services.jobs.service import JobNotFound
+from services.results.compare import NoResults, UnknownBaseline
 
 # Where a request's parts come from, as FastAPI writes the first element of `loc`.
 _LOCATIONS = {"body", "query", "path", "header", "cookie"}
@@ -49,6 +52,28 @@ class ErrorMessage(BaseModel):
     """The body of every other error: what went wrong and, where it helps, what to do."""
 
     detail: str
+
+
+def field_error(
+    field: str, where: str, value: Any, accepted: str, message: str, *, error: str | None = None
+) -> dict[str, Any]:
+    """One item of a 422's `detail` (`FieldError`): the refused value, where it was, what is accepted."""
+    item = {"field": field, "in": where, "value": value, "accepted": accepted}
+    if error is not None:
+        item["error"] = error
+    item["message"] = message
+    return item
+
+
+def unprocessable(field: str, where: str, value: Any, accepted: str, message: str) -> HTTPException:
+    """The 422 for one value the request models cannot check themselves (it needs the database or the
+    server's settings): `{"detail": [field_error(...)]}`."""
+    return HTTPException(status_code=422, detail=[field_error(field, where, value, accepted, message)])
+
+
+def validation_error_body(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """The body of the 422 for a request its models refused: every item, and all of them in one line."""
+    return {"detail": items, "message": "; ".join(item["message"] for item in items)}
 
 
 def _unwrap(annotation: Any) -> tuple[Any, list[Any]]:
@@ -188,16 +213,7 @@ def readable_errors(errors: list[dict[str, Any]], body_model: type[BaseModel] | 
             found = describe_accepted(body_model, loc) if where == "body" else None
             accepted = found or _accepted_from_context(ctx) or reason
             message = f"{field}: got {value!r}; accepted: {accepted}"
-        items.append(
-            {
-                "field": field,
-                "in": where,
-                "value": value,
-                "accepted": accepted,
-                "error": reason,
-                "message": message,
-            }
-        )
+        items.append(field_error(field, where, value, accepted, message, error=reason))
     return items
 
 
@@ -320,10 +336,26 @@ def install_error_handlers(app: FastAPI) -> None:
                 status_code=415,
                 content={"detail": f"Content-Type {media_type[:100]!r}: accepted: application/json"},
             )
-        detail = readable_errors(list(exc.errors()), model)
         return JSONResponse(
-            status_code=422,
-            content={"detail": detail, "message": "; ".join(item["message"] for item in detail)},
+            status_code=422, content=validation_error_body(readable_errors(list(exc.errors()), model))
         )
 
     app.add_exception_handler(RequestValidationError, on_validation_error)  # type: ignore[arg-type]
+
+
+def install_domain_error_handlers(app: FastAPI) -> None:
+    """Answer the services' own exceptions the same way on every route: an unknown job or no matching
+    result is a 404 with the service's message; an unknown comparison baseline is a 422 on `baseline`."""
+
+    async def on_not_found(_request: Request, exc: LookupError) -> JSONResponse:
+        return JSONResponse(status_code=404, content={"detail": str(exc)})
+
+    async def on_unknown_baseline(request: Request, exc: UnknownBaseline) -> JSONResponse:
+        # The service names the accepted devices; the value refused is the request's own `baseline`.
+        baseline = request.query_params.get("baseline")
+        item = field_error("baseline", "query", baseline, str(exc), str(exc))
+        return JSONResponse(status_code=422, content={"detail": [item]})
+
+    app.add_exception_handler(JobNotFound, on_not_found)  # type: ignore[arg-type]
+    app.add_exception_handler(NoResults, on_not_found)  # type: ignore[arg-type]
+    app.add_exception_handler(UnknownBaseline, on_unknown_baseline)  # type: ignore[arg-type]

@@ -1,4 +1,4 @@
-"""Group commit of job submissions (issue 7): concurrent `POST /api/v1/jobs` share one INSERT (and its
+"""Group commit of job submissions: concurrent `POST /api/v1/jobs` share one INSERT (and its
 commit), one broker producer and one UPDATE of `published_at`.
 
 Each submission adds its row (`jobs.service.job_row`) to `pending` and awaits its future. One writer task

@@ -38,14 +38,19 @@ class TokenBucket:
     tokens: float
     updated: float
 
+    def wait(self, now: float) -> float:
+        """0.0 if a request may go on at `now`, else the seconds until one may (nothing is taken)."""
+        tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
+
     def take(self, now: float) -> float:
         """Take one request's token: 0.0 if allowed, else the seconds until one is available."""
         self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
         self.updated = now
-        if self.tokens >= 1.0:
+        wait = self.wait(now)
+        if wait == 0.0:
             self.tokens -= 1.0
-            return 0.0
-        return (1.0 - self.tokens) / self.rate
+        return wait
 
 
 class RateLimiter:
@@ -77,9 +82,24 @@ class RateLimiter:
                 self._buckets.popitem(last=False)
             return bucket.take(now)
 
+    def waiting_time(self, key: str) -> float:
+        """The seconds `key` would have to wait for its next request, without counting one."""
+        if not self.enabled:
+            return 0.0
+        now = self._clock()
+        with self._lock:
+            bucket = self._buckets.get(key)
+            return bucket.wait(now) if bucket is not None else 0.0
+
+    def refuse_if_over(self, key: str) -> None:
+        """Raise the 429 of `check` when `key` is over its rate now, without counting a request."""
+        self._refuse(self.waiting_time(key))
+
     def check(self, key: str) -> None:
         """Raise a 429 with `Retry-After` (whole seconds, at least 1) when `key` is over its rate."""
-        wait = self.retry_after(key)
+        self._refuse(self.retry_after(key))
+
+    def _refuse(self, wait: float) -> None:
         if wait > 0:
             seconds = max(1, math.ceil(wait))
             raise HTTPException(
@@ -126,8 +146,8 @@ class BodySizeLimit:
                 await _send_error(send, 413, str(BodyTooLarge(self.max_bytes, length).detail))
                 return
             if b"transfer-encoding" not in headers:
-                # The server reads no more than Content-Length bytes as this body (issue 7: counting them
-                # again cost a wrapper around every receive and send). A chunked body is always counted.
+                # The server reads no more than Content-Length bytes as this body (counting them again
+                # cost a wrapper around every receive and send). A chunked body is always counted.
                 await self.app(scope, receive, send)
                 return
         received = 0

@@ -23,7 +23,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from services.api.deps import RequestChecks, TokenLookups
-from services.api.errors import install_error_handlers
+from services.api.errors import install_domain_error_handlers, install_error_handlers
 from services.api.group_commit import GroupCommit
 from services.api.limits import BodySizeLimit, RateLimiter
 from services.api.metrics import install_metrics
@@ -122,11 +122,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.token_lookups = TokenLookups(TokenCache(settings.token_cache_ttl_s))
     app.state.group_commit = GroupCommit(app.state.session_factory, max_batch=settings.submit_batch_max)
     install_error_handlers(app)
+    install_domain_error_handlers(app)
     install_limits(app, settings)
     app.include_router(health.router)
     for module in (jobs, suites, results, compare, timeline, devices):
         app.include_router(module.router, prefix=API_PREFIX)
-    # issue 5: regressions, /metrics (+ HTTP metrics middleware) and the dashboard at / (services/web/).
+    # Regressions, /metrics (+ HTTP metrics middleware) and the dashboard at / (services/web/).
     app.include_router(regressions.router, prefix=API_PREFIX)
     install_metrics(app, settings)
     app.include_router(metrics.router)
@@ -141,7 +142,7 @@ SERVING_GC_THRESHOLDS = (20_000, 20, 20)
 
 def tune_gc_for_serving() -> None:
     """Freeze the objects made so far (start-up: modules, app, models; never collected anyway) and collect
-    less often: 18% less CPU per submission on the benchmark of issue 7. Only for API server processes."""
+    less often: 18% less CPU per submission (benchmarks/bench_submit.py). Only for API server processes."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(*SERVING_GC_THRESHOLDS)

@@ -12,7 +12,8 @@ Two sources, chosen for multi-process correctness:
 - HTTP request metrics are counted in this process by an ASGI middleware:
   `bpbench_http_requests_total{method,route,status}` and `bpbench_http_request_duration_seconds{method,route}`
   (labelled by the route template, `/api/v1/jobs/{job_id}`, never the raw path), and
-  `bpbench_job_submit_batch_size` (jobs per group commit of `POST /api/v1/jobs`). With several API
+  `bpbench_job_submit_batch_size` (jobs per group commit of `POST /api/v1/jobs`) and
+  `bpbench_token_lookups_total{outcome}` (token cache misses that asked the database). With several API
   processes each counts its own requests: scrape each process (Prometheus sums them), as one does for any
   per-process counter; the job figures above are not affected.
 """
@@ -33,6 +34,7 @@ from sqlalchemy import Float, case, cast, func, select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from engine.spec import KINDS
 from services.core.config import Settings
 from services.core.db import utcnow
 from services.core.queue import CLASS_QUEUES, celery_app, device_queue
@@ -59,7 +61,7 @@ JOB_DURATION_BUCKETS: tuple[float, ...] = (
 )
 HTTP_LATENCY_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 SUBMIT_BATCH_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-JOB_KINDS: tuple[str, ...] = ("train", "gradcheck", "backprop_vs_numerical", "gemm")
+JOB_KINDS: tuple[str, ...] = KINDS  # the engine's kinds: a new kind gets its series without an edit here
 UNMATCHED_ROUTE = "<unmatched>"
 
 
@@ -305,5 +307,13 @@ def install_metrics(app: FastAPI, settings: Settings) -> CollectorRegistry:
         registry=registry,
     )
     app.state.group_commit.observe_batch = batch_sizes.observe
+    token_lookups = Counter(
+        "bpbench_token_lookups",
+        "API tokens looked up in the database because the token cache did not hold them (this process), "
+        "by outcome: valid or unknown",
+        ["outcome"],
+        registry=registry,
+    )
+    app.state.token_lookups.observe_lookup = lambda outcome: token_lookups.labels(outcome).inc()
     app.state.metrics_registry = registry
     return registry

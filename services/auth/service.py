@@ -5,9 +5,9 @@ A token is looked up by its first characters (`prefix`) and then checked with
 guessed token is right. Scopes: `read` (GET endpoints), `submit` (create and cancel jobs, implies `read`),
 `admin` (everything).
 
-The API keeps the valid tokens it has seen in a `TokenCache` for `BPBENCH_TOKEN_CACHE_TTL_S` seconds (issue
-7), so a request with a known token costs no SELECT; a revoked token is therefore refused within that time,
-not at once (0 turns the cache off).
+The API keeps the valid tokens it has seen in a `TokenCache` for `BPBENCH_TOKEN_CACHE_TTL_S` seconds, so a
+request with a known token costs no SELECT; a revoked token is therefore refused within that time, not at
+once (0 turns the cache off).
 """
 
 from __future__ import annotations
@@ -118,6 +118,27 @@ def grants(token: ScopedToken, scope: str) -> bool:
 def list_tokens(session: Session) -> list[ApiToken]:
     """Every token row, oldest first (hashes only)."""
     return list(session.scalars(select(ApiToken).order_by(ApiToken.id)))
+
+
+def active_token_named(session: Session, name: str) -> ApiToken | None:
+    """The unrevoked token called `name`, if any (names of unrevoked tokens are unique by convention)."""
+    return session.scalar(select(ApiToken).where(ApiToken.name == name, ApiToken.revoked.is_(False)))
+
+
+def find_active_tokens(session: Session, name_or_prefix: str, *, min_prefix: int) -> list[ApiToken]:
+    """Unrevoked tokens whose name is `name_or_prefix`, whose prefix starts with it (at least `min_prefix`
+    characters, so that a typo does not match many), or which it is (the whole token)."""
+    wanted = name_or_prefix.strip()
+    digest = hash_token(wanted)
+
+    def matches(row: ApiToken) -> bool:
+        if row.name == wanted:
+            return True
+        if len(wanted) <= len(row.prefix):
+            return len(wanted) >= min_prefix and row.prefix.startswith(wanted)
+        return row.token_hash == digest  # the whole token was given
+
+    return [row for row in list_tokens(session) if not row.revoked and matches(row)]
 
 
 def revoke_token(session: Session, token_id: int) -> ApiToken | None:

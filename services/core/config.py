@@ -100,7 +100,7 @@ class Settings(BaseSettings):
     # Never printed: excluded from repr so a logged Settings shows no secret.
     api_token: str | None = Field(default=None, repr=False)
     public_read: bool = False
-    # --- issue 4 (security): request limits and CORS ---
+    # --- request limits and CORS: what a client may send, and from which origins ---
     max_body_bytes: int = Field(
         default=64 * 1024,
         ge=1024,
@@ -115,6 +115,11 @@ class Settings(BaseSettings):
     rate_limit_burst: int = Field(
         default=200, ge=1, le=1_000_000, description="requests a token may send at once before 429s"
     )
+    alert_webhook_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated webhook URLs that get a JSON message (Slack-compatible `text`) about "
+        "each regression, change point and scheduled device gone quiet; empty (the default): no alerts",
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="comma-separated origins allowed by CORS; empty (the default): no CORS at all",
@@ -125,7 +130,7 @@ class Settings(BaseSettings):
         le=1000,
         description="most jobs one group commit of POST /api/v1/jobs writes at once; 1: one commit per job",
     )
-    # issue 7: a request with a token seen within this time needs no SELECT; a revocation waits this long.
+    # A request with a token seen within this time needs no SELECT; a revocation waits this long.
     token_cache_ttl_s: float = Field(
         default=5.0,
         ge=0,
@@ -190,6 +195,21 @@ class Settings(BaseSettings):
     @classmethod
     def _broker_url_known(cls, value: str) -> str:
         return normalize_broker_url(value) if value else value
+
+    @field_validator("alert_webhook_urls", mode="before")
+    @classmethod
+    def _webhooks_split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [url.strip() for url in value.split(",") if url.strip()]
+        return value
+
+    @field_validator("alert_webhook_urls")
+    @classmethod
+    def _webhooks_are_http(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"BPBENCH_ALERT_WEBHOOK_URLS: {redact_url(url)!r} is not an http(s) URL")
+        return value
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, DateTime, Engine, MetaData, create_engine, event
+from sqlalchemy import JSON, DateTime, Engine, MetaData, create_engine, event, text
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -83,7 +83,7 @@ def _sqlite_pragmas(busy_timeout_ms: int) -> Any:
 
 
 # Connections are opened lazily, kept, and never closed on return: with overflow connections an API under
-# load opened and closed one every few requests (a PostgreSQL backend start each; issue 7, target 1).
+# load opened and closed one every few requests (a PostgreSQL backend start each).
 # 20 covers the requests that run at once in one API process (more wait for a connection, cheaply).
 POSTGRES_POOL_SIZE = 20
 
@@ -147,3 +147,10 @@ def session_scope(settings: Settings | None = None) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def ping(session: Session) -> None:
+    """One round trip to the database (`SELECT 1`), then the transaction it opened is ended; raises what
+    the driver raised when the database does not answer."""
+    session.execute(text("SELECT 1"))
+    session.rollback()

@@ -94,7 +94,7 @@ class RedactSecretsFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         # A record passes this filter on its logger and again on the handler it propagates to: redact once
-        # (an access-log line per request made this 3% of the API's CPU, issue 7).
+        # (an access-log line per request made this 3% of the API's CPU).
         if getattr(record, "_bpbench_redacted", False):
             return True
         record._bpbench_redacted = True

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -96,7 +96,8 @@ def _gpu_part(fingerprint: dict[str, Any]) -> dict[str, Any]:
     return gpu if isinstance(gpu, dict) else {}
 
 
-def _software(fingerprint: dict[str, Any]) -> dict[str, Any]:
+def software_of(fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """The software stack of a fingerprint: Python, NumPy, BLAS, CuPy, CUDA, driver, platform (kernel)."""
     gpu = _gpu_part(fingerprint)
     blas = [
         f"{pool.get('internal_api')} {pool.get('version')}"
@@ -136,7 +137,7 @@ def register_device(
             vendor=vendor_of(name),
             name=name,
             memory_bytes=memory,
-            software=_software(fingerprint),
+            software=software_of(fingerprint),
             fingerprint=fingerprint,
             first_seen=now,
             last_seen=now,
@@ -144,7 +145,7 @@ def register_device(
         session.add(device)
     else:
         device.last_seen = now
-        device.software = _software(fingerprint)
+        device.software = software_of(fingerprint)
         device.memory_bytes = memory
     session.commit()
     return device
@@ -207,6 +208,13 @@ def list_devices(session: Session) -> list[Device]:
 def get_device(session: Session, device_id: str) -> Device | None:
     """The device with this id, or None."""
     return session.get(Device, device_id)
+
+
+def devices_by_id(session: Session, device_ids: Collection[str]) -> dict[str, Device]:
+    """The registered devices among `device_ids`, by id (one query; unknown ids are left out)."""
+    if not device_ids:
+        return {}
+    return {d.id: d for d in session.scalars(select(Device).where(Device.id.in_(list(device_ids))))}
 
 
 def list_workers(session: Session, *, device_id: str | None = None) -> list[Worker]:

@@ -69,6 +69,13 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     @property
+    def duration_s(self) -> float | None:
+        """Seconds from start to finish, once both are known."""
+        if self.started_at and self.finished_at:
+            return (self.finished_at - self.started_at).total_seconds()
+        return None
+
+    @property
     def is_final(self) -> bool:
         """True once the job has succeeded, failed or been cancelled."""
         return self.status in FINAL_STATUSES

@@ -4,7 +4,7 @@
 still marked `running` was cut off when the previous `up` stopped. It goes back to `queued` and is published
 again, and so is every queued job that was never published. A duplicate message is harmless: the worker's
 claim is a conditional `queued -> running` update. Deployments with independent workers use the reconciler
-instead (issue 4), which decides from heartbeats.
+instead (`services/jobs/reconciler.py`), which decides from heartbeats.
 """
 
 from __future__ import annotations

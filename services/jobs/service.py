@@ -138,7 +138,7 @@ def _autocommit(session: Session) -> Connection:
     return session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
 
 
-# Core statements on the table: the ORM's bulk bookkeeping cost more than the SQL itself (issue 7).
+# Core statements on the table: the ORM's bulk bookkeeping cost more than the SQL itself.
 _JOBS = cast(Table, Job.__table__)
 
 
@@ -192,6 +192,14 @@ def get_job(session: Session, job_id: str) -> Job | None:
     return session.get(Job, job_id)
 
 
+def require_job(session: Session, job_id: str) -> Job:
+    """The job with this id; `JobNotFound` if there is none."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise JobNotFound(f"no job with id {job_id!r}")
+    return job
+
+
 def list_jobs(
     session: Session,
     *,
@@ -225,6 +233,21 @@ def count_jobs(
         return int(session.scalar(query) or 0)
     ids = _filtered(select(Job.id), status=status, kind=kind, device=device).limit(cap + 1)
     return int(session.scalar(select(func.count()).select_from(ids.subquery())) or 0)
+
+
+def queued_job_counts(session: Session) -> tuple[dict[str, int], dict[str, int]]:
+    """Queued jobs per exact target device id, and per device class for the jobs without a target."""
+    queued = select(Job.target_device_id, Job.device_class, func.count()).where(Job.status == "queued")
+    targeted: dict[str, int] = {}
+    by_class: dict[str, int] = {}
+    for target, device_class, count in session.execute(
+        queued.group_by(Job.target_device_id, Job.device_class)
+    ):
+        if target is None:
+            by_class[device_class] = by_class.get(device_class, 0) + count
+        else:
+            targeted[target] = targeted.get(target, 0) + count
+    return targeted, by_class
 
 
 def _filtered(query: Any, *, status: str | Sequence[str] | None, kind: str | None, device: str | None) -> Any:
@@ -348,7 +371,7 @@ def complete_job(
         return None
     record = build_result(job, document)
     # The trials go in as one multi-row INSERT (Core), not as ORM objects: the unit of work's bookkeeping
-    # for tens of rows cost more than the statement itself (issue 7, target 2).
+    # for tens of rows cost more than the statement itself.
     trials = [
         {"series": t.series, "index": t.index, "value": t.value, "samples_per_s": t.samples_per_s}
         for t in record.trials

@@ -4,25 +4,43 @@
 Every field has a documented default and a bounded range, so a bad value is refused with a message
 that names the field, the value seen and what is accepted. `JobSpec.engine_dict()` gives the fully
 populated plain dict that `engine.jobs.run_job` takes (the engine knows nothing of pydantic).
+
+The allowed values, the defaults, the device grammar, the model defaults and the parameter count are the
+engine's (`engine/spec.py`); this module states them for pydantic and mypy, and a test keeps the `Literal`s
+equal to the engine's tuples.
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
-import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from engine.spec import (
+    DEFAULT_SPEC,
+    DeviceSpellingError,
+    default_init,
+    default_layers,
+    parse_device,
+)
+from engine.spec import DEVICE_PATTERN as DEVICE_PATTERN  # the one device grammar, re-exported
+from engine.spec import count_parameters as count_parameters  # the API's parameter bound counts with it
+
+# The engine's enumerations (engine/spec.py), spelled out for mypy; a test keeps them equal.
 JobKind = Literal["train", "gradcheck", "backprop_vs_numerical", "gemm"]
 ModelName = Literal["two_layer_net", "mlp", "simple_convnet"]
 DatasetName = Literal["mnist5k", "mnist", "digits", "synthetic", "spiral"]
+Activation = Literal["relu", "sigmoid", "tanh"]
+Init = Literal["std", "xavier", "he"]
+OptimizerName = Literal["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam"]
 DeviceClass = Literal["cpu", "gpu"]
 DType = Literal["float32", "float64"]
 
-DEVICE_PATTERN = re.compile(r"^(cpu|gpu|gpu:\d{1,2})$")
+_MODEL: dict[str, Any] = DEFAULT_SPEC["model"]
+_OPTIMIZER: dict[str, Any] = DEFAULT_SPEC["optimizer"]
+_TIMING: dict[str, Any] = DEFAULT_SPEC["timing"]
 
 # Bounds shared by the API (422) and the CLI (one-line error).
 MAX_STEPS = 1_000_000
@@ -61,46 +79,41 @@ class ModelSpec(StrictModel):
     otherwise.
     """
 
-    name: ModelName = "two_layer_net"
+    name: ModelName = cast(ModelName, _MODEL["name"])
     layers: Annotated[list[Width], Field(min_length=2, max_length=MAX_LAYERS)] | None = None
-    activation: Literal["relu", "sigmoid", "tanh"] = "relu"
-    init: Literal["std", "xavier", "he"] | None = None
-    weight_init_std: float = Field(0.01, gt=0, le=10)
-    batchnorm: bool = False
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    activation: Activation = cast(Activation, _MODEL["activation"])
+    init: Init | None = None
+    weight_init_std: float = Field(_MODEL["weight_init_std"], gt=0, le=10)
+    batchnorm: bool = _MODEL["batchnorm"]
+    dropout: float = Field(_MODEL["dropout"], ge=0.0, lt=1.0)
 
     def resolved_layers(self) -> list[int]:
-        if self.layers is not None:
-            return list(self.layers)
-        if self.name == "simple_convnet":
-            return [784, 100, 10]
-        return [784, 50, 10]
+        """The widths given, or the model's default (engine.spec)."""
+        return list(self.layers) if self.layers is not None else default_layers(self.name)
 
     def resolved_init(self) -> str:
-        # The textbook's two_layer_net uses a plain normal with std 0.01.
-        if self.init is not None:
-            return self.init
-        return "std" if self.name == "two_layer_net" else "he"
+        """The init given, or the model's default (engine.spec)."""
+        return self.init if self.init is not None else default_init(self.name)
 
 
 class OptimizerSpec(StrictModel):
-    name: Literal["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam"] = "sgd"
-    lr: float = Field(0.1, gt=0, le=10)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    beta1: float = Field(0.9, ge=0, lt=1)
-    beta2: float = Field(0.999, ge=0, lt=1)
-    decay_rate: float = Field(0.99, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0, le=1)
+    name: OptimizerName = cast(OptimizerName, _OPTIMIZER["name"])
+    lr: float = Field(_OPTIMIZER["lr"], gt=0, le=10)
+    momentum: float = Field(_OPTIMIZER["momentum"], ge=0, lt=1)
+    beta1: float = Field(_OPTIMIZER["beta1"], ge=0, lt=1)
+    beta2: float = Field(_OPTIMIZER["beta2"], ge=0, lt=1)
+    decay_rate: float = Field(_OPTIMIZER["decay_rate"], ge=0, lt=1)
+    weight_decay: float = Field(_OPTIMIZER["weight_decay"], ge=0, le=1)
 
 
 class TimingSpec(StrictModel):
     """How timings are taken: warm-up, then windows until the CV is under target or the cap is hit."""
 
-    warmup: int = Field(5, ge=0, le=10_000)
-    window: int = Field(10, ge=1, le=10_000)
-    min_repeats: int = Field(5, ge=1, le=10_000)
-    max_repeats: int = Field(50, ge=1, le=100_000)
-    target_cv: float = Field(0.05, gt=0, le=1)
+    warmup: int = Field(_TIMING["warmup"], ge=0, le=10_000)
+    window: int = Field(_TIMING["window"], ge=1, le=10_000)
+    min_repeats: int = Field(_TIMING["min_repeats"], ge=1, le=10_000)
+    max_repeats: int = Field(_TIMING["max_repeats"], ge=1, le=100_000)
+    target_cv: float = Field(_TIMING["target_cv"], gt=0, le=1)
 
     @model_validator(mode="after")
     def _repeats_ordered(self) -> TimingSpec:
@@ -114,32 +127,35 @@ class TimingSpec(StrictModel):
 class JobSpec(StrictModel):
     """A benchmark job. Fields left out take the defaults shown."""
 
-    kind: JobKind = "train"
+    kind: JobKind = cast(JobKind, DEFAULT_SPEC["kind"])
     # The pattern is documented in the schema; `_device_known` checks it with a readable message.
     device: str = Field(
-        "cpu", description="cpu, gpu or gpu:N", json_schema_extra={"pattern": DEVICE_PATTERN.pattern}
+        DEFAULT_SPEC["device"],
+        description="cpu, gpu or gpu:N",
+        json_schema_extra={"pattern": DEVICE_PATTERN.pattern},
     )
     model: ModelSpec = Field(default_factory=ModelSpec)
-    dataset: DatasetName = "mnist5k"
+    dataset: DatasetName = cast(DatasetName, DEFAULT_SPEC["dataset"])
     dataset_path: Text | None = Field(
         None, max_length=MAX_PATH_LENGTH, description="directory of the IDX files, for dataset=mnist"
     )
-    synthetic_samples: int = Field(4096, ge=16, le=1_000_000)
-    steps: int = Field(1000, ge=1, le=MAX_STEPS)
-    batch_size: int = Field(100, ge=1, le=MAX_BATCH)
+    synthetic_samples: int = Field(DEFAULT_SPEC["synthetic_samples"], ge=16, le=1_000_000)
+    steps: int = Field(DEFAULT_SPEC["steps"], ge=1, le=MAX_STEPS)
+    batch_size: int = Field(DEFAULT_SPEC["batch_size"], ge=1, le=MAX_BATCH)
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
-    dtype: DType = "float32"
-    seed: int = Field(0, ge=0, le=2**32 - 1)
+    dtype: DType = cast(DType, DEFAULT_SPEC["dtype"])
+    seed: int = Field(DEFAULT_SPEC["seed"], ge=0, le=2**32 - 1)
     target_accuracy: float | None = Field(None, gt=0, le=1)
-    loss_samples: int = Field(100, ge=1, le=10_000)
+    loss_samples: int = Field(DEFAULT_SPEC["loss_samples"], ge=1, le=10_000)
     eval_samples: int | None = Field(None, ge=1, le=1_000_000, description="cap on samples used for accuracy")
     timing: TimingSpec = Field(default_factory=TimingSpec)
     gemm_sizes: Annotated[
         list[Annotated[int, Field(ge=16, le=MAX_WIDTH)]], Field(min_length=1, max_length=16)
-    ] = Field(default_factory=lambda: [256, 512, 1024])
+    ] = Field(default_factory=lambda: list(DEFAULT_SPEC["gemm_sizes"]))
     bvn_widths: Annotated[list[Annotated[int, Field(ge=1, le=4096)]], Field(min_length=2, max_length=16)] = (
         Field(
-            default_factory=lambda: [2, 4, 8, 16, 32], description="hidden widths for backprop_vs_numerical"
+            default_factory=lambda: list(DEFAULT_SPEC["bvn_widths"]),
+            description="hidden widths for backprop_vs_numerical",
         )
     )
     time_limit_s: float | None = Field(None, gt=0, le=MAX_TIME_LIMIT_S)
@@ -147,8 +163,10 @@ class JobSpec(StrictModel):
     @field_validator("device")
     @classmethod
     def _device_known(cls, value: str) -> str:
-        if not DEVICE_PATTERN.match(value):
-            raise ValueError(f"device must be cpu, gpu or gpu:N (N = 0..99), got {value!r}")
+        try:
+            parse_device(value)
+        except DeviceSpellingError as exc:
+            raise ValueError(str(exc)) from None
         return value
 
     @model_validator(mode="after")
@@ -165,7 +183,7 @@ class JobSpec(StrictModel):
 
     @property
     def device_class(self) -> DeviceClass:
-        return "gpu" if self.device.startswith("gpu") else "cpu"
+        return cast(DeviceClass, parse_device(self.device).device_class)
 
     def engine_dict(self) -> dict[str, Any]:
         """The fully populated plain dict the engine takes."""
@@ -184,8 +202,3 @@ def spec_hash_of(engine_doc: dict[str, Any]) -> str:
     doc = {key: value for key, value in engine_doc.items() if key not in ("device", "time_limit_s")}
     canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
-def count_parameters(layers: list[int]) -> int:
-    """Weights and biases of a dense stack of these widths."""
-    return sum(a * b + b for a, b in itertools.pairwise(layers))

@@ -12,12 +12,18 @@
    the number of runs and trials.
 3. The ratio of each median to the baseline's (`baseline=` a device id or name; default the slowest),
    the efficiency against the device's measured GEMM peak of the same dtype (`flops_per_step / batch_size`
-   times the median samples/s, over the best `peak_flops_per_s` column of the device's gemm results), and the
-   vendor's row in the seed's timeline.
+   times the median samples/s, over the calibration chosen by `services.results.calibration`: a gemm run at
+   sizes >= 1024 on the same software stack; the row names it, and an efficiency over 100% is flagged with
+   the command that recalibrates), and the vendor's row in the seed's timeline.
+4. The conditions of each device's runs: median samples per joule and power where a sensor measured them
+   (else why not), the highest load average seen, and the software stack of its newest run. The answer
+   lists the stack fields that differ between the devices (`stack_differences`) and warns when runs on a
+   loaded host are compared with quiet ones (`load_warning`).
 """
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +33,8 @@ from sqlalchemy.orm import Session
 from engine.stats import CI_METHOD, median_ci_ranks
 from services.devices.models import Device
 from services.jobs.models import Job
+from services.results.calibration import Calibration, calibration_for, load_of, recalibrate_command
+from services.results.history import stack_of
 from services.results.models import NO_DEVICE, Result, SpecDeviceStats, Trial
 from services.timeline.models import VendorEntry
 
@@ -143,19 +151,92 @@ def _pooled_trials(session: Session, spec_hash: str) -> dict[str, dict[str, Any]
     return stats
 
 
-def _gemm_peaks(session: Session, device_ids: list[str], dtype: str | None) -> dict[str, float]:
-    """Each device's best measured GEMM rate (FLOP/s) for this dtype, from its gemm results.
+def _calibrations(
+    session: Session, spec_hash: str, device_ids: list[str], dtype: str | None
+) -> dict[str, tuple[Calibration | None, str | None]]:
+    """Each device's calibration (or why it has none), on the stack of its newest result of this spec."""
+    found = {}
+    for device_id in device_ids:
+        fingerprint = session.scalar(
+            select(Result.fingerprint)
+            .where(Result.spec_hash == spec_hash, Result.device_id == device_id)
+            .order_by(Result.created_at.desc(), Result.id.desc())
+            .limit(1)
+        )
+        found[device_id] = calibration_for(session, device_id, dtype, stack_of(fingerprint))
+    return found
 
-    One correlated MAX per device on `ix_results_gemm_peaks` (kind, device_id, dtype, peak): an index
-    probe, whatever the number of gemm results (with no dtype, a scan of the device's gemm entries).
-    """
-    best = select(func.max(Result.peak_flops_per_s)).where(
-        Result.kind == "gemm", Result.device_id == Device.id
-    )
-    if dtype is not None:
-        best = best.where(Result.dtype == dtype)
-    query = select(Device.id, best.scalar_subquery()).where(Device.id.in_(device_ids))
-    return {d: float(v) for d, v in session.execute(query) if v is not None}
+
+def _run_conditions(session: Session, spec_hash: str, device_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Per device over its runs of this spec: median samples per joule (and power) where a sensor
+    measured them, why not where none did, the highest load seen, and the stack of its newest run."""
+    rows = session.execute(
+        select(Result.device_id, Result.metrics, Result.fingerprint)
+        .where(Result.spec_hash == spec_hash, Result.device_id.in_(device_ids))
+        .order_by(Result.created_at, Result.id)
+    ).all()
+    found: dict[str, dict[str, Any]] = {}
+    for device_id, metrics, fingerprint in rows:
+        entry = found.setdefault(device_id, {"per_j": [], "power": [], "reasons": set(), "loads": []})
+        energy = (metrics or {}).get("energy") or {}
+        if isinstance(energy.get("samples_per_j"), int | float):
+            entry["per_j"].append(float(energy["samples_per_j"]))
+            entry["power"].append(float(energy.get("mean_power_w") or 0.0))
+        elif energy.get("reason"):
+            entry["reasons"].add(str(energy["reason"]))
+        load = load_of(metrics)
+        if load is not None:
+            entry["loads"].append(load)
+        entry["stack"] = stack_of(fingerprint)
+        entry["cpu_count"] = ((metrics or {}).get("conditions") or {}).get("cpu_count")
+    summary = {}
+    for device_id, entry in found.items():
+        loads, cpu_count = entry["loads"], entry.get("cpu_count")
+        summary[device_id] = {
+            "samples_per_j": statistics.median(entry["per_j"]) if entry["per_j"] else None,
+            "mean_power_w": statistics.median(entry["power"]) if entry["power"] else None,
+            "energy_note": None if entry["per_j"] else "; ".join(sorted(entry["reasons"])) or "not measured",
+            "load_max": max(loads) if loads else None,
+            "loaded": bool(loads and cpu_count and max(loads) > cpu_count),
+            "stack": entry["stack"],
+        }
+    return summary
+
+
+def _differences(stacks: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The stack fields whose values differ between the compared devices: field -> {device: value}."""
+    fields = sorted({key for stack in stacks.values() for key in stack})
+    return {
+        key: {device: stack.get(key) for device, stack in stacks.items()}
+        for key in fields
+        if len({repr(stack.get(key)) for stack in stacks.values()}) > 1
+    }
+
+
+def _efficiency(
+    device_id: str,
+    dtype: str | None,
+    achieved: float | None,
+    calibration: Calibration | None,
+    why: str | None,
+) -> dict[str, Any]:
+    """The efficiency figure, the calibration it used, and a flag when it cannot be right."""
+    peak = calibration.peak_flops_per_s if calibration else None
+    efficiency = achieved / peak if achieved and peak else None
+    flag = None
+    if efficiency is not None and efficiency > 1.0:
+        flag = (
+            f"{efficiency:.0%} of the calibrated peak is impossible: the calibration "
+            f"(job {calibration.job_id if calibration else '?'}) was disturbed; recalibrate with "
+            f"`{recalibrate_command(device_id, dtype)}`"
+        )
+    return {
+        "gemm_peak_flops_per_s": peak,
+        "efficiency": efficiency,
+        "efficiency_flag": flag,
+        "calibration": calibration.as_dict() if calibration else None,
+        "calibration_note": why,
+    }
 
 
 def _flops_per_sample(session: Session, spec_hash: str) -> float | None:
@@ -189,7 +270,8 @@ def compare(session: Session, filters: CompareFilters, baseline: str | None = No
     stats = _pooled_trials(session, spec_hash)
     devices = {d.id: d for d in session.scalars(select(Device).where(Device.id.in_(list(stats))))}
     timeline = {v.vendor.lower(): v for v in session.scalars(select(VendorEntry))}
-    peaks = _gemm_peaks(session, list(stats), chosen["dtype"])
+    calibrations = _calibrations(session, spec_hash, list(stats), chosen["dtype"])
+    conditions = _run_conditions(session, spec_hash, list(stats))
     flops_per_sample = _flops_per_sample(session, spec_hash)
     spec = session.scalar(
         select(Job.spec).join(Result, Result.job_id == Job.id).where(Result.spec_hash == spec_hash).limit(1)
@@ -213,7 +295,6 @@ def compare(session: Session, filters: CompareFilters, baseline: str | None = No
         # Device vendors are named as the seed names them (services.devices.service.vendor_of).
         vendor = device.vendor if device else None
         entry = timeline.get((vendor or "").lower())
-        peak = peaks.get(device_id)
         achieved = item["median"] * flops_per_sample if flops_per_sample else None
         rows.append(
             {
@@ -230,8 +311,9 @@ def compare(session: Session, filters: CompareFilters, baseline: str | None = No
                 "trials": item["trials"],
                 "ratio": item["median"] / base if base else None,
                 "achieved_flops_per_s": achieved,
-                "gemm_peak_flops_per_s": peak,
-                "efficiency": achieved / peak if achieved and peak else None,
+                **_efficiency(device_id, chosen["dtype"], achieved, *calibrations[device_id]),
+                **{k: v for k, v in conditions.get(device_id, {}).items() if k != "stack"},
+                "stack": conditions.get(device_id, {}).get("stack"),
                 "timeline": None
                 if entry is None
                 else {
@@ -259,4 +341,19 @@ def compare(session: Session, filters: CompareFilters, baseline: str | None = No
         "baseline_device_id": baseline_id,
         "baseline_name": devices[baseline_id].name if baseline_id in devices else baseline_id,
         "rows": rows,
+        "stack_differences": _differences({d: c["stack"] for d, c in conditions.items()}),
+        "load_warning": _load_warning(rows),
     }
+
+
+def _load_warning(rows: list[dict[str, Any]]) -> str | None:
+    """A warning when quiet runs are compared with runs taken on a loaded host."""
+    loaded = [r for r in rows if r.get("loaded")]
+    if not loaded or len(loaded) == len(rows):
+        return None
+    names = ", ".join(str(r["device_name"] or r["device_id"]) for r in loaded)
+    return (
+        f"{names} ran with the host loaded beyond its cores (load average up to "
+        f"{max(r['load_max'] for r in loaded):.1f}) while the others ran quiet: "
+        "the ratio is not like for like"
+    )

@@ -26,7 +26,7 @@ class Result(Base):
     __table_args__ = (
         UniqueConstraint("job_id", name="uq_results_job_id"),
         Index("ix_results_compare", "spec_hash", "device_id"),
-        # issue 7: compare's filters, and each device's best gemm result, by index at a million results.
+        # Compare's filters, and each device's best gemm result, by index at a million results.
         Index("ix_results_spec_filters", "model_name", "dataset", "batch_size", "dtype"),
         # The peak last: each device's best gemm run of a dtype is one backward index probe.
         Index("ix_results_gemm_peaks", "kind", "device_id", "dtype", "peak_flops_per_s"),
@@ -93,7 +93,7 @@ class SpecDeviceStats(Base):
 
     Kept in step with `results` in the transaction that stores a result (`record_spec_device_stats`, an
     upsert) and rebuilt from it by `refresh_spec_device_stats` after results are deleted. Only results with
-    a `samples_per_s` figure count: they are what `compare` chooses a spec among (issue 7, target 4).
+    a `samples_per_s` figure count: they are what `compare` chooses a spec among.
     The filter columns are the spec's (one spec hash, one kind, model, dataset, batch size and dtype).
     """
 
@@ -115,3 +115,17 @@ class SpecDeviceStats(Base):
             f"SpecDeviceStats(spec_hash={self.spec_hash!r}, device_id={self.device_id!r}, "
             f"result_count={self.result_count!r})"
         )
+
+
+class HistoryMark(Base):
+    """An expected shift marked by a person (a new driver, a BIOS change): histories restart there."""
+
+    __tablename__ = "history_marks"
+    __table_args__ = (Index("ix_history_marks_device_at", "device_id", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(String(16), ForeignKey("devices.id", ondelete="CASCADE"))
+    spec_hash: Mapped[str | None] = mapped_column(String(16), doc="one spec, or every spec when None")
+    at: Mapped[datetime] = mapped_column(doc="results from this time on start a new stretch")
+    note: Mapped[str] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

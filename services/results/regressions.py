@@ -14,10 +14,13 @@ against the (at most `HISTORY_WINDOW`) results before it, once there are at leas
   in part of its windows says little about its median. On a quiet machine a change of 5% is flagged; on a
   noisy one only a change of about three within-run sigmas.
 - `p` = the two-sided Mann-Whitney U test of the new run's trials against the history's pooled trials
-  (normal approximation with tie and continuity corrections; implemented here, scipy is not a dependency).
+  (scipy's normal approximation with tie and continuity corrections). The exact test cannot go below
+  `2 / C(n1 + n2, n1)` (0.1 with 3 trials a side), and the approximation is not to be trusted where the
+  exact test could not reach `ALPHA`: such a result is never flagged, and its reason says so.
 
-A result is flagged only when all three agree: |change| >= `MIN_CHANGE` (5%: smaller changes are never
-flagged), |z| >= `Z_THRESHOLD` (3) and p < `ALPHA` (0.01). Higher samples/s is better, so a drop is a
+A result is flagged only when all four agree: |change| >= `MIN_CHANGE` (5%: smaller changes are never
+flagged), |z| >= `Z_THRESHOLD` (3), p < `ALPHA` (0.01), and trial counts with which the exact test could
+reach `ALPHA`. Higher samples/s is better, so a drop is a
 `regression` and a rise an `improvement`. The rank test alone would flag plain noise (the trials of one run
 are correlated, run-to-run scatter is larger than within-run scatter); the z-score on run medians measures
 exactly that scatter, and the rank test keeps a run whose trials overlap the history from being flagged.
@@ -36,6 +39,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+from scipy.stats import mannwhitneyu
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -63,35 +67,23 @@ class MannWhitney:
 
 
 def mann_whitney_u(first: list[float], second: list[float]) -> MannWhitney:
-    """Two-sided Mann-Whitney U test of `first` against `second`.
-
-    Average ranks for ties, the tie-corrected variance and a continuity correction of 0.5: the same numbers
-    as `scipy.stats.mannwhitneyu(first, second, method="asymptotic")`. Raises ValueError on an empty sample.
-    """
+    """Two-sided Mann-Whitney U test of `first` against `second`: scipy's normal approximation (average
+    ranks for ties, the tie-corrected variance, a continuity correction of 0.5). Raises ValueError on an
+    empty sample."""
     n1, n2 = len(first), len(second)
     if n1 == 0 or n2 == 0:
         raise ValueError(f"Mann-Whitney needs two non-empty samples, got sizes {n1} and {n2}")
-    pooled = sorted([(value, 0) for value in first] + [(value, 1) for value in second])
-    n = n1 + n2
-    rank_sum_first = 0.0
-    tie_term = 0.0
-    start = 0
-    while start < n:
-        end = start
-        while end + 1 < n and pooled[end + 1][0] == pooled[start][0]:
-            end += 1
-        average_rank = (start + end) / 2 + 1  # ranks are 1-based
-        rank_sum_first += average_rank * sum(1 for i in range(start, end + 1) if pooled[i][1] == 0)
-        ties = end - start + 1
-        tie_term += ties**3 - ties
-        start = end + 1
-    u = rank_sum_first - n1 * (n1 + 1) / 2
-    mean = n1 * n2 / 2
-    variance = n1 * n2 / 12 * ((n + 1) - tie_term / (n * (n - 1))) if n > 1 else 0.0
-    if variance <= 0:
-        return MannWhitney(u=u, p_value=1.0)
-    z = (abs(u - mean) - 0.5) / math.sqrt(variance)
-    return MannWhitney(u=u, p_value=min(1.0, math.erfc(max(z, 0.0) / math.sqrt(2))))
+    if len(set(first) | set(second)) == 1:
+        return MannWhitney(u=n1 * n2 / 2, p_value=1.0)  # all values equal: no evidence either way
+    outcome = mannwhitneyu(first, second, alternative="two-sided", method="asymptotic")
+    return MannWhitney(u=float(outcome.statistic), p_value=float(outcome.pvalue))
+
+
+def smallest_p_value(n1: int, n2: int) -> float:
+    """The smallest two-sided p-value the exact rank test can give for samples of n1 and n2 values: both
+    extreme orderings out of C(n1 + n2, n1). With 3 trials a side it is 0.1, so no result can be flagged
+    at `ALPHA` whatever the approximation says."""
+    return min(1.0, 2 / math.comb(n1 + n2, n1)) if n1 and n2 else 1.0
 
 
 @dataclass(frozen=True)
@@ -153,10 +145,16 @@ def assess(
     z = (new_median - baseline) / spread
     pooled = [value for _, trials in history for value in trials]
     p_value = mann_whitney_u(new_trials, pooled).p_value if new_trials and pooled else 1.0
+    reachable = smallest_p_value(len(new_trials), len(pooled))
     checks = [
         (f"change {change:+.1%} (flagged from {MIN_CHANGE:.0%})", abs(change) >= MIN_CHANGE),
         (f"z {z:+.1f} (flagged from {Z_THRESHOLD:g})", abs(z) >= Z_THRESHOLD),
         (f"Mann-Whitney p {p_value:.2g} (flagged under {ALPHA:g})", p_value < ALPHA),
+        (
+            f"{len(new_trials)} trials against {len(pooled)} can reach p {reachable:.2g} "
+            f"(needs under {ALPHA:g})",
+            reachable < ALPHA,
+        ),
     ]
     flag: Flag | None = None
     if all(ok for _, ok in checks):

@@ -10,6 +10,8 @@ from sqlalchemy import case, delete, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, selectinload
 
+from engine.kinds import KINDS_BY_NAME
+from engine.kinds.base import model_columns
 from services.results.models import NO_DEVICE, Result, SpecDeviceStats, Trial
 
 if TYPE_CHECKING:
@@ -68,23 +70,25 @@ def trial_rows(document: dict[str, Any]) -> list[Trial]:
 def build_result(job: Job, document: dict[str, Any]) -> Result:
     """A Result (with its Trial rows) for `job` from the engine's document; not added to a session."""
     spec = job.spec or {}
-    model = spec.get("model") or {}
     median, ci_low, ci_high = headline(document)
     metrics = document.get("metrics") or {}
     trials = trial_rows(document)
+    # The kind says which of its figures are columns (gemm: the peak rate, no model or data set).
+    kind = KINDS_BY_NAME.get(job.kind)
+    columns = (kind.result_columns if kind is not None else model_columns)(spec, metrics)
     return Result(
         job_id=job.id,
         device_id=job.device_id,
         spec_hash=job.spec_hash,
         kind=job.kind,
-        model_name=model.get("name") if job.kind != "gemm" else None,
-        dataset=spec.get("dataset") if job.kind != "gemm" else None,
-        batch_size=spec.get("batch_size") if job.kind != "gemm" else None,
+        model_name=columns["model_name"],
+        dataset=columns["dataset"],
+        batch_size=columns["batch_size"],
         dtype=spec.get("dtype"),
         samples_per_s=median,
         samples_per_s_ci_low=ci_low,
         samples_per_s_ci_high=ci_high,
-        peak_flops_per_s=_number(metrics.get("peak_flops_per_s")) if job.kind == "gemm" else None,
+        peak_flops_per_s=_number(columns["peak_flops_per_s"]),
         trial_count=len(trials),  # every series
         engine_time_s=_number(document.get("engine_time_s")),
         metrics=metrics,
@@ -199,3 +203,33 @@ def list_results(
     if limit is not None:
         query = query.limit(limit)
     return list(session.scalars(query))
+
+
+def count_results(
+    session: Session, *, device_ids: Sequence[str] | None, cap: int | None = None, **columns: Any
+) -> int:
+    """How many results match the same filters as `list_results`, counted by the database.
+
+    With `cap`, at most `cap` + 1 rows are read (a million results cost what ten thousand do).
+    """
+    query = select(Result.id)
+    for name, value in columns.items():
+        if value is not None:
+            query = query.where(getattr(Result, name) == value)
+    if device_ids is not None:
+        query = query.where(Result.device_id.in_(list(device_ids)))
+    if cap is not None:
+        query = query.limit(cap + 1)
+    return int(session.scalar(select(func.count()).select_from(query.subquery())) or 0)
+
+
+def trial_series(session: Session, result_id: int) -> dict[str, list[float | None]]:
+    """The trials of a result grouped by series (`samples_per_s`, `loss`, ...), each in trial order."""
+    series: dict[str, list[float | None]] = {}
+    for name, value in session.execute(
+        select(Trial.series, Trial.value)
+        .where(Trial.result_id == result_id)
+        .order_by(Trial.series, Trial.index)
+    ):
+        series.setdefault(name, []).append(value)
+    return series

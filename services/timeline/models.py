@@ -37,6 +37,13 @@ class VendorEntry(Base):
     note_zh: Mapped[str] = mapped_column(Text)
     source: Mapped[str] = mapped_column(String(200))
 
+    @property
+    def years(self) -> str:
+        """The years of use in deep learning: `2009–2012`, or `2016` when the seed gives one year."""
+        if self.entered_from == self.entered_to:
+            return str(self.entered_from)
+        return f"{self.entered_from}–{self.entered_to}"
+
     def __repr__(self) -> str:
         return f"VendorEntry(vendor={self.vendor!r}, entered={self.entered_from}-{self.entered_to})"
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import shutil
 import struct
 import sys
+import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -153,3 +156,80 @@ def test_spiral_refuses_a_model_with_another_input_width() -> None:
 def test_unknown_dataset_lists_the_accepted_names() -> None:
     with pytest.raises(DatasetError, match="accepted: mnist5k, mnist, digits, synthetic, spiral"):
         load_dataset("cifar10")
+
+
+def _peak_traced_bytes(action: Callable[[], object]) -> int:
+    """Peak bytes allocated (Python and NumPy buffers, as tracemalloc sees them) while `action` runs."""
+    tracemalloc.start()
+    try:
+        with contextlib.suppress(DatasetError):
+            action()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_large_file_that_is_not_idx_is_refused_after_reading_its_header(tmp_path: Path) -> None:
+    big = tmp_path / "train-images-idx3-ubyte"
+    with big.open("wb") as f:
+        f.write(b"SECRETxx")
+        f.truncate(3 * 2**30)  # a sparse 3 GiB file: no disk used, but reading it whole costs 3 GiB
+    with pytest.raises(DatasetError, match=r"bad magic number\)$") as refused:
+        datasets._read_idx(big)
+    assert "SECRET" not in str(refused.value) and "534543" not in str(refused.value)  # no content echoed
+    assert _peak_traced_bytes(lambda: datasets._read_idx(big)) < 2**20
+
+
+def test_a_gzip_bomb_is_refused_without_decompressing_it(tmp_path: Path) -> None:
+    bomb = tmp_path / "train-labels-idx1-ubyte.gz"
+    header = bytes([0, 0, 8, 1]) + struct.pack(">I", 10)
+    bomb.write_bytes(gzip.compress(header + bytes(200 * 2**20)))  # declares 10 bytes, holds 200 MiB
+    with pytest.raises(DatasetError, match=r"needs 18 bytes, the file has 209715208 uncompressed"):
+        datasets._read_idx(bomb)
+    assert _peak_traced_bytes(lambda: datasets._read_idx(bomb)) < 2**20
+
+
+def test_a_file_longer_than_its_header_says_is_refused(tmp_path: Path) -> None:
+    plain = tmp_path / "labels"
+    plain.write_bytes(bytes([0, 0, 8, 1]) + struct.pack(">I", 4) + bytes(5))
+    with pytest.raises(DatasetError, match=r"\(4,\) needs 12 bytes, the file has 13$"):
+        datasets._read_idx(plain)
+
+
+def test_a_gzip_file_whose_trailer_lies_is_still_read_only_as_far_as_declared(tmp_path: Path) -> None:
+    lying = tmp_path / "labels.gz"
+    packed = bytearray(gzip.compress(bytes([0, 0, 8, 1]) + struct.pack(">I", 4) + bytes(50 * 2**20)))
+    packed[-4:] = struct.pack("<I", 12)  # the trailer claims the declared size
+    lying.write_bytes(bytes(packed))
+    with pytest.raises(DatasetError, match=r"not a readable IDX file|longer than its header says"):
+        datasets._read_idx(lying)
+    assert _peak_traced_bytes(lambda: datasets._read_idx(lying)) < 2**20
+
+
+def test_a_header_declaring_more_than_the_limit_is_refused_before_allocating(tmp_path: Path) -> None:
+    huge = tmp_path / "images"
+    huge.write_bytes(bytes([0, 0, 8, 3]) + struct.pack(">3I", 2**20, 2**10, 2**10))
+    with pytest.raises(DatasetError, match=r"over the limit of 2147483648"):
+        datasets._read_idx(huge)
+
+
+def test_a_truncated_idx_file_is_refused(tmp_path: Path) -> None:
+    short = tmp_path / "images"
+    short.write_bytes(bytes([0, 0, 8, 2]) + struct.pack(">2I", 3, 3) + bytes(4))
+    with pytest.raises(DatasetError, match=r"\(3, 3\) needs 21 bytes, the file has 16"):
+        datasets._read_idx(short)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_synthetic_data_costs_its_own_size_and_no_float64_detour(dtype: str) -> None:
+    samples, features = 20_000, 1024
+    tracemalloc.start()
+    try:
+        data = load_dataset("synthetic", input_shape=(features,), n_classes=10, samples=samples, dtype=dtype)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    set_bytes = samples * features * np.dtype(dtype).itemsize
+    assert data.x_train.dtype == np.dtype(dtype)
+    # The set, plus two label chunks' temporaries (rows minus 0.5, and their product with the teacher).
+    assert peak <= set_bytes + 2 * datasets.SYNTHETIC_LABEL_CHUNK_BYTES + 2**20

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 import engine.jobs
+import engine.kinds.base
+import engine.spec
 from engine.datasets import load_dataset
 from engine.jobs import JobCancelled, JobDiverged, JobError, run_job
 
@@ -79,7 +81,7 @@ def test_seeded_training_is_reproducible() -> None:
 
 
 def _synthetic_spec(seed: int = 0) -> dict[str, Any]:
-    return engine.jobs._merge_defaults(
+    return engine.spec.resolve_spec(
         {
             "dataset": "synthetic",
             "synthetic_samples": 64,
@@ -90,8 +92,8 @@ def _synthetic_spec(seed: int = 0) -> dict[str, Any]:
 
 
 def test_the_next_job_reuses_the_last_data_set_read_only_with_the_same_numbers() -> None:
-    first = engine.jobs._load(_synthetic_spec(), "float32")
-    second = engine.jobs._load(_synthetic_spec(), "float32")
+    first = engine.kinds.base.load_data(_synthetic_spec(), "float32")
+    second = engine.kinds.base.load_data(_synthetic_spec(), "float32")
     fresh = load_dataset("synthetic", dtype="float32", input_shape=(784,), n_classes=10, samples=64, seed=0)
 
     assert second is first
@@ -103,20 +105,20 @@ def test_the_next_job_reuses_the_last_data_set_read_only_with_the_same_numbers()
 
 
 def test_a_job_with_other_arguments_gets_its_own_data_set_and_only_the_last_is_kept() -> None:
-    seed0 = engine.jobs._load(_synthetic_spec(seed=0), "float32")
-    seed1 = engine.jobs._load(_synthetic_spec(seed=1), "float32")
-    as_float64 = engine.jobs._load(_synthetic_spec(seed=1), "float64")
+    seed0 = engine.kinds.base.load_data(_synthetic_spec(seed=0), "float32")
+    seed1 = engine.kinds.base.load_data(_synthetic_spec(seed=1), "float32")
+    as_float64 = engine.kinds.base.load_data(_synthetic_spec(seed=1), "float64")
 
     assert not np.array_equal(seed0.x_train, seed1.x_train)
     assert as_float64.x_train.dtype == np.float64 and as_float64 is not seed1
-    assert engine.jobs._load(_synthetic_spec(seed=0), "float32") is not seed0
+    assert engine.kinds.base.load_data(_synthetic_spec(seed=0), "float32") is not seed0
 
 
 def test_a_data_set_over_the_cache_cap_is_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine.jobs, "DATASET_CACHE_MAX_BYTES", 1000)
-    first = engine.jobs._load(_synthetic_spec(seed=5), "float32")
+    monkeypatch.setattr(engine.kinds.base, "DATASET_CACHE_MAX_BYTES", 1000)
+    first = engine.kinds.base.load_data(_synthetic_spec(seed=5), "float32")
 
-    assert engine.jobs._load(_synthetic_spec(seed=5), "float32") is not first
+    assert engine.kinds.base.load_data(_synthetic_spec(seed=5), "float32") is not first
 
 
 def test_mlp_on_digits_reaches_095_test_accuracy() -> None:

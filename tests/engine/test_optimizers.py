@@ -38,8 +38,16 @@ def test_momentum_first_two_steps() -> None:
 
 
 def test_nesterov_first_step() -> None:
-    # v = -lr g; w += m^2 v - (1 + m) lr g = -(0.081 + 0.19) g
-    np.testing.assert_allclose(first_step(Nesterov(lr=0.1, momentum=0.9), W0, G), W0 - 0.271 * G)
+    # w += m^2 v - (1 + m) lr g with the velocity before the step (v = 0): -(1 + 0.9) * 0.1 g
+    np.testing.assert_allclose(first_step(Nesterov(lr=0.1, momentum=0.9), W0, G), W0 - 0.19 * G)
+
+
+def test_nesterov_second_step_uses_the_velocity_of_the_first() -> None:
+    opt, params = Nesterov(lr=0.1, momentum=0.9), {"W1": W0.copy()}
+    opt.update(params, {"W1": G})
+    opt.update(params, {"W1": G})
+    # step 2: v = -lr g from step 1, so w += 0.81 * (-0.1 g) - 0.19 g
+    np.testing.assert_allclose(params["W1"], W0 - 0.19 * G - (0.081 + 0.19) * G, rtol=1e-14)
 
 
 def test_adagrad_first_step() -> None:

@@ -29,6 +29,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from harness.processes import free_port
 from services.core import queue
 from services.core.config import Settings
 from services.core.db import dispose_engines, make_engine
@@ -50,13 +51,6 @@ def require_tool(name: str) -> str:
             pytest.fail(f"{message} (CI=true: a missing tool is a failure, not a skip)")
         pytest.skip(message)
     return path
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Query
 
 from services.api.deps import ReadAccess, SessionDep
 from services.jobs.spec import MAX_BATCH, DatasetName, DType, JobKind, ModelName
-from services.results.compare import CompareFilters, NoResults, UnknownBaseline, compare
+from services.results.compare import CompareFilters, compare
 
 router = APIRouter(prefix="/compare", tags=["compare"])
 
@@ -40,21 +40,6 @@ def compare_devices(
     When the filters match several specs, the one with the most results is compared; `candidates` lists them
     all and `note` says so (ask again with `spec_hash=` for another).
     """
+    # No match (NoResults) answers 404 and an unknown baseline 422: `install_domain_error_handlers`.
     filters = CompareFilters(kind, model, dataset, batch_size, dtype, spec_hash)
-    try:
-        return compare(session, filters, baseline)
-    except NoResults as exc:
-        raise HTTPException(status_code=404, detail=str(exc)) from None
-    except UnknownBaseline as exc:
-        raise HTTPException(
-            status_code=422,
-            detail=[
-                {
-                    "field": "baseline",
-                    "in": "query",
-                    "value": baseline,
-                    "accepted": str(exc),
-                    "message": str(exc),
-                }
-            ],
-        ) from None
+    return compare(session, filters, baseline)

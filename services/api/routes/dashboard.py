@@ -16,7 +16,6 @@ import plotly
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
-from sqlalchemy import select
 
 from services.api.cookies import clear_token_cookie, csrf_checked, set_token_cookie, token_from_cookie
 from services.api.deps import ReadAccess, SessionDep, SettingsDep
@@ -24,8 +23,7 @@ from services.api.routes.jobs import job_out
 from services.auth.service import authenticate, grants
 from services.jobs import service as jobs
 from services.results import regressions
-from services.results.models import Trial
-from services.results.service import get_result_for_job
+from services.results.service import get_result_for_job, trial_series
 
 WEB_DIR = Path(__file__).resolve().parents[2] / "web"
 STATIC_DIR = WEB_DIR / "static"
@@ -119,20 +117,11 @@ def session_status(request: Request, session: SessionDep, settings: SettingsDep)
 def job_report(job_id: str, session: SessionDep) -> dict[str, Any]:
     """What the job page shows: the job, its full result (metrics, statistics, fingerprint), every trial
     grouped by series, and the regression verdict of its result against its device's history."""
-    job = jobs.get_job(session, job_id)
-    if job is None:
-        raise HTTPException(status_code=404, detail=f"no job with id {job_id!r}")
+    job = jobs.require_job(session, job_id)
     doc: dict[str, Any] = {"job": job_out(session, job).model_dump(mode="json"), "result": None}
     result = get_result_for_job(session, job_id)
     if result is None:
         return doc
-    series: dict[str, list[float | None]] = {}
-    for name, value in session.execute(
-        select(Trial.series, Trial.value)
-        .where(Trial.result_id == result.id)
-        .order_by(Trial.series, Trial.index)
-    ):
-        series.setdefault(name, []).append(value)
     verdict = None
     if result.device_id is not None and result.samples_per_s is not None:
         verdicts = regressions.detect(
@@ -150,7 +139,7 @@ def job_report(job_id: str, session: SessionDep) -> dict[str, Any]:
         "metrics": result.metrics,
         "statistics": result.statistics,
         "fingerprint": result.fingerprint,
-        "trials": series,
+        "trials": trial_series(session, result.id),
         "regression": verdict,
     }
     return doc

@@ -7,13 +7,12 @@ from typing import Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from services.api.deps import ReadAccess, SessionDep, SettingsDep
 from services.core.db import utcnow
 from services.devices.service import is_live, list_devices, list_workers
-from services.jobs.models import Job
+from services.jobs.service import queued_job_counts
 
 router = APIRouter(prefix="/devices", tags=["devices"])
 
@@ -71,16 +70,7 @@ def device_views(session: Session, worker_dead_after_s: float) -> list[DeviceOut
                 live=live,
             )
         )
-    queued = select(Job.target_device_id, Job.device_class, func.count()).where(Job.status == "queued")
-    targeted: dict[str, int] = {}
-    by_class: dict[str, int] = {}
-    for target, device_class, count in session.execute(
-        queued.group_by(Job.target_device_id, Job.device_class)
-    ):
-        if target is None:
-            by_class[device_class] = by_class.get(device_class, 0) + count
-        else:
-            targeted[target] = targeted.get(target, 0) + count
+    targeted, by_class = queued_job_counts(session)
     views = []
     for device in list_devices(session):
         mine = workers.get(device.id, [])

@@ -6,9 +6,9 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 
 from services.api.deps import SessionDep
+from services.core.db import ping
 from services.core.queue import celery_app
 
 router = APIRouter(tags=["health"])
@@ -22,8 +22,7 @@ def healthz() -> dict[str, str]:
 
 def _check_database(session: SessionDep) -> str | None:
     try:
-        session.execute(text("SELECT 1"))
-        session.rollback()
+        ping(session)
     except Exception as exc:
         return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
     return None

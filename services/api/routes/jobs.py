@@ -8,15 +8,16 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
-from pydantic import BaseModel, Field
+from pydantic import AliasChoices, BaseModel, Field
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from services.api.deps import MAX_OFFSET, TOTAL_CAP, ReadAccess, SessionDep, SubmitAccess
+from services.api.errors import unprocessable
 from services.api.group_commit import GroupCommit
 from services.core.config import Settings
-from services.devices.models import Device
+from services.devices.service import get_device
 from services.jobs import service
 from services.jobs.models import Job
 from services.jobs.resources import JobTooLarge, check_memory_cap, estimate_job_memory
@@ -75,7 +76,7 @@ class JobOut(BaseModel):
     cancel_requested: bool
     attempts: int
     error: str | None
-    worker: str | None
+    worker: str | None = Field(validation_alias=AliasChoices("worker_name", "worker"))
     device_id: str | None = Field(description="the device that ran (or runs) it")
     spec_hash: str
     spec: dict[str, Any]
@@ -127,67 +128,30 @@ def job_out(session: Session, job: Job, *, with_result: bool = True, suite_item:
                 engine_time_s=result.engine_time_s,
                 metrics=_summary_metrics(result.metrics or {}),
             )
-    duration = None
-    if job.started_at and job.finished_at:
-        duration = (job.finished_at - job.started_at).total_seconds()
-    return JobOut(
-        id=job.id,
-        status=job.status,
-        kind=job.kind,
-        device=job.device,
-        device_class=job.device_class,
-        target_device_id=job.target_device_id,
-        queue=job.queue,
-        progress=job.progress,
-        progress_message=job.progress_message,
-        cancel_requested=job.cancel_requested,
-        attempts=job.attempts,
-        error=job.error,
-        worker=job.worker_name,
-        device_id=job.device_id,
-        spec_hash=job.spec_hash,
-        spec=job.spec,
-        created_at=job.created_at,
-        published_at=job.published_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-        duration_s=duration,
-        result=summary,
-        suite_item=suite_item,
-    )
+    view = JobOut.model_validate(job, from_attributes=True)
+    return view.model_copy(update={"result": summary, "suite_item": suite_item})
 
 
 def check_target(session: Session, spec: JobSpec, target: str | None) -> None:
     """422 unless `target` names a registered device of the spec's class."""
     if target is None:
         return
-    device = session.get(Device, target)
+    device = get_device(session, target)
     if device is None:
-        raise HTTPException(
-            status_code=422,
-            detail=[
-                {
-                    "field": "target",
-                    "in": "body",
-                    "value": target,
-                    "accepted": "the id of a registered device (GET /api/v1/devices)",
-                    "message": f"target: no registered device has id {target!r}",
-                }
-            ],
+        raise unprocessable(
+            "target",
+            "body",
+            target,
+            "the id of a registered device (GET /api/v1/devices)",
+            f"target: no registered device has id {target!r}",
         )
     if device.device_class != spec.device_class:
-        raise HTTPException(
-            status_code=422,
-            detail=[
-                {
-                    "field": "target",
-                    "in": "body",
-                    "value": target,
-                    "accepted": f"a {spec.device_class} device, as the spec's device is {spec.device!r}",
-                    "message": f"target: device {target!r} is a {device.device_class}, the spec asks for "
-                    f"{spec.device!r}",
-                }
-            ],
+        raise unprocessable(
+            "target",
+            "body",
+            target,
+            f"a {spec.device_class} device, as the spec's device is {spec.device!r}",
+            f"target: device {target!r} is a {device.device_class}, the spec asks for {spec.device!r}",
         )
 
 
@@ -196,18 +160,12 @@ def check_memory(spec: JobSpec, cap_bytes: int) -> None:
     try:
         check_memory_cap(spec, cap_bytes)
     except JobTooLarge as exc:
-        raise HTTPException(
-            status_code=422,
-            detail=[
-                {
-                    "field": "spec",
-                    "in": "body",
-                    "value": estimate_job_memory(spec).total_bytes,
-                    "accepted": f"an estimated memory of at most {cap_bytes} bytes "
-                    "(BPBENCH_MAX_JOB_MEMORY_BYTES)",
-                    "message": str(exc),
-                }
-            ],
+        raise unprocessable(
+            "spec",
+            "body",
+            estimate_job_memory(spec).total_bytes,
+            f"an estimated memory of at most {cap_bytes} bytes (BPBENCH_MAX_JOB_MEMORY_BYTES)",
+            str(exc),
         ) from None
 
 
@@ -218,31 +176,10 @@ def _check_target_in_database(factory: sessionmaker[Session], spec: JobSpec, tar
 
 def submitted_job_json(row: dict[str, Any], published_at: datetime | None) -> bytes:
     """The 202 body of a job just committed: `JobOut` of its row, serialised once (never re-validated)."""
-    job = JobOut.model_construct(
-        id=row["id"],
-        status=row["status"],
-        kind=row["kind"],
-        device=row["device"],
-        device_class=row["device_class"],
-        target_device_id=row["target_device_id"],
-        queue=row["queue"],
-        progress=row["progress"],
-        progress_message=row["progress_message"],
-        cancel_requested=row["cancel_requested"],
-        attempts=row["attempts"],
-        error=None,
-        worker=None,
-        device_id=None,
-        spec_hash=row["spec_hash"],
-        spec=row["spec"],
-        created_at=row["created_at"],
-        published_at=published_at,
-        started_at=None,
-        finished_at=None,
-        duration_s=None,
-        result=None,
-        suite_item=None,
-    )
+    # The row has every column a new job has; the columns it lacks (worker, error, ...) are None.
+    values: dict[str, Any] = {name: row.get(name) for name in JobOut.model_fields}
+    values["published_at"] = published_at
+    job = JobOut.model_construct(**values)
     return job.model_dump_json().encode()
 
 
@@ -270,7 +207,8 @@ async def submit_job(submission: JobSubmission, request: Request) -> Response:
         factory = request.app.state.session_factory
         await run_in_threadpool(_check_target_in_database, factory, spec, submission.target)
     settings: Settings = request.app.state.settings
-    check_memory(spec, settings.max_job_memory_bytes)  # issue 4: a job no worker could hold is refused
+    # A job no worker could hold is refused here, not found out by a worker running out of memory.
+    check_memory(spec, settings.max_job_memory_bytes)
     row = service.job_row(spec, target_device_id=submission.target)
     committer: GroupCommit = request.app.state.group_commit
     try:
@@ -315,21 +253,13 @@ def list_jobs(
     )
 
 
-def _job_or_404(session: Session, job_id: str) -> Job:
-    job = service.get_job(session, job_id)
-    if job is None:
-        raise HTTPException(status_code=404, detail=f"no job with id {job_id!r}")
-    return job
-
-
 @router.get("/{job_id}", response_model=JobOut, dependencies=[ReadAccess])
 def get_job(job_id: str, session: SessionDep) -> JobOut:
     """One job: status, progress, result summary (once succeeded), error (once failed)."""
-    return job_out(session, _job_or_404(session, job_id))
+    return job_out(session, service.require_job(session, job_id))
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, dependencies=[SubmitAccess])
 def cancel_job(job_id: str, session: SessionDep) -> JobOut:
     """Cancel: a queued job is cancelled at once; a running one stops between two steps. Final jobs stay."""
-    _job_or_404(session, job_id)
     return job_out(session, service.cancel_job(session, job_id))

@@ -12,14 +12,13 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from services.api.deps import MAX_OFFSET, TOTAL_CAP, ReadAccess, SessionDep
-from services.devices.models import Device
+from services.devices.service import devices_by_id
 from services.jobs.spec import MAX_BATCH, DatasetName, DType, JobKind, ModelName
 from services.results.models import Result
-from services.results.service import list_results
+from services.results.service import count_results, list_results
 
 router = APIRouter(prefix="/results", tags=["results"])
 
@@ -46,6 +45,11 @@ CSV_COLUMNS = (
     "flops_per_s",
     "peak_flops_per_s",
     "max_relative_error",
+    "samples_per_j",
+    "mean_power_w",
+    "energy_note",
+    "load_max",
+    "dropped_windows",
 )
 
 
@@ -87,8 +91,7 @@ class ResultPage(BaseModel):
 
 
 def _views(session: Session, results: list[Result]) -> list[ResultOut]:
-    ids = {r.device_id for r in results if r.device_id}
-    devices = {d.id: d for d in session.scalars(select(Device).where(Device.id.in_(ids)))} if ids else {}
+    devices = devices_by_id(session, {r.device_id for r in results if r.device_id})
     views = []
     for r in results:
         device = devices.get(r.device_id or "")
@@ -139,6 +142,14 @@ def to_csv(views: list[ResultOut]) -> str:
             key: metrics.get(key)
             for key in ("test_accuracy", "flops_per_s", "peak_flops_per_s", "max_relative_error")
         }
+        energy, conditions = metrics.get("energy") or {}, metrics.get("conditions") or {}
+        extra.update(
+            samples_per_j=energy.get("samples_per_j"),
+            mean_power_w=energy.get("mean_power_w"),
+            energy_note=energy.get("reason"),
+            load_max=conditions.get("load_max"),
+            dropped_windows=conditions.get("dropped_windows"),
+        )
         writer.writerow([_csv_cell(extra[c] if c in extra else doc.get(c)) for c in CSV_COLUMNS])
     return buffer.getvalue()
 
@@ -183,21 +194,3 @@ def get_results(
     return ResultPage(
         total=min(total, TOTAL_CAP), total_exact=total <= TOTAL_CAP, limit=limit, offset=offset, items=views
     )
-
-
-def count_results(
-    session: Session, *, device_ids: list[str] | None, cap: int | None = None, **columns: Any
-) -> int:
-    """How many results match the same filters as `list_results`, counted by the database.
-
-    With `cap`, at most `cap` + 1 rows are read (a million results cost what ten thousand do).
-    """
-    query = select(Result.id)
-    for name, value in columns.items():
-        if value is not None:
-            query = query.where(getattr(Result, name) == value)
-    if device_ids is not None:
-        query = query.where(Result.device_id.in_(device_ids))
-    if cap is not None:
-        query = query.limit(cap + 1)
-    return int(session.scalar(select(func.count()).select_from(query.subquery())) or 0)

@@ -9,9 +9,9 @@ from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from services.api.deps import SessionDep, SettingsDep, SubmitAccess
+from services.api.errors import unprocessable
 from services.api.routes.jobs import JobOut, job_out
-from services.devices.models import Device
-from services.devices.service import list_devices, live_device_ids
+from services.devices.service import get_device, list_devices, live_device_ids
 from services.jobs import service
 from services.jobs.spec import DEVICE_PATTERN, Text
 from services.jobs.suites import SUITES
@@ -51,23 +51,18 @@ def _resolve_targets(
         return [(device.device_class, device.id) for device in devices]
     targets: list[tuple[str, str | None]] = []
     for index, entry in enumerate(dict.fromkeys(requested)):
-        device = session.get(Device, entry)
+        device = get_device(session, entry)
         if device is not None:
             targets.append((device.device_class, device.id))
         elif DEVICE_PATTERN.match(entry):
             targets.append((entry, None))
         else:
-            raise HTTPException(
-                status_code=422,
-                detail=[
-                    {
-                        "field": f"devices.{index}",
-                        "in": "body",
-                        "value": entry,
-                        "accepted": "a registered device id (GET /api/v1/devices) or cpu, gpu, gpu:N",
-                        "message": f"devices.{index}: {entry!r} is neither a registered device nor a class",
-                    }
-                ],
+            raise unprocessable(
+                f"devices.{index}",
+                "body",
+                entry,
+                "a registered device id (GET /api/v1/devices) or cpu, gpu, gpu:N",
+                f"devices.{index}: {entry!r} is neither a registered device nor a class",
             )
     return targets
 

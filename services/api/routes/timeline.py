@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from pydantic import BaseModel
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.api.deps import ReadAccess, SessionDep
 from services.timeline.data import SEED_SOURCE
-from services.timeline.models import Milestone, VendorEntry
+from services.timeline.service import list_milestones, list_vendor_entries
 
 router = APIRouter(prefix="/timeline", tags=["timeline"])
 
@@ -51,48 +50,14 @@ class TimelineOut(BaseModel):
     milestones: list[MilestoneOut]
 
 
-def vendor_out(entry: VendorEntry) -> VendorOut:
-    """The API view of a vendor row; `years` is `2009–2012` or `2016`."""
-    years = (
-        str(entry.entered_from)
-        if entry.entered_from == entry.entered_to
-        else f"{entry.entered_from}–{entry.entered_to}"
-    )
-    return VendorOut(
-        vendor=entry.vendor,
-        vendor_zh=entry.vendor_zh,
-        platform=entry.platform,
-        platform_zh=entry.platform_zh,
-        platform_year=entry.platform_year,
-        entered_from=entry.entered_from,
-        entered_to=entry.entered_to,
-        years=years,
-        entered=entry.entered,
-        entered_zh=entry.entered_zh,
-        note=entry.note,
-        note_zh=entry.note_zh,
-        source=entry.source,
-    )
-
-
 def timeline(session: Session) -> TimelineOut:
     """Both tables from the database."""
-    vendors = session.scalars(select(VendorEntry).order_by(VendorEntry.position))
-    milestones = session.scalars(select(Milestone).order_by(Milestone.position))
+    vendors = list_vendor_entries(session)
+    milestones = list_milestones(session)
     return TimelineOut(
         source=SEED_SOURCE,
-        vendors=[vendor_out(v) for v in vendors],
-        milestones=[
-            MilestoneOut(
-                year=m.year,
-                event=m.event,
-                event_zh=m.event_zh,
-                note=m.note,
-                note_zh=m.note_zh,
-                source=m.source,
-            )
-            for m in milestones
-        ],
+        vendors=[VendorOut.model_validate(v, from_attributes=True) for v in vendors],
+        milestones=[MilestoneOut.model_validate(m, from_attributes=True) for m in milestones],
     )
 
 

@@ -207,7 +207,10 @@ function renderCompare(doc, flags) {
   $("compare-spec").textContent =
     `spec ${doc.spec_hash}: ${doc.spec && doc.spec.kind} ${model} on ${spec.dataset}, batch ${spec.batch_size}, ` +
     `${spec.dtype}, ${spec.steps} steps · baseline ${doc.baseline_name} · CI: ${doc.ci_method}`;
-  $("compare-note").textContent = doc.note || "";
+  const deviceNames = Object.fromEntries(doc.rows.map((r) => [r.device_id, r.device_name || r.device_id]));
+  const differences = Object.entries(doc.stack_differences || {}).map(([field, values]) =>
+    `${field} differs: ${Object.entries(values).map(([d, v]) => `${deviceNames[d] || d} ${v}`).join(", ")}`);
+  $("compare-note").textContent = [doc.note, doc.load_warning, ...differences].filter(Boolean).join(" · ");
   const form = $("compare-filters");
   fillSelect(form.elements.spec_hash,
     doc.candidates.map((c) => [c.spec_hash, `${c.spec_hash} · ${c.model || c.kind} b${c.batch_size} ${c.dtype} (${c.results})`]),
@@ -244,28 +247,32 @@ function renderCompare(doc, flags) {
     title: { text: "median samples/s (95% CI whiskers), ×ratio to the baseline" },
     yaxis: { title: { text: "samples/s" }, rangemode: "tozero" },
   });
-  const efficiency = rows.map((r) => (r.efficiency === null ? null : 100 * r.efficiency));
+  // A flagged efficiency (over 100%: the calibration was disturbed) is not drawn: its bar would mislead.
+  const efficiency = rows.map((r) => (r.efficiency === null || r.efficiency_flag ? null : 100 * r.efficiency));
   if (efficiency.some((v) => v !== null)) {
     plot("efficiency-chart", [{
       type: "bar",
       x: names,
       y: efficiency,
       marker: { color: "#7d3c98" },
-      text: efficiency.map((v) => (v === null ? "no gemm peak" : `${v.toFixed(1)}%`)),
+      text: rows.map((r, i) => (r.efficiency_flag ? "recalibrate" : efficiency[i] === null ? "no calibration" : `${efficiency[i].toFixed(1)}%`)),
       textposition: "outside",
       cliponaxis: false,
-      hovertemplate: "%{x}<br>%{y:.2f}% of the measured GEMM peak<extra></extra>",
+      customdata: rows.map((r) => (r.calibration ? `gemm job ${r.calibration.job_id.slice(0, 8)}, sizes ${r.calibration.sizes.join(",")}, ${r.calibration.created_at.slice(0, 16)}` : r.calibration_note || "")),
+      hovertemplate: "%{x}<br>%{y:.2f}% of the calibrated GEMM peak<br>%{customdata}<extra></extra>",
     }], {
-      title: { text: "efficiency: achieved FLOP/s over the device's measured GEMM peak" },
+      title: { text: "efficiency: achieved FLOP/s over the device's calibrated GEMM peak (sizes ≥ 1024, same stack)" },
       yaxis: { title: { text: "% of peak" }, rangemode: "tozero" },
     });
   } else {
-    emptyChart("efficiency-chart", "Efficiency needs a gemm result of the same dtype on the device (run the standard suite).");
+    emptyChart("efficiency-chart", "Efficiency needs a gemm calibration at sizes ≥ 1024 of the same dtype and stack on the device (run the standard suite).");
   }
+  const notes = rows.filter((r) => r.efficiency_flag).map((r) => el("li", { class: "efficiency-flag" }, `${r.device_name || r.device_id}: ${r.efficiency_flag}`));
+  $("efficiency-flags").replaceChildren(...notes);
 
   const table = $("compare-table");
   table.replaceChildren(el("thead", {}, el("tr", {},
-    ...["device", "vendor", "median samples/s", "95% CI", "ratio", "efficiency", "runs", "trials", "flag"]
+    ...["device", "vendor", "median samples/s", "95% CI", "ratio", "efficiency", "samples/J", "runs", "trials", "flag"]
       .map((h) => el("th", {}, h)))));
   const body = el("tbody");
   for (const r of rows) {
@@ -275,8 +282,10 @@ function renderCompare(doc, flags) {
       el("td", { class: "num" }, fmt(r.samples_per_s.median, 4)),
       el("td", { class: "num" }, `${fmt(r.samples_per_s.ci95[0])} – ${fmt(r.samples_per_s.ci95[1])}`),
       el("td", { class: "num" }, r.ratio === null ? "–" : `×${r.ratio.toFixed(2)}`),
-      el("td", { class: "num", title: r.efficiency > 1 ? "above the measured GEMM peak: that peak was under-measured (rerun the gemm job)" : "" },
-        r.efficiency === null ? "–" : `${(100 * r.efficiency).toFixed(1)}%${r.efficiency > 1 ? " ⚠" : ""}`),
+      el("td", { class: "num", title: r.efficiency_flag || r.calibration_note || "" },
+        r.efficiency === null ? "–" : r.efficiency_flag ? "recalibrate ⚠" : `${(100 * r.efficiency).toFixed(1)}%`),
+      el("td", { class: "num samples-per-joule", title: r.samples_per_j === null ? `energy not measured: ${r.energy_note || "no sensor"}` : `${fmt(r.mean_power_w, 3)} W` },
+        r.samples_per_j === null || r.samples_per_j === undefined ? "–" : fmt(r.samples_per_j, 4)),
       el("td", { class: "num" }, r.runs),
       el("td", { class: "num" }, r.trials),
       el("td", {}, flagBadge(flags[r.device_id]) || "")));
@@ -505,6 +514,18 @@ function jobBody(form) {
   return body;
 }
 
+// The job kinds are the engine's: the API's schema lists them (the job submission's `kind`), so a new kind
+// appears here without an edit.
+async function loadJobKinds() {
+  const schema = await api("/openapi.json");
+  const submission = Object.values(schema.components.schemas).find((s) => s.properties && s.properties.kind && s.properties.kind.enum);
+  const kinds = submission ? submission.properties.kind.enum : ["train"];
+  for (const select of document.querySelectorAll("select[data-job-kinds]")) {
+    const chosen = select.value;
+    select.replaceChildren(...kinds.map((kind) => el("option", kind === chosen ? { selected: "selected" } : {}, kind)));
+  }
+}
+
 function setupSubmit() {
   const allowed = state.session && state.session.can_submit;
   $("submit-disabled").hidden = allowed;
@@ -640,6 +661,7 @@ async function main() {
   if (!session.can_read) return;
   $("overview").hidden = false;
   setupSubmit();
+  await loadJobKinds().catch(showError);
   await loadDevices();
   $("compare-filters").addEventListener("change", (event) => {
     if (event.target.name !== "spec_hash" && event.target.name !== "baseline") {

@@ -11,20 +11,16 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
-from services.cli.app import app
-from services.cli.client import console, err_console
+from cli.app import app
+from cli.render import console, err_console, token_documents, tokens_table
 from services.core.config import get_settings, redact_url
 
 if TYPE_CHECKING:  # the database layer is imported when a token command runs, not at every CLI start
     from sqlalchemy.orm import Session
-
-    from services.auth.models import ApiToken
 
 
 token_app = typer.Typer(
@@ -71,10 +67,6 @@ def parse_scopes(text: str) -> list[str]:
     return scopes
 
 
-def _when(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
-
-
 @token_app.command("create")
 def create_command(
     name: Annotated[str, typer.Option(help="who or what the token is for (shown in lists)")],
@@ -83,17 +75,14 @@ def create_command(
     ] = "read",
 ) -> None:
     """Make a token and print it once (stdout); only its hash is kept."""
-    from sqlalchemy import select
-
-    from services.auth.models import ApiToken
-    from services.auth.service import create_token
+    from services.auth.service import active_token_named, create_token
 
     scopes = parse_scopes(scope)
     name = name.strip()
     if not name or len(name) > 100:
         raise _fail(f"--name {name!r}: accepted: 1 to 100 characters", 2)
     with _database() as session:
-        taken = session.scalar(select(ApiToken).where(ApiToken.name == name, ApiToken.revoked.is_(False)))
+        taken = active_token_named(session, name)
         if taken is not None:
             raise _fail(
                 f"a token named {name!r} exists (prefix {taken.prefix}); revoke it or pick another name"
@@ -118,52 +107,9 @@ def list_command(
     with _database() as session:
         rows = list_tokens(session)
     if as_json:
-        doc = [
-            {
-                "id": row.id,
-                "name": row.name,
-                "scopes": row.scopes,
-                "prefix": row.prefix,
-                "created_at": row.created_at.isoformat(),
-                "last_used_at": row.last_used_at.isoformat() if row.last_used_at else None,
-                "revoked": row.revoked,
-                "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None,
-            }
-            for row in rows
-        ]
-        typer.echo(json.dumps(doc, indent=2))
+        typer.echo(json.dumps(token_documents(rows), indent=2))
         return
-    table = Table(title=f"API tokens ({len(rows)})")
-    for column in ("name", "scopes", "prefix", "created (UTC)", "last used (UTC)", "revoked"):
-        table.add_column(column)
-    for row in rows:
-        revoked = f"yes, {_when(row.revoked_at)}" if row.revoked else "no"
-        table.add_row(
-            row.name,
-            ",".join(row.scopes),
-            row.prefix,
-            _when(row.created_at),
-            _when(row.last_used_at),
-            revoked,
-        )
-    console.print(table)
-
-
-def find_tokens(session: Session, name_or_prefix: str) -> list[ApiToken]:
-    """Unrevoked tokens whose name is `name_or_prefix`, whose prefix starts with it, or which it is."""
-    from services.auth.service import hash_token, list_tokens
-
-    wanted = name_or_prefix.strip()
-    digest = hash_token(wanted)
-
-    def matches(row: ApiToken) -> bool:
-        if row.name == wanted:
-            return True
-        if len(wanted) <= len(row.prefix):
-            return len(wanted) >= MIN_PREFIX and row.prefix.startswith(wanted)
-        return row.token_hash == digest  # the whole token was given
-
-    return [row for row in list_tokens(session) if not row.revoked and matches(row)]
+    console.print(tokens_table(rows))
 
 
 @token_app.command("revoke")
@@ -173,10 +119,10 @@ def revoke_command(
     ],
 ) -> None:
     """Revoke one token by name or prefix: it stops working at once (the row is kept, marked)."""
-    from services.auth.service import revoke_token
+    from services.auth.service import find_active_tokens, revoke_token
 
     with _database() as session:
-        matches = find_tokens(session, name_or_prefix)
+        matches = find_active_tokens(session, name_or_prefix, min_prefix=MIN_PREFIX)
         if not matches:
             raise _fail(
                 f"no unrevoked token has the name or prefix {name_or_prefix!r} (see `bpbench token list`)"

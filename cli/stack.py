@@ -24,33 +24,28 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import IO, Annotated, Any
+from typing import IO, Any
 
 import typer
 from rich.console import Console
 
-from services.cli.app import app
-from services.cli.client import (
-    ApiClient,
-    ClientError,
+from cli.api_client import ApiClient, ClientError
+from cli.render import (
     checks_table,
     comparison_table,
+    console,
     err_console,
     one_line_errors,
     timeline_tables,
     wait_for_jobs,
 )
-from services.cli.client import (
-    console as client_console,
-)
 from services.core.config import DATABASE_FILE, Settings, get_settings
 
-console = client_console
-
-# The command line of a child `bpbench ...`: the same interpreter, so the same virtual environment.
-BPBENCH = [sys.executable, "-c", "from services.cli import main; main()"]
+# The command line of a child `bpbench ...`: the same interpreter, so the same virtual environment. `-P`:
+# the working directory is not put on the path, so a folder named `cli` there cannot stand in for ours.
+BPBENCH = [sys.executable, "-P", "-m", "cli"]
 _PR_SET_PDEATHSIG = 1
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 class StackError(RuntimeError):
@@ -237,10 +232,6 @@ class _Stop(Exception):
     """Raised by the SIGTERM/SIGINT handler to unwind `up` through its cleanup."""
 
 
-def _exit_cleanly(_signum: int, _frame: FrameType | None) -> None:
-    raise SystemExit(0)
-
-
 def _raise_stop(signum: int, _frame: FrameType | None) -> None:
     raise _Stop(signal.Signals(signum).name)
 
@@ -332,106 +323,10 @@ def _recover(settings: Settings) -> None:
         console.print(f"Recovered the previous run: {requeued} job(s) requeued, {published} published")
 
 
-# More API processes than this gain nothing on one host: the database and the broker are shared.
-MAX_DEFAULT_API_WORKERS = 8
-HTTP_IMPLEMENTATIONS = ("auto", "httptools", "h11")
-EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+def run_stack(data_dir: Path | None, host: str, port: int, suite: str | None, exit_when_done: bool) -> None:
+    """`bpbench up`: start the children, recover the previous run, run `suite`, serve until stopped.
 
-
-def default_api_workers() -> int:
-    """API processes by default: one per CPU this process may run on, at most `MAX_DEFAULT_API_WORKERS`."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(cpus, MAX_DEFAULT_API_WORKERS))
-
-
-@app.command("api")
-def api_command(
-    host: Annotated[str, typer.Option(help="address to bind; 127.0.0.1 unless told otherwise")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
-    log_format: Annotated[
-        str, typer.Option(help="text for people, json for machines (one object per line)")
-    ] = "text",
-    workers: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            max=64,
-            help=f"API processes sharing the port (uvicorn --workers); default: BPBENCH_API_WORKERS, else "
-            f"one per CPU, at most {MAX_DEFAULT_API_WORKERS}",
-        ),
-    ] = None,
-    http: Annotated[
-        str, typer.Option(help="uvicorn's HTTP parser: auto (httptools when installed), httptools, h11")
-    ] = "auto",
-    loop: Annotated[
-        str, typer.Option(help="uvicorn's event loop: auto (uvloop when installed), uvloop, asyncio")
-    ] = "auto",
-) -> None:
-    """Serve the API (migrates the database first); BPBENCH_API_TOKEN becomes its first admin token."""
-    import uvicorn
-
-    from services.api.main import LOG_FORMAT_VARIABLE, bootstrap_token, create_app, tune_gc_for_serving
-    from services.core.logging import LOG_FORMATS, configure_logging
-    from services.core.migrate import upgrade_to_head
-
-    for name, value, accepted in (
-        ("--log-format", log_format, LOG_FORMATS),
-        ("--http", http, HTTP_IMPLEMENTATIONS),
-        ("--loop", loop, EVENT_LOOPS),
-    ):
-        if value not in accepted:
-            err_console.print(f"[red]error:[/red] {name} {value!r}: accepted: {', '.join(accepted)}")
-            raise typer.Exit(2)
-    configure_logging("json" if log_format == "json" else "text")
-    settings = get_settings()
-    upgrade_to_head(settings.database_url)
-    processes = workers or settings.api_workers or default_api_workers()
-    # log_config=None: uvicorn's loggers propagate to the handler configured above (text or JSON).
-    options: dict[str, Any] = {
-        "host": host,
-        "port": port,
-        "log_level": "info",
-        "log_config": None,
-        "http": http,
-        "loop": loop,
-    }
-    if processes == 1:
-        # uvicorn shuts down gracefully on SIGTERM, then raises the signal again to the handler it found:
-        # with this one the process exits 0 (`docker compose stop` sees a clean exit, not 143).
-        signal.signal(signal.SIGTERM, _exit_cleanly)
-        application = create_app(settings)
-        tune_gc_for_serving()
-        uvicorn.run(application, **options)
-        return
-    # Once here, before the processes start, so they do not race to store it.
-    bootstrap_token(settings)
-    # Each process is a fresh interpreter (spawned) that builds its app from the environment; the parent
-    # supervises them, restarts one that dies, and on SIGTERM stops them all and exits 0.
-    os.environ[LOG_FORMAT_VARIABLE] = log_format
-    uvicorn.run("services.api.main:served_app", factory=True, workers=processes, **options)
-
-
-@app.command("up")
-def up_command(
-    data_dir: Annotated[
-        Path | None, typer.Option(help="where the SQLite file, broker and token live")
-    ] = None,
-    host: Annotated[str, typer.Option(help="address the API binds")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
-    suite: Annotated[
-        str | None, typer.Option(help="standard or none; default: standard on a fresh data dir, else none")
-    ] = None,
-    exit_when_done: Annotated[
-        bool, typer.Option("--exit-when-done", help="stop everything once no job is queued or running")
-    ] = False,
-) -> None:
-    """Start the stack here (SQLite, embedded broker, API, a worker per device); run the standard suite."""
-    if suite not in (None, "standard", "none"):
-        err_console.print(f"[red]error:[/red] --suite {suite!r}: accepted: standard, none", highlight=False)
-        raise typer.Exit(2)
+    Raises `typer.Exit(1)` when the stack cannot start or loses a process (the reason on stderr)."""
     if data_dir is not None:
         os.environ["BPBENCH_DATA_DIR"] = str(data_dir)
     get_settings.cache_clear()
@@ -462,7 +357,7 @@ def up_command(
             supervisor.start(
                 f"worker-{device.replace(':', '')}", [*BPBENCH, "worker", "--device", device], env
             )
-        # issue 4 (reliability): the reconciler requeues jobs of dead workers and republishes lost ones.
+        # The reconciler requeues jobs of dead workers and republishes the ones the broker lost.
         supervisor.start("reconciler", [*BPBENCH, "reconciler"], env)
         client = ApiClient(api_url, token, timeout=30)
         _wait_until(lambda: _ready(client), 60, f"the API at {api_url}", supervisor)
@@ -470,7 +365,7 @@ def up_command(
         console.print(f"bpbench is up at {api_url} (docs at {api_url}/docs), data in {settings.data_dir}")
         if created:
             console.print(f"API token (saved to {settings.api_token_file}): {token}")
-        # issue 5: the dashboard's sign-in link, as Jupyter prints it (the token becomes a cookie).
+        # The dashboard's sign-in link, as Jupyter prints it (the token becomes a cookie).
         console.print(f"Dashboard: {api_url}/?token={token}", soft_wrap=True, highlight=False)
         with one_line_errors():
             fresh = client.get("/api/v1/jobs", limit=1)["total"] == 0

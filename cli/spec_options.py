@@ -28,6 +28,7 @@ import typer
 from pydantic import BaseModel, ValidationError
 from typer.core import TyperCommand
 
+from engine.spec import ACTIVATIONS, DATASETS, DTYPES, INITS, KINDS, MODEL_NAMES, OPTIMIZERS
 from services.jobs.spec import JobSpec
 
 try:  # recent typer vendors click as typer._click; its exceptions are not click's
@@ -60,19 +61,19 @@ class SpecOption:
 
 
 SPEC_OPTIONS: tuple[SpecOption, ...] = (
-    SpecOption("kind", "--kind", "kind", str, "train | gradcheck | backprop_vs_numerical | gemm"),
-    SpecOption("model", "--model", "model.name", str, "two_layer_net | mlp | simple_convnet"),
+    SpecOption("kind", "--kind", "kind", str, " | ".join(KINDS)),
+    SpecOption("model", "--model", "model.name", str, " | ".join(MODEL_NAMES)),
     SpecOption(
         "layers", "--layers", "model.layers", str, "widths incl. input and output, e.g. 784,50,10", True
     ),
-    SpecOption("activation", "--activation", "model.activation", str, "relu | sigmoid | tanh"),
-    SpecOption("init", "--init", "model.init", str, "std | xavier | he (weight initialisation)"),
+    SpecOption("activation", "--activation", "model.activation", str, " | ".join(ACTIVATIONS)),
+    SpecOption("init", "--init", "model.init", str, " | ".join(INITS) + " (weight initialisation)"),
     SpecOption("weight_init_std", "--weight-init-std", "model.weight_init_std", float, "std of init 'std'"),
     SpecOption(
         "batchnorm", "--batchnorm/--no-batchnorm", "model.batchnorm", bool, "batch normalisation (mlp)"
     ),
     SpecOption("dropout", "--dropout", "model.dropout", float, "dropout ratio in [0, 1) (mlp)"),
-    SpecOption("dataset", "--dataset", "dataset", str, "mnist5k | mnist | digits | synthetic | spiral"),
+    SpecOption("dataset", "--dataset", "dataset", str, " | ".join(DATASETS)),
     SpecOption("dataset_path", "--dataset-path", "dataset_path", str, "directory of the MNIST IDX files"),
     SpecOption(
         "synthetic_samples", "--synthetic-samples", "synthetic_samples", int, "samples of synthetic/spiral"
@@ -84,12 +85,12 @@ SPEC_OPTIONS: tuple[SpecOption, ...] = (
         "--optimizer",
         "optimizer.name",
         str,
-        "sgd | momentum | nesterov | adagrad | rmsprop | adam",
+        " | ".join(OPTIMIZERS),
     ),
     SpecOption("lr", "--lr", "optimizer.lr", float, "learning rate"),
     SpecOption("momentum", "--momentum", "optimizer.momentum", float, "momentum (momentum, nesterov)"),
     SpecOption("weight_decay", "--weight-decay", "optimizer.weight_decay", float, "L2 weight decay"),
-    SpecOption("dtype", "--dtype", "dtype", str, "float32 | float64"),
+    SpecOption("dtype", "--dtype", "dtype", str, " | ".join(DTYPES)),
     SpecOption("device", "--device", "device", str, "cpu | gpu | gpu:N"),
     SpecOption("seed", "--seed", "seed", int, "random seed (weights, minibatches)"),
     SpecOption(

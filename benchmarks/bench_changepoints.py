@@ -1,0 +1,127 @@
+"""False-alarm and detection rates of the change-point detector on histories made of real measured runs.
+
+Run:
+
+    .venv/bin/python benchmarks/bench_changepoints.py --runs 40 --series 1000
+
+1. Measure: `--runs` real training jobs of one spec (the textbook net, 784-50-10, batch 100, one BLAS
+   thread) through `engine.jobs.run_job`, the code a worker runs; each gives its reported median samples/s,
+   which is what one point of a device's history is.
+2. Resample: `--series` histories of `--length` points, each point a run drawn at random (with
+   replacement) from those measured runs. Without a change, every history is flagged or not; with a
+   planted step, the points from a random index on (at least 3 from either end) are multiplied by
+   `1 + --step` and the step counts as found when a change point of the right sign lies within one
+   point of it.
+3. Print the rates, the runs' own spread (CV of the run medians), the load average before and after, and
+   a JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.jobs import run_job
+from services.jobs.spec import JobSpec
+from services.results.changepoints import ALPHA, MIN_SEGMENT, detect_change_points
+
+
+def measured_runs(runs: int, steps: int) -> list[float]:
+    """The median samples/s of `runs` real jobs of the textbook spec, run one after another."""
+    spec = JobSpec.model_validate(
+        {
+            "kind": "train",
+            "model": {"name": "two_layer_net", "layers": [784, 50, 10]},
+            "dataset": "mnist5k",
+            "steps": steps,
+            "batch_size": 100,
+        }
+    ).engine_dict()
+    medians = []
+    with threadpool_limits(limits=1, user_api="blas"):
+        for index in range(runs):
+            result = run_job(spec)
+            medians.append(float(result["metrics"]["samples_per_s"]["median"]))
+            print(f"run {index + 1}/{runs}: {medians[-1]:,.0f} samples/s", file=sys.stderr)
+    return medians
+
+
+def rates(pool: list[float], series: int, length: int, step: float, seed: int) -> dict[str, Any]:
+    """The share of no-change histories flagged, and of planted steps found, over `series` each."""
+    rng = np.random.default_rng(seed)
+    values = np.asarray(pool)
+    false_alarms = found = 0
+    for index in range(series):
+        history = rng.choice(values, size=length, replace=True)
+        if detect_change_points(history, seed=index):
+            false_alarms += 1
+        at = int(rng.integers(MIN_SEGMENT, length - MIN_SEGMENT + 1))
+        stepped = rng.choice(values, size=length, replace=True)
+        stepped[at:] *= 1 + step
+        points = detect_change_points(stepped, seed=series + index)
+        if any(abs(p.index - at) <= 1 and np.sign(p.change) == np.sign(step) for p in points):
+            found += 1
+    return {
+        "false_alarm_rate": false_alarms / series,
+        "detection_rate": found / series,
+        "series": series,
+        "length": length,
+        "step": step,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--runs", type=int, default=40, help="real jobs measured (default 40)")
+    parser.add_argument("--steps", type=int, default=1500, help="training steps per job (default 1500)")
+    parser.add_argument("--series", type=int, default=1000, help="histories per case (default 1000)")
+    parser.add_argument("--length", type=int, default=20, help="results per history (default 20)")
+    parser.add_argument("--step", type=float, default=-0.05, help="planted relative step (default -0.05)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    load_before = os.getloadavg()
+    started = time.monotonic()
+    pool = measured_runs(args.runs, args.steps)
+    measured_s = time.monotonic() - started
+    load_after = os.getloadavg()
+    figures = rates(pool, args.series, args.length, args.step, args.seed)
+    cv = statistics.stdev(pool) / statistics.mean(pool)
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
+    print(
+        f"measured {args.runs} runs in {measured_s:.0f} s: median {statistics.median(pool):,.0f} samples/s, "
+        f"CV of run medians {cv:.2%}; load average before {load_before[0]:.2f}, after {load_after[0]:.2f}"
+    )
+    print(
+        f"{args.series} histories of {args.length} results, alpha {ALPHA}: "
+        f"false alarms {figures['false_alarm_rate']:.1%} (no change), "
+        f"planted {args.step:+.0%} step found {figures['detection_rate']:.1%}"
+    )
+    print(
+        json.dumps(
+            {
+                **figures,
+                "runs": args.runs,
+                "run_medians": pool,
+                "run_cv": cv,
+                "load_before": load_before[0],
+                "load_after": load_after[0],
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""The API client commands: `bpbench submit`, `jobs`, `show`, `cancel`, `compare`, `timeline`, `devices`.
+
+They speak HTTP to a running API (`cli/api_client.py`: `BPBENCH_API_URL`, default http://127.0.0.1:8000,
+with the token from `BPBENCH_API_TOKEN` or `DATA_DIR/api-token`) and print with `cli/render.py`: rich
+tables by default, JSON with `--json`. A refused connection or an HTTP error is one line on stderr and exit
+status 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from cli.api_client import ApiClient
+from cli.app import app
+from cli.render import (
+    comparison_notes,
+    comparison_table,
+    console,
+    devices_table,
+    err_console,
+    jobs_table,
+    one_line_errors,
+    print_json,
+    print_regression_flags,
+    show_job,
+    timeline_tables,
+    wait_for_jobs,
+)
+from cli.spec_options import OneLineErrorCommand, SpecFileArg, spec_or_exit, with_spec_options
+from engine.spec import KINDS
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+
+
+@app.command("submit", cls=OneLineErrorCommand)
+@with_spec_options
+def submit_command(
+    spec_file: SpecFileArg = None,
+    *,
+    target: Annotated[
+        str | None, typer.Option(help="exact device id to run on (see `bpbench devices`)")
+    ] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="show a progress bar until the job ends")] = False,
+    as_json: JsonOpt = False,
+    overrides: dict[str, Any],
+) -> None:
+    """Submit a benchmark job to the API: the same spec and options as `bpbench run`."""
+    spec = spec_or_exit(spec_file, overrides)
+    body = spec.model_dump(mode="json", exclude_unset=False)
+    if target:
+        body["target"] = target
+    with one_line_errors():
+        client = ApiClient.from_settings()
+        job = client.post("/api/v1/jobs", body)
+        if wait:
+            (job,) = wait_for_jobs(client, [job], out=err_console if as_json else console)
+    if as_json:
+        print_json(job)
+    elif wait:
+        show_job(job)
+    else:
+        console.print(
+            f"submitted job {job['id']} ({job['status']}); follow it with `bpbench show {job['id']}`"
+        )
+    if wait and job.get("status") != "succeeded":
+        raise typer.Exit(1)
+
+
+@app.command("jobs")
+def jobs_command(
+    status: Annotated[str | None, typer.Option(help="queued, running, succeeded, failed, cancelled")] = None,
+    kind: Annotated[str | None, typer.Option(help=", ".join(KINDS))] = None,
+    device: Annotated[str | None, typer.Option(help="requested device class or exact device id")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 20,
+    offset: Annotated[int, typer.Option(min=0)] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """List jobs, newest first."""
+    with one_line_errors():
+        page = ApiClient.from_settings().get(
+            "/api/v1/jobs", status=status, kind=kind, device=device, limit=limit, offset=offset
+        )
+    if as_json:
+        print_json(page)
+        return
+    # `total_exact` false: more than `total` match (the API counts exactly up to 10,000).
+    total = f"{page['total']}{'' if page.get('total_exact', True) else '+'}"
+    console.print(
+        jobs_table(page["items"], title=f"Jobs {offset + 1}-{offset + len(page['items'])} of {total}")
+    )
+
+
+@app.command("show")
+def show_command(job_id: Annotated[str, typer.Argument(help="job id")], as_json: JsonOpt = False) -> None:
+    """Show one job: status, progress, result summary, error."""
+    with one_line_errors():
+        job = ApiClient.from_settings().get(f"/api/v1/jobs/{job_id}")
+    if as_json:
+        print_json(job)
+    else:
+        show_job(job)
+
+
+@app.command("cancel")
+def cancel_command(job_id: Annotated[str, typer.Argument(help="job id")], as_json: JsonOpt = False) -> None:
+    """Cancel a job (a queued job at once; a running one between two steps)."""
+    with one_line_errors():
+        job = ApiClient.from_settings().post(f"/api/v1/jobs/{job_id}/cancel")
+    if as_json:
+        print_json(job)
+    else:
+        console.print(f"job {job['id']}: {job['status']}")
+
+
+@app.command("compare")
+def compare_command(
+    kind: Annotated[str | None, typer.Option()] = None,
+    model: Annotated[str | None, typer.Option()] = None,
+    dataset: Annotated[str | None, typer.Option()] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    dtype: Annotated[str | None, typer.Option()] = None,
+    spec_hash: Annotated[str | None, typer.Option(help="compare exactly this spec")] = None,
+    baseline: Annotated[str | None, typer.Option(help="device id or name; default the slowest")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compare devices on one spec: median throughput with CI, ratio, efficiency, vendor timeline."""
+    with one_line_errors():
+        doc = ApiClient.from_settings().get(
+            "/api/v1/compare",
+            kind=kind,
+            model=model,
+            dataset=dataset,
+            batch_size=batch_size,
+            dtype=dtype,
+            spec_hash=spec_hash,
+            baseline=baseline,
+        )
+        # Each device's newest result on this spec, flagged when outside its history's noise.
+        flags = ApiClient.from_settings().get("/api/v1/regressions", spec_hash=doc["spec_hash"])["items"]
+    if as_json:
+        print_json({**doc, "regressions": flags})
+        return
+    console.print(comparison_table(doc))
+    if doc.get("note"):
+        console.print(f"[dim]{doc['note']}[/dim]")
+    for note in comparison_notes(doc):
+        console.print(f"[yellow]{escape(note)}[/yellow]")
+    print_regression_flags(flags)
+
+
+@app.command("timeline")
+def timeline_command(as_json: JsonOpt = False) -> None:
+    """The seed's timeline: when each vendor entered deep learning, and the milestones 1986-2012."""
+    with one_line_errors():
+        doc = ApiClient.from_settings().get("/api/v1/timeline")
+    if as_json:
+        print_json(doc)
+        return
+    for table in timeline_tables(doc):
+        console.print(table)
+
+
+@app.command("devices")
+def devices_command(as_json: JsonOpt = False) -> None:
+    """Registered devices: fingerprint summary, live or not, queue."""
+    with one_line_errors():
+        doc = ApiClient.from_settings().get("/api/v1/devices")
+    if as_json:
+        print_json(doc)
+        return
+    console.print(devices_table(doc["items"]))

@@ -1,0 +1,292 @@
+"""Device telemetry around timed windows: energy, power, clocks, throttling and host load.
+
+A `TelemetrySource` is opened once per job and asked for a `WindowReading` around each timed window:
+`begin()` before the first step of the window (after the device was synchronised), `end()` after its last.
+Energy comes from counters that the hardware integrates itself, so it is exact for the window however
+short it is and costs two reads; clocks, temperature and throttle reasons are point samples taken at both
+ends. Nothing runs on a thread during the window, so the timing is not disturbed.
+
+Sources, each used where the host has it (else its fields are `None` and `reason` says why):
+
+- CPU energy: RAPL through the powercap sysfs tree (`/sys/class/powercap/intel-rapl:N/energy_uj`, the
+  package domains; AMD's RAPL appears there too). The counters wrap at `max_energy_range_uj`; a window
+  that saw a wrap is corrected by one range. Since 2020 `energy_uj` is readable by root only on most
+  distributions: that is reported as the reason.
+- CPU clock: the current frequency per CPU (`cpufreq/scaling_cur_freq`, else `/proc/cpuinfo`) against the
+  nominal one (`cpufreq/base_frequency`, else `cpuinfo_max_freq`); a window whose mean clock is under
+  `SLOW_CLOCK_SHARE` (75%, nvbench's rule) of nominal is marked.
+- Host load: the 1-minute load average before and after; a window where it exceeds the CPU count (more
+  runnable tasks than cores, so the job's threads shared them with something else) is marked.
+- NVIDIA GPUs: NVML (`nvidia-ml-py`): total energy counter (mJ), power draw, SM and memory clocks,
+  temperature, utilisation and the clock-event (throttle) reasons; thermal and power-cap throttling mark the
+  window. Optional: absent NVML is a reason, not an error.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+POWERCAP_ROOT = Path("/sys/class/powercap")
+CPU_ROOT = Path("/sys/devices/system/cpu")
+PROC_CPUINFO = Path("/proc/cpuinfo")
+SLOW_CLOCK_SHARE = 0.75
+
+
+@dataclass(frozen=True)
+class WindowReading:
+    """What the telemetry saw over one timed window; `marks` is empty for a clean window."""
+
+    seconds: float
+    energy_j: float | None
+    mean_power_w: float | None
+    energy_source: str | None
+    energy_reason: str | None
+    clock_mhz: float | None
+    nominal_clock_mhz: float | None
+    load_before: float
+    load_after: float
+    gpu: dict[str, Any] = field(default_factory=dict)
+    marks: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "seconds": self.seconds,
+            "energy_j": self.energy_j,
+            "mean_power_w": self.mean_power_w,
+            "energy_source": self.energy_source,
+            "energy_reason": self.energy_reason,
+            "clock_mhz": self.clock_mhz,
+            "nominal_clock_mhz": self.nominal_clock_mhz,
+            "load_before": self.load_before,
+            "load_after": self.load_after,
+            "gpu": dict(self.gpu),
+            "marks": list(self.marks),
+        }
+
+
+# --- RAPL -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RaplDomain:
+    """One package-level RAPL domain: its energy counter and the value at which the counter wraps."""
+
+    name: str
+    energy_file: Path
+    max_range_uj: int
+
+    def read_uj(self) -> int:
+        return int(self.energy_file.read_text().strip())
+
+
+def rapl_domains(root: Path | str = POWERCAP_ROOT) -> tuple[list[RaplDomain], str | None]:
+    """The readable package domains (`intel-rapl:N`, not their sub-zones, which the package includes),
+    or an empty list and the reason there are none."""
+    root = Path(root)
+    if not root.is_dir():
+        return [], f"no RAPL on this host ({root} is absent)"
+    zones = sorted(p for p in root.glob("intel-rapl:*") if p.name.count(":") == 1)
+    if not zones:
+        return [], f"no RAPL package domain under {root}"
+    domains = []
+    for zone in zones:
+        energy = zone / "energy_uj"
+        try:
+            name = (zone / "name").read_text().strip() if (zone / "name").is_file() else zone.name
+            max_range = int((zone / "max_energy_range_uj").read_text().strip())
+            int(energy.read_text().strip())
+        except PermissionError:
+            return [], f"RAPL counters are readable by root only on this host ({energy})"
+        except (OSError, ValueError) as exc:
+            return [], f"RAPL counter {energy} could not be read ({type(exc).__name__})"
+        domains.append(RaplDomain(f"{zone.name}:{name}", energy, max_range))
+    return domains, None
+
+
+def energy_delta_uj(before: int, after: int, max_range_uj: int) -> int:
+    """Energy between two reads of a counter that wraps to 0 after `max_range_uj` (at most one wrap)."""
+    return after - before if after >= before else after + max_range_uj - before
+
+
+# --- CPU clock and load ------------------------------------------------------------------------------------
+
+
+def _read_khz(file: Path) -> float | None:
+    try:
+        return int(file.read_text().strip()) / 1000.0
+    except (OSError, ValueError):
+        return None
+
+
+def cpu_clock_mhz(cpu_root: Path = CPU_ROOT, cpuinfo: Path = PROC_CPUINFO) -> float | None:
+    """The mean current clock over the CPUs (cpufreq when the host exposes it, else /proc/cpuinfo)."""
+    values = [
+        v
+        for v in (_read_khz(d / "cpufreq" / "scaling_cur_freq") for d in cpu_root.glob("cpu[0-9]*"))
+        if v is not None
+    ]
+    if not values:
+        try:
+            values = [
+                float(line.split(":", 1)[1])
+                for line in cpuinfo.read_text().splitlines()
+                if line.startswith("cpu MHz")
+            ]
+        except (OSError, ValueError):
+            values = []
+    return sum(values) / len(values) if values else None
+
+
+def nominal_clock_mhz(cpu_root: Path = CPU_ROOT) -> float | None:
+    """The CPU's nominal clock: `base_frequency` (intel_pstate, amd-pstate), else `cpuinfo_max_freq`."""
+    for name in ("base_frequency", "cpuinfo_max_freq"):
+        value = _read_khz(cpu_root / "cpu0" / "cpufreq" / name)
+        if value:
+            return value
+    return None
+
+
+# --- NVML ------------------------------------------------------------------------------------------------
+
+# NVML clock-event reasons that mean the device was held below its clocks by heat or a power cap (idle
+# and application-clock settings are not throttling). Bit values from nvml.h.
+NVML_THROTTLE_REASONS = {
+    0x4: "sw_power_cap",
+    0x8: "hw_slowdown",
+    0x20: "sw_thermal_slowdown",
+    0x40: "hw_thermal_slowdown",
+    0x80: "hw_power_brake_slowdown",
+}
+
+
+def throttle_reasons(mask: int) -> list[str]:
+    """The names of the throttling bits set in an NVML clock-event reasons mask."""
+    return [name for bit, name in NVML_THROTTLE_REASONS.items() if mask & bit]
+
+
+class NvmlDevice:
+    """One NVIDIA GPU through NVML; `open(index)` returns None and a reason when NVML is not there."""
+
+    def __init__(self, nvml: Any, handle: Any) -> None:
+        self._nvml = nvml
+        self._handle = handle
+
+    @classmethod
+    def open(cls, index: int) -> tuple[NvmlDevice | None, str | None]:
+        try:
+            import pynvml
+        except ImportError:
+            return None, "NVML is not installed (pip install nvidia-ml-py)"
+        try:
+            pynvml.nvmlInit()
+            return cls(pynvml, pynvml.nvmlDeviceGetHandleByIndex(index)), None
+        except Exception as exc:  # NVMLError and its many subclasses
+            return None, f"NVML could not open GPU {index}: {exc}"
+
+    def energy_mj(self) -> int:
+        return int(self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle))
+
+    def sample(self) -> dict[str, Any]:
+        nvml, handle = self._nvml, self._handle
+        mask = int(nvml.nvmlDeviceGetCurrentClocksEventReasons(handle))
+        return {
+            "power_w": nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0,
+            "sm_clock_mhz": nvml.nvmlDeviceGetClockInfo(handle, nvml.NVML_CLOCK_SM),
+            "memory_clock_mhz": nvml.nvmlDeviceGetClockInfo(handle, nvml.NVML_CLOCK_MEM),
+            "temperature_c": nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU),
+            "utilization_pct": nvml.nvmlDeviceGetUtilizationRates(handle).gpu,
+            "throttle_reasons": throttle_reasons(mask),
+        }
+
+
+# --- one source per job ----------------------------------------------------------------------------------
+
+
+class TelemetrySource:
+    """Energy and conditions around timed windows of one job on one device (`gpu_index` None: CPU)."""
+
+    def __init__(
+        self,
+        gpu_index: int | None = None,
+        *,
+        powercap_root: Path = POWERCAP_ROOT,
+        cpu_root: Path = CPU_ROOT,
+        cpuinfo: Path = PROC_CPUINFO,
+        clock: Callable[[], float] = time.perf_counter,
+        loadavg: Callable[[], tuple[float, float, float]] = os.getloadavg,
+        nvml_device: NvmlDevice | None = None,
+    ) -> None:
+        self._clock = clock
+        self._loadavg = loadavg
+        self._cpu_root = cpu_root
+        self._cpuinfo = cpuinfo
+        self._busy_limit = os.cpu_count() or 1  # more runnable tasks than cores: the job shared them
+        self.nominal_clock_mhz = nominal_clock_mhz(cpu_root)
+        self._gpu: NvmlDevice | None = None
+        if gpu_index is None:
+            self._rapl, self.energy_reason = rapl_domains(powercap_root)
+            self.energy_source: str | None = "rapl" if self._rapl else None
+        else:
+            self._rapl = []
+            self._gpu, self.energy_reason = (
+                (nvml_device, None) if nvml_device is not None else NvmlDevice.open(gpu_index)
+            )
+            self.energy_source = "nvml" if self._gpu is not None else None
+        self._start: tuple[float, float, list[int], int | None] | None = None
+
+    def begin(self) -> None:
+        """Read the counters at the start of a window."""
+        load = self._loadavg()[0]
+        energies = [d.read_uj() for d in self._rapl]
+        gpu_energy = self._gpu.energy_mj() if self._gpu is not None else None
+        self._start = (self._clock(), load, energies, gpu_energy)
+
+    def end(self) -> WindowReading:
+        """Read them again at the end of the window; the reading and its marks."""
+        if self._start is None:
+            raise RuntimeError("TelemetrySource.end() without begin()")
+        started, load_before, energies, gpu_energy = self._start
+        seconds = self._clock() - started
+        self._start = None
+        energy_j: float | None = None
+        if self._rapl:
+            energy_j = (
+                sum(
+                    energy_delta_uj(before, d.read_uj(), d.max_range_uj)
+                    for d, before in zip(self._rapl, energies, strict=True)
+                )
+                / 1e6
+            )
+        gpu: dict[str, Any] = {}
+        if self._gpu is not None and gpu_energy is not None:
+            energy_j = (self._gpu.energy_mj() - gpu_energy) / 1000.0
+            gpu = self._gpu.sample()
+        load_after = self._loadavg()[0]
+        clock = cpu_clock_mhz(self._cpu_root, self._cpuinfo) if self._gpu is None else None
+        marks = []
+        if gpu.get("throttle_reasons"):
+            marks.append("gpu throttled: " + ", ".join(gpu["throttle_reasons"]))
+        if clock is not None and self.nominal_clock_mhz and clock < SLOW_CLOCK_SHARE * self.nominal_clock_mhz:
+            marks.append(f"cpu clock {clock:.0f} MHz under 75% of nominal {self.nominal_clock_mhz:.0f} MHz")
+        if max(load_before, load_after) > self._busy_limit:
+            marks.append(
+                f"host loaded: load average {max(load_before, load_after):.1f} over {self._busy_limit}"
+            )
+        return WindowReading(
+            seconds=seconds,
+            energy_j=energy_j,
+            mean_power_w=energy_j / seconds if energy_j is not None and seconds > 0 else None,
+            energy_source=self.energy_source,
+            energy_reason=self.energy_reason,
+            clock_mhz=clock,
+            nominal_clock_mhz=self.nominal_clock_mhz,
+            load_before=load_before,
+            load_after=load_after,
+            gpu=gpu,
+            marks=tuple(marks),
+        )

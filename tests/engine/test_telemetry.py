@@ -1,0 +1,176 @@
+"""Telemetry around timed windows: RAPL on a sysfs tree the test writes (wrap-around included), CPU clocks,
+host load marks, and NVML's throttle reasons."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.telemetry import (
+    TelemetrySource,
+    cpu_clock_mhz,
+    energy_delta_uj,
+    nominal_clock_mhz,
+    rapl_domains,
+    throttle_reasons,
+)
+
+MAX_RANGE = 262_143_328_850  # a real package's max_energy_range_uj
+
+
+def _zone(root: Path, name: str, label: str, energy_uj: int) -> Path:
+    zone = root / name
+    zone.mkdir(parents=True)
+    (zone / "name").write_text(label + "\n")
+    (zone / "max_energy_range_uj").write_text(f"{MAX_RANGE}\n")
+    (zone / "energy_uj").write_text(f"{energy_uj}\n")
+    return zone
+
+
+def _cpus(root: Path, current_khz: list[int], base_khz: int | None) -> Path:
+    for index, khz in enumerate(current_khz):
+        freq = root / f"cpu{index}" / "cpufreq"
+        freq.mkdir(parents=True)
+        (freq / "scaling_cur_freq").write_text(f"{khz}\n")
+        if base_khz is not None:
+            (freq / "base_frequency").write_text(f"{base_khz}\n")
+    return root
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_rapl_reads_package_domains_only(tmp_path: Path) -> None:
+    root = tmp_path / "powercap"
+    _zone(root, "intel-rapl:0", "package-0", 5)
+    _zone(root, "intel-rapl:1", "package-1", 7)
+    _zone(root, "intel-rapl:0:0", "core", 3)  # a sub-zone: counted inside its package already
+    domains, reason = rapl_domains(root)
+    assert reason is None
+    assert [d.name for d in domains] == ["intel-rapl:0:package-0", "intel-rapl:1:package-1"]
+    assert [d.read_uj() for d in domains] == [5, 7] and domains[0].max_range_uj == MAX_RANGE
+
+
+def test_no_powercap_tree_gives_the_reason(tmp_path: Path) -> None:
+    domains, reason = rapl_domains(tmp_path / "absent")
+    assert domains == [] and reason == f"no RAPL on this host ({tmp_path / 'absent'} is absent)"
+
+
+def test_a_root_only_counter_gives_the_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Most distributions since 2020 make energy_uj mode 0400; root reads it anyway, so the refusal an
+    # ordinary user gets is raised here for that one file.
+    zone = _zone(tmp_path / "powercap", "intel-rapl:0", "package-0", 5)
+    real_read_text = Path.read_text
+
+    def refuse_energy(path: Path, *args: Any, **kwargs: Any) -> str:
+        if path.name == "energy_uj":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_read_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", refuse_energy)
+    domains, reason = rapl_domains(tmp_path / "powercap")
+    assert domains == []
+    assert reason == f"RAPL counters are readable by root only on this host ({zone / 'energy_uj'})"
+
+
+def test_energy_across_a_counter_wrap_is_one_range_more() -> None:
+    assert energy_delta_uj(1_000, 5_000, MAX_RANGE) == 4_000
+    assert energy_delta_uj(MAX_RANGE - 1_000, 2_000, MAX_RANGE) == 3_000
+
+
+def test_a_window_reports_energy_power_and_no_marks_on_a_quiet_host(tmp_path: Path) -> None:
+    root = tmp_path / "powercap"
+    zones = [
+        _zone(root, "intel-rapl:0", "package-0", MAX_RANGE - 2_000_000),
+        _zone(root, "intel-rapl:1", "package-1", 0),
+    ]
+    cpus = _cpus(tmp_path / "cpu", [2_900_000, 3_100_000], base_khz=3_000_000)
+    clock = Clock()
+    source = TelemetrySource(powercap_root=root, cpu_root=cpus, clock=clock, loadavg=lambda: (0.5, 0.4, 0.3))
+    source.begin()
+    clock.now += 2.0
+    (zones[0] / "energy_uj").write_text("58000000\n")  # wrapped: 2 J before the wrap, 58 J after
+    (zones[1] / "energy_uj").write_text("40000000\n")
+    reading = source.end()
+    assert reading.energy_j == pytest.approx(100.0)
+    assert reading.mean_power_w == pytest.approx(50.0)
+    assert (reading.energy_source, reading.energy_reason) == ("rapl", None)
+    assert reading.clock_mhz == pytest.approx(3000.0) and reading.nominal_clock_mhz == pytest.approx(3000.0)
+    assert reading.marks == ()
+
+
+def test_a_slow_clock_and_a_loaded_host_mark_the_window(tmp_path: Path) -> None:
+    cpus = _cpus(tmp_path / "cpu", [1_000_000, 1_200_000], base_khz=3_000_000)
+    loads = iter([(0.1, 0, 0), ((os.cpu_count() or 1) + 1.5, 0, 0)])
+    source = TelemetrySource(powercap_root=tmp_path / "none", cpu_root=cpus, loadavg=lambda: next(loads))
+    source.begin()
+    reading = source.end()
+    assert reading.energy_j is None and reading.energy_reason.startswith("no RAPL on this host")
+    assert reading.marks[0] == "cpu clock 1100 MHz under 75% of nominal 3000 MHz"
+    assert reading.marks[1].startswith("host loaded: load average ")
+
+
+def test_clock_falls_back_to_proc_cpuinfo_and_nominal_to_max_freq(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\ncpu MHz\t\t: 2400.5\nprocessor\t: 1\ncpu MHz\t\t: 2399.5\n")
+    assert cpu_clock_mhz(tmp_path / "no-sysfs", cpuinfo) == pytest.approx(2400.0)
+    freq = tmp_path / "cpu" / "cpu0" / "cpufreq"
+    freq.mkdir(parents=True)
+    (freq / "cpuinfo_max_freq").write_text("3500000\n")
+    assert nominal_clock_mhz(tmp_path / "cpu") == pytest.approx(3500.0)
+    assert nominal_clock_mhz(tmp_path / "nothing") is None
+
+
+def test_throttle_reasons_name_heat_and_power_not_idle() -> None:
+    assert throttle_reasons(0x1 | 0x4 | 0x40) == ["sw_power_cap", "hw_thermal_slowdown"]
+    assert throttle_reasons(0x1) == []  # GPU idle is not throttling
+
+
+class RecordedNvml:
+    """The readings an NVML device gave, played back (the GPU path itself runs under `pytest -m gpu`)."""
+
+    def __init__(self, energies_mj: list[int], sample: dict[str, Any]) -> None:
+        self._energies = iter(energies_mj)
+        self._sample = sample
+
+    def energy_mj(self) -> int:
+        return next(self._energies)
+
+    def sample(self) -> dict[str, Any]:
+        return self._sample
+
+
+def test_a_gpu_window_takes_nvml_energy_and_marks_throttling() -> None:
+    clock = Clock()
+    sample = {"power_w": 650.0, "sm_clock_mhz": 1500, "throttle_reasons": ["sw_power_cap"]}
+    source = TelemetrySource(
+        0,
+        clock=clock,
+        loadavg=lambda: (0.0, 0, 0),
+        nvml_device=RecordedNvml([10_000, 1_310_000], sample),  # type: ignore[arg-type]
+    )
+    source.begin()
+    clock.now += 2.0
+    reading = source.end()
+    assert reading.energy_source == "nvml" and reading.energy_j == pytest.approx(1300.0)
+    assert reading.mean_power_w == pytest.approx(650.0)
+    assert reading.marks == ("gpu throttled: sw_power_cap",)
+    assert reading.as_dict()["gpu"]["sm_clock_mhz"] == 1500
+
+
+def test_this_host_says_plainly_whether_it_has_rapl() -> None:
+    source = TelemetrySource()
+    source.begin()
+    reading = source.end()
+    if Path("/sys/class/powercap").is_dir() and reading.energy_source == "rapl":
+        assert reading.energy_j is not None and reading.energy_j >= 0
+    else:
+        assert reading.energy_j is None and reading.energy_reason
