@@ -12,7 +12,8 @@ when the step began, as the process set it (`threadpool_limits`, `OPENBLAS_NUM_T
 The thread count is changed through OpenBLAS's own `openblas_set_num_threads`, found once by
 threadpoolctl (its context manager rescans the loaded libraries on every entry: far too slow per
 product). Only OpenBLAS pools are sized; with another BLAS (MKL, BLIS, Accelerate) or on a GPU the
-products run as the library decides.
+products run as the library decides. The pool is one per process, like OpenBLAS's own: two threads of one
+process training at once would size each other's products (the engine runs one job per process).
 """
 
 from __future__ import annotations
