@@ -40,14 +40,17 @@ from threadpoolctl import threadpool_info, threadpool_limits
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.layers import Affine
-from engine.networks import Network, mlp, training_flops, two_layer_net
+from engine.networks import Network, mlp, simple_convnet, training_flops, two_layer_net
 from engine.optimizers import SGD
 
 CONFIGS: dict[str, tuple[list[int], int]] = {
     "textbook": ([784, 50, 10], 100),
     "large": ([784, 1024, 1024, 10], 1024),
     "wide": ([784, 1024, 10], 1024),
+    "convnet": ([784, 100, 10], 100),  # simple_convnet: 1x28x28, 30 5x5 filters, 2x2 max pool, 100 hidden
 }
+CONVNET = "convnet"
+MLP_ONLY = ("numpy", "gemm", "torch_gemm")  # contestants written for fully connected nets only
 LR = 0.01
 POOL = 8  # distinct batches cycled through, so no framework trains on one cached batch
 
@@ -69,15 +72,17 @@ Batches = list[np.ndarray]
 Runner = Callable[[int], None]
 
 
-def engine_network(widths: list[int]) -> Network:
-    """The textbook's two_layer_net for 784-50-10, otherwise an mlp with He initialisation."""
+def engine_network(widths: list[int], config: str = "") -> Network:
+    """two_layer_net for 784-50-10, simple_convnet for the convnet, otherwise an mlp with He init."""
+    if config == CONVNET:
+        return simple_convnet(hidden_size=widths[1], output_size=widths[-1], seed=0)
     if widths == [784, 50, 10]:
         return two_layer_net(seed=0)
     return mlp(widths, init="he", seed=0)
 
 
-def engine_runner(widths: list[int], batch: int, xs: Batches, ts: Batches) -> Runner:
-    net = engine_network(widths)
+def engine_runner(widths: list[int], batch: int, xs: Batches, ts: Batches, config: str = "") -> Runner:
+    net = engine_network(widths, config)
     opt = SGD(LR)
 
     def run(steps: int) -> None:
@@ -87,16 +92,27 @@ def engine_runner(widths: list[int], batch: int, xs: Batches, ts: Batches) -> Ru
     return run
 
 
-def torch_runner(widths: list[int], batch: int, xs: Batches, ts: Batches) -> Runner:
-    import torch
+def torch_modules(widths: list[int], config: str = "") -> Any:
+    """The same architecture in PyTorch: Linear/ReLU layers, or SimpleConvNet's conv-relu-pool-affine."""
     from torch import nn
 
     modules: list[nn.Module] = []
+    if config == CONVNET:
+        modules += [nn.Unflatten(1, (1, 28, 28)), nn.Conv2d(1, 30, 5), nn.ReLU(), nn.MaxPool2d(2, 2)]
+        modules += [nn.Flatten(), nn.Linear(30 * 12 * 12, widths[1]), nn.ReLU(), nn.Linear(*widths[1:])]
+        return nn.Sequential(*modules)
     for i, (a, b) in enumerate(itertools.pairwise(widths)):
         modules.append(nn.Linear(a, b))
         if i < len(widths) - 2:
             modules.append(nn.ReLU())
-    model = nn.Sequential(*modules)
+    return nn.Sequential(*modules)
+
+
+def torch_runner(widths: list[int], batch: int, xs: Batches, ts: Batches, config: str = "") -> Runner:
+    import torch
+    from torch import nn
+
+    model = torch_modules(widths, config)
     opt = torch.optim.SGD(model.parameters(), lr=LR)
     loss_fn = nn.CrossEntropyLoss()
     txs = [torch.from_numpy(x) for x in xs]
@@ -112,7 +128,7 @@ def torch_runner(widths: list[int], batch: int, xs: Batches, ts: Batches) -> Run
     return run
 
 
-def numpy_runner(widths: list[int], batch: int, xs: Batches, ts: Batches) -> Runner:
+def numpy_runner(widths: list[int], batch: int, xs: Batches, ts: Batches, config: str = "") -> Runner:
     """Hand-written float32 MLP step (ReLU, softmax cross-entropy, SGD) with out= buffers, no objects."""
     rng = np.random.default_rng(0)
     f32 = np.float32
@@ -164,7 +180,7 @@ def numpy_runner(widths: list[int], batch: int, xs: Batches, ts: Batches) -> Run
     return run
 
 
-def gemm_runner(widths: list[int], batch: int, xs: Batches, ts: Batches) -> Runner:
+def gemm_runner(widths: list[int], batch: int, xs: Batches, ts: Batches, config: str = "") -> Runner:
     """Only the step's matrix products, exactly as the engine's Affine layers issue them."""
     net = mlp(widths, init="he", seed=0)
     affines = [layer for layer in net.layers.values() if isinstance(layer, Affine)]
@@ -188,7 +204,7 @@ def gemm_runner(widths: list[int], batch: int, xs: Batches, ts: Batches) -> Runn
     return run
 
 
-def torch_gemm_runner(widths: list[int], batch: int, xs: Batches, ts: Batches) -> Runner:
+def torch_gemm_runner(widths: list[int], batch: int, xs: Batches, ts: Batches, config: str = "") -> Runner:
     """Only the matrix products of PyTorch's step, as nn.Linear issues them (weight stored out x in)."""
     import torch
 
@@ -210,7 +226,7 @@ def torch_gemm_runner(widths: list[int], batch: int, xs: Batches, ts: Batches) -
     return run
 
 
-RUNNERS: dict[str, Callable[[list[int], int, Batches, Batches], Runner]] = {
+RUNNERS: dict[str, Callable[[list[int], int, Batches, Batches, str], Runner]] = {
     "engine": engine_runner,
     "torch": torch_runner,
     "numpy": numpy_runner,
@@ -236,7 +252,8 @@ def measure(
     cores from whichever contestant runs next.
     """
     xs, ts = make_batches(widths, batch)
-    runners = {key: make(widths, batch, xs, ts) for key, make in RUNNERS.items()}
+    makers = {k: m for k, m in RUNNERS.items() if not (name == CONVNET and k in MLP_ONLY)}
+    runners = {key: make(widths, batch, xs, ts, name) for key, make in makers.items()}
     steps: dict[str, int] = {}
     for key, run in runners.items():  # warm up, then size a repetition to about `seconds`
         run(3)
@@ -259,7 +276,10 @@ def measure(
     cpu_med = {key: statistics.median(v) for key, v in cpu_trials.items()}
     # Ratios within a round (same few seconds of machine state), then their median.
     paired = [e / t for e, t in zip(trials["engine"], trials["torch"], strict=True)]
-    flops = training_flops(engine_network(widths), batch)
+    flops = training_flops(engine_network(widths, name), batch)
+    for key in MLP_ONLY:  # not run for the convnet: NaN in the table
+        med.setdefault(key, float("nan"))
+        cpu_med.setdefault(key, float("nan"))
     return {
         "config": name,
         "widths": widths,
@@ -290,7 +310,7 @@ def profile_engine(name: str, steps: int) -> str:
     """cProfile of the engine's training steps for one configuration: where the time goes."""
     widths, batch = CONFIGS[name]
     xs, ts = make_batches(widths, batch)
-    run = engine_runner(widths, batch, xs, ts)
+    run = engine_runner(widths, batch, xs, ts, name)
     run(3)
     profiler = cProfile.Profile()
     profiler.enable()
@@ -299,6 +319,33 @@ def profile_engine(name: str, steps: int) -> str:
     out = io.StringIO()
     pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(14)
     return out.getvalue()
+
+
+def layer_times(name: str, steps: int) -> dict[str, float]:
+    """Median milliseconds per engine step spent in each layer's forward and backward (perf_counter)."""
+    widths, batch = CONFIGS[name]
+    xs, ts = make_batches(widths, batch)
+    net = engine_network(widths, name)
+    opt = SGD(LR)
+    parts: dict[str, list[float]] = {}
+
+    def timed(key: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            result = fn(*args, **kwargs)
+            parts.setdefault(key, []).append(time.perf_counter() - t0)
+            return result
+
+        return call
+
+    for label, layer in [*net.layers.items(), ("SoftmaxWithLoss", net.last_layer)]:
+        layer.forward = timed(f"{label} forward", layer.forward)  # type: ignore[method-assign]
+        layer.backward = timed(f"{label} backward", layer.backward)  # type: ignore[method-assign]
+    opt.update = timed("SGD update", opt.update)  # type: ignore[method-assign]
+    step = timed("whole step", net.train_step)
+    for i in range(steps + 3):
+        step(xs[i % POOL], ts[i % POOL], opt)
+    return {key: 1e3 * statistics.median(v[3:]) for key, v in parts.items()}
 
 
 def main() -> None:
@@ -315,6 +362,15 @@ def main() -> None:
     parser.add_argument(
         "--profile", type=int, default=0, help="also cProfile this many engine steps per config"
     )
+    parser.add_argument(
+        "--layers", type=int, default=0, help="also time each engine layer over this many steps per config"
+    )
+    parser.add_argument(
+        "--work-per-thread",
+        type=int,
+        default=None,
+        help="override engine.blas_threads.WORK_PER_THREAD (1: every product on all threads)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the full results here")
     args = parser.parse_args()
 
@@ -323,6 +379,10 @@ def main() -> None:
 
     if args.threads:
         threadpool_limits(args.threads, user_api="blas")
+    if args.work_per_thread is not None:
+        import engine.blas_threads
+
+        engine.blas_threads.WORK_PER_THREAD = args.work_per_thread
     threads, blas = blas_threads()
     torch.set_num_threads(threads)
     env = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS")}
@@ -368,8 +428,16 @@ def main() -> None:
         for c in args.configs.split(","):
             profiles[c] = profile_engine(c, args.profile)
             print(f"\n--- cProfile of {args.profile} engine steps, {c} ---\n{profiles[c]}")
+    layers = {}
+    if args.layers:
+        for c in args.configs.split(","):
+            layers[c] = layer_times(c, args.layers)
+            print(f"\n--- engine layers, median ms per step over {args.layers} steps, {c} ---")
+            for key, ms in layers[c].items():
+                print(f"  {key:28} {ms:8.3f}")
     if args.json:
         doc = {
+            "layers": layers,
             "started": started,
             "blas": blas,
             "threads": threads,

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from engine.backend import CPU, Device, get_array_module, resolve_dtype, seed_everything
+from engine.blas_threads import POOL as BLAS_POOL
 from engine.layers import (
     Affine,
     Array,
@@ -85,6 +86,11 @@ class Network:
         self._sequence = list(self.layers.values())
         if self._sequence:
             self._sequence[0].need_dx = False  # nobody uses the gradient with respect to the data
+        for before, layer in itertools.pairwise(self._sequence):
+            # Their outputs are their own buffers, unused by their backward: a ReLU may overwrite them
+            # (and the gradient handed back to a ReLU inside a network is always a layer's buffer).
+            if isinstance(layer, Relu) and isinstance(before, Affine | Convolution):
+                layer.in_place = True
         self.last_layer = SoftmaxWithLoss()
         self.xp = get_array_module(*self.params.values()) if self.params else device.xp
 
@@ -104,8 +110,13 @@ class Network:
     # --- the textbook API -------------------------------------------------------------------------
     def forward(self, x: Array, train: bool = False) -> Array:
         """Scores (pre-softmax) for prepared input; the array is a layer buffer (see `predict`)."""
-        for layer in self._sequence:
-            x = layer.forward(x, train)
+        sizing = self.xp is np and BLAS_POOL.begin()  # BLAS threads by product size (engine.blas_threads)
+        try:
+            for layer in self._sequence:
+                x = layer.forward(x, train)
+        finally:
+            if sizing:
+                BLAS_POOL.end()
         return x
 
     def predict(self, x: Any, train: bool = False) -> Array:
@@ -122,11 +133,16 @@ class Network:
 
         Returns `self.grads` (name -> gradient array), refilled in place on every call.
         """
-        scores = self.forward(self._inputs(x), train=True)
-        self.last_layer.forward(scores, self._labels(t), compute_loss=False)  # read lazily: last_loss
-        dout = self.last_layer.backward(1.0)
-        for layer in reversed(self._sequence):
-            dout = layer.backward(dout)
+        sizing = self.xp is np and BLAS_POOL.begin()
+        try:
+            scores = self.forward(self._inputs(x), train=True)
+            self.last_layer.forward(scores, self._labels(t), compute_loss=False)  # read lazily: last_loss
+            dout = self.last_layer.backward(1.0)
+            for layer in reversed(self._sequence):
+                dout = layer.backward(dout)
+        finally:
+            if sizing:
+                BLAS_POOL.end()
         return self.grads
 
     def train_step(self, x: Any, t: Any, optimizer: Any) -> None:

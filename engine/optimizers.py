@@ -63,6 +63,16 @@ class Optimizer:
         raise NotImplementedError
 
 
+def _scaled_ratio(xp: Any, numerator: Array, squares: Array, lr: float, out: Array, spare: Array) -> Array:
+    """lr * numerator / (sqrt(squares) + 1e-7) into `out`, in that order of operations (the plain
+    expression's rounding, bit for bit), through two scratch buffers instead of temporary arrays."""
+    xp.sqrt(squares, out=spare)
+    spare += EPS
+    xp.multiply(numerator, lr, out=out)
+    out /= spare
+    return out
+
+
 class SGD(Optimizer):
     """W <- W - lr * dW."""
 
@@ -81,9 +91,10 @@ class Momentum(Optimizer):
         self.v: dict[str, Array] = {}
 
     def step(self, key: str, param: Array, grad: Array) -> None:
-        v = self._buffer(self.v, key, param)
+        xp = get_array_module(param)
+        v, tmp = self._buffer(self.v, key, param), self._buffer(self._scratch, key, param)
         v *= self.momentum
-        v -= self.lr * grad
+        v -= xp.multiply(grad, self.lr, out=tmp)
         param += v
 
 
@@ -102,11 +113,12 @@ class Nesterov(Optimizer):
         self.v: dict[str, Array] = {}
 
     def step(self, key: str, param: Array, grad: Array) -> None:
-        v = self._buffer(self.v, key, param)
-        param += self.momentum * self.momentum * v  # the old velocity: v is updated below
-        param -= (1 + self.momentum) * self.lr * grad
+        xp = get_array_module(param)
+        v, tmp = self._buffer(self.v, key, param), self._buffer(self._scratch, key, param)
+        param += xp.multiply(v, self.momentum * self.momentum, out=tmp)  # the old v: it is updated below
+        param -= xp.multiply(grad, (1 + self.momentum) * self.lr, out=tmp)
         v *= self.momentum
-        v -= self.lr * grad
+        v -= xp.multiply(grad, self.lr, out=tmp)
 
 
 class AdaGrad(Optimizer):
@@ -118,9 +130,10 @@ class AdaGrad(Optimizer):
 
     def step(self, key: str, param: Array, grad: Array) -> None:
         xp = get_array_module(param)
-        h = self._buffer(self.h, key, param)
-        h += grad * grad
-        param -= self.lr * grad / (xp.sqrt(h) + EPS)
+        h, tmp = self._buffer(self.h, key, param), self._buffer(self._scratch, key, param)
+        spare = self._buffer(self._scratch, "spare:" + key, param)
+        h += xp.multiply(grad, grad, out=tmp)
+        param -= _scaled_ratio(xp, grad, h, self.lr, tmp, spare)
 
 
 class RMSprop(Optimizer):
@@ -133,10 +146,13 @@ class RMSprop(Optimizer):
 
     def step(self, key: str, param: Array, grad: Array) -> None:
         xp = get_array_module(param)
-        h = self._buffer(self.h, key, param)
+        h, tmp = self._buffer(self.h, key, param), self._buffer(self._scratch, key, param)
+        spare = self._buffer(self._scratch, "spare:" + key, param)
         h *= self.decay_rate
-        h += (1 - self.decay_rate) * grad * grad
-        param -= self.lr * grad / (xp.sqrt(h) + EPS)
+        xp.multiply(grad, 1 - self.decay_rate, out=tmp)
+        tmp *= grad
+        h += tmp
+        param -= _scaled_ratio(xp, grad, h, self.lr, tmp, spare)
 
 
 class Adam(Optimizer):
@@ -168,11 +184,19 @@ class Adam(Optimizer):
 
     def step(self, key: str, param: Array, grad: Array) -> None:
         xp = get_array_module(param)
-        m = self._buffer(self.m, key, param)
-        v = self._buffer(self.v, key, param)
-        m += (1 - self.beta1) * (grad - m)
-        v += (1 - self.beta2) * (grad**2 - v)
-        param -= self._lr_t * m / (xp.sqrt(v) + EPS)
+        m, v = self._buffer(self.m, key, param), self._buffer(self.v, key, param)
+        tmp, spare = (
+            self._buffer(self._scratch, key, param),
+            self._buffer(self._scratch, "spare:" + key, param),
+        )
+        xp.subtract(grad, m, out=tmp)
+        tmp *= 1 - self.beta1
+        m += tmp
+        xp.multiply(grad, grad, out=tmp)
+        tmp -= v
+        tmp *= 1 - self.beta2
+        v += tmp
+        param -= _scaled_ratio(xp, m, v, self._lr_t, tmp, spare)
 
 
 OPTIMIZERS: dict[str, type[Optimizer]] = {
