@@ -146,7 +146,8 @@ def planted(db_session: Session) -> Planted:
         batch_size,
         [5e8, 1e9],
         kind="gemm",
-        metrics={"peak_flops_per_s": 1.0e9, "dtype": "float32"},
+        # A calibration that qualifies: it ran a size >= 1024 (services/results/calibration.py).
+        metrics={"peak_flops_per_s": 1.0e9, "dtype": "float32", "sizes": [{"n": 512}, {"n": 1024}]},
     )
     db_session.commit()
     return Planted(cpu, gpu, batch_size, main_hash, other_hash)
