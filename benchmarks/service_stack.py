@@ -261,7 +261,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def tiny_train_spec(steps: int = 20) -> dict[str, Any]:
-    """A train job of a few steps (the shape tests/conftest.py's `tiny_spec` uses)."""
+    """A train job of a few steps (the shape tests/support/jobs.py's `tiny_spec` uses)."""
     return {
         "kind": "train",
         "device": "cpu",

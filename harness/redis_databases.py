@@ -3,7 +3,7 @@
 Test runs and benchmarks on one machine share one Redis server. Each claims a database number with a lock
 key in it (SET NX with an expiry, so a crashed run frees its number within the hour), empties the database
 before and after, and deletes the lock only while it still holds it. One protocol for both users, so a test
-run and a benchmark never share a queue: tests/conftest.py (`claimed_redis_database`) and
+run and a benchmark never share a queue: tests/support/servers.py (`claimed_redis_database`) and
 benchmarks/service_stack.py (`redis_database`) call this module with their own candidates.
 """
 

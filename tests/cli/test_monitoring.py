@@ -14,13 +14,13 @@ import pytest
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
+from harness.processes import bpbench_command
 from services.alerts.models import AlertDelivery
 from services.alerts.service import Event, raise_alert
 from services.devices.service import register_device
 from services.schedules.models import Schedule
-from tests import apiserver
-from tests.apiserver import ApiServer
-from tests.conftest import bpbench_command
+from tests.support import apiserver
+from tests.support.apiserver import ApiServer
 
 api = apiserver.api
 

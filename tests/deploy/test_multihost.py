@@ -30,22 +30,16 @@ import pytest
 import redis
 from sqlalchemy.orm import sessionmaker
 
+from harness.postgres import create_postgres_database, drop_postgres_database
 from services.core.config import Settings
 from services.core.db import make_engine
 from services.core.migrate import upgrade_to_head
 from services.core.queue import CONTROL_QUEUE, RUN_JOB_TASK, device_queue, make_celery
 from services.devices.models import Worker
 from services.jobs import service as jobs
-from tests.conftest import (
-    CI,
-    WorkerProcess,
-    create_postgres_database,
-    drop_postgres_database,
-    start_worker,
-    tiny_spec,
-    wait_for_job,
-    wait_until,
-)
+from tests.support.jobs import tiny_spec, wait_for_job, wait_until
+from tests.support.servers import CI
+from tests.support.workers import WorkerProcess, start_worker
 
 SUBNET_PREFIX = "10.231"  # a private range: each host gets 10.231.N.0/24 for an N no interface here uses
 # Sets the host's name in its own UTS namespace, then becomes the worker (so the worker is the pid started).

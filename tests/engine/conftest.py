@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from engine.backend import Device, DeviceError, resolve_device
-from tests.conftest import CI
+from tests.support.servers import CI
 
 
 @pytest.fixture

@@ -29,7 +29,8 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from harness.processes import free_port
+from harness.postgres import create_postgres_database, drop_postgres_database
+from harness.processes import bpbench_command, free_port
 from services.core import queue
 from services.core.config import Settings
 from services.core.db import dispose_engines, make_engine
@@ -37,7 +38,8 @@ from services.core.migrate import upgrade_to_head
 from services.devices.models import Worker
 from services.jobs.models import FINAL_STATUSES, Job
 from services.results.models import Result
-from tests.conftest import CI, bpbench_command, create_postgres_database, drop_postgres_database, wait_until
+from tests.support.jobs import wait_until
+from tests.support.servers import CI
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,7 +14,6 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import tiny_spec, wait_until
 from tests.faults.conftest import (
     ApiProcess,
     Stack,
@@ -24,6 +23,7 @@ from tests.faults.conftest import (
     shared_postgres_database,
     unique,
 )
+from tests.support.jobs import tiny_spec, wait_until
 
 BURST = 150
 KILL_AFTER = 50

@@ -13,8 +13,8 @@ import time
 import pytest
 
 from services.jobs import service as jobs
-from tests.conftest import tiny_spec, wait_until
 from tests.faults.conftest import Stack, point_client_at, private_redis, shared_postgres_database, unique
+from tests.support.jobs import tiny_spec, wait_until
 
 BEFORE, DURING = 30, 10
 RECONCILER = {"BPBENCH_QUEUED_REPUBLISH_AFTER_S": "5", "BPBENCH_RECONCILE_INTERVAL_S": "1"}

@@ -19,8 +19,8 @@ from services.core.db import utcnow
 from services.core.queue import RUN_JOB_TASK, get_celery_app
 from services.jobs import service as jobs
 from services.jobs.models import Job, new_job_id
-from tests.conftest import tiny_spec, wait_until
 from tests.faults.conftest import Stack, point_client_at, private_postgres, private_redis, unique
+from tests.support.jobs import tiny_spec, wait_until
 
 JOBS = int(os.environ.get("BPBENCH_LOAD_JOBS", "10000"))
 DEADLINE_S = 540.0

@@ -13,7 +13,6 @@ import time
 
 from services.jobs import service as jobs
 from services.jobs.models import Job
-from tests.conftest import tiny_spec, wait_until
 from tests.faults.conftest import (
     Stack,
     network_namespace,
@@ -22,6 +21,7 @@ from tests.faults.conftest import (
     private_redis,
     unique,
 )
+from tests.support.jobs import tiny_spec, wait_until
 
 LONG_STEPS = 40_000  # about 8 s on one BLAS thread
 RECONCILER = {"BPBENCH_WORKER_DEAD_AFTER_S": "5", "BPBENCH_RECONCILE_INTERVAL_S": "1"}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 
 from services.jobs.models import Job
-from tests.conftest import tiny_spec, wait_until
 from tests.faults.conftest import (
     ApiProcess,
     Stack,
@@ -21,6 +20,7 @@ from tests.faults.conftest import (
     private_redis,
     unique,
 )
+from tests.support.jobs import tiny_spec, wait_until
 
 DOWN_S = 8.0
 RECONCILER = {"BPBENCH_WORKER_DEAD_AFTER_S": "5", "BPBENCH_RECONCILE_INTERVAL_S": "1"}

@@ -16,8 +16,8 @@ import pytest
 
 from services.jobs import service as jobs
 from services.jobs.models import Job
-from tests.conftest import tiny_spec, wait_until
 from tests.faults.conftest import Stack, point_client_at, private_redis, shared_postgres_database, unique
+from tests.support.jobs import tiny_spec, wait_until
 
 # About 5 s of training on one BLAS thread: long enough to be killed in the middle.
 LONG_STEPS = 25_000

@@ -13,11 +13,13 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from harness.processes import bpbench_command
 from services.core.config import Settings
 from services.jobs.models import Job
 from services.schedules.models import Schedule
 from services.schedules.service import create_schedule
-from tests.conftest import WorkerProcess, bpbench_command, wait_until
+from tests.support.jobs import wait_until
+from tests.support.workers import WorkerProcess
 
 
 def test_beat_ticks_and_a_worker_submits_the_due_schedule(

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from services.api.limits import RateLimiter
 from services.core.config import Settings
-from tests.apiserver import ADMIN_TOKEN, running_api
-from tests.test_observability import scrape, value
+from tests.services.api.test_observability import scrape, value
+from tests.support.apiserver import ADMIN_TOKEN, running_api
 
 
 def test_an_address_over_its_rate_is_refused_before_its_unknown_token_is_looked_up(

@@ -15,7 +15,7 @@ from services.results.calibration import calibration_for
 from services.results.compare import compare
 from services.results.filters import ResultFilter
 from services.results.history import stack_of
-from tests.conftest import tiny_spec
+from tests.support.jobs import tiny_spec
 from tests.support.results import engine_document, record
 
 QUICK = {"warmup": 1, "min_repeats": 2, "max_repeats": 3, "target_cv": 0.5}

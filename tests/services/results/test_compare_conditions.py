@@ -11,8 +11,9 @@ from sqlalchemy.orm import Session
 
 from services.core.config import Settings
 from services.devices.service import register_device
-from services.results.compare import CompareFilters, compare
-from tests.conftest import tiny_spec
+from services.results.compare import compare
+from services.results.filters import ResultFilter
+from tests.support.jobs import tiny_spec
 from tests.support.results import record
 
 
@@ -56,7 +57,7 @@ def test_compare_shows_energy_load_and_stack_differences(
     record(db_session, spec, quiet, _conditions(0.4, "2.4.6", 1200.0))
     record(db_session, spec, quiet, _conditions(0.6, "2.4.6", 1300.0))
     record(db_session, spec, loaded, _conditions(7.5, "2.5.0", None))
-    doc = compare(db_session, CompareFilters(spec_hash=spec.spec_hash()))
+    doc = compare(db_session, ResultFilter(spec_hash=spec.spec_hash()))
     rows = {row["device_id"]: row for row in doc["rows"]}
     assert rows[quiet]["samples_per_j"] == pytest.approx(1250.0) and rows[quiet]["mean_power_w"] == 40.0
     assert rows[quiet]["loaded"] is False and rows[quiet]["load_max"] == pytest.approx(0.6)

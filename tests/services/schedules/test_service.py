@@ -28,7 +28,7 @@ from services.schedules.service import (
     remove_schedule,
     run_due,
 )
-from tests.conftest import tiny_spec
+from tests.support.jobs import tiny_spec
 from tests.support.results import record, with_median
 
 

@@ -1,0 +1,134 @@
+"""docker-compose.yml, checked without a Docker engine: against the Compose Specification's schema,
+against the settings class, and for the shape the deployment needs (health checks, migration order,
+GPU reservation)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from cli.app import app
+from services.core.config import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+SCHEMA_FILE = Path(__file__).resolve().parents[1] / "data" / "compose-spec.json"
+ENV_EXAMPLE = ROOT / ".env.example"
+BPBENCH_SERVICES = ("migrate", "api", "worker-cpu", "worker-gpu", "reconciler", "beat")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+def setting_variables() -> set[str]:
+    return {f"BPBENCH_{name.upper()}" for name in Settings.model_fields}
+
+
+def test_compose_file_is_valid_against_the_compose_specification(compose: dict[str, Any]) -> None:
+    schema = json.loads(SCHEMA_FILE.read_text())
+    errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(compose), key=lambda e: e.path)
+    assert [e.message for e in errors] == []
+
+
+def test_schema_check_catches_a_broken_service() -> None:
+    # The validation above must be able to fail: a service with a misspelt key is refused.
+    schema = json.loads(SCHEMA_FILE.read_text())
+    broken = {"services": {"api": {"image": "bpbench:cpu", "comand": ["bpbench", "api"]}}}
+    assert list(jsonschema.Draft7Validator(schema).iter_errors(broken))
+
+
+def test_stack_has_every_service_of_the_deployment(compose: dict[str, Any]) -> None:
+    assert set(compose["services"]) == {
+        "postgres",
+        "redis",
+        "migrate",
+        "api",
+        "worker-cpu",
+        "worker-gpu",
+        "reconciler",
+        "beat",
+        "flower",
+    }
+    assert compose["services"]["worker-gpu"]["profiles"] == ["gpu"]
+    assert compose["services"]["flower"]["profiles"] == ["monitoring"]
+
+
+def test_every_bpbench_variable_in_compose_is_a_setting(compose: dict[str, Any]) -> None:
+    known = setting_variables()
+    for name in BPBENCH_SERVICES:
+        env = compose["services"][name]["environment"]
+        unknown = {key for key in env if key.startswith("BPBENCH_")} - known
+        assert unknown == set(), f"service {name} sets variables Settings does not read: {unknown}"
+        assert "BPBENCH_DATABASE_URL" in env and "BPBENCH_BROKER_URL" in env
+
+
+def test_compose_urls_are_accepted_by_the_settings(compose: dict[str, Any]) -> None:
+    env = compose["services"]["api"]["environment"]
+    # Substitute compose's ${VAR:-default} with the default, as compose would with an empty .env.
+    resolved = {k: re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(v)) for k, v in env.items()}
+    settings = Settings(
+        database_url=resolved["BPBENCH_DATABASE_URL"], broker_url=resolved["BPBENCH_BROKER_URL"]
+    )
+    assert settings.database_url == "postgresql+psycopg://bpbench:bpbench@postgres:5432/bpbench"
+    assert settings.broker_url == "redis://redis:6379/0"
+
+
+def test_env_example_documents_every_setting() -> None:
+    documented = set(re.findall(r"^(BPBENCH_[A-Z0-9_]+)=", ENV_EXAMPLE.read_text(), flags=re.M))
+    assert documented == setting_variables()
+
+
+def test_databases_have_health_checks_and_redis_keeps_its_queue(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
+    assert services["postgres"]["volumes"] == ["pgdata:/var/lib/postgresql/data"]
+    redis_command = services["redis"]["command"]
+    assert redis_command[redis_command.index("--appendonly") + 1] == "yes"
+    assert redis_command[redis_command.index("--maxmemory-policy") + 1] == "noeviction"
+    assert "redis-cli" in services["redis"]["healthcheck"]["test"]
+
+
+def test_api_waits_for_healthy_databases_and_a_completed_migration(compose: dict[str, Any]) -> None:
+    api = compose["services"]["api"]
+    assert api["depends_on"] == {
+        "postgres": {"condition": "service_healthy"},
+        "redis": {"condition": "service_healthy"},
+        "migrate": {"condition": "service_completed_successfully"},
+    }
+    assert "/healthz" in " ".join(api["healthcheck"]["test"])
+    assert api["ports"] == ["${BPBENCH_API_PORT:-8000}:8000"]
+    assert compose["services"]["migrate"]["restart"] == "no"
+
+
+def test_gpu_worker_reserves_nvidia_gpus(compose: dict[str, Any]) -> None:
+    worker = compose["services"]["worker-gpu"]
+    (reservation,) = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert reservation["driver"] == "nvidia"
+    assert reservation["capabilities"] == ["gpu"]
+    assert worker["build"]["target"] == "gpu"
+    assert worker["command"] == ["bpbench", "worker", "--device", "gpu"]
+
+
+def test_every_service_command_is_a_bpbench_command(compose: dict[str, Any]) -> None:
+    commands = {c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands}
+    for name in BPBENCH_SERVICES:
+        command = compose["services"][name]["command"]
+        assert command[0] == "bpbench"
+        assert command[1] in commands, f"service {name} runs `bpbench {command[1]}`, which does not exist"
+
+
+def test_dockerfile_has_cpu_and_gpu_targets() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    stages = re.findall(r"^FROM\s+(\S+)\s+AS\s+(\w+)", dockerfile, flags=re.M)
+    assert [stage for _, stage in stages] == ["build", "cpu", "gpu"]
+    gpu_base = dict((stage, image) for image, stage in stages)["gpu"]
+    assert gpu_base.startswith("nvidia/cuda:") and "runtime" in gpu_base
+    assert '"bpbench[gpu,digits]"' in dockerfile

@@ -1,0 +1,224 @@
+"""The dashboard in real headless Chromium, against the real API, a real worker and both databases."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support import apiserver
+from tests.support.apiserver import ApiServer
+from tests.support.jobs import tiny_spec, wait_until
+from tests.support.workers import WorkerProcess
+
+api = apiserver.api
+JOB_TIMEOUT_S = 90.0
+PAGE_TIMEOUT_MS = 60_000
+
+
+def run_to_success(client: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
+    """Submit a job over the API and wait until it succeeded; its final document."""
+    job = client.post("/api/v1/jobs", json=body)
+    assert job.status_code == 202, job.text
+    job_id = job.json()["id"]
+
+    def final() -> dict[str, Any] | None:
+        doc = client.get(f"/api/v1/jobs/{job_id}").json()
+        return doc if doc["status"] in ("succeeded", "failed", "cancelled") else None
+
+    doc = wait_until(final, JOB_TIMEOUT_S, f"job {job_id}", interval_s=0.2)
+    assert doc["status"] == "succeeded", doc["error"]
+    return doc
+
+
+@pytest.fixture(scope="module")
+def jobs_that_ran(api: ApiServer, cpu_worker: WorkerProcess) -> dict[str, dict[str, Any]]:
+    """A job of each kind the dashboard draws, run by the real worker: train, gemm, backprop vs numerical."""
+    quick = {"warmup": 1, "min_repeats": 3, "max_repeats": 3}
+    with api.client() as client:
+        return {
+            "train": run_to_success(client, tiny_spec().model_dump(mode="json")),
+            "gemm": run_to_success(
+                client, {"kind": "gemm", "device": "cpu", "gemm_sizes": [64, 128], "timing": quick}
+            ),
+            "bvn": run_to_success(
+                client,
+                {"kind": "backprop_vs_numerical", "device": "cpu", "bvn_widths": [2, 4], "timing": quick},
+            ),
+        }
+
+
+class Console:
+    """The page's console errors and uncaught exceptions."""
+
+    def __init__(self, page: Any) -> None:
+        self.errors: list[str] = []
+        page.on("console", lambda message: message.type == "error" and self.errors.append(message.text))
+        page.on("pageerror", lambda error: self.errors.append(f"uncaught: {error}"))
+
+
+@pytest.fixture
+def signed_in(browser: Any, api: ApiServer) -> Iterator[tuple[Any, Console]]:
+    """A fresh browser context signed in through the `/?token=` link, on the loaded dashboard."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(PAGE_TIMEOUT_MS)
+    console = Console(page)
+    page.goto(f"{api.url}/?token={api.token}")
+    page.wait_for_selector("body[data-ready='true']")
+    yield page, console
+    context.close()
+
+
+def test_the_link_signs_in_and_the_token_leaves_the_address_bar(
+    signed_in: tuple[Any, Console], api: ApiServer
+) -> None:
+    page, console = signed_in
+    assert page.url == f"{api.url}/"
+    cookie = next(c for c in page.context.cookies() if c["name"] == "bpbench_token")
+    assert (cookie["httpOnly"], cookie["sameSite"]) == (True, "Strict")
+    assert page.evaluate("document.cookie") == ""  # HttpOnly: invisible to scripts
+    assert "signed in as BPBENCH_API_TOKEN" in page.inner_text("#who")
+    # The page runs under a strict Content-Security-Policy; a violation would be a console error above.
+    headers = page.request.get(f"{api.url}/").headers
+    assert "script-src 'self';" in headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in headers["content-security-policy"]
+    assert (headers["x-content-type-options"], headers["referrer-policy"]) == ("nosniff", "no-referrer")
+    assert console.errors == []
+
+
+def test_the_dashboard_charts_the_devices_of_jobs_that_ran(
+    signed_in: tuple[Any, Console],
+    jobs_that_ran: dict[str, dict[str, Any]],
+    cpu_worker: WorkerProcess,
+    screenshot: Any,
+) -> None:
+    page, console = signed_in
+    page.reload()  # the jobs may have finished after the page first loaded
+    page.wait_for_selector("body[data-ready='true']")
+    device = cpu_worker.device_id
+    # Device comparison of the train job's spec: the worker's device is a bar and a row.
+    page.select_option("#compare-filters select[name=spec_hash]", jobs_that_ran["train"]["spec_hash"])
+    page.wait_for_selector(f"#compare-table tr[data-device-id='{device}']")
+    bars = page.evaluate("document.getElementById('compare-chart').data[0].x")
+    assert any(device[:6] in name for name in bars), bars
+    whiskers = page.evaluate("document.getElementById('compare-chart').data[0].error_y")
+    assert whiskers["type"] == "data" and len(whiskers["array"]) == len(bars)
+    # The timeline places the device under its vendor with its GEMM peak.
+    entry = page.locator(f"#timeline-list li[data-device-id='{device}']")
+    assert "GFLOP/s" in entry.inner_text()
+    annotations = page.evaluate(
+        "document.getElementById('timeline-chart').layout.annotations.map(a => a.text)"
+    )
+    assert any(cpu_worker_name(page, device) in text for text in annotations), annotations
+    # The year axis ends just after this year; the device notes sit in the right margin, not on the axis.
+    axis_end, this_year = page.evaluate(
+        "[document.getElementById('timeline-chart').layout.xaxis.range[1], new Date().getFullYear()]"
+    )
+    assert this_year < axis_end <= this_year + 2, (axis_end, this_year)
+    # Backprop against numerical: both methods, log-log, for the device.
+    traces = page.evaluate(
+        "document.getElementById('bvn-chart').data.map(t => [t.name, t.x.length, t.y.every(v => v > 0)])"
+    )
+    assert {name.split(" · ")[0] for name, _, _ in traces} == {"backprop", "numerical"}
+    assert all(points == 2 and positive for _, points, positive in traces), traces
+    assert page.evaluate("document.getElementById('bvn-chart').layout.yaxis.type") == "log"
+    screenshot(page, "overview")
+    assert console.errors == []
+
+
+def cpu_worker_name(page: Any, device_id: str) -> str:
+    """The device's name as the page knows it (from /api/v1/devices)."""
+    return str(
+        page.evaluate(
+            "fetch('/api/v1/devices').then(r => r.json())"
+            f".then(d => d.items.find(i => i.id === '{device_id}').name)"
+        )
+    )
+
+
+def test_the_job_table_updates_itself_when_a_job_finishes(
+    signed_in: tuple[Any, Console], api: ApiServer, cpu_worker: WorkerProcess, screenshot: Any
+) -> None:
+    page, console = signed_in
+    with api.client() as client:
+        job = client.post("/api/v1/jobs", json=tiny_spec(steps=300).model_dump(mode="json")).json()
+    row = f"#jobs-table tr[data-job-id='{job['id']}']"
+    page.wait_for_selector(row)  # appears without a reload (the table polls)
+    page.wait_for_selector(f"{row}[data-status='succeeded']", timeout=JOB_TIMEOUT_S * 1000)
+    assert "100%" in page.inner_text(row)
+    assert cpu_worker.name in page.inner_text(row)
+    page.locator("#jobs").scroll_into_view_if_needed()
+    screenshot(page, "jobs")
+    assert console.errors == []
+
+
+def test_the_submit_form_creates_a_job(
+    signed_in: tuple[Any, Console], api: ApiServer, cpu_worker: WorkerProcess, screenshot: Any
+) -> None:
+    page, console = signed_in
+    form = "#submit-form"
+    page.select_option(f"{form} select[name=kind]", "train")
+    page.select_option(f"{form} select[name=model]", "mlp")
+    page.fill(f"{form} input[name=layers]", "784,16,10")
+    page.select_option(f"{form} select[name=dataset]", "synthetic")
+    page.fill(f"{form} input[name=steps]", "20")
+    page.fill(f"{form} input[name=batch_size]", "32")
+    page.click("#submit-job")
+    link = page.wait_for_selector("#submitted-job")
+    job_id = link.get_attribute("data-job-id")
+    with api.client() as client:
+        job = client.get(f"/api/v1/jobs/{job_id}").json()
+        assert job["spec"]["model"]["layers"] == [784, 16, 10]
+        assert (job["spec"]["steps"], job["spec"]["batch_size"], job["kind"]) == (20, 32, "train")
+        page.wait_for_selector(f"#jobs-table tr[data-job-id='{job_id}'][data-status='succeeded']")
+    page.locator("#submit").scroll_into_view_if_needed()
+    screenshot(page, "submitted")
+    # A value the API refuses is shown with what is accepted.
+    page.fill(f"{form} input[name=batch_size]", "70000")
+    page.click("#submit-job")
+    page.wait_for_selector("#submit-result.error")
+    assert "batch_size: got 70000; accepted: an integer >= 1 and <= 65536" in page.inner_text(
+        "#submit-result"
+    )
+    assert [e for e in console.errors if "422" not in e] == []  # the refused POST is logged by Chromium
+
+
+def test_the_job_page_shows_loss_curve_trials_and_fingerprint(
+    signed_in: tuple[Any, Console], jobs_that_ran: dict[str, dict[str, Any]], screenshot: Any
+) -> None:
+    page, console = signed_in
+    job = jobs_that_ran["train"]
+    page.goto(f"{page.url.split('#')[0]}#/job/{job['id']}")
+    page.wait_for_selector("#job-page:not([hidden]) #loss-chart .main-svg")
+    assert page.inner_text("#job-id") == job["id"]
+    assert page.inner_text("#job-status") == "succeeded"
+    loss = page.evaluate("document.getElementById('loss-chart').data[0].y.length")
+    assert loss >= 2
+    trials = page.evaluate("document.getElementById('trials-chart').data.map(t => [t.name, t.y.length])")
+    assert trials == [["samples_per_s", job["result"]["trial_count"]]]
+    assert '"cpu_model"' in page.inner_text("#job-fingerprint")
+    assert page.is_hidden("#job-error")
+    screenshot(page, "job")
+    assert console.errors == []
+
+
+def test_a_page_opened_without_a_token_asks_for_one(browser: Any, api: ApiServer, screenshot: Any) -> None:
+    context = browser.new_context(viewport={"width": 1400, "height": 700})
+    try:
+        page = context.new_page()
+        console = Console(page)
+        page.goto(f"{api.url}/")
+        page.wait_for_selector("#signin:not([hidden])")
+        assert page.is_hidden("#overview")
+        assert "not signed in" in page.inner_text("#who")
+        page.fill("#signin-token", "bpb_not-a-token")
+        page.click("#signin-form button")
+        page.wait_for_selector("#signin-error:not([hidden])")
+        assert page.url == f"{api.url}/"  # the failed attempt leaves no token in the address
+        screenshot(page, "signin")
+        assert console.errors == []
+    finally:
+        context.close()
