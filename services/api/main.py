@@ -33,9 +33,9 @@ from services.api.routes import (
     health,
     jobs,
     metrics,
+    monitoring,
     regressions,
     results,
-    schedules,
     suites,
     timeline,
 )
@@ -125,7 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_domain_error_handlers(app)
     install_limits(app, settings)
     app.include_router(health.router)
-    for module in (jobs, suites, results, compare, timeline, devices, schedules):
+    for module in (jobs, suites, results, compare, timeline, devices, monitoring):
         app.include_router(module.router, prefix=API_PREFIX)
     # Regressions, /metrics (+ HTTP metrics middleware) and the dashboard at / (services/web/).
     app.include_router(regressions.router, prefix=API_PREFIX)

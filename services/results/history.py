@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -23,7 +23,8 @@ from sqlalchemy.orm import Session
 
 from services.core.db import utcnow
 from services.devices.service import software_of
-from services.results.models import HistoryMark
+from services.results.changepoints import ChangePoint, detect_change_points
+from services.results.models import HistoryMark, Result
 
 
 def stack_of(fingerprint: dict[str, Any] | None) -> dict[str, Any]:
@@ -109,3 +110,86 @@ def list_marks(session: Session, device_id: str) -> list[HistoryMark]:
             select(HistoryMark).where(HistoryMark.device_id == device_id).order_by(HistoryMark.at)
         ).all()
     )
+
+
+SERIES_LIMIT = 100  # results of a (device, spec) series read, newest
+
+
+@dataclass(frozen=True)
+class HistoryPoint:
+    """One result of a series: its id, job, time and median samples/s."""
+
+    result_id: int
+    job_id: str
+    created_at: datetime
+    samples_per_s: float
+    kind: str
+    model: str | None
+    dataset: str | None
+    batch_size: int | None
+
+
+@dataclass(frozen=True)
+class History:
+    """A (device, spec) series, oldest first, with its cuts and the change points found within stretches
+    (`ChangePoint.index` counted in the whole series)."""
+
+    device_id: str
+    spec_hash: str
+    points: list[HistoryPoint]
+    cuts: list[Cut]
+    change_points: list[ChangePoint]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "device_id": self.device_id,
+            "spec_hash": self.spec_hash,
+            "points": [{**asdict(p), "created_at": p.created_at.isoformat()} for p in self.points],
+            "cuts": [c.as_dict() for c in self.cuts],
+            "change_points": [
+                {**c.as_dict(), "result_id": self.points[c.index].result_id} for c in self.change_points
+            ],
+        }
+
+
+def device_history(session: Session, device_id: str, spec_hash: str, *, limit: int = SERIES_LIMIT) -> History:
+    """The newest `limit` results of a (device, spec) pair, cut and searched for change points."""
+    rows = session.execute(
+        select(
+            Result.id,
+            Result.job_id,
+            Result.samples_per_s,
+            Result.kind,
+            Result.model_name,
+            Result.dataset,
+            Result.batch_size,
+            Result.created_at,
+            Result.fingerprint,
+        )
+        .where(
+            Result.device_id == device_id, Result.spec_hash == spec_hash, Result.samples_per_s.is_not(None)
+        )
+        .order_by(Result.created_at.desc(), Result.id.desc())
+        .limit(limit)
+    ).all()[::-1]
+    points = [
+        HistoryPoint(
+            r.id,
+            r.job_id,
+            r.created_at,
+            float(r.samples_per_s),
+            r.kind,
+            r.model_name,
+            r.dataset,
+            r.batch_size,
+        )
+        for r in rows
+    ]
+    cuts = cuts_of(
+        [r.created_at for r in rows], [r.fingerprint for r in rows], marks_for(session, device_id, spec_hash)
+    )
+    found = []
+    for start, end in stretches(len(points), cuts):
+        values = [p.samples_per_s for p in points[start:end]]
+        found += [replace(c, index=start + c.index) for c in detect_change_points(values)]
+    return History(device_id, spec_hash, points, cuts, found)

@@ -17,10 +17,13 @@ from sqlalchemy.orm import Session
 from harness.processes import bpbench_command
 from services.alerts.models import AlertDelivery
 from services.alerts.service import Event, raise_alert
+from services.core.config import Settings
 from services.devices.service import register_device
 from services.schedules.models import Schedule
 from tests.support import apiserver
 from tests.support.apiserver import ApiServer
+from tests.support.jobs import tiny_spec
+from tests.support.results import record, with_median
 
 api = apiserver.api
 
@@ -104,3 +107,31 @@ def test_alerts_lists_deliveries_without_the_webhooks_secret_path(
     assert delivery["text"] == "bpbench: regression on cpu-x: -9.0%" and delivery["status"] == "pending"
     table = bpbench(cli_env, "alerts")
     assert "regression on cpu-x" in table.stdout and "SECRET" not in table.stdout
+
+
+def test_history_shows_the_cut_at_an_upgrade_and_the_shift_after_it(
+    cli_env: dict[str, str], db_session: Session, service_settings: Settings
+) -> None:
+    device = register_device(db_session, {"cpu_model": f"History {uuid.uuid4().hex[:6]}", "host": {}})
+    spec = tiny_spec(seed=int(uuid.uuid4().int % 100_000))
+
+    def run(median: float, numpy: str | None = None) -> Any:
+        def adjust(document: dict[str, Any]) -> None:
+            with_median(median)(document)
+            if numpy is not None:
+                document["fingerprint"]["numpy_version"] = numpy
+
+        return record(db_session, spec, device.id, adjust)
+
+    for median in (1000.0, 1003.0, 998.0, 1001.0):
+        run(median)
+    for median in (900.0, 902.0, 899.0, 901.0, 903.0, 898.0, 820.0, 822.0, 819.0, 821.0, 823.0, 818.0):
+        run(median, numpy="9.9.9")  # an upgrade, then a real drop within the new stack
+    history = as_json(bpbench(cli_env, "history", device.id, "--spec-hash", spec.spec_hash(), "--json"))
+    assert len(history["points"]) == 16
+    (cut,) = history["cuts"]
+    assert cut["index"] == 4 and cut["changed"]["numpy"][1] == "9.9.9"
+    (shift,) = history["change_points"]
+    assert shift["index"] == 10 and shift["change"] == pytest.approx(820.5 / 900.5 - 1)
+    table = bpbench(cli_env, "history", device.id, "--spec-hash", spec.spec_hash())
+    assert "cut: software changed: numpy" in table.stdout and "change point -8.9%" in table.stdout

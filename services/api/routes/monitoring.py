@@ -1,11 +1,12 @@
 """`/api/v1/schedules`: suites run on a device every so often (Celery beat's minute tick submits them),
 `/api/v1/alerts`: the webhook messages sent about regressions, change points and quiet devices, and
-`/api/v1/devices/{device_id}/marks`: expected shifts people marked, where a device's histories restart."""
+`/api/v1/devices/{device_id}/marks`: expected shifts people marked, where a device's histories restart, and
+`/api/v1/devices/{device_id}/history`: a (device, spec) series with its cuts and change points."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, HTTPException, Query, status
@@ -16,7 +17,7 @@ from services.api.deps import ReadAccess, SessionDep, SubmitAccess
 from services.api.errors import unprocessable
 from services.devices.service import get_device
 from services.jobs.spec import Text
-from services.results.history import add_mark, list_marks
+from services.results.history import add_mark, device_history, list_marks
 from services.schedules import service as schedules
 from services.schedules.service import MAX_EVERY_S, MIN_EVERY_S, ScheduleError
 
@@ -164,3 +165,17 @@ def post_mark(
 def get_marks(device_id: Annotated[str, Field(max_length=16)], session: SessionDep) -> list[MarkOut]:
     """The shifts marked on a device, oldest first."""
     return [MarkOut.model_validate(m) for m in list_marks(session, device_id)]
+
+
+@router.get("/devices/{device_id}/history", dependencies=[ReadAccess])
+def get_history(
+    device_id: Annotated[str, Field(max_length=16)],
+    session: SessionDep,
+    spec_hash: Annotated[str, Query(min_length=16, max_length=16, pattern="^[0-9a-f]{16}$")],
+    limit: Annotated[int, Query(ge=2, le=1000)] = 100,
+) -> dict[str, Any]:
+    """The device's newest results of one spec (oldest first), where the series is cut (software changed, a
+    mark) and its change points (ruptures + a permutation test, within each stretch)."""
+    if get_device(session, device_id) is None:
+        raise HTTPException(status_code=404, detail=f"no device with id {device_id!r}")
+    return device_history(session, device_id, spec_hash, limit=limit).as_dict()
