@@ -264,6 +264,8 @@ function renderCompare(doc, flags) {
       title: { text: "efficiency: achieved FLOP/s over the device's calibrated GEMM peak (sizes ≥ 1024, same stack)" },
       yaxis: { title: { text: "% of peak" }, rangemode: "tozero" },
     });
+  } else if (rows.some((r) => r.efficiency_flag)) {
+    emptyChart("efficiency-chart", "Not drawn: the calibration gives an impossible efficiency (see the note below).");
   } else {
     emptyChart("efficiency-chart", "Efficiency needs a gemm calibration at sizes ≥ 1024 of the same dtype and stack on the device (run the standard suite).");
   }
