@@ -5,6 +5,11 @@ The task hands the job id and this worker's identity to `services.jobs.runner.ex
 the job, runs it and records the outcome. It is a shared task: it joins whichever Celery app the process
 builds (`services.core.queue.get_celery_app`), so importing this module builds no app and reads no
 settings.
+
+The task's state mirrors the job row for Flower and `celery events`: a job recorded as failed raises
+`JobFailed` (state FAILURE, the job's error as the exception) *after* the row was written. The message is
+still acknowledged exactly once: an exception other than a lost worker or a time limit is acked under
+`task_acks_on_failure_or_timeout`, the task has no retry, and the row stays the truth.
 """
 
 from __future__ import annotations
@@ -16,6 +21,10 @@ from services.core.queue import RUN_JOB_TASK, TICK_TASK
 from services.jobs.runner import WorkerContext, execute_job
 
 _context: WorkerContext | None = None
+
+
+class JobFailed(Exception):
+    """The job ran and was recorded as failed; the message is the job's error as stored in its row."""
 
 
 def configure_worker(context: WorkerContext) -> None:
@@ -37,13 +46,17 @@ def current_context() -> WorkerContext:
     acks_late=True,
     reject_on_worker_lost=True,
     ignore_result=True,
+    throws=(JobFailed,),  # an expected outcome: Celery logs it in one line, without a traceback
 )
 def run_job_task(self: Task, job_id: str) -> str:
-    """Celery entry point: run job `job_id` on this worker's device."""
+    """Celery entry point: run job `job_id` on this worker's device; raises `JobFailed` if it failed."""
     context = current_context()
     # Every log line about this job names the job, the worker and the device.
     with job_context(str(job_id), context.name, context.device_id):
-        return execute_job(str(job_id), context)
+        outcome = execute_job(str(job_id), context)
+    if outcome.status == "failed":
+        raise JobFailed(outcome.error)
+    return outcome.status
 
 
 @shared_task(name=TICK_TASK, ignore_result=True)

@@ -1,9 +1,9 @@
 """The Celery app, client side: configuration as data, built lazily, and `publish_job`.
 
 The API (and the reconciler) reach the broker only through `publish_job` (or `publish_jobs`, a batch over
-one producer), which sends the task `bpbench.run_job` *by name* with the job's id as its only argument: the
-committed job row is the source of truth, the message only says "look at job X". The task itself is
-registered by `workers.tasks`.
+one producer), which sends the task `bpbench.run_job` *by name* with the job's id as its only argument and
+as its task id: the committed job row is the source of truth, the message only says "look at job X". The
+task itself is registered by `workers.tasks`.
 
 Importing this module reads no settings and no environment: the app is built on first use
 (`get_celery_app()`, from `get_settings()`), or by `configure(settings)` for other settings. Other settings
@@ -84,7 +84,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_queue": "cpu",
         "task_create_missing_queues": True,
         "task_track_started": False,
-        "worker_send_task_events": False,
+        # Task events (the worker's `-E`, and `task-sent` from publishers) so that Flower and `celery events`
+        # show each job received, started, and succeeded or failed.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
         "timezone": "UTC",
         "enable_utc": True,
         # `bpbench beat` sends the tick (due schedules, alerts); a tick no worker took within its period is
@@ -147,8 +150,14 @@ def _send_options(queue: str, time_limit_s: float | None) -> dict[str, Any]:
 
 
 def publish_job(job_id: str, queue: str, *, time_limit_s: float | None = None) -> None:
-    """Send `bpbench.run_job(job_id)` to `queue`; the job row must already be committed."""
-    get_celery_app().send_task(RUN_JOB_TASK, args=[job_id], **_send_options(queue, time_limit_s))
+    """Send `bpbench.run_job(job_id)` to `queue`; the job row must already be committed.
+
+    The task id is the job id: `celery inspect query_task <job id>` and Flower find a job by its own id, and
+    every delivery of one job (a duplicate, a republication) carries the same id.
+    """
+    get_celery_app().send_task(
+        RUN_JOB_TASK, args=[job_id], task_id=job_id, **_send_options(queue, time_limit_s)
+    )
 
 
 def publish_jobs(jobs: Sequence[tuple[str, str, float | None]]) -> tuple[int, Exception | None]:
@@ -164,7 +173,11 @@ def publish_jobs(jobs: Sequence[tuple[str, str, float | None]]) -> tuple[int, Ex
         with app.producer_or_acquire() as producer:
             for job_id, queue, time_limit_s in jobs:
                 app.send_task(
-                    RUN_JOB_TASK, args=[job_id], producer=producer, **_send_options(queue, time_limit_s)
+                    RUN_JOB_TASK,
+                    args=[job_id],
+                    task_id=job_id,
+                    producer=producer,
+                    **_send_options(queue, time_limit_s),
                 )
                 sent += 1
     except Exception as exc:  # kombu/redis/amqp raise many kinds; the caller logs it
@@ -173,8 +186,8 @@ def publish_jobs(jobs: Sequence[tuple[str, str, float | None]]) -> tuple[int, Ex
 
 
 def __getattr__(name: str) -> Any:
-    # `celery -A services.core.queue:celery_app ...` (Flower, inspect) asks for the app by attribute: it is
-    # built on that first use, like every other use, never at import.
-    if name == "celery_app":
+    # `celery -A services.core.queue[:celery_app] ...` (Flower, inspect) asks for the app by attribute (`app`
+    # when none is named): it is built on that first use, like every other use, never at import.
+    if name in ("app", "celery_app"):
         return get_celery_app()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

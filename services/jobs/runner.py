@@ -9,7 +9,8 @@ Claim the job (`queued` -> `running`, one conditional UPDATE: a duplicate delive
 - anything else -> `failed` with the exception's type and message (the traceback goes to the log).
 Every write after the claim is fenced by the claim's attempt number, and a thread of the process that runs
 the job writes its heartbeat (`jobs.heartbeat_at`), so the reconciler can tell a job whose process died.
-The Celery task (`workers.tasks`) only hands the job id and the worker's identity to `execute_job`.
+The Celery task (`workers.tasks`) only hands the job id and the worker's identity to `execute_job`, and
+turns the `JobOutcome` it returns into the task's state (a failed job is a failed task).
 """
 
 from __future__ import annotations
@@ -199,6 +200,18 @@ class JobMonitor:
         self._session.close()
 
 
+@dataclass(frozen=True)
+class JobOutcome:
+    """How one delivery of a job ended, as recorded in its row: the status, and the error of a failed job.
+
+    `status` is "succeeded", "failed", "cancelled", or "skipped" (this delivery changed nothing: a duplicate,
+    a job cancelled before its claim, or an attempt taken over by another).
+    """
+
+    status: str
+    error: str | None = None
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -225,8 +238,8 @@ def persist(
             delay = min(delay * 2, 10.0)
 
 
-def execute_job(job_id: str, context: WorkerContext, settings: Settings | None = None) -> str:
-    """Run one job end to end in this process; returns its final status, or "skipped" if not claimed."""
+def execute_job(job_id: str, context: WorkerContext, settings: Settings | None = None) -> JobOutcome:
+    """Run one job end to end in this process; returns what was recorded ("skipped" if not claimed)."""
     from engine.jobs import JobCancelled, JobDiverged, JobError, run_job
 
     settings = settings or get_settings()
@@ -238,7 +251,7 @@ def execute_job(job_id: str, context: WorkerContext, settings: Settings | None =
     )
     if claim is None:
         log.info("job %s: not queued (duplicate delivery, cancelled or unknown); skipped", job_id)
-        return "skipped"
+        return JobOutcome("skipped")
     attempt = claim.attempt
     log.info("job %s: attempt %d started on %s", job_id, attempt, context.name)
     spec: dict[str, Any] = {**claim.spec, "device": context.engine_device}
@@ -257,13 +270,13 @@ def execute_job(job_id: str, context: WorkerContext, settings: Settings | None =
             return _failed(factory, job_id, message, attempt)
         if monitor.stop_reason == "superseded":
             log.warning("job %s: attempt %d was taken over by a newer attempt; stopped", job_id, attempt)
-            return "skipped"
-        persist(
+            return JobOutcome("skipped")
+        cancelled = persist(
             factory,
             f"job {job_id}: cancel",
             lambda s: jobs.mark_cancelled(s, job_id, attempt=attempt, message="cancelled while running"),
         )
-        return "cancelled"
+        return JobOutcome("cancelled" if cancelled else "skipped")
     except (JobDiverged, JobError, JobTooLarge) as exc:
         return _failed(factory, job_id, str(exc), attempt)
     except MemoryError:
@@ -281,9 +294,9 @@ def execute_job(job_id: str, context: WorkerContext, settings: Settings | None =
     )
     if result is None:
         log.warning("job %s: finished, but the job was no longer this attempt's; result dropped", job_id)
-        return "skipped"
+        return JobOutcome("skipped")
     log.info("job %s: succeeded (%s samples/s)", job_id, result.samples_per_s)
-    return "succeeded"
+    return JobOutcome("succeeded")
 
 
 def check_memory(spec_doc: dict[str, Any], engine_device: str) -> None:
@@ -294,7 +307,12 @@ def check_memory(spec_doc: dict[str, Any], engine_device: str) -> None:
     check_fits(spec, free, where)
 
 
-def _failed(factory: sessionmaker[Session], job_id: str, message: str, attempt: int) -> str:
-    persist(factory, f"job {job_id}: failure", lambda s: jobs.fail_job(s, job_id, message, attempt=attempt))
+def _failed(factory: sessionmaker[Session], job_id: str, message: str, attempt: int) -> JobOutcome:
+    recorded = persist(
+        factory, f"job {job_id}: failure", lambda s: jobs.fail_job(s, job_id, message, attempt=attempt)
+    )
+    if not recorded:
+        log.warning("job %s: failed, but the job was no longer this attempt's; failure dropped", job_id)
+        return JobOutcome("skipped")
     log.info("job %s: failed: %s", job_id, message)
-    return "failed"
+    return JobOutcome("failed", message[: jobs.MAX_ERROR_CHARS])  # as the row stores it

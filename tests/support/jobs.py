@@ -59,3 +59,13 @@ def tiny_spec(**overrides: Any) -> JobSpec:
     }
     doc.update(overrides)
     return JobSpec.model_validate(doc)
+
+
+# A job that fails on the worker: ten ReLU layers with weights of std 10 and lr 10 overflow float32 at the
+# second step (found by trying), and the error it is recorded with.
+DIVERGING: dict[str, Any] = {
+    "model": {"name": "mlp", "layers": [16, *[64] * 10, 10], "init": "std", "weight_init_std": 10},
+    "optimizer": {"name": "sgd", "lr": 10},
+    "steps": 50,
+}
+DIVERGED_ERROR = "diverged at step 2"
