@@ -84,10 +84,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_queue": "cpu",
         "task_create_missing_queues": True,
         "task_track_started": False,
-        # Task events (the worker's `-E`, and `task-sent` from publishers) so that Flower and `celery events`
-        # show each job received, started, and succeeded or failed.
+        # Task events (the worker's `-E`) so that Flower and `celery events` show each job received, started,
+        # and succeeded or failed. Not `task-sent` from publishers: it is a second publish per submitted job
+        # (it halved the submission rate, measured), and the job row already says a job is queued.
         "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        "task_send_sent_event": False,
         "timezone": "UTC",
         "enable_utc": True,
         # `bpbench beat` sends the tick (due schedules, alerts); a tick no worker took within its period is
