@@ -150,7 +150,9 @@ class DeviceGrammar:
     def __init__(self, backends: tuple[DeviceBackend, ...]) -> None:
         self.backends = backends
         alternatives = [a for backend in backends for a in backend.alternatives()]
-        self.pattern = re.compile("^(" + "|".join(alternatives) + ")$")
+        # ASCII: `\d` and `\w` in a selector match only 0-9 and a-z; `parse` uses `fullmatch`, so a trailing
+        # newline (which `$` lets through) is refused too. The anchors stay for the JSON schema's `pattern`.
+        self.pattern = re.compile("^(" + "|".join(alternatives) + ")$", re.ASCII)
         self.spellings: tuple[str, ...] = tuple(s for backend in backends for s in backend.spellings())
         ranges = ", ".join(f"{b.selector_name} = {b.selector_range}" for b in backends if b.selector_range)
         listed = f"{', '.join(self.spellings[:-1])} or {self.spellings[-1]}"
@@ -158,7 +160,7 @@ class DeviceGrammar:
 
     def parse(self, text: str, what: str = "device") -> DeviceRef:
         """The DeviceRef `text` spells, exactly as written; anything else raises DeviceSpellingError."""
-        match = self.pattern.match(text) if isinstance(text, str) else None
+        match = self.pattern.fullmatch(text) if isinstance(text, str) else None
         if match is None:
             raise DeviceSpellingError(f"{what} must be {self.accepted}, got {text!r}")
         backend, _, selector = match.group(1).partition(":")

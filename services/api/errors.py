@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.fields import FieldInfo
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services.api.json_body import is_json_media_type, printable
 from services.jobs.service import JobNotFound
 from services.results.compare import NoResults, UnknownBaseline
 
@@ -158,7 +159,9 @@ def describe_accepted(model: type[BaseModel] | None, path: list[str | int]) -> s
 
 
 def _short(value: Any) -> Any:
-    """Echo the value seen, but never a whole document back (and never raw bytes: JSON cannot hold them)."""
+    """Echo the value seen, but never a whole document back, and only what JSON can hold (no raw bytes,
+    no NaN, no lone surrogate: an answer that cannot be encoded would be a 500 instead of this 422)."""
+    value = printable(value)
     if isinstance(value, bytes | bytearray):
         value = bytes(value[:400]).decode("utf-8", errors="replace")
     if isinstance(value, dict | list):
@@ -190,13 +193,17 @@ def readable_errors(errors: list[dict[str, Any]], body_model: type[BaseModel] | 
     for error in errors:
         loc = list(error.get("loc", ()))
         where = loc.pop(0) if loc and loc[0] in _LOCATIONS else "body"
-        field = ".".join(str(p) for p in loc) or where
+        field = printable(".".join(str(p) for p in loc)) or where
         value = _short(error.get("input"))
         raw = str(error.get("msg", "invalid value"))
         reason = raw.removeprefix("Value error, ")
         kind = error.get("type", "")
         ctx = error.get("ctx") or {}
-        if kind == "extra_forbidden":
+        if "accepted" in error:
+            # Refused while reading the body (services/api/json_body.py), which says what is accepted.
+            accepted = error["accepted"]
+            message = f"{field}: {reason}; accepted: {accepted}"
+        elif kind == "extra_forbidden":
             parent = _resolve(body_model, loc[:-1]) if body_model is not None and where == "body" else None
             fields = (
                 list(parent[0].model_fields)
@@ -215,11 +222,6 @@ def readable_errors(errors: list[dict[str, Any]], body_model: type[BaseModel] | 
             message = f"{field}: got {value!r}; accepted: {accepted}"
         items.append(field_error(field, where, value, accepted, message, error=reason))
     return items
-
-
-def _is_json(media_type: str) -> bool:
-    main, _, sub = media_type.partition("/")
-    return main == "application" and (sub == "json" or sub.endswith("+json"))
 
 
 def _body_model(request: Request) -> type[BaseModel] | None:
@@ -330,7 +332,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         model = _body_model(request)
         media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-        if model is not None and media_type and not _is_json(media_type):
+        if model is not None and media_type and not is_json_media_type(media_type):
             # FastAPI hands a non-JSON body over as bytes, which can only fail validation: say why.
             return JSONResponse(
                 status_code=415,

@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DATABASE_FILE = "bpbench.db"
@@ -144,6 +144,23 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="comma-separated origins allowed by CORS; empty (the default): no CORS at all",
+    )
+    # Comma-separated, as people write it; each directory absolute, so every process checks the same path.
+    dataset_dirs: Annotated[
+        list[Path],
+        NoDecode,
+        BeforeValidator(
+            lambda value: (
+                [Path(p.strip()).expanduser().absolute() for p in value.split(",") if p.strip()]
+                if isinstance(value, str)
+                else value
+            )
+        ),
+    ] = Field(
+        default_factory=list,
+        description="comma-separated directories a job's `dataset_path` may name (a path inside one of "
+        "them); empty (the default): the API refuses every `dataset_path` (`bpbench run` reads any "
+        "path locally)",
     )
     submit_batch_max: int = Field(
         default=256,

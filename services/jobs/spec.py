@@ -55,19 +55,28 @@ MAX_PATH_LENGTH = 4096
 Width = Annotated[int, Field(ge=1, le=MAX_WIDTH)]
 
 
-def _no_nul(value: str) -> str:
+def _storable(value: str) -> str:
     # PostgreSQL cannot store or compare a NUL character: refuse it here rather than fail in the database.
     if "\x00" in value:
         raise ValueError("contains a NUL character; accepted: text without NUL characters (\\u0000)")
+    # Nor can any database, JSON encoder or UTF-8 hold a lone surrogate: the row could not be read back.
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(
+                "contains a lone UTF-16 surrogate; accepted: text of Unicode characters (no \\ud800)"
+            ) from None
     return value
 
 
-Text = Annotated[str, AfterValidator(_no_nul)]
-"""A string without NUL characters (every free-text field a client sends)."""
+Text = Annotated[str, AfterValidator(_storable)]
+"""A string without NUL characters or lone surrogates (every free-text field a client sends)."""
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False)
+    # Strict: `"10"` is not a number and `true` not an integer; a spec says what it means.
+    model_config = ConfigDict(extra="forbid", frozen=False, strict=True)
 
 
 class ModelSpec(StrictModel):

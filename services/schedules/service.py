@@ -41,7 +41,7 @@ def create_schedule(
     """A new enabled schedule, first due at `start_at` (default: now); committed."""
     if suite not in SUITES:
         raise ScheduleError(f"suite {suite!r} is not known; accepted: {', '.join(SUITES)}")
-    if session.get(Device, target) is None and not DEVICE_PATTERN.match(target):
+    if session.get(Device, target) is None and not DEVICE_PATTERN.fullmatch(target):
         raise ScheduleError(
             f"target {target!r} is neither a registered device id nor a class (cpu, gpu, gpu:N)"
         )

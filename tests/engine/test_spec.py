@@ -40,14 +40,21 @@ SPELLINGS = [
 
 @pytest.mark.parametrize("text", SPELLINGS)
 def test_the_device_grammar_accepts_exactly_what_the_api_accepted(text: str) -> None:
-    accepted = API_DEVICE.match(text) is not None
+    # Except the API's one slip: `$` let a trailing newline through ("cpu\n"); the grammar refuses it.
+    accepted = API_DEVICE.fullmatch(text) is not None
     if accepted:
-        assert parse_device(text).name == text.rstrip("\n")
+        assert parse_device(text).name == text
     else:
         with pytest.raises(
             DeviceSpellingError, match=re.escape(f"device must be {DEVICE_ACCEPTED}, got {text!r}")
         ):
             parse_device(text)
+
+
+@pytest.mark.parametrize("text", ["cpu\n", "gpu:0\n", "gpu:\u0661", "gpu:\uff11", "gpu:\u0967\u0968"])
+def test_the_device_grammar_refuses_a_trailing_newline_and_digits_other_than_ascii(text: str) -> None:
+    with pytest.raises(DeviceSpellingError, match=re.escape(f"got {text!r}")):
+        parse_device(text)
 
 
 def test_the_published_device_pattern_and_message_are_unchanged() -> None:

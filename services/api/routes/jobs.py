@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import math
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
-from pydantic import AliasChoices, BaseModel, Field
+from pydantic import AliasChoices, BaseModel, Field, field_validator
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
@@ -16,9 +17,11 @@ from starlette.concurrency import run_in_threadpool
 from services.api.deps import MAX_OFFSET, TOTAL_CAP, ReadAccess, SessionDep, SubmitAccess
 from services.api.errors import unprocessable
 from services.api.group_commit import GroupCommit
+from services.api.json_body import StrictJSONRoute, printable
 from services.core.config import Settings
 from services.devices.service import get_device
 from services.jobs import service
+from services.jobs.dataset_dirs import dataset_dirs_accepted, dataset_path_allowed
 from services.jobs.models import Job
 from services.jobs.resources import JobTooLarge, check_memory_cap, estimate_job_memory
 from services.jobs.spec import JobKind, JobSpec, Text
@@ -26,7 +29,7 @@ from services.results.service import get_result_for_job
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], route_class=StrictJSONRoute)
 
 MAX_SUMMARY_ROWS = 16
 
@@ -87,6 +90,12 @@ class JobOut(BaseModel):
     duration_s: float | None
     result: ResultSummary | None = None
     suite_item: str | None = Field(None, description="the suite entry this job runs, for suite submissions")
+
+    @field_validator("spec", "progress_message", "error", "worker", mode="after")
+    @classmethod
+    def _printable(cls, value: Any) -> Any:
+        # A row stored before the API refused lone surrogates must still list (as U+FFFD), not be a 500.
+        return printable(value)
 
 
 class JobPage(BaseModel):
@@ -169,6 +178,21 @@ def check_memory(spec: JobSpec, cap_bytes: int) -> None:
         ) from None
 
 
+def check_dataset_path(spec: JobSpec, dataset_dirs: list[Path]) -> None:
+    """422 unless the spec's `dataset_path` (if any) lies inside `BPBENCH_DATASET_DIRS`: the same answer
+    for every path outside them, whether it exists or not."""
+    if spec.dataset_path is None or dataset_path_allowed(spec.dataset_path, dataset_dirs):
+        return
+    accepted = dataset_dirs_accepted(dataset_dirs)
+    raise unprocessable(
+        "dataset_path",
+        "body",
+        spec.dataset_path,
+        accepted,
+        f"dataset_path: {spec.dataset_path[:200]!r} is not a path this server reads; accepted: {accepted}",
+    )
+
+
 def _check_target_in_database(factory: sessionmaker[Session], spec: JobSpec, target: str) -> None:
     with factory() as session:
         check_target(session, spec, target)
@@ -203,10 +227,11 @@ async def submit_job(submission: JobSubmission, request: Request) -> Response:
     the answer is 503 with `Retry-After`, and nothing was accepted.
     """
     spec = submission.job_spec()
+    settings: Settings = request.app.state.settings
+    check_dataset_path(spec, settings.dataset_dirs)
     if submission.target is not None:
         factory = request.app.state.session_factory
         await run_in_threadpool(_check_target_in_database, factory, spec, submission.target)
-    settings: Settings = request.app.state.settings
     # A job no worker could hold is refused here, not found out by a worker running out of memory.
     check_memory(spec, settings.max_job_memory_bytes)
     row = service.job_row(spec, target_device_id=submission.target)

@@ -5,22 +5,25 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, status
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from services.api.deps import SessionDep, SettingsDep, SubmitAccess
 from services.api.errors import unprocessable
+from services.api.json_body import StrictJSONRoute
 from services.api.routes.jobs import JobOut, job_out
 from services.devices.service import get_device, list_devices, live_device_ids
 from services.jobs import service
 from services.jobs.spec import DEVICE_PATTERN, Text
 from services.jobs.suites import SUITES
 
-router = APIRouter(prefix="/suites", tags=["suites"])
+router = APIRouter(prefix="/suites", tags=["suites"], route_class=StrictJSONRoute)
 
 
 class SuiteRequest(BaseModel):
     """Which suite (`standard`, or `smoke`: the same jobs at toy sizes), and where: device ids or classes."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     name: Literal["standard", "smoke"] = "standard"
     devices: list[Annotated[Text, Field(min_length=1, max_length=64)]] | None = Field(
@@ -54,7 +57,7 @@ def _resolve_targets(
         device = get_device(session, entry)
         if device is not None:
             targets.append((device.device_class, device.id))
-        elif DEVICE_PATTERN.match(entry):
+        elif DEVICE_PATTERN.fullmatch(entry):
             targets.append((entry, None))
         else:
             raise unprocessable(
