@@ -1,11 +1,12 @@
 """Fuzzing with hostile JSON: schemathesis against the running API, its bodies salted with lone surrogates
 and non-finite numbers (`tests/support/hostile_json.py`), on PostgreSQL.
 
-The schema-driven run (`tests/services/api/test_fuzz.py`) only sends JSON that Python and RFC 8259
-agree on. Here about half of the generated bodies have one string, number or key replaced by a lone
-UTF-16 surrogate (alone or inside text), `NaN`, `Infinity`, `-Infinity` or `1e400`, as Python's `json.dumps` writes them. Every answer
-must be a non-5xx whose body is valid JSON, and the server must log no traceback. The CI run is modest
-(`BPBENCH_HOSTILE_FUZZ_EXAMPLES`, default 20 per operation); the long run is the same test with 150.
+The schema-driven run (`tests/services/api/test_fuzz.py`) only sends JSON that Python and RFC 8259 agree
+on. Here about half of the generated bodies have one string, number or key replaced by a lone UTF-16
+surrogate (alone or inside text), `NaN`, `Infinity`, `-Infinity` or `1e400`, as Python's `json.dumps`
+writes them. Every answer must be a non-5xx whose body is valid JSON, and the server must log no traceback.
+The CI run is modest (`BPBENCH_HOSTILE_FUZZ_EXAMPLES`, default 20 per operation); the long run is the same
+test with 150.
 """
 
 from __future__ import annotations
