@@ -16,6 +16,7 @@ from rich.markup import escape
 from cli.api_client import ApiClient
 from cli.app import app
 from cli.render import (
+    FINAL_STATUSES,
     comparison_notes,
     comparison_table,
     console,
@@ -93,26 +94,46 @@ def jobs_command(
     )
 
 
+JobIdArg = Annotated[str, typer.Argument(help="job id, or its first characters (as `bpbench jobs` prints)")]
+
+
 @app.command("show")
-def show_command(job_id: Annotated[str, typer.Argument(help="job id")], as_json: JsonOpt = False) -> None:
+def show_command(job_id: JobIdArg, as_json: JsonOpt = False) -> None:
     """Show one job: status, progress, result summary, error."""
     with one_line_errors():
-        job = ApiClient.from_settings().get(f"/api/v1/jobs/{job_id}")
+        client = ApiClient.from_settings()
+        job = client.get(f"/api/v1/jobs/{client.resolve_job_id(job_id)}")
     if as_json:
         print_json(job)
     else:
         show_job(job)
 
 
+def cancel_outcome(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """What a cancel did, in words: from the job before the request and the answer to it."""
+    if before["status"] in FINAL_STATUSES:
+        return f"job {before['id']} had already finished ({before['status']}); nothing to cancel"
+    if after["status"] == "cancelled":
+        return f"job {after['id']} cancelled (it had not started)"
+    if after["status"] == "running" and after.get("cancel_requested"):
+        return f"job {after['id']}: cancel requested; it stops between two steps (`bpbench show` follows it)"
+    return f"job {after['id']} finished ({after['status']}) before the cancel reached it"
+
+
 @app.command("cancel")
-def cancel_command(job_id: Annotated[str, typer.Argument(help="job id")], as_json: JsonOpt = False) -> None:
+def cancel_command(job_id: JobIdArg, as_json: JsonOpt = False) -> None:
     """Cancel a job (a queued job at once; a running one between two steps)."""
     with one_line_errors():
-        job = ApiClient.from_settings().post(f"/api/v1/jobs/{job_id}/cancel")
+        client = ApiClient.from_settings()
+        full_id = client.resolve_job_id(job_id)
+        before = client.get(f"/api/v1/jobs/{full_id}")
+        job = before
+        if before["status"] not in FINAL_STATUSES:
+            job = client.post(f"/api/v1/jobs/{full_id}/cancel")
     if as_json:
         print_json(job)
     else:
-        console.print(f"job {job['id']}: {job['status']}")
+        console.print(cancel_outcome(before, job), highlight=False)
 
 
 @app.command("compare")
