@@ -56,18 +56,40 @@ def submit_command(
     with one_line_errors():
         client = ApiClient.from_settings()
         job = client.post("/api/v1/jobs", body)
+        warning = no_worker_warning(job, client.get("/api/v1/devices")["items"])
+        if warning:
+            err_console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
+        result = None
         if wait:
             (job,) = wait_for_jobs(client, [job], out=err_console if as_json else console)
+            if job["status"] == "succeeded" and not as_json:
+                result = client.get(f"/api/v1/jobs/{job['id']}/report")["result"]
     if as_json:
         print_json(job)
     elif wait:
-        show_job(job)
+        show_job(job, result)
     else:
         console.print(
             f"submitted job {job['id']} ({job['status']}); follow it with `bpbench show {job['id']}`"
         )
     if wait and job.get("status") != "succeeded":
         raise typer.Exit(1)
+
+
+def no_worker_warning(job: dict[str, Any], devices: list[dict[str, Any]]) -> str | None:
+    """Why nothing will run the job now, when no live worker serves its queue (None when one does)."""
+    target = job.get("target_device_id")
+    if target:
+        serving = [d for d in devices if d["id"] == target and d.get("live")]
+    else:
+        serving = [d for d in devices if d.get("device_class") == job.get("device_class") and d.get("live")]
+    if serving:
+        return None
+    wanted = f"device {target}" if target else f"a {job.get('device_class')} device"
+    return (
+        f"no live worker serves queue {job.get('queue')!r} ({wanted}): job {job['id'][:8]} waits until one "
+        f"starts (`bpbench worker --device {job.get('device')}`; see `bpbench devices`)"
+    )
 
 
 @app.command("jobs")
@@ -103,10 +125,13 @@ def show_command(job_id: JobIdArg, as_json: JsonOpt = False) -> None:
     with one_line_errors():
         client = ApiClient.from_settings()
         job = client.get(f"/api/v1/jobs/{client.resolve_job_id(job_id)}")
+        result = None
+        if not as_json and job["status"] == "succeeded":
+            result = client.get(f"/api/v1/jobs/{job['id']}/report")["result"]
     if as_json:
         print_json(job)
     else:
-        show_job(job)
+        show_job(job, result)
 
 
 def cancel_outcome(before: dict[str, Any], after: dict[str, Any]) -> str:
@@ -149,7 +174,8 @@ def compare_command(
 ) -> None:
     """Compare devices on one spec: median throughput with CI, ratio, efficiency, vendor timeline."""
     with one_line_errors():
-        doc = ApiClient.from_settings().get(
+        client = ApiClient.from_settings()
+        doc = client.get(
             "/api/v1/compare",
             kind=kind,
             model=model,
@@ -160,11 +186,13 @@ def compare_command(
             baseline=baseline,
         )
         # Each device's newest result on this spec, flagged when outside its history's noise.
-        flags = ApiClient.from_settings().get("/api/v1/regressions", spec_hash=doc["spec_hash"])["items"]
+        flags = client.get("/api/v1/regressions", spec_hash=doc["spec_hash"])["items"]
+        if not as_json:
+            devices = client.get("/api/v1/devices")["items"]  # their BLAS thread counts
     if as_json:
         print_json({**doc, "regressions": flags})
         return
-    console.print(comparison_table(doc))
+    console.print(comparison_table(doc, devices=devices))
     if doc.get("note"):
         console.print(f"[dim]{doc['note']}[/dim]")
     for note in comparison_notes(doc):
