@@ -1,4 +1,5 @@
-"""The API client commands: `bpbench submit`, `jobs`, `show`, `cancel`, `compare`, `timeline`, `devices`.
+"""The API client commands: `bpbench submit`, `jobs`, `show`, `cancel`, `compare`, `timeline`, `devices`,
+`results`.
 
 They speak HTTP to a running API (`cli/api_client.py`: `BPBENCH_API_URL`, default http://127.0.0.1:8000,
 with the token from `BPBENCH_API_TOKEN` or `DATA_DIR/api-token`) and print with `cli/render.py`: rich
@@ -8,6 +9,7 @@ status 1, never a traceback.
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Any
 
 import typer
@@ -26,6 +28,7 @@ from cli.render import (
     one_line_errors,
     print_json,
     print_regression_flags,
+    results_table,
     show_job,
     timeline_tables,
     wait_for_jobs,
@@ -221,3 +224,45 @@ def devices_command(as_json: JsonOpt = False) -> None:
         print_json(doc)
         return
     console.print(devices_table(doc["items"]))
+
+
+@app.command("results")
+def results_command(
+    kind: Annotated[str | None, typer.Option(help=", ".join(KINDS))] = None,
+    model: Annotated[str | None, typer.Option()] = None,
+    dataset: Annotated[str | None, typer.Option()] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    dtype: Annotated[str | None, typer.Option()] = None,
+    spec_hash: Annotated[str | None, typer.Option(help="results of exactly this spec")] = None,
+    device: Annotated[str | None, typer.Option(help="device id (see `bpbench devices`)")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 100,
+    offset: Annotated[int, typer.Option(min=0)] = 0,
+    as_csv: Annotated[bool, typer.Option("--csv", help="the API's CSV on stdout, for spreadsheets")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Recorded results, newest first, filtered as `GET /api/v1/results`: a table, JSON or CSV."""
+    if as_csv and as_json:
+        err_console.print("[red]error:[/red] give --csv or --json, not both", highlight=False)
+        raise typer.Exit(2)
+    filters: dict[str, Any] = {
+        "kind": kind,
+        "model": model,
+        "dataset": dataset,
+        "batch_size": batch_size,
+        "dtype": dtype,
+        "spec_hash": spec_hash,
+        "device": device,
+        "limit": limit,
+        "offset": offset,
+    }
+    with one_line_errors():
+        client = ApiClient.from_settings()
+        if as_csv:
+            clean = {k: v for k, v in filters.items() if v is not None}
+            sys.stdout.write(client.request("GET", "/api/v1/results", params={**clean, "format": "csv"}).text)
+            return
+        page = client.get("/api/v1/results", **filters)
+    if as_json:
+        print_json(page)
+        return
+    console.print(results_table(page["items"], title=f"Results {offset + 1}-{offset + len(page['items'])}"))

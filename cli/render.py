@@ -208,6 +208,38 @@ def jobs_table(jobs: Sequence[dict[str, Any]], title: str = "Jobs") -> Table:
     return fitted_table(title, columns, rows)
 
 
+def results_table(results: Sequence[dict[str, Any]], title: str = "Results") -> Table:
+    """Recorded results: job (short id), when, device, what ran, throughput with its 95% CI."""
+    columns = [
+        Column("job"),
+        Column("created (UTC)", 2),
+        Column("device id"),
+        Column("kind", 4),
+        Column("model", 5),
+        Column("dataset", 5),
+        Column("batch", 3, "right"),
+        Column("dtype", 1),
+        Column("samples/s", 0, "right"),
+        Column("95% CI", 6),
+    ]
+    rows = [
+        [
+            short_id(r["job_id"]),
+            _timestamp(r.get("created_at")),
+            str(r.get("device_id") or "-"),
+            str(r.get("kind")),
+            str(r.get("model") or "-"),
+            str(r.get("dataset") or "-"),
+            str(r.get("batch_size") or "-"),
+            str(r.get("dtype") or "-"),
+            _fmt(r.get("samples_per_s")),
+            f"{_fmt(r.get('samples_per_s_ci95_low'))} .. {_fmt(r.get('samples_per_s_ci95_high'))}",
+        ]
+        for r in results
+    ]
+    return fitted_table(title, columns, rows)
+
+
 def comparison_table(
     doc: dict[str, Any], title: str | None = None, devices: Sequence[dict[str, Any]] = ()
 ) -> Table:
