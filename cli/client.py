@@ -1,4 +1,5 @@
-"""The API client commands: `bpbench submit`, `jobs`, `show`, `cancel`, `compare`, `timeline`, `devices`.
+"""The API client commands: `bpbench submit`, `jobs`, `show`, `cancel`, `compare`, `timeline`, `devices`,
+`results`.
 
 They speak HTTP to a running API (`cli/api_client.py`: `BPBENCH_API_URL`, default http://127.0.0.1:8000,
 with the token from `BPBENCH_API_TOKEN` or `DATA_DIR/api-token`) and print with `cli/render.py`: rich
@@ -8,6 +9,7 @@ status 1, never a traceback.
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Any
 
 import typer
@@ -16,6 +18,7 @@ from rich.markup import escape
 from cli.api_client import ApiClient
 from cli.app import app
 from cli.render import (
+    FINAL_STATUSES,
     comparison_notes,
     comparison_table,
     console,
@@ -25,6 +28,7 @@ from cli.render import (
     one_line_errors,
     print_json,
     print_regression_flags,
+    results_table,
     show_job,
     timeline_tables,
     wait_for_jobs,
@@ -55,18 +59,40 @@ def submit_command(
     with one_line_errors():
         client = ApiClient.from_settings()
         job = client.post("/api/v1/jobs", body)
+        warning = no_worker_warning(job, client.get("/api/v1/devices")["items"])
+        if warning:
+            err_console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
+        result = None
         if wait:
             (job,) = wait_for_jobs(client, [job], out=err_console if as_json else console)
+            if job["status"] == "succeeded" and not as_json:
+                result = client.get(f"/api/v1/jobs/{job['id']}/report")["result"]
     if as_json:
         print_json(job)
     elif wait:
-        show_job(job)
+        show_job(job, result)
     else:
         console.print(
             f"submitted job {job['id']} ({job['status']}); follow it with `bpbench show {job['id']}`"
         )
     if wait and job.get("status") != "succeeded":
         raise typer.Exit(1)
+
+
+def no_worker_warning(job: dict[str, Any], devices: list[dict[str, Any]]) -> str | None:
+    """Why nothing will run the job now, when no live worker serves its queue (None when one does)."""
+    target = job.get("target_device_id")
+    if target:
+        serving = [d for d in devices if d["id"] == target and d.get("live")]
+    else:
+        serving = [d for d in devices if d.get("device_class") == job.get("device_class") and d.get("live")]
+    if serving:
+        return None
+    wanted = f"device {target}" if target else f"a {job.get('device_class')} device"
+    return (
+        f"no live worker serves queue {job.get('queue')!r} ({wanted}): job {job['id'][:8]} waits until one "
+        f"starts (`bpbench worker --device {job.get('device')}`; see `bpbench devices`)"
+    )
 
 
 @app.command("jobs")
@@ -93,26 +119,49 @@ def jobs_command(
     )
 
 
+JobIdArg = Annotated[str, typer.Argument(help="job id, or its first characters (as `bpbench jobs` prints)")]
+
+
 @app.command("show")
-def show_command(job_id: Annotated[str, typer.Argument(help="job id")], as_json: JsonOpt = False) -> None:
+def show_command(job_id: JobIdArg, as_json: JsonOpt = False) -> None:
     """Show one job: status, progress, result summary, error."""
     with one_line_errors():
-        job = ApiClient.from_settings().get(f"/api/v1/jobs/{job_id}")
+        client = ApiClient.from_settings()
+        job = client.get(f"/api/v1/jobs/{client.resolve_job_id(job_id)}")
+        result = None
+        if not as_json and job["status"] == "succeeded":
+            result = client.get(f"/api/v1/jobs/{job['id']}/report")["result"]
     if as_json:
         print_json(job)
     else:
-        show_job(job)
+        show_job(job, result)
+
+
+def cancel_outcome(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """What a cancel did, in words: from the job before the request and the answer to it."""
+    if before["status"] in FINAL_STATUSES:
+        return f"job {before['id']} had already finished ({before['status']}); nothing to cancel"
+    if after["status"] == "cancelled":
+        return f"job {after['id']} cancelled (it had not started)"
+    if after["status"] == "running" and after.get("cancel_requested"):
+        return f"job {after['id']}: cancel requested; it stops between two steps (`bpbench show` follows it)"
+    return f"job {after['id']} finished ({after['status']}) before the cancel reached it"
 
 
 @app.command("cancel")
-def cancel_command(job_id: Annotated[str, typer.Argument(help="job id")], as_json: JsonOpt = False) -> None:
+def cancel_command(job_id: JobIdArg, as_json: JsonOpt = False) -> None:
     """Cancel a job (a queued job at once; a running one between two steps)."""
     with one_line_errors():
-        job = ApiClient.from_settings().post(f"/api/v1/jobs/{job_id}/cancel")
+        client = ApiClient.from_settings()
+        full_id = client.resolve_job_id(job_id)
+        before = client.get(f"/api/v1/jobs/{full_id}")
+        job = before
+        if before["status"] not in FINAL_STATUSES:
+            job = client.post(f"/api/v1/jobs/{full_id}/cancel")
     if as_json:
         print_json(job)
     else:
-        console.print(f"job {job['id']}: {job['status']}")
+        console.print(cancel_outcome(before, job), highlight=False)
 
 
 @app.command("compare")
@@ -128,7 +177,8 @@ def compare_command(
 ) -> None:
     """Compare devices on one spec: median throughput with CI, ratio, efficiency, vendor timeline."""
     with one_line_errors():
-        doc = ApiClient.from_settings().get(
+        client = ApiClient.from_settings()
+        doc = client.get(
             "/api/v1/compare",
             kind=kind,
             model=model,
@@ -139,11 +189,13 @@ def compare_command(
             baseline=baseline,
         )
         # Each device's newest result on this spec, flagged when outside its history's noise.
-        flags = ApiClient.from_settings().get("/api/v1/regressions", spec_hash=doc["spec_hash"])["items"]
+        flags = client.get("/api/v1/regressions", spec_hash=doc["spec_hash"])["items"]
+        if not as_json:
+            devices = client.get("/api/v1/devices")["items"]  # their BLAS thread counts
     if as_json:
         print_json({**doc, "regressions": flags})
         return
-    console.print(comparison_table(doc))
+    console.print(comparison_table(doc, devices=devices))
     if doc.get("note"):
         console.print(f"[dim]{doc['note']}[/dim]")
     for note in comparison_notes(doc):
@@ -172,3 +224,45 @@ def devices_command(as_json: JsonOpt = False) -> None:
         print_json(doc)
         return
     console.print(devices_table(doc["items"]))
+
+
+@app.command("results")
+def results_command(
+    kind: Annotated[str | None, typer.Option(help=", ".join(KINDS))] = None,
+    model: Annotated[str | None, typer.Option()] = None,
+    dataset: Annotated[str | None, typer.Option()] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    dtype: Annotated[str | None, typer.Option()] = None,
+    spec_hash: Annotated[str | None, typer.Option(help="results of exactly this spec")] = None,
+    device: Annotated[str | None, typer.Option(help="device id (see `bpbench devices`)")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 100,
+    offset: Annotated[int, typer.Option(min=0)] = 0,
+    as_csv: Annotated[bool, typer.Option("--csv", help="the API's CSV on stdout, for spreadsheets")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Recorded results, newest first, filtered as `GET /api/v1/results`: a table, JSON or CSV."""
+    if as_csv and as_json:
+        err_console.print("[red]error:[/red] give --csv or --json, not both", highlight=False)
+        raise typer.Exit(2)
+    filters: dict[str, Any] = {
+        "kind": kind,
+        "model": model,
+        "dataset": dataset,
+        "batch_size": batch_size,
+        "dtype": dtype,
+        "spec_hash": spec_hash,
+        "device": device,
+        "limit": limit,
+        "offset": offset,
+    }
+    with one_line_errors():
+        client = ApiClient.from_settings()
+        if as_csv:
+            clean = {k: v for k, v in filters.items() if v is not None}
+            sys.stdout.write(client.request("GET", "/api/v1/results", params={**clean, "format": "csv"}).text)
+            return
+        page = client.get("/api/v1/results", **filters)
+    if as_json:
+        print_json(page)
+        return
+    console.print(results_table(page["items"], title=f"Results {offset + 1}-{offset + len(page['items'])}"))

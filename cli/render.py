@@ -8,15 +8,18 @@ database. Piped output (logs, tests) gets room for the wide comparison table ins
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
+from rich.cells import cell_len
+from rich.console import Console, JustifyMethod
 from rich.progress import (
     BarColumn,
     Progress,
@@ -34,8 +37,9 @@ if TYPE_CHECKING:
 
 FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 
-console = Console(width=None if sys.stdout.isatty() else 200)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+# A terminal, or a pipe with COLUMNS set, gets its width; other pipes room for the widest table.
+console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() or os.environ.get("COLUMNS") else 200)
 
 
 @contextmanager
@@ -72,75 +76,227 @@ def _years(entry: dict[str, Any] | None) -> str:
 # --- the API's documents, shared by the client commands and `bpbench up` -----------------------------
 
 
-def jobs_table(jobs: Sequence[dict[str, Any]], title: str = "Jobs") -> Table:
-    """A table of jobs: id, kind, device, status, progress, error."""
+@dataclass(frozen=True)
+class Column:
+    """A table column: its header, and how long it stays when the terminal is narrow (0: always)."""
+
+    header: str
+    keep: int = 0
+    justify: JustifyMethod = "left"
+
+
+def _longest_word(text: str) -> int:
+    return max((cell_len(word) for word in text.split()), default=1)
+
+
+def _fill(widths: list[int], targets: Sequence[int], spare: int, rank: Sequence[int] | None = None) -> int:
+    """Widen `widths` toward `targets` with at most `spare` cells; the spare left. Without `rank`, the
+    smallest needs first, sharing evenly (water-filling, so short cells do not wrap); with it, whole
+    needs in `rank` order while they fit."""
+    wanting = sorted(range(len(widths)), key=lambda i: (rank[i] if rank else 0, targets[i] - widths[i]))
+    for position, i in enumerate(wanting):
+        need = targets[i] - widths[i]
+        share = spare // (len(wanting) - position)
+        given = (need if need <= spare else 0) if rank else max(0, min(need, share))
+        widths[i] += given
+        spare -= given
+    return spare
+
+
+def _column_widths(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], width: int, keep: Sequence[int]
+) -> list[int] | None:
+    """Content widths of the columns that fit `width` with no word broken, or None when even each
+    column's longest word (header or cell) is too much. Room beyond that goes to the cells first, then to
+    the headers (which otherwise wrap at their spaces), those of the columns kept longest first."""
+    cells = [[header, *(row[i] for row in rows)] for i, header in enumerate(headers)]
+    least = [max(_longest_word(cell) for cell in column) for column in cells]
+    lines = [
+        [cell_len(line) for cell in column[1:] for line in cell.splitlines() or [""]] for column in cells
+    ]
+    for_cells = [max([least[i], *lines[i]]) for i in range(len(headers))]
+    for_headers = [max(for_cells[i], cell_len(header)) for i, header in enumerate(headers)]
+    frame = 3 * len(headers) + 1  # a space each side of every cell, a rule between and around them
+    spare = width - frame - sum(least)
+    if spare < 0:
+        return None
+    widths = list(least)
+    # The always-shown columns' headers count as cells: a key header stays on one line.
+    spare = _fill(widths, [for_headers[i] if keep[i] == 0 else for_cells[i] for i in range(len(keep))], spare)
+    _fill(widths, for_headers, spare, [-k if k else -100 for k in keep])
+    return widths
+
+
+def fitted_table(
+    title: str, columns: Sequence[Column], rows: Sequence[Sequence[str]], *, width: int | None = None
+) -> Table:
+    """A table that fits `width` (default: the console's) without breaking a word: cells wrap at spaces
+    only, and while even that is too wide the column with the lowest `keep` is left out (named in the
+    caption). Rich would squeeze columns below their longest word, so the widths are set here."""
+    width = width or console.width
+    shown = list(range(len(columns)))
+    while True:
+        headers = [columns[i].header for i in shown]
+        kept = [columns[i].keep for i in shown]
+        widths = _column_widths(headers, [[row[i] for i in shown] for row in rows], width, kept)
+        droppable = [i for i in shown if columns[i].keep > 0]
+        if widths is not None or not droppable:
+            break
+        shown.remove(min(droppable, key=lambda i: (columns[i].keep, -i)))
     table = Table(title=title)
-    for column in ("id", "kind", "device", "status", "progress", "worker", "created", "error"):
-        table.add_column(column, overflow="fold")
-    for job in jobs:
-        progress = job.get("progress")
-        table.add_row(
-            str(job["id"]),
-            str(job.get("kind", "-")),
-            str(job.get("target_device_id") or job.get("device") or "-"),
-            str(job.get("status", "-")),
-            f"{100 * progress:.0f}%" if isinstance(progress, int | float) else "-",
-            str(job.get("worker") or "-"),
-            str(job.get("created_at") or "-")[:19],
-            (job.get("error") or "")[:80],
+    for position, i in enumerate(shown):
+        table.add_column(
+            columns[i].header,
+            justify=columns[i].justify,
+            width=widths[position] if widths else None,
+            overflow="fold",
         )
+    for row in rows:
+        table.add_row(*(row[i] for i in shown))
+    left_out = [columns[i].header for i in range(len(columns)) if i not in shown]
+    if left_out:
+        table.caption = f"not shown at {width} columns: {', '.join(left_out)} (--json has all)"
     return table
 
 
-def comparison_table(doc: dict[str, Any], title: str | None = None) -> Table:
-    """The device comparison of one spec, with each device's vendor entry from the seed's timeline."""
+def short_id(job_id: str) -> str:
+    """The first 8 characters of a job id: what `show` and `cancel` accept (a unique prefix)."""
+    return str(job_id)[:8]
+
+
+def _timestamp(value: Any) -> str:
+    """`2026-12-03 10:11:55` from an ISO timestamp (seconds, no zone: the API's are UTC)."""
+    return str(value).replace("T", " ")[:19] if value else "-"
+
+
+def blas_threads(device: dict[str, Any] | None) -> str:
+    """The BLAS pool's thread count from a device's fingerprint ("-" when it has none)."""
+    pools = ((device or {}).get("fingerprint") or {}).get("blas") or []
+    counts = sorted(
+        {str(p["num_threads"]) for p in pools if p.get("user_api") == "blas" and p.get("num_threads")}
+    )
+    return ", ".join(counts) or "-"
+
+
+def jobs_table(jobs: Sequence[dict[str, Any]], title: str = "Jobs") -> Table:
+    """A table of jobs: short id, kind, device, status, progress, worker, created, error."""
+    columns = [
+        Column("id"),
+        Column("kind", 5),
+        Column("device", 3),
+        Column("status"),
+        Column("progress", 4, "right"),
+        Column("worker", 1),
+        Column("created (UTC)", 2),
+        Column("error", 6),
+    ]
+    rows = []
+    for job in jobs:
+        progress = job.get("progress")
+        rows.append(
+            [
+                short_id(job["id"]),
+                str(job.get("kind", "-")),
+                str(job.get("target_device_id") or job.get("device") or "-"),
+                str(job.get("status", "-")),
+                f"{100 * progress:.0f}%" if isinstance(progress, int | float) else "-",
+                str(job.get("worker") or "-"),
+                _timestamp(job.get("created_at")),
+                (job.get("error") or "")[:80],
+            ]
+        )
+    return fitted_table(title, columns, rows)
+
+
+def results_table(results: Sequence[dict[str, Any]], title: str = "Results") -> Table:
+    """Recorded results: job (short id), when, device, what ran, throughput with its 95% CI."""
+    columns = [
+        Column("job"),
+        Column("created (UTC)", 2),
+        Column("device id"),
+        Column("kind", 4),
+        Column("model", 5),
+        Column("dataset", 5),
+        Column("batch", 3, "right"),
+        Column("dtype", 1),
+        Column("samples/s", 0, "right"),
+        Column("95% CI", 6),
+    ]
+    rows = [
+        [
+            short_id(r["job_id"]),
+            _timestamp(r.get("created_at")),
+            str(r.get("device_id") or "-"),
+            str(r.get("kind")),
+            str(r.get("model") or "-"),
+            str(r.get("dataset") or "-"),
+            str(r.get("batch_size") or "-"),
+            str(r.get("dtype") or "-"),
+            _fmt(r.get("samples_per_s")),
+            f"{_fmt(r.get('samples_per_s_ci95_low'))} .. {_fmt(r.get('samples_per_s_ci95_high'))}",
+        ]
+        for r in results
+    ]
+    return fitted_table(title, columns, rows)
+
+
+def comparison_table(
+    doc: dict[str, Any], title: str | None = None, devices: Sequence[dict[str, Any]] = ()
+) -> Table:
+    """The device comparison of one spec, with each device's vendor entry from the seed's timeline;
+    `devices` (the API's device documents) add each device's BLAS thread count."""
     metric = doc.get("metric", "samples_per_s")
     spec = doc.get("spec") or {}
     label = (
         title or f"{spec.get('kind', '?')} {spec.get('model', {}).get('name', '')} {spec.get('dataset', '')}"
     )
-    table = Table(
-        title=f"{label.strip()}  (spec {doc.get('spec_hash')}, baseline {doc.get('baseline_name')})"
-    )
-    for column in (
-        "device",
-        "class",
-        "vendor",
-        f"{metric} median",
-        "95% CI",
-        "runs",
-        "ratio",
-        "efficiency",
-        "gemm peak GFLOP/s",
-        "samples/J",
-        "platform",
-        "entered deep learning",
-    ):
-        table.add_column(column, overflow="fold")
+    by_id = {device["id"]: device for device in devices}
+    columns = [
+        Column("device"),
+        Column("device id"),
+        Column("class", 2),
+        Column("vendor", 3),
+        Column("BLAS threads", 5, "right"),
+        Column(f"{metric} median", 0, "right"),
+        Column("95% CI", 7),
+        Column("runs", 6, "right"),
+        Column("ratio", 8, "right"),
+        Column("efficiency", 4, "right"),
+        Column("gemm peak GFLOP/s", 3, "right"),
+        Column("samples/J", 2, "right"),
+        Column("platform", 1),
+        Column("entered deep learning", 1),
+    ]
+    rows = []
     for row in doc.get("rows", []):
         value = row.get(metric) or {}
         ci = value.get("ci95") or [None, None]
         timeline = row.get("timeline") or {}
         efficiency = row.get("efficiency")
-        table.add_row(
-            str(row.get("device_name") or row.get("device_id")),
-            str(row.get("device_class") or "-"),
-            str(row.get("vendor") or "-"),
-            _fmt(value.get("median")),
-            f"{_fmt(ci[0])} .. {_fmt(ci[1])}",
-            str(row.get("runs", "-")),
-            f"{row['ratio']:.2f}x" if isinstance(row.get("ratio"), int | float) else "-",
-            "recalibrate!"
-            if row.get("efficiency_flag")
-            else f"{100 * efficiency:.1f}%"
-            if isinstance(efficiency, int | float)
-            else "-",
-            _fmt(row["gemm_peak_flops_per_s"] / 1e9) if row.get("gemm_peak_flops_per_s") else "-",
-            _fmt(row["samples_per_j"]) if isinstance(row.get("samples_per_j"), int | float) else "-",
-            str(timeline.get("platform") or "-"),
-            _years(timeline),
+        rows.append(
+            [
+                str(row.get("device_name") or row.get("device_id")),
+                str(row.get("device_id")),
+                str(row.get("device_class") or "-"),
+                str(row.get("vendor") or "-"),
+                blas_threads(by_id.get(row.get("device_id"))) if by_id else "-",
+                _fmt(value.get("median")),
+                f"{_fmt(ci[0])} .. {_fmt(ci[1])}",
+                str(row.get("runs", "-")),
+                f"{row['ratio']:.2f}x" if isinstance(row.get("ratio"), int | float) else "-",
+                "recalibrate!"
+                if row.get("efficiency_flag")
+                else f"{100 * efficiency:.1f}%"
+                if isinstance(efficiency, int | float)
+                else "-",
+                _fmt(row["gemm_peak_flops_per_s"] / 1e9) if row.get("gemm_peak_flops_per_s") else "-",
+                _fmt(row["samples_per_j"]) if isinstance(row.get("samples_per_j"), int | float) else "-",
+                str(timeline.get("platform") or "-"),
+                _years(timeline),
+            ]
         )
-    return table
+    heading = f"{label.strip()}  (spec {doc.get('spec_hash')}, baseline {doc.get('baseline_name')})"
+    return fitted_table(heading, columns, rows)
 
 
 def comparison_notes(doc: dict[str, Any]) -> list[str]:
@@ -214,24 +370,37 @@ def timeline_tables(doc: dict[str, Any]) -> list[Table]:
 
 
 def devices_table(devices: Sequence[dict[str, Any]]) -> Table:
-    """Registered devices: id, name, class, vendor, live, queue, queued jobs."""
-    table = Table(title="Devices")
-    for column in ("id", "name", "class", "vendor", "memory", "live", "queue", "queued", "last heartbeat"):
-        table.add_column(column, overflow="fold")
+    """Registered devices: id, name, class, vendor, BLAS threads, memory, live, queue, queued jobs."""
+    columns = [
+        Column("id"),
+        Column("name", 6),
+        Column("class", 4),
+        Column("vendor", 2),
+        Column("BLAS threads", 5, "right"),
+        Column("memory", 3, "right"),
+        Column("live"),
+        Column("queue", 1),
+        Column("queued", 3, "right"),
+        Column("last heartbeat (UTC)", 1),
+    ]
+    rows = []
     for device in devices:
         memory = device.get("memory_bytes")
-        table.add_row(
-            str(device.get("id")),
-            str(device.get("name")),
-            str(device.get("device_class")),
-            str(device.get("vendor") or "-"),
-            f"{memory / 2**30:.1f} GiB" if isinstance(memory, int | float) else "-",
-            "yes" if device.get("live") else "no",
-            str(device.get("queue")),
-            str(device.get("queued_jobs", "-")),
-            str(device.get("last_heartbeat") or "-")[:19],
+        rows.append(
+            [
+                str(device.get("id")),
+                str(device.get("name")),
+                str(device.get("device_class")),
+                str(device.get("vendor") or "-"),
+                blas_threads(device),
+                f"{memory / 2**30:.1f} GiB" if isinstance(memory, int | float) else "-",
+                "yes" if device.get("live") else "no",
+                str(device.get("queue")),
+                str(device.get("queued_jobs", "-")),
+                _timestamp(device.get("last_heartbeat")),
+            ]
         )
-    return table
+    return fitted_table("Devices", columns, rows)
 
 
 def wait_for_jobs(
@@ -253,13 +422,16 @@ def wait_for_jobs(
         TaskProgressColumn(),
         TextColumn("{task.fields[status]}"),
         TimeElapsedColumn(),
+        TextColumn("{task.fields[message]}"),
     )
     with Progress(*columns, console=out, transient=False) as progress:
         tasks = {}
         for i, job in enumerate(jobs):
             label = labels[i] if labels else f"{job.get('kind')}"
             description = f"{str(job['id'])[:8]} {label} [{job.get('target_device_id') or job.get('device')}]"
-            tasks[job["id"]] = progress.add_task(description, total=1.0, status=job.get("status", ""))
+            tasks[job["id"]] = progress.add_task(
+                description, total=1.0, status=job.get("status", ""), message=""
+            )
         while True:
             pending = [i for i, job in latest.items() if job.get("status") not in FINAL_STATUSES]
             for job_id in pending:
@@ -268,9 +440,14 @@ def wait_for_jobs(
                 fresh["suite_item"] = fresh.get("suite_item") or latest[job_id].get("suite_item")
                 latest[job_id] = fresh
             for job_id, job in latest.items():
-                done = job.get("status") in FINAL_STATUSES
-                value = 1.0 if done else float(job.get("progress") or 0.0)
-                progress.update(tasks[job_id], completed=value, status=job.get("status", ""))
+                # Only a success is 100%: a failed or cancelled job stays where it stopped.
+                succeeded = job.get("status") == "succeeded"
+                value = 1.0 if succeeded else float(job.get("progress") or 0.0)
+                message = job.get("progress_message") or ""  # "step 40/100, loss 2.3026", as `run`
+                if job.get("status") == "failed":
+                    where = f" at {message}" if message.startswith("step ") else ""
+                    message = f"failed{where}: {job.get('error') or 'no error recorded'}"
+                progress.update(tasks[job_id], completed=value, status=job.get("status", ""), message=message)
             if all(job.get("status") in FINAL_STATUSES for job in latest.values()):
                 break
             if deadline is not None and time.monotonic() > deadline:
@@ -279,31 +456,61 @@ def wait_for_jobs(
     return [latest[job["id"]] for job in jobs]
 
 
-def show_job(job: dict[str, Any]) -> None:
-    """A job's status, progress, result summary and error, as a two-column table."""
+def job_table(job: dict[str, Any]) -> Table:
+    """A job's state as a two-column table, every figure with its unit: status, where it ran, progress,
+    times, error."""
     table = Table(title=f"Job {job['id']}", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
-    for key in (
-        "status",
-        "kind",
-        "device",
-        "target_device_id",
-        "device_id",
-        "worker",
-        "progress",
-        "attempts",
-    ):
-        table.add_row(key, _fmt(job.get(key)))
-    for key in ("spec_hash", "created_at", "started_at", "finished_at", "error"):
-        if job.get(key):
-            table.add_row(key, str(job[key]))
-    summary = job.get("result") or {}
-    for key, value in summary.items():
-        if isinstance(value, dict):
-            value = ", ".join(f"{k}={_fmt(v)}" for k, v in value.items() if not isinstance(v, dict | list))
-        table.add_row(f"result.{key}", _fmt(value))
-    console.print(table)
+    progress = job.get("progress")
+    ran_on = job.get("device_id") or "-"
+    rows = [
+        ("status", str(job.get("status"))),
+        ("kind", str(job.get("kind"))),
+        ("device", f"{job.get('device')} (target {job['target_device_id']})")
+        if job.get("target_device_id")
+        else ("device", str(job.get("device"))),
+        ("ran on", f"{ran_on}, worker {job['worker']}" if job.get("worker") else ran_on),
+        (
+            "progress",
+            f"{100 * progress:.0f}%" + (f", {job['progress_message']}" if job.get("progress_message") else "")
+            if isinstance(progress, int | float)
+            else "-",
+        ),
+        ("attempts", str(job.get("attempts", "-"))),
+        ("created (UTC)", _timestamp(job.get("created_at"))),
+    ]
+    if job.get("started_at"):
+        rows.append(("started (UTC)", _timestamp(job["started_at"])))
+    if job.get("finished_at"):
+        rows.append(("finished (UTC)", _timestamp(job["finished_at"])))
+    if isinstance(job.get("duration_s"), int | float):
+        rows.append(("duration", _seconds(job["duration_s"])))
+    rows.append(("spec", str(job.get("spec_hash"))))
+    if job.get("error"):
+        rows.append(("error", str(job["error"])))
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+def stored_result_document(job: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """The result document `summary_table` draws (what `bpbench run` prints), from a job and its stored
+    result (`GET /api/v1/jobs/{id}/report`): the engine's metrics and fingerprint, the job's spec."""
+    return {
+        "kind": job["kind"],
+        "spec": job["spec"],
+        "metrics": result.get("metrics") or {},
+        "fingerprint": result.get("fingerprint") or {},
+    }
+
+
+def show_job(job: dict[str, Any], result: dict[str, Any] | None = None) -> None:
+    """A job's state and, once it succeeded and its stored result is given, the table `bpbench run`
+    prints for it."""
+    console.print(job_table(job))
+    if result is not None:
+        console.print(summary_table(stored_result_document(job, result)))
 
 
 def print_regression_flags(flags: Sequence[dict[str, Any]]) -> None:
@@ -458,12 +665,13 @@ def _train_summary(table: Table, result: dict[str, Any]) -> None:
     table.add_row("FLOPs/step", _si(metrics["flops_per_step"]))
     table.add_row("achieved FLOP/s", _si(metrics["flops_per_s"], "FLOP/s"))
     table.add_row(f"peak memory ({metrics['peak_memory_source']})", _si(metrics["peak_memory_bytes"], "B"))
-    timing = result["timing"]
-    table.add_row(
-        "timing",
-        f"{timing['windows']} windows of {timing['window_steps']} steps after {timing['warmup_steps']} "
-        f"warm-up ({timing['stop_reason']})",
-    )
+    timing = result.get("timing")  # a local run's; a stored result keeps its trials instead
+    if timing:
+        table.add_row(
+            "timing",
+            f"{timing['windows']} windows of {timing['window_steps']} steps after {timing['warmup_steps']} "
+            f"warm-up ({timing['stop_reason']})",
+        )
 
 
 def _gradcheck_summary(table: Table, result: dict[str, Any]) -> None:

@@ -29,7 +29,7 @@ from typing import IO, Any
 import typer
 from rich.console import Console
 
-from cli.api_client import ApiClient, ClientError
+from cli.api_client import API_URL_FILE, ApiClient, ClientError
 from cli.render import (
     checks_table,
     comparison_table,
@@ -365,6 +365,8 @@ def run_stack(data_dir: Path | None, host: str, port: int, suite: str | None, ex
         client = ApiClient(api_url, token, timeout=30)
         _wait_until(lambda: _ready(client), 60, f"the API at {api_url}", supervisor)
         _wait_until(lambda: len(_live_devices(client)) >= len(workers), 120, "the workers", supervisor)
+        # The client commands run with this data directory find this API without BPBENCH_API_URL.
+        (settings.data_dir / API_URL_FILE).write_text(api_url + "\n")
         console.print(f"bpbench is up at {api_url} (docs at {api_url}/docs), data in {settings.data_dir}")
         if created:
             console.print(f"API token (saved to {settings.api_token_file}): {token}")
@@ -399,6 +401,7 @@ def run_stack(data_dir: Path | None, host: str, port: int, suite: str | None, ex
             signal.signal(sig, handler)
         # A second Ctrl-C must not interrupt the cleanup half-way.
         with _signals_ignored():
+            (settings.data_dir / API_URL_FILE).unlink(missing_ok=True)
             supervisor.stop_all()
 
 

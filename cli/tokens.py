@@ -118,7 +118,8 @@ def revoke_command(
         str, typer.Argument(help=f"the token's name, or its prefix (at least {MIN_PREFIX} characters)")
     ],
 ) -> None:
-    """Revoke one token by name or prefix: it stops working at once (the row is kept, marked)."""
+    """Revoke one token by name or prefix: API servers refuse it within BPBENCH_TOKEN_CACHE_TTL_S (the
+    time they remember a valid token; 0 turns that off); the row is kept, marked revoked."""
     from services.auth.service import find_active_tokens, revoke_token
 
     with _database() as session:

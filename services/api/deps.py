@@ -214,7 +214,8 @@ def require_scope(scope: str, *, public_when_read_open: bool = False) -> Any:
         if not grants(token, scope):
             raise HTTPException(
                 status_code=status.HTTP_403_FORBIDDEN,
-                detail=f"token {token.name!r} has scopes {token.scopes}; this endpoint needs {scope!r}",
+                detail=f"token {token.name!r} has the scopes {', '.join(token.scopes)}; "
+                f"this endpoint needs {scope!r}",
             )
         return token
 

@@ -1,4 +1,4 @@
-"""The bpbench API (FastAPI; OpenAPI at /docs): `create_app(settings)`, and `app` for uvicorn.
+"""The bpbench API (FastAPI; OpenAPI at /docs, served offline): `create_app(settings)`, and `app` for uvicorn.
 
     uvicorn services.api.main:app        # what `bpbench up` runs; `bpbench api` migrates first
     uvicorn services.api.main:served_app --factory --workers N    # what `bpbench api --workers N` runs
@@ -40,6 +40,7 @@ from services.api.routes import (
     timeline,
 )
 from services.api.routes.dashboard import install_dashboard
+from services.api.routes.docs import install_api_docs
 from services.auth.service import TokenCache, ensure_token
 from services.core import queue
 from services.core.config import Settings, get_settings
@@ -115,6 +116,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ),
         lifespan=lifespan,
         dependencies=[RequestChecks],
+        # /docs and /redoc come from install_api_docs: the same pages, with their scripts served here.
+        docs_url=None,
+        redoc_url=None,
         **_without_opentelemetry(),
     )
     app.state.settings = settings
@@ -125,6 +129,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_domain_error_handlers(app)
     install_limits(app, settings)
     app.include_router(health.router)
+    install_api_docs(app)
     for module in (jobs, suites, results, compare, timeline, devices, monitoring):
         app.include_router(module.router, prefix=API_PREFIX)
     # Regressions, /metrics (+ HTTP metrics middleware) and the dashboard at / (services/web/).

@@ -209,11 +209,13 @@ def list_jobs(
     status: str | Sequence[str] | None = None,
     kind: str | None = None,
     device: str | None = None,
+    id_prefix: str | None = None,
     limit: int = 50,
     offset: int = 0,
 ) -> list[Job]:
-    """Jobs, newest first; `device` matches the requested device, its class, or the device that ran it."""
-    query = _filtered(select(Job), status=status, kind=kind, device=device)
+    """Jobs, newest first; `device` matches the requested device, its class, or the device that ran it;
+    `id_prefix` the start of the job's id (the short ids the CLI and the dashboard print)."""
+    query = _filtered(select(Job), status=status, kind=kind, device=device, id_prefix=id_prefix)
     query = query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)
     return list(session.scalars(query))
 
@@ -224,6 +226,7 @@ def count_jobs(
     status: str | Sequence[str] | None = None,
     kind: str | None = None,
     device: str | None = None,
+    id_prefix: str | None = None,
     cap: int | None = None,
 ) -> int:
     """How many jobs `list_jobs` would page through with these filters; with `cap`, at most `cap` + 1.
@@ -231,10 +234,13 @@ def count_jobs(
     A capped count reads at most `cap` + 1 index entries, so it costs the same with a thousand jobs as with
     a million (an exact COUNT(*) over a million succeeded jobs reads them all); `cap` + 1 means "more".
     """
+
+    def filtered(query: Any) -> Any:
+        return _filtered(query, status=status, kind=kind, device=device, id_prefix=id_prefix)
+
     if cap is None:
-        query = _filtered(select(func.count()).select_from(Job), status=status, kind=kind, device=device)
-        return int(session.scalar(query) or 0)
-    ids = _filtered(select(Job.id), status=status, kind=kind, device=device).limit(cap + 1)
+        return int(session.scalar(filtered(select(func.count()).select_from(Job))) or 0)
+    ids = filtered(select(Job.id)).limit(cap + 1)
     return int(session.scalar(select(func.count()).select_from(ids.subquery())) or 0)
 
 
@@ -253,7 +259,14 @@ def queued_job_counts(session: Session) -> tuple[dict[str, int], dict[str, int]]
     return targeted, by_class
 
 
-def _filtered(query: Any, *, status: str | Sequence[str] | None, kind: str | None, device: str | None) -> Any:
+def _filtered(
+    query: Any,
+    *,
+    status: str | Sequence[str] | None,
+    kind: str | None,
+    device: str | None,
+    id_prefix: str | None = None,
+) -> Any:
     if status is not None:
         statuses = [status] if isinstance(status, str) else list(status)
         unknown = sorted(set(statuses) - set(JOB_STATUSES))
@@ -269,6 +282,8 @@ def _filtered(query: Any, *, status: str | Sequence[str] | None, kind: str | Non
             | (Job.device_id == device)
             | (Job.target_device_id == device)
         )
+    if id_prefix is not None:
+        query = query.where(Job.id.startswith(id_prefix, autoescape=True))
     return query
 
 

@@ -460,27 +460,68 @@ def test_redis_service_command_keeps_its_queue_and_passes_its_healthcheck(
         assert service.terminate() == 0, service.log()
 
 
-def test_flower_service_answers_http_and_stops_cleanly(
-    compose: dict[str, Any], local_servers: LocalServers, tmp_path: Path
-) -> None:
+FLOWER_CREDENTIALS = ("operator", "flower-test-password")
+
+
+def flower_argv(compose: dict[str, Any], port: int) -> list[str]:
+    """Flower's compose command on `port`, listening on loopback only."""
     flower = compose["services"]["flower"]
     assert flower["profiles"] == ["monitoring"]
+    argv = set_option(local_program(flower["command"]), "--port", str(port))
+    return set_option(argv, "--address", "127.0.0.1")
+
+
+def test_flower_service_asks_for_credentials_serves_its_api_with_them_and_stops_cleanly(
+    compose: dict[str, Any], local_servers: LocalServers, tmp_path: Path
+) -> None:
     port = free_port()
-    argv = set_option(
-        set_option(local_program(flower["command"]), "--port", str(port)), "--address", "127.0.0.1"
+    servers = LocalServers(
+        local_servers.database_url,
+        local_servers.broker_url,
+        {**local_servers.variables, "FLOWER_BASIC_AUTH": ":".join(FLOWER_CREDENTIALS)},
     )
-    env = service_env(compose, "flower", local_servers, tmp_path)
-    with running_service("flower", argv, env, tmp_path) as service:
+    env = service_env(compose, "flower", servers, tmp_path)
+    assert env["FLOWER_BASIC_AUTH"] == "operator:flower-test-password"
+    base = f"http://127.0.0.1:{port}"
+    with running_service("flower", flower_argv(compose, port), env, tmp_path) as service:
 
         def answers() -> bool:
             service.check_running()
-            return http_status(f"http://127.0.0.1:{port}/healthcheck") == 200
+            return http_status(f"{base}/healthcheck") is not None
 
         wait_until(answers, START_TIMEOUT_S, "flower to answer on its port", interval_s=0.3)
-        page = httpx.get(f"http://127.0.0.1:{port}/", timeout=10)
+        assert httpx.get(f"{base}/", timeout=10).status_code == 401
+        assert httpx.get(f"{base}/api/workers", timeout=10).status_code == 401
+        wrong = httpx.get(f"{base}/api/workers", auth=("operator", "wrong"), timeout=10)
+        assert wrong.status_code == 401
+        page = httpx.get(f"{base}/", auth=FLOWER_CREDENTIALS, timeout=10)
         assert page.status_code == 200 and "Flower" in page.text
+        workers = httpx.get(f"{base}/api/workers", auth=FLOWER_CREDENTIALS, timeout=10)
+        assert workers.status_code == 200
+        assert isinstance(workers.json(), dict)
         assert service.terminate() == 0, service.log()
-    assert http_status(f"http://127.0.0.1:{port}/healthcheck") is None
+    assert http_status(f"{base}/healthcheck") is None
+
+
+def test_flower_service_without_credentials_in_env_refuses_every_request(
+    compose: dict[str, Any], local_servers: LocalServers, tmp_path: Path
+) -> None:
+    # .env.example leaves FLOWER_BASIC_AUTH empty: Flower must not run open.
+    assert local_servers.variables["FLOWER_BASIC_AUTH"] == ""
+    port = free_port()
+    env = service_env(compose, "flower", local_servers, tmp_path)
+    base = f"http://127.0.0.1:{port}"
+    with running_service("flower", flower_argv(compose, port), env, tmp_path) as service:
+
+        def answers() -> bool:
+            service.check_running()
+            return http_status(f"{base}/healthcheck") is not None
+
+        wait_until(answers, START_TIMEOUT_S, "flower to answer on its port", interval_s=0.3)
+        for auth in (None, FLOWER_CREDENTIALS, ("", "")):
+            assert httpx.get(f"{base}/", auth=auth, timeout=10).status_code == 401, auth
+            assert httpx.get(f"{base}/api/workers", auth=auth, timeout=10).status_code == 401, auth
+        assert service.terminate() == 0, service.log()
 
 
 def test_beat_service_sends_the_tick_to_the_control_queue_and_stops_cleanly(

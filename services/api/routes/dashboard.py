@@ -1,7 +1,8 @@
 """The dashboard at `/`: plain HTML/CSS/JS from `services/web/`, Plotly served from its Python package.
 
 Every asset comes from this app (no CDN): the page, its script and style under `/static/`, and
-`/static/vendor/plotly.min.js`, the file the `plotly` Python package ships. Signing in works as in Jupyter:
+`/static/vendor/plotly.min.js`, the file the `plotly` Python package ships (`services/api/vendor_assets.py`:
+gzip when asked, GET and HEAD). Signing in works as in Jupyter:
 `/?token=...` checks the token, stores it in the HttpOnly SameSite=Strict cookie (`services/api/cookies.py`)
 and redirects to `/`, so the token leaves the address bar and the history. The page reads the API with that
 cookie; `GET /api/v1/session` tells it whether it is signed in and may submit.
@@ -12,7 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-import plotly
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -20,6 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from services.api.cookies import clear_token_cookie, csrf_checked, set_token_cookie, token_from_cookie
 from services.api.deps import ReadAccess, SessionDep, SettingsDep
 from services.api.routes.jobs import job_out
+from services.api.vendor_assets import VENDOR_ASSETS, VENDOR_PREFIX, vendor_response
 from services.auth.service import authenticate, grants
 from services.jobs import service as jobs
 from services.results import regressions
@@ -27,7 +28,6 @@ from services.results.service import get_result_for_job, trial_series
 
 WEB_DIR = Path(__file__).resolve().parents[2] / "web"
 STATIC_DIR = WEB_DIR / "static"
-PLOTLY_JS = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
 
 router = APIRouter(tags=["dashboard"])
 
@@ -86,14 +86,13 @@ def logout(request: Request) -> Response:
     return response
 
 
-@router.get("/static/vendor/plotly.min.js", include_in_schema=False)
-def plotly_js() -> FileResponse:
-    """Plotly's browser bundle, from the installed `plotly` package (cached: it only changes on upgrade)."""
-    return FileResponse(
-        PLOTLY_JS,
-        media_type="text/javascript",
-        headers={"Cache-Control": f"public, max-age=86400, immutable; v={plotly.__version__}"},
-    )
+@router.api_route(VENDOR_PREFIX + "/{name}", methods=["GET", "HEAD"], include_in_schema=False)
+def vendor_file(name: str, request: Request) -> Response:
+    """Plotly's bundle and the API docs' scripts, from their installed packages (`vendor_assets.py`)."""
+    asset = VENDOR_ASSETS.get(name)
+    if asset is None:
+        raise HTTPException(status_code=404, detail=f"no vendor file {name!r}")
+    return vendor_response(request, asset)
 
 
 @router.get("/api/v1/session", tags=["auth"])

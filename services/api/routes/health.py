@@ -15,6 +15,7 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
+@router.head("/healthz", include_in_schema=False)  # probes and uptime checkers that send HEAD
 def healthz() -> dict[str, str]:
     """Liveness: the API process is serving."""
     return {"status": "ok"}

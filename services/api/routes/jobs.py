@@ -262,11 +262,20 @@ def list_jobs(
     device: Annotated[
         str | None, Query(max_length=32, description="requested device or class, or the id of the device")
     ] = None,
+    id_prefix: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=36,
+            pattern=r"^[0-9a-f-]+$",
+            description="the start of the job's id (the short id `bpbench jobs` and the dashboard print)",
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> JobPage:
     """Jobs, newest first, with the total for these filters (exact up to 10,000, else `total_exact` false)."""
-    filters: dict[str, Any] = {"status": status_, "kind": kind, "device": device}
+    filters: dict[str, Any] = {"status": status_, "kind": kind, "device": device, "id_prefix": id_prefix}
     jobs = service.list_jobs(session, limit=limit, offset=offset, **filters)
     total = service.count_jobs(session, cap=TOTAL_CAP, **filters)
     return JobPage(

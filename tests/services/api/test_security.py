@@ -49,7 +49,7 @@ PUBLIC_ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/healthz"): "liveness probe",
     ("GET", "/readyz"): "readiness probe",
     ("GET", "/"): "the dashboard's page (static HTML; `?token=` signs in)",
-    ("GET", "/static/vendor/plotly.min.js"): "a dashboard asset",
+    ("GET", "/static/vendor/{name}"): "Plotly and the API docs' scripts, from their packages",
     ("GET", "/static"): "the dashboard's static files (mount)",
     ("POST", "/auth/logout"): "forgets the sign-in cookie; nothing to protect",
     ("GET", "/api/v1/session"): "tells the dashboard whether it is signed in",
