@@ -35,6 +35,7 @@ FIXED_SIZES: dict[str, tuple[int, int]] = {
     "mnist": (70_000, 784),
     "digits": (1_797, 64),
 }
+FIXED_CLASSES: dict[str, int] = {"mnist5k": 10, "mnist": 10, "digits": 10}
 SPIRAL_FEATURES = 2
 DATA_DIR = Path(__file__).resolve().parent / "data"
 MNIST5K_FILE = DATA_DIR / "mnist5k.npz"

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal, cast
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from engine.datasets import FIXED_CLASSES, FIXED_SIZES, SPIRAL_FEATURES
 from engine.spec import (
     DEFAULT_SPEC,
     DeviceSpellingError,
@@ -188,7 +189,28 @@ class JobSpec(StrictModel):
             raise ValueError(f"model has {n_params} parameters, accepted at most {MAX_PARAMETERS}")
         if self.dataset == "mnist" and not self.dataset_path:
             raise ValueError("dataset_path is required for dataset=mnist (a directory of the four IDX files)")
+        self._fits_the_dataset(layers)
         return self
+
+    def _fits_the_dataset(self, layers: list[int]) -> None:
+        """A training job's input width and classes against its data set's, as `bpbench run` refuses them
+        (the other kinds draw random inputs of the model's shape)."""
+        if self.kind != "train":
+            return
+        features = FIXED_SIZES[self.dataset][1] if self.dataset in FIXED_SIZES else None
+        if self.dataset == "spiral":
+            features = SPIRAL_FEATURES
+        if features is not None and self.model.name != "simple_convnet" and layers[0] != features:
+            raise ValueError(
+                f"dataset {self.dataset} has {features} input features per sample; model.layers starts with "
+                f"{layers[0]} (use {features},...)"
+            )
+        classes = FIXED_CLASSES.get(self.dataset)
+        if classes is not None and layers[-1] != classes:
+            raise ValueError(
+                f"dataset {self.dataset} has {classes} classes; model.layers ends with {layers[-1]} "
+                f"(use ...,{classes})"
+            )
 
     @property
     def device_class(self) -> DeviceClass:
