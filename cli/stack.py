@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import json
 import os
 import secrets
@@ -50,6 +51,62 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 class StackError(RuntimeError):
     """The stack cannot start or lost a process; the message says which and why."""
+
+
+# The broker's own words when its append-only file cannot be read (redis 6 and 7).
+_DAMAGED_AOF_SIGNS = (
+    "Bad file format reading the append only file",
+    "Unexpected end of file reading the append only file",
+    "Unrecoverable error reading the append only file",
+)
+
+
+def lock_data_dir(data_dir: Path) -> IO[str]:
+    """Hold an exclusive lock on `data_dir/stack.lock` for the life of this process (fcntl, released by
+    the kernel when the process dies, so a killed `up` never leaves it held); `StackError` naming the
+    holder's pid when another `bpbench up` has it. Children do not inherit it (Popen closes fds)."""
+    path = data_dir / "stack.lock"
+    handle = path.open("a+")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise StackError(
+            f"another `bpbench up` (pid {holder}) is using {data_dir}; "
+            "stop it first, or pass another --data-dir"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def damaged_aof_message(log_text: str, data_dir: Path) -> str | None:
+    """One line saying what to do when the broker's log says its append-only file is damaged, else None."""
+    if not any(sign in log_text for sign in _DAMAGED_AOF_SIGNS):
+        return None
+    aof = data_dir / "broker.aof"
+    return (
+        f"the broker's append-only file {aof} is damaged; move it aside (mv {aof} {aof}.damaged) and run "
+        "`bpbench up` again: the jobs are kept in the database and queued ones are published again"
+    )
+
+
+def unreadable_database_message(exc: Exception, settings: Settings) -> str | None:
+    """One line saying what to do when the embedded SQLite file cannot be read, else None."""
+    from sqlalchemy.exc import DatabaseError
+
+    if not isinstance(exc, DatabaseError) or settings.database_url != default_database_url(settings):
+        return None
+    path = settings.data_dir / DATABASE_FILE
+    reason = str(getattr(exc, "orig", exc)).splitlines()[0]
+    return (
+        f"the database {path} cannot be read ({reason}); move it aside (mv {path} {path}.damaged) "
+        "to start with an empty one, or restore a backup there, and run `bpbench up` again"
+    )
 
 
 def _die_with_parent() -> None:
@@ -194,7 +251,13 @@ def start_embedded_broker(supervisor: Supervisor, settings: Settings, env: dict[
         "--daemonize", "no",
     ]  # fmt: skip
     child = supervisor.start("broker", argv, env)
-    _wait_until(lambda: _broker_answers(socket_path), 30, "the embedded broker", supervisor)
+    try:
+        _wait_until(lambda: _broker_answers(socket_path), 30, "the embedded broker", supervisor)
+    except StackError:
+        damaged = damaged_aof_message(child.log_tail(40), settings.data_dir)
+        if damaged is not None:
+            raise StackError(damaged) from None
+        raise
     return child
 
 
@@ -335,6 +398,11 @@ def run_stack(data_dir: Path | None, host: str, port: int, suite: str | None, ex
     get_settings.cache_clear()
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = lock_data_dir(settings.data_dir)
+    except StackError as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
     api_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     supervisor = Supervisor(settings.data_dir / "logs")
     previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -346,10 +414,16 @@ def run_stack(data_dir: Path | None, host: str, port: int, suite: str | None, ex
         env = _stack_env(settings, token, api_url)
         if settings.uses_embedded_broker:
             start_embedded_broker(supervisor, settings, env)
-        upgrade_to_head(settings.database_url)
-        if settings.uses_embedded_broker and settings.database_url == default_database_url(settings):
-            # Only then does this `up` own every worker that could hold a job of this database.
-            _recover(settings)
+        try:
+            upgrade_to_head(settings.database_url)
+            if settings.uses_embedded_broker and settings.database_url == default_database_url(settings):
+                # Only then does this `up` own every worker that could hold a job of this database.
+                _recover(settings)
+        except Exception as exc:
+            unreadable = unreadable_database_message(exc, settings)
+            if unreadable is None:
+                raise
+            raise StackError(unreadable) from None
         supervisor.start(
             "api",
             [sys.executable, "-m", "uvicorn", "services.api.main:app", "--host", host, "--port", str(port)],
@@ -392,7 +466,7 @@ def run_stack(data_dir: Path | None, host: str, port: int, suite: str | None, ex
     except _Stop as stop:
         console.print(f"Stopping ({stop}).")
     except StackError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     finally:
         for sig, handler in previous.items():
@@ -400,6 +474,7 @@ def run_stack(data_dir: Path | None, host: str, port: int, suite: str | None, ex
         # A second Ctrl-C must not interrupt the cleanup half-way.
         with _signals_ignored():
             supervisor.stop_all()
+        lock.close()  # the lock goes last: nothing of this stack runs any more
 
 
 @contextlib.contextmanager

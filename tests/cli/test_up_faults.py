@@ -1,0 +1,111 @@
+"""`bpbench up` against a held or damaged data directory: one line saying what to do, and the right exit.
+
+Real `bpbench up` processes (embedded broker, SQLite) on data directories of their own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from tests.apiserver import PROJECT_ROOT, free_port
+from tests.conftest import bpbench_command
+
+
+def user_env() -> dict[str, str]:
+    """A user's environment: no BPBENCH_ settings, so `up` uses its own defaults."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BPBENCH_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
+    env["COLUMNS"] = "80"  # narrower than every message: a wrapped line would show here
+    return env
+
+
+def up_argv(data_dir: Path, *args: str) -> list[str]:
+    return [*bpbench_command(), "up", "--data-dir", str(data_dir), "--port", str(free_port()), *args]
+
+
+def run_up(data_dir: Path, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        up_argv(data_dir, "--suite", "none", "--exit-when-done", *args),
+        env=user_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
+def serving_up(data_dir: Path) -> subprocess.Popen[str]:
+    """A `bpbench up --suite none` that has printed "Serving"."""
+    process = subprocess.Popen(
+        up_argv(data_dir, "--suite", "none"),
+        env=user_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        lines.append(line)
+        if "Serving" in line or not line:
+            break
+    assert "Serving" in lines[-1], "".join(lines)
+    return process
+
+
+def test_a_second_up_on_a_held_data_directory_says_so_in_one_line_and_exits_2(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    first = serving_up(data_dir)
+    try:
+        second = run_up(data_dir)
+
+        assert second.returncode == 2, second.stdout + second.stderr
+        assert second.stderr.splitlines() == [
+            f"error: another `bpbench up` (pid {first.pid}) is using {data_dir}; "
+            "stop it first, or pass another --data-dir"
+        ]
+        assert json.loads((data_dir / "stack.pids").read_text())["up"] == first.pid
+        assert first.poll() is None
+    finally:
+        first.send_signal(signal.SIGINT)
+        assert first.wait(timeout=60) == 0
+
+
+def test_a_damaged_sqlite_file_gives_one_line_with_what_to_do(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    database = data_dir / "bpbench.db"
+    database.write_bytes(b"this is not a database " * 200)
+
+    done = run_up(data_dir)
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr.splitlines() == [
+        f"error: the database {database} cannot be read (file is not a database); move it aside "
+        f"(mv {database} {database}.damaged) to start with an empty one, or restore a backup there, "
+        "and run `bpbench up` again"
+    ]
+    assert not (data_dir / "stack.pids").exists()
+
+
+def test_a_damaged_append_only_file_gives_one_line_with_what_to_do(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    aof = data_dir / "broker.aof"
+    aof.write_bytes(b"garbage\x00\x01 not an append-only file\n*3\r\n$3\r\nSET")
+
+    done = run_up(data_dir)
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr.splitlines() == [
+        f"error: the broker's append-only file {aof} is damaged; move it aside (mv {aof} {aof}.damaged) "
+        "and run `bpbench up` again: the jobs are kept in the database and queued ones are published again"
+    ]
+    assert "redis-check-aof" not in done.stdout + done.stderr
