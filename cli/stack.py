@@ -5,7 +5,9 @@
 restart), the API (uvicorn) and one worker per device (one CPU worker, one per usable GPU). The database is
 SQLite in the data directory, migrated on start. Every child runs in its own session so a Ctrl-C reaches
 `up` only, which then stops them in order (workers, API, broker) and kills any that linger; each child also
-gets SIGTERM if `up` itself dies (PR_SET_PDEATHSIG), so nothing is left orphaned.
+gets SIGTERM if `up` itself dies (PR_SET_PDEATHSIG), so nothing is left orphaned. A child that dies is
+started again with a backoff, and `up` gives up only after repeated fast failures (`cli.supervision`).
+One `up` per data directory: it holds an fcntl lock on `stack.lock` there for its whole life.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +43,7 @@ from cli.render import (
     timeline_tables,
     wait_for_jobs,
 )
+from cli.supervision import RestartPolicy
 from services.core.config import DATABASE_FILE, Settings, get_settings
 
 # The command line of a child `bpbench ...`: the same interpreter, so the same virtual environment. `-P`:
@@ -117,12 +121,17 @@ def _die_with_parent() -> None:
 
 @dataclass
 class Child:
-    """A process `up` started: its name, the Popen and its log file."""
+    """A process `up` started: its name, how to start it again, the Popen, its log file and restarts."""
 
     name: str
+    argv: list[str]
+    env: dict[str, str]
     process: subprocess.Popen[bytes]
     log_path: Path
     log: IO[bytes]
+    started_at: float = field(default_factory=time.monotonic)
+    policy: RestartPolicy = field(default_factory=RestartPolicy)
+    restart_at: float | None = None  # when a child that exited is started again
 
     def log_tail(self, lines: int = 15) -> str:
         """The last lines of the child's log, to explain why it stopped."""
@@ -134,13 +143,32 @@ class Child:
 
 @dataclass
 class Supervisor:
-    """Starts child processes in their own sessions and stops all of them, last started first."""
+    """Starts child processes in their own sessions, restarts one that dies (`cli.supervision`), and
+    stops all of them, last started first.
+
+    `watch()` supervises from a thread while the main thread waits on something else (a suite, the
+    jobs of `--exit-when-done`); when it gives up it keeps the reason in `failure` and sends this process
+    SIGTERM, so `up` unwinds through its one cleanup.
+    """
 
     log_dir: Path
     children: list[Child] = field(default_factory=list)
+    failure: StackError | None = None
+    _lock: threading.RLock = field(default_factory=threading.RLock)
+    _stopping: threading.Event = field(default_factory=threading.Event)
 
     def start(self, name: str, argv: Sequence[str], env: dict[str, str]) -> Child:
         """Start `argv` with its output in `log_dir/<name>.log`."""
+        with self._lock:
+            process, log_path, log = self._spawn(name, argv, env)
+            child = Child(name, list(argv), env, process, log_path, log)
+            self.children.append(child)
+            self._write_pids()
+            return child
+
+    def _spawn(
+        self, name: str, argv: Sequence[str], env: dict[str, str]
+    ) -> tuple[subprocess.Popen[bytes], Path, IO[bytes]]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
         log = log_path.open("ab")
@@ -153,10 +181,7 @@ class Supervisor:
             start_new_session=True,  # Ctrl-C in the terminal reaches `up` only; `up` stops the children
             preexec_fn=_die_with_parent,
         )
-        child = Child(name, process, log_path, log)
-        self.children.append(child)
-        self._write_pids()
-        return child
+        return process, log_path, log
 
     def _write_pids(self) -> None:
         """`<log_dir>/../stack.pids`: who is running, for people and tests (removed when all stop)."""
@@ -169,21 +194,61 @@ class Supervisor:
         return self.log_dir.parent / "stack.pids"
 
     def check(self) -> None:
-        """Raise StackError if a child has exited."""
-        for child in self.children:
-            code = child.process.poll()
-            if code is not None:
-                raise StackError(
-                    f"{child.name} exited with status {code}; "
-                    f"its log {child.log_path} ends with:\n{child.log_tail()}"
-                )
+        """Restart every child that exited, after its backoff; raise StackError once one keeps failing."""
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            now = time.monotonic()
+            for child in self.children:
+                code = child.process.poll()
+                if code is None:
+                    continue
+                if child.restart_at is None:
+                    delay = child.policy.record_exit(now - child.started_at)
+                    if delay is None:
+                        raise StackError(
+                            f"{child.name} exited with status {code}, {child.policy.fast_failures} times "
+                            f"in a row within {child.policy.stable_after_s:g} s of its start; its log "
+                            f"{child.log_path} ends with:\n{child.log_tail()}"
+                        )
+                    child.restart_at = now + delay
+                    _log_restart(child, code, delay)
+                if now >= child.restart_at:
+                    self._restart(child)
+
+    def _restart(self, child: Child) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.process.pid, signal.SIGKILL)  # what is left of its group (pool processes)
+        child.log.close()
+        child.process, child.log_path, child.log = self._spawn(child.name, child.argv, child.env)
+        child.started_at = time.monotonic()
+        child.restart_at = None
+        self._write_pids()
+
+    def watch(self, interval_s: float = 0.5) -> threading.Thread:
+        """Supervise from a daemon thread until `stop_all` (see the class docstring)."""
+
+        def loop() -> None:
+            while not self._stopping.wait(interval_s):
+                try:
+                    self.check()
+                except StackError as exc:
+                    self.failure = exc
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    return
+
+        thread = threading.Thread(target=loop, name="bpbench-supervisor", daemon=True)
+        thread.start()
+        return thread
 
     def stop_all(self, timeout_s: float = 15.0) -> None:
         """SIGTERM every child (newest first), wait, then SIGKILL the process group of any that lingers."""
-        for child in reversed(self.children):
-            self._stop(child, timeout_s)
-        self.children.clear()
-        self.pid_file.unlink(missing_ok=True)
+        self._stopping.set()
+        with self._lock:
+            for child in reversed(self.children):
+                self._stop(child, timeout_s)
+            self.children.clear()
+            self.pid_file.unlink(missing_ok=True)
 
     @staticmethod
     def _stop(child: Child, timeout_s: float) -> None:
@@ -199,6 +264,19 @@ class Supervisor:
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=5)
         child.log.close()
+
+
+def _log_restart(child: Child, code: int, delay_s: float) -> None:
+    """One line on the console and in the child's own log: who died, and when it starts again."""
+    line = (
+        f"{child.name} exited with status {code}; restarting it"
+        + (f" in {delay_s:g} s" if delay_s else "")
+        + f" (restart {child.policy.restarts})"
+    )
+    console.print(f"[yellow]{line}[/yellow]", highlight=False, soft_wrap=True)
+    with contextlib.suppress(OSError, ValueError):
+        child.log.write(f"bpbench up: {line}\n".encode())
+        child.log.flush()
 
 
 def _wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, supervisor: Supervisor) -> None:
@@ -251,13 +329,16 @@ def start_embedded_broker(supervisor: Supervisor, settings: Settings, env: dict[
         "--daemonize", "no",
     ]  # fmt: skip
     child = supervisor.start("broker", argv, env)
-    try:
-        _wait_until(lambda: _broker_answers(socket_path), 30, "the embedded broker", supervisor)
-    except StackError:
-        damaged = damaged_aof_message(child.log_tail(40), settings.data_dir)
-        if damaged is not None:
-            raise StackError(damaged) from None
-        raise
+
+    def answers() -> bool:
+        if child.process.poll() is not None:
+            # A damaged append-only file fails every restart the same way: say what to do at once.
+            damaged = damaged_aof_message(child.log_tail(40), settings.data_dir)
+            if damaged is not None:
+                raise StackError(damaged)
+        return _broker_answers(socket_path)
+
+    _wait_until(answers, 30, "the embedded broker", supervisor)
     return child
 
 
@@ -439,6 +520,7 @@ def run_stack(data_dir: Path | None, host: str, port: int, suite: str | None, ex
         client = ApiClient(api_url, token, timeout=30)
         _wait_until(lambda: _ready(client), 60, f"the API at {api_url}", supervisor)
         _wait_until(lambda: len(_live_devices(client)) >= len(workers), 120, "the workers", supervisor)
+        supervisor.watch()
         console.print(f"bpbench is up at {api_url} (docs at {api_url}/docs), data in {settings.data_dir}")
         if created:
             console.print(f"API token (saved to {settings.api_token_file}): {token}")
@@ -461,9 +543,13 @@ def run_stack(data_dir: Path | None, host: str, port: int, suite: str | None, ex
             return
         console.print("Serving; press Ctrl-C to stop.")
         while True:
-            supervisor.check()
             time.sleep(1.0)
     except _Stop as stop:
+        if supervisor.failure is not None:
+            err_console.print(f"[red]error:[/red] {supervisor.failure}", highlight=False, soft_wrap=True)
+            with _signals_ignored():
+                supervisor.stop_all()
+            raise typer.Exit(1) from None
         console.print(f"Stopping ({stop}).")
     except StackError as exc:
         err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
