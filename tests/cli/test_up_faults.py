@@ -109,3 +109,42 @@ def test_a_damaged_append_only_file_gives_one_line_with_what_to_do(tmp_path: Pat
         "and run `bpbench up` again: the jobs are kept in the database and queued ones are published again"
     ]
     assert "redis-check-aof" not in done.stdout + done.stderr
+
+
+def test_an_up_killed_with_sigkill_takes_its_children_along_and_a_new_up_serves_the_same_directory(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "data"
+    first = serving_up(data_dir)
+    children = json.loads((data_dir / "stack.pids").read_text())["children"]
+
+    first.kill()
+    first.wait(timeout=30)
+    killed_at = time.monotonic()
+    for pid in children.values():
+        # Each child gets SIGTERM when `up` dies (PR_SET_PDEATHSIG); a worker's warm shutdown takes a moment.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.2)
+        assert not _alive(pid), f"child {pid} outlived the killed up"
+    second = serving_up(data_dir)
+    try:
+        serving_after_s = time.monotonic() - killed_at
+        assert json.loads((data_dir / "stack.pids").read_text())["up"] == second.pid
+    finally:
+        second.send_signal(signal.SIGINT)
+        assert second.wait(timeout=60) == 0
+    print(f"\nup SIGKILL: children gone, a new up serving the same directory {serving_after_s:.1f} s after")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie child of nobody we wait for still answers kill(0); its state says it is gone.
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
