@@ -470,6 +470,26 @@ def _recover(settings: Settings) -> None:
         )
 
 
+def _fail_unserved(settings: Settings) -> None:
+    """Fail the queued jobs no worker of this stack consumes (a GPU job on a host without one): this `up`
+    owns every worker of its database, so nothing would ever take them and `--exit-when-done` would wait."""
+    from services.core.db import session_scope
+    from services.devices.service import live_workers
+    from services.jobs.service import fail_unserved_queued
+
+    with session_scope(settings) as session:
+        workers = live_workers(session, dead_after_s=settings.worker_dead_after_s)
+        served = sorted({queue for worker in workers for queue in worker.queues or []})
+        failed = fail_unserved_queued(session, served_queues=served, served_by="this `bpbench up`")
+    if failed:
+        console.print(
+            f"[yellow]{len(failed)} queued job(s) failed: no worker of this stack serves their queue "
+            f"(served: {', '.join(served)})[/yellow]",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
 def run_stack(data_dir: Path | None, host: str, port: int, suite: str | None, exit_when_done: bool) -> None:
     """`bpbench up`: start the children, recover the previous run, run `suite`, serve until stopped.
 
@@ -531,6 +551,8 @@ def run_stack(data_dir: Path | None, host: str, port: int, suite: str | None, ex
             if suite == "standard" or (suite is None and fresh):
                 run_suite(client, "standard", console)
             elif exit_when_done:
+                if settings.uses_embedded_broker and settings.database_url == default_database_url(settings):
+                    _fail_unserved(settings)
                 active = _active_jobs(client)
                 if active:
                     console.print(f"Waiting for {len(active)} job(s) already queued or running")

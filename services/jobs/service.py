@@ -512,6 +512,28 @@ def requeue_job(session: Session, job_id: str, *, attempt: int, reason: str, max
     return None if row is None else str(row[0])
 
 
+def fail_unserved_queued(session: Session, *, served_queues: Sequence[str], served_by: str) -> list[str]:
+    """Fail every queued job on a queue outside `served_queues`, saying which queues are served; returns
+    their ids. Only for a caller that owns every worker of the database (`bpbench up`): nothing else could
+    ever take such a job. One conditional UPDATE per job, fenced by the status."""
+    if not served_queues:
+        return []  # no worker at all yet: nothing can be judged
+    rows = session.execute(
+        select(Job.id, Job.queue).where(Job.status == "queued", Job.queue.not_in(list(served_queues)))
+    ).all()
+    session.rollback()
+    served = ", ".join(sorted(served_queues))
+    failed: list[str] = []
+    for job_id, queue in rows:
+        error = (
+            f"no worker can serve queue {queue!r}: {served_by} serves only {served}; "
+            "submit it where a worker of that device runs"
+        )
+        if fail_job(session, job_id, error):
+            failed.append(job_id)
+    return failed
+
+
 def finish_cancelled_queued(session: Session, *, limit: int) -> list[str]:
     """End as `cancelled` the queued jobs whose cancel was requested; returns their ids.
 

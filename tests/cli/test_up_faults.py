@@ -12,8 +12,14 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+from sqlalchemy.orm import Session
+
+from cli.stack import usable_gpus
+from services.core.db import make_engine
+from services.jobs.models import Job
 from tests.apiserver import PROJECT_ROOT, free_port
-from tests.conftest import bpbench_command
+from tests.conftest import bpbench_command, tiny_spec
 
 
 def user_env() -> dict[str, str]:
@@ -148,3 +154,48 @@ def _alive(pid: int) -> bool:
             return stat.read().split(") ", 1)[1][0] != "Z"
     except OSError:
         return False
+
+
+def test_exit_when_done_fails_a_gpu_job_on_a_host_without_a_gpu_instead_of_waiting_forever(
+    tmp_path: Path,
+) -> None:
+    if usable_gpus():
+        pytest.skip("this host has a GPU worker: a GPU job is served here")
+    data_dir = tmp_path / "data"
+    assert run_up(data_dir).returncode == 0  # a migrated, empty data directory
+    spec = tiny_spec(device="gpu")
+    engine = make_engine(f"sqlite:///{data_dir / 'bpbench.db'}")
+    try:
+        with Session(engine) as session:
+            job = Job(
+                spec=spec.engine_dict(),
+                spec_hash=spec.spec_hash(),
+                kind="train",
+                device="gpu",
+                device_class="gpu",
+                queue="gpu",
+                status="queued",
+            )
+            session.add(job)
+            session.commit()
+            job_id = job.id
+    finally:
+        engine.dispose()
+
+    done = run_up(data_dir, timeout_s=120)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 queued job(s) failed: no worker of this stack serves their queue (served: cpu, device." in (
+        done.stdout
+    )
+    engine = make_engine(f"sqlite:///{data_dir / 'bpbench.db'}")
+    try:
+        with Session(engine) as session:
+            after = session.get(Job, job_id)
+            assert after is not None
+            assert after.status == "failed"
+            assert after.error is not None and after.error.startswith(
+                "no worker can serve queue 'gpu': this `bpbench up` serves only cpu, device."
+            )
+    finally:
+        engine.dispose()
