@@ -5,13 +5,16 @@
 restart), the API (uvicorn) and one worker per device (one CPU worker, one per usable GPU). The database is
 SQLite in the data directory, migrated on start. Every child runs in its own session so a Ctrl-C reaches
 `up` only, which then stops them in order (workers, API, broker) and kills any that linger; each child also
-gets SIGTERM if `up` itself dies (PR_SET_PDEATHSIG), so nothing is left orphaned.
+gets SIGTERM if `up` itself dies (PR_SET_PDEATHSIG), so nothing is left orphaned. A child that dies is
+started again with a backoff, and `up` gives up only after repeated fast failures (`cli.supervision`).
+One `up` per data directory: it holds an fcntl lock on `stack.lock` there for its whole life.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import json
 import os
 import secrets
@@ -19,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +43,7 @@ from cli.render import (
     timeline_tables,
     wait_for_jobs,
 )
+from cli.supervision import RestartPolicy
 from services.core.config import DATABASE_FILE, Settings, get_settings
 
 # The command line of a child `bpbench ...`: the same interpreter, so the same virtual environment. `-P`:
@@ -52,6 +57,62 @@ class StackError(RuntimeError):
     """The stack cannot start or lost a process; the message says which and why."""
 
 
+# The broker's own words when its append-only file cannot be read (redis 6 and 7).
+_DAMAGED_AOF_SIGNS = (
+    "Bad file format reading the append only file",
+    "Unexpected end of file reading the append only file",
+    "Unrecoverable error reading the append only file",
+)
+
+
+def lock_data_dir(data_dir: Path) -> IO[str]:
+    """Hold an exclusive lock on `data_dir/stack.lock` for the life of this process (fcntl, released by
+    the kernel when the process dies, so a killed `up` never leaves it held); `StackError` naming the
+    holder's pid when another `bpbench up` has it. Children do not inherit it (Popen closes fds)."""
+    path = data_dir / "stack.lock"
+    handle = path.open("a+")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise StackError(
+            f"another `bpbench up` (pid {holder}) is using {data_dir}; "
+            "stop it first, or pass another --data-dir"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def damaged_aof_message(log_text: str, data_dir: Path) -> str | None:
+    """One line saying what to do when the broker's log says its append-only file is damaged, else None."""
+    if not any(sign in log_text for sign in _DAMAGED_AOF_SIGNS):
+        return None
+    aof = data_dir / "broker.aof"
+    return (
+        f"the broker's append-only file {aof} is damaged; move it aside (mv {aof} {aof}.damaged) and run "
+        "`bpbench up` again: the jobs are kept in the database and queued ones are published again"
+    )
+
+
+def unreadable_database_message(exc: Exception, settings: Settings) -> str | None:
+    """One line saying what to do when the embedded SQLite file cannot be read, else None."""
+    from sqlalchemy.exc import DatabaseError
+
+    if not isinstance(exc, DatabaseError) or settings.database_url != default_database_url(settings):
+        return None
+    path = settings.data_dir / DATABASE_FILE
+    reason = str(getattr(exc, "orig", exc)).splitlines()[0]
+    return (
+        f"the database {path} cannot be read ({reason}); move it aside (mv {path} {path}.damaged) "
+        "to start with an empty one, or restore a backup there, and run `bpbench up` again"
+    )
+
+
 def _die_with_parent() -> None:
     """In the child, before exec: get SIGTERM when the parent dies (Linux), so no child outlives `up`."""
     with contextlib.suppress(Exception):
@@ -60,12 +121,17 @@ def _die_with_parent() -> None:
 
 @dataclass
 class Child:
-    """A process `up` started: its name, the Popen and its log file."""
+    """A process `up` started: its name, how to start it again, the Popen, its log file and restarts."""
 
     name: str
+    argv: list[str]
+    env: dict[str, str]
     process: subprocess.Popen[bytes]
     log_path: Path
     log: IO[bytes]
+    started_at: float = field(default_factory=time.monotonic)
+    policy: RestartPolicy = field(default_factory=RestartPolicy)
+    restart_at: float | None = None  # when a child that exited is started again
 
     def log_tail(self, lines: int = 15) -> str:
         """The last lines of the child's log, to explain why it stopped."""
@@ -77,13 +143,32 @@ class Child:
 
 @dataclass
 class Supervisor:
-    """Starts child processes in their own sessions and stops all of them, last started first."""
+    """Starts child processes in their own sessions, restarts one that dies (`cli.supervision`), and
+    stops all of them, last started first.
+
+    `watch()` supervises from a thread while the main thread waits on something else (a suite, the
+    jobs of `--exit-when-done`); when it gives up it keeps the reason in `failure` and sends this process
+    SIGTERM, so `up` unwinds through its one cleanup.
+    """
 
     log_dir: Path
     children: list[Child] = field(default_factory=list)
+    failure: StackError | None = None
+    _lock: threading.RLock = field(default_factory=threading.RLock)
+    _stopping: threading.Event = field(default_factory=threading.Event)
 
     def start(self, name: str, argv: Sequence[str], env: dict[str, str]) -> Child:
         """Start `argv` with its output in `log_dir/<name>.log`."""
+        with self._lock:
+            process, log_path, log = self._spawn(name, argv, env)
+            child = Child(name, list(argv), env, process, log_path, log)
+            self.children.append(child)
+            self._write_pids()
+            return child
+
+    def _spawn(
+        self, name: str, argv: Sequence[str], env: dict[str, str]
+    ) -> tuple[subprocess.Popen[bytes], Path, IO[bytes]]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
         log = log_path.open("ab")
@@ -96,10 +181,7 @@ class Supervisor:
             start_new_session=True,  # Ctrl-C in the terminal reaches `up` only; `up` stops the children
             preexec_fn=_die_with_parent,
         )
-        child = Child(name, process, log_path, log)
-        self.children.append(child)
-        self._write_pids()
-        return child
+        return process, log_path, log
 
     def _write_pids(self) -> None:
         """`<log_dir>/../stack.pids`: who is running, for people and tests (removed when all stop)."""
@@ -112,21 +194,61 @@ class Supervisor:
         return self.log_dir.parent / "stack.pids"
 
     def check(self) -> None:
-        """Raise StackError if a child has exited."""
-        for child in self.children:
-            code = child.process.poll()
-            if code is not None:
-                raise StackError(
-                    f"{child.name} exited with status {code}; "
-                    f"its log {child.log_path} ends with:\n{child.log_tail()}"
-                )
+        """Restart every child that exited, after its backoff; raise StackError once one keeps failing."""
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            now = time.monotonic()
+            for child in self.children:
+                code = child.process.poll()
+                if code is None:
+                    continue
+                if child.restart_at is None:
+                    delay = child.policy.record_exit(now - child.started_at)
+                    if delay is None:
+                        raise StackError(
+                            f"{child.name} exited with status {code}, {child.policy.fast_failures} times "
+                            f"in a row within {child.policy.stable_after_s:g} s of its start; its log "
+                            f"{child.log_path} ends with:\n{child.log_tail()}"
+                        )
+                    child.restart_at = now + delay
+                    _log_restart(child, code, delay)
+                if now >= child.restart_at:
+                    self._restart(child)
+
+    def _restart(self, child: Child) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.process.pid, signal.SIGKILL)  # what is left of its group (pool processes)
+        child.log.close()
+        child.process, child.log_path, child.log = self._spawn(child.name, child.argv, child.env)
+        child.started_at = time.monotonic()
+        child.restart_at = None
+        self._write_pids()
+
+    def watch(self, interval_s: float = 0.5) -> threading.Thread:
+        """Supervise from a daemon thread until `stop_all` (see the class docstring)."""
+
+        def loop() -> None:
+            while not self._stopping.wait(interval_s):
+                try:
+                    self.check()
+                except StackError as exc:
+                    self.failure = exc
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    return
+
+        thread = threading.Thread(target=loop, name="bpbench-supervisor", daemon=True)
+        thread.start()
+        return thread
 
     def stop_all(self, timeout_s: float = 15.0) -> None:
         """SIGTERM every child (newest first), wait, then SIGKILL the process group of any that lingers."""
-        for child in reversed(self.children):
-            self._stop(child, timeout_s)
-        self.children.clear()
-        self.pid_file.unlink(missing_ok=True)
+        self._stopping.set()
+        with self._lock:
+            for child in reversed(self.children):
+                self._stop(child, timeout_s)
+            self.children.clear()
+            self.pid_file.unlink(missing_ok=True)
 
     @staticmethod
     def _stop(child: Child, timeout_s: float) -> None:
@@ -142,6 +264,19 @@ class Supervisor:
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=5)
         child.log.close()
+
+
+def _log_restart(child: Child, code: int, delay_s: float) -> None:
+    """One line on the console and in the child's own log: who died, and when it starts again."""
+    line = (
+        f"{child.name} exited with status {code}; restarting it"
+        + (f" in {delay_s:g} s" if delay_s else "")
+        + f" (restart {child.policy.restarts})"
+    )
+    console.print(f"[yellow]{line}[/yellow]", highlight=False, soft_wrap=True)
+    with contextlib.suppress(OSError, ValueError):
+        child.log.write(f"bpbench up: {line}\n".encode())
+        child.log.flush()
 
 
 def _wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, supervisor: Supervisor) -> None:
@@ -194,7 +329,16 @@ def start_embedded_broker(supervisor: Supervisor, settings: Settings, env: dict[
         "--daemonize", "no",
     ]  # fmt: skip
     child = supervisor.start("broker", argv, env)
-    _wait_until(lambda: _broker_answers(socket_path), 30, "the embedded broker", supervisor)
+
+    def answers() -> bool:
+        if child.process.poll() is not None:
+            # A damaged append-only file fails every restart the same way: say what to do at once.
+            damaged = damaged_aof_message(child.log_tail(40), settings.data_dir)
+            if damaged is not None:
+                raise StackError(damaged)
+        return _broker_answers(socket_path)
+
+    _wait_until(answers, 30, "the embedded broker", supervisor)
     return child
 
 
@@ -326,6 +470,26 @@ def _recover(settings: Settings) -> None:
         )
 
 
+def _fail_unserved(settings: Settings) -> None:
+    """Fail the queued jobs no worker of this stack consumes (a GPU job on a host without one): this `up`
+    owns every worker of its database, so nothing would ever take them and `--exit-when-done` would wait."""
+    from services.core.db import session_scope
+    from services.devices.service import live_workers
+    from services.jobs.service import fail_unserved_queued
+
+    with session_scope(settings) as session:
+        workers = live_workers(session, dead_after_s=settings.worker_dead_after_s)
+        served = sorted({queue for worker in workers for queue in worker.queues or []})
+        failed = fail_unserved_queued(session, served_queues=served, served_by="this `bpbench up`")
+    if failed:
+        console.print(
+            f"[yellow]{len(failed)} queued job(s) failed: no worker of this stack serves their queue "
+            f"(served: {', '.join(served)})[/yellow]",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
 def run_stack(data_dir: Path | None, host: str, port: int, suite: str | None, exit_when_done: bool) -> None:
     """`bpbench up`: start the children, recover the previous run, run `suite`, serve until stopped.
 
@@ -335,6 +499,11 @@ def run_stack(data_dir: Path | None, host: str, port: int, suite: str | None, ex
     get_settings.cache_clear()
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = lock_data_dir(settings.data_dir)
+    except StackError as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
     api_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     supervisor = Supervisor(settings.data_dir / "logs")
     previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -346,10 +515,16 @@ def run_stack(data_dir: Path | None, host: str, port: int, suite: str | None, ex
         env = _stack_env(settings, token, api_url)
         if settings.uses_embedded_broker:
             start_embedded_broker(supervisor, settings, env)
-        upgrade_to_head(settings.database_url)
-        if settings.uses_embedded_broker and settings.database_url == default_database_url(settings):
-            # Only then does this `up` own every worker that could hold a job of this database.
-            _recover(settings)
+        try:
+            upgrade_to_head(settings.database_url)
+            if settings.uses_embedded_broker and settings.database_url == default_database_url(settings):
+                # Only then does this `up` own every worker that could hold a job of this database.
+                _recover(settings)
+        except Exception as exc:
+            unreadable = unreadable_database_message(exc, settings)
+            if unreadable is None:
+                raise
+            raise StackError(unreadable) from None
         supervisor.start(
             "api",
             [sys.executable, "-m", "uvicorn", "services.api.main:app", "--host", host, "--port", str(port)],
@@ -367,6 +542,7 @@ def run_stack(data_dir: Path | None, host: str, port: int, suite: str | None, ex
         _wait_until(lambda: len(_live_devices(client)) >= len(workers), 120, "the workers", supervisor)
         # The client commands run with this data directory find this API without BPBENCH_API_URL.
         (settings.data_dir / API_URL_FILE).write_text(api_url + "\n")
+        supervisor.watch()
         console.print(f"bpbench is up at {api_url} (docs at {api_url}/docs), data in {settings.data_dir}")
         if created:
             console.print(f"API token (saved to {settings.api_token_file}): {token}")
@@ -377,6 +553,8 @@ def run_stack(data_dir: Path | None, host: str, port: int, suite: str | None, ex
             if suite == "standard" or (suite is None and fresh):
                 run_suite(client, "standard", console)
             elif exit_when_done:
+                if settings.uses_embedded_broker and settings.database_url == default_database_url(settings):
+                    _fail_unserved(settings)
                 active = _active_jobs(client)
                 if active:
                     console.print(f"Waiting for {len(active)} job(s) already queued or running")
@@ -389,12 +567,16 @@ def run_stack(data_dir: Path | None, host: str, port: int, suite: str | None, ex
             return
         console.print("Serving; press Ctrl-C to stop.")
         while True:
-            supervisor.check()
             time.sleep(1.0)
     except _Stop as stop:
+        if supervisor.failure is not None:
+            err_console.print(f"[red]error:[/red] {supervisor.failure}", highlight=False, soft_wrap=True)
+            with _signals_ignored():
+                supervisor.stop_all()
+            raise typer.Exit(1) from None
         console.print(f"Stopping ({stop}).")
     except StackError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     finally:
         for sig, handler in previous.items():
@@ -403,6 +585,7 @@ def run_stack(data_dir: Path | None, host: str, port: int, suite: str | None, ex
         with _signals_ignored():
             (settings.data_dir / API_URL_FILE).unlink(missing_ok=True)
             supervisor.stop_all()
+        lock.close()  # the lock goes last: nothing of this stack runs any more
 
 
 @contextlib.contextmanager

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import threading
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from engine.spec import DEVICE_ACCEPTED, DeviceSpellingError
@@ -82,6 +84,8 @@ class Heartbeat:
     def __init__(self, name: str, settings: Settings) -> None:
         self.name = name
         self.settings = settings
+        self.pid = os.getpid()
+        self.started_at: datetime | None = None  # the registration's, set before `start`
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bpbench-heartbeat", daemon=True)
 
@@ -97,7 +101,10 @@ class Heartbeat:
         while not self._stop.wait(self.settings.heartbeat_interval_s):
             try:
                 with factory() as session:
-                    heartbeat(session, self.name)
+                    if not heartbeat(session, self.name, pid=self.pid, started_at=self.started_at):
+                        log.warning(
+                            "worker row %s is no longer this process's; heartbeat not recorded", self.name
+                        )
             except Exception as exc:  # the database may be restarting; keep trying
                 log.warning("heartbeat of %s not recorded: %s", self.name, exc)
 
@@ -130,6 +137,23 @@ def register_device(device: WorkerDevice, settings: Settings) -> tuple[str, dict
     with session_factory(settings)() as session:
         row = upsert_device(session, doc, memory_bytes=memory)
         return row.id, doc
+
+
+def choose_worker_name(name: str | None, default: str, settings: Settings) -> str:
+    """The name this process registers under, unique among live workers: a `--name` that a live worker
+    holds is refused; the default name gets the first free suffix (`cpu@host-2`)."""
+    from services.core.db import session_factory
+    from services.devices.service import free_worker_name
+
+    base = name or default
+    with session_factory(settings)() as session:
+        free = free_worker_name(session, base, dead_after_s=settings.worker_dead_after_s)
+    if free != base and name is not None:
+        raise WorkerConfigError(
+            f"--name {name!r} is held by a live worker (stop it, or wait {settings.worker_dead_after_s:g} s "
+            "after it died); choose another --name"
+        )
+    return free
 
 
 def run_worker(
@@ -172,7 +196,7 @@ def run_worker(
 
     app = queue.configure(settings)
     device_id, _ = register_device(wanted, settings)
-    worker_name = name or f"{wanted.tag}@{socket.gethostname()}"
+    worker_name = choose_worker_name(name, f"{wanted.tag}@{socket.gethostname()}", settings)
     queues = [wanted.device_class, queue.device_queue(device_id), queue.CONTROL_QUEUE]
     tasks.configure_worker(
         tasks.WorkerContext(name=worker_name, device_id=device_id, engine_device=wanted.engine_device)
@@ -187,25 +211,36 @@ def run_worker(
 
     def on_ready(**_: Any) -> None:
         # Registered only once Celery consumes, so a live worker row means jobs are being taken.
-        with session_factory(settings)() as session:
-            devices.register_worker(
-                session,
-                name=worker_name,
-                device_id=device_id,
-                device=wanted.requested,
-                queues=queues,
-                hostname=socket.gethostname(),
-                pid=os.getpid(),
-                concurrency=workers,
-            )
+        try:
+            with session_factory(settings)() as session:
+                row = devices.register_worker(
+                    session,
+                    name=worker_name,
+                    device_id=device_id,
+                    device=wanted.requested,
+                    queues=queues,
+                    hostname=socket.gethostname(),
+                    pid=os.getpid(),
+                    concurrency=workers,
+                    dead_after_s=settings.worker_dead_after_s,
+                )
+                heartbeat.started_at = row.started_at
+        except devices.WorkerNameTaken as exc:
+            log.error("%s; this worker stops", exc)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
         heartbeat.start()
         log.info("worker %s consuming %s (device %s)", worker_name, ", ".join(queues), device_id)
 
     def on_shutdown(**_: Any) -> None:
         heartbeat.stop()
+        if heartbeat.started_at is None:
+            return  # never registered: the row, if any, is another process's
         try:
             with session_factory(settings)() as session:
-                devices.mark_worker_stopped(session, worker_name)
+                devices.mark_worker_stopped(
+                    session, worker_name, pid=heartbeat.pid, started_at=heartbeat.started_at
+                )
         except Exception as exc:
             log.warning("could not record the shutdown of %s: %s", worker_name, exc)
 

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, case, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.core.db import utcnow
@@ -151,6 +152,10 @@ def register_device(
     return device
 
 
+class WorkerNameTaken(RuntimeError):
+    """Another live process holds this worker name; the message says which."""
+
+
 def register_worker(
     session: Session,
     *,
@@ -161,37 +166,95 @@ def register_worker(
     hostname: str,
     pid: int,
     concurrency: int = 1,
+    dead_after_s: float | None = None,
 ) -> Worker:
-    """Insert or replace the row of a worker that just started (a restart under the same name reuses it)."""
+    """Insert or replace the row of a worker that just started (a restart under the same name reuses it).
+
+    With `dead_after_s`, a row that another process holds and that is live by `live_worker_condition`
+    is not replaced: `WorkerNameTaken` is raised instead (one conditional UPDATE decides a race).
+    """
     now = utcnow()
-    worker = session.get(Worker, name)
+    values: dict[str, Any] = {
+        "device_id": device_id,
+        "device": device,
+        "queues": list(queues),
+        "hostname": hostname,
+        "pid": pid,
+        "concurrency": concurrency,
+        "started_at": now,
+        "last_heartbeat": now,
+        "stopped_at": None,
+    }
+    if dead_after_s is not None:
+        free = ~live_worker_condition(dead_after_s=dead_after_s, now=now) | (
+            (Worker.pid == pid) & (Worker.hostname == hostname)
+        )
+        taken = session.execute(update(Worker).where(Worker.name == name, free).values(**values))
+        if not getattr(taken, "rowcount", 0):
+            session.rollback()
+            holder = session.get(Worker, name, populate_existing=True)
+            if holder is not None:
+                session.rollback()
+                raise WorkerNameTaken(
+                    f"worker name {name!r} is held by a live worker (pid {holder.pid} on {holder.hostname}, "
+                    f"last heartbeat {holder.last_heartbeat:%H:%M:%S}); choose another --name"
+                )
+    worker = session.get(Worker, name, populate_existing=True)
     if worker is None:
         worker = Worker(name=name)
         session.add(worker)
-    worker.device_id = device_id
-    worker.device = device
-    worker.queues = list(queues)
-    worker.hostname = hostname
-    worker.pid = pid
-    worker.concurrency = concurrency
-    worker.started_at = now
-    worker.last_heartbeat = now
-    worker.stopped_at = None
-    session.commit()
+    for column, value in values.items():
+        setattr(worker, column, value)
+    try:
+        session.commit()
+    except IntegrityError:  # another process inserted this name first
+        session.rollback()
+        raise WorkerNameTaken(
+            f"worker name {name!r} was taken by another worker starting at the same time"
+        ) from None
     return worker
 
 
-def heartbeat(session: Session, name: str) -> bool:
-    """Record that the worker is alive now; False if it has no row (it was never registered)."""
-    result = session.execute(update(Worker).where(Worker.name == name).values(last_heartbeat=utcnow()))
+def free_worker_name(session: Session, base: str, *, dead_after_s: float) -> str:
+    """`base` if no live worker holds it, else the first of `base-2`, `base-3`, ... that none holds."""
+    live = select(Worker.name).where(
+        live_worker_condition(dead_after_s=dead_after_s), Worker.name.like(f"{base}%")
+    )
+    held = set(session.scalars(live))
+    session.rollback()
+    if base not in held:
+        return base
+    number = 2
+    while f"{base}-{number}" in held:
+        number += 1
+    return f"{base}-{number}"
+
+
+def heartbeat(
+    session: Session, name: str, *, pid: int | None = None, started_at: datetime | None = None
+) -> bool:
+    """Record that the worker is alive now; False if it has no row (or, given `pid` and `started_at`, the
+    row is no longer this process's). A beat clears `stopped_at`: a process that beats is not stopped."""
+    condition = Worker.name == name
+    if pid is not None:
+        condition = condition & (Worker.pid == pid)
+    if started_at is not None:
+        condition = condition & (Worker.started_at == started_at)
+    result = session.execute(update(Worker).where(condition).values(last_heartbeat=utcnow(), stopped_at=None))
     session.commit()
     return bool(getattr(result, "rowcount", 0))
 
 
-def mark_worker_stopped(session: Session, name: str) -> None:
-    """Record a clean shutdown."""
-    session.execute(update(Worker).where(Worker.name == name).values(stopped_at=utcnow()))
+def mark_worker_stopped(session: Session, name: str, *, pid: int, started_at: datetime) -> bool:
+    """Record a clean shutdown of the process that registered `name` with this `pid` at `started_at`;
+    False (nothing written) when the row now belongs to another process."""
+    result = session.execute(
+        update(Worker)
+        .where(Worker.name == name, Worker.pid == pid, Worker.started_at == started_at)
+        .values(stopped_at=utcnow())
+    )
     session.commit()
+    return bool(getattr(result, "rowcount", 0))
 
 
 def live_worker_condition(*, dead_after_s: float, now: datetime | None = None) -> ColumnElement[bool]:

@@ -4,13 +4,13 @@ The committed job row is the outbox; the broker message is only a hint. Every `r
 reconciler looks at the rows and repairs what the messages failed to do:
 
 1. `running` jobs that nobody runs any more are requeued (attempt + 1) and published again, or marked
-   `failed` once `max_attempts` attempts ran. "Nobody runs it" means either its worker stopped or went
-   silent (not live by `services.devices.service.live_worker_condition`: `workers.last_heartbeat` older
-   than `worker_dead_after_s`), or the job's own heartbeat (`jobs.heartbeat_at`, set by a thread beside
-   the running job in the pool process that runs it) is that old. The per-job heartbeat is what catches
-   a pool child killed while the worker's main process lives (out of memory, SIGKILL, Celery's hard time
-   limit): the message is redelivered, finds the row `running` and is dropped, and only the silence of
-   the job itself tells that it stopped.
+   `failed` once `max_attempts` attempts ran. "Nobody runs it" is decided by the job's own heartbeat
+   (`jobs.heartbeat_at`, set by a thread beside the running job in the pool process that runs it): missing,
+   or older than `worker_dead_after_s`. That heartbeat stops with whatever stops the job (its pool child
+   killed while the worker's main process lives, the whole worker or host gone), and it goes on while the
+   job runs even when the worker's main process is stopped (SIGSTOP) or its row was wrongly marked
+   stopped, so a healthy job is never taken from the pool child that runs it. A queued job whose cancel
+   was requested is ended `cancelled`: no claim takes it.
 2. A silent job that already ran past its time limit is marked `failed` (time limit) instead of requeued:
    a rerun would hit the same limit. A job that runs on past its limit plus a grace
    (`Settings.overdue_after_s`) while its heartbeat still beats (a solo-pool GPU worker has no hard
@@ -80,17 +80,14 @@ class ReconcileReport:
 
 
 def lost_running_jobs(session: Session, *, dead_after_s: float, limit: int, now: datetime) -> list[Job]:
-    """Running jobs whose worker is dead (stopped, gone or silent) or whose own heartbeat is stale."""
+    """Running jobs whose own heartbeat is missing or older than `dead_after_s` (whatever their worker's
+    row says: the job's beat comes from the process that runs it)."""
     cutoff = now - timedelta(seconds=dead_after_s)
-    alive = select(Worker.name).where(live_worker_condition(dead_after_s=dead_after_s, now=now))
     query = (
         select(Job)
         .where(
             Job.status == "running",
-            Job.worker_name.is_(None)
-            | Job.worker_name.not_in(alive)
-            | Job.heartbeat_at.is_(None)
-            | (Job.heartbeat_at < cutoff),
+            Job.worker_name.is_(None) | Job.heartbeat_at.is_(None) | (Job.heartbeat_at < cutoff),
         )
         .order_by(Job.started_at)
         .limit(limit)
@@ -193,6 +190,9 @@ def recover_running(session: Session, settings: Settings, report: ReconcileRepor
             log.warning("job %s: attempt %d lost (%s); requeued", job.id, job.attempts, reason)
             if jobs.take_publication(session, job.id, published_before=None, now=now):
                 _publish_taken(session, job, previous=None, now=now)
+    for job_id in jobs.finish_cancelled_queued(session, limit=settings.reconcile_batch):
+        report.cancelled += 1
+        log.warning("job %s: queued with its cancel requested; cancelled", job_id)
     for job in overdue_running_jobs(session, settings, limit=settings.reconcile_batch, now=now):
         if _fail_attempt(session, job, _time_limit_message(job)):
             report.timed_out += 1

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, CursorResult, Table, func, insert, select, update
+from sqlalchemy import Connection, CursorResult, Table, case, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
@@ -452,23 +452,20 @@ def cancel_job(session: Session, job_id: str) -> Job:
 
     The running job's worker notices `cancel_requested` between steps and marks it `cancelled`.
     A finished job is returned unchanged (check `job.status`). Raises `JobNotFound` for an unknown id.
+    One UPDATE for both cases, so a requeue racing with it cannot make the job slip between them.
     """
     now = utcnow()
+    was_queued = Job.status == "queued"
     session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == "queued")
+        .where(Job.id == job_id, Job.status.in_(ACTIVE_STATUSES))
         .values(
-            status="cancelled",
+            status=case((was_queued, "cancelled"), else_=Job.status),
             cancel_requested=True,
-            progress_message="cancelled before it started",
-            finished_at=now,
+            progress_message=case((was_queued, "cancelled before it started"), else_=Job.progress_message),
+            finished_at=case((was_queued, now), else_=Job.finished_at),
             updated_at=now,
         )
-    )
-    session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == "running")
-        .values(cancel_requested=True, updated_at=now)
     )
     session.commit()
     job = session.get(Job, job_id, populate_existing=True)
@@ -489,40 +486,101 @@ def requeue_job(session: Session, job_id: str, *, attempt: int, reason: str, max
     job at once. Publishing the requeued job is the caller's business (after this commit).
     """
     now = utcnow()
-    fence = _running_attempt(job_id, attempt)
-    cancelled = session.execute(
-        update(Job)
-        .where(fence, Job.cancel_requested.is_(True))
-        .values(
-            status="cancelled",
-            progress_message=f"cancelled: {reason}"[:MAX_PROGRESS_MESSAGE_CHARS],
-            finished_at=now,
-            updated_at=now,
-        )
-    )
-    if _rowcount(cancelled) == 1:
-        session.commit()
-        return "cancelled"
+    cancelled_message = f"cancelled: {reason}"[:MAX_PROGRESS_MESSAGE_CHARS]
     if attempt >= max_attempts:
+        outcome: Any = "failed"
         values: dict[str, Any] = {
-            "status": "failed",
-            "error": f"gave up after {attempt} attempt(s): {reason}"[:MAX_ERROR_CHARS],
+            "error": case(
+                (Job.cancel_requested.is_(True), Job.error),
+                else_=f"gave up after {attempt} attempt(s): {reason}"[:MAX_ERROR_CHARS],
+            ),
+            "progress_message": case(
+                (Job.cancel_requested.is_(True), cancelled_message), else_=Job.progress_message
+            ),
             "finished_at": now,
         }
     else:
+        outcome = "queued"
+        requeued_message = f"requeued after attempt {attempt}: {reason}"[:MAX_PROGRESS_MESSAGE_CHARS]
         values = {
-            "status": "queued",
-            "worker_name": None,
-            "device_id": None,
-            "started_at": None,
-            "heartbeat_at": None,
-            "progress": 0.0,
-            "progress_message": f"requeued after attempt {attempt}: {reason}"[:MAX_PROGRESS_MESSAGE_CHARS],
-            "published_at": None,
+            "worker_name": case((Job.cancel_requested.is_(True), Job.worker_name), else_=None),
+            "device_id": case((Job.cancel_requested.is_(True), Job.device_id), else_=None),
+            "started_at": case((Job.cancel_requested.is_(True), Job.started_at), else_=None),
+            "heartbeat_at": case((Job.cancel_requested.is_(True), Job.heartbeat_at), else_=None),
+            "progress": case((Job.cancel_requested.is_(True), Job.progress), else_=0.0),
+            "progress_message": case(
+                (Job.cancel_requested.is_(True), cancelled_message), else_=requeued_message
+            ),
+            "published_at": case((Job.cancel_requested.is_(True), Job.published_at), else_=None),
+            "finished_at": case((Job.cancel_requested.is_(True), now), else_=None),
         }
-    result = session.execute(update(Job).where(fence).values(updated_at=now, **values))
+    # One statement decides between cancelled and the rest: a cancel arriving between two statements
+    # would otherwise leave a queued job with its cancel requested, which no claim ever takes.
+    status = case((Job.cancel_requested.is_(True), "cancelled"), else_=outcome)
+    row = session.execute(
+        update(Job)
+        .where(_running_attempt(job_id, attempt))
+        .values(status=status, updated_at=now, **values)
+        .returning(Job.status)
+    ).one_or_none()
     session.commit()
-    return str(values["status"]) if _rowcount(result) == 1 else None
+    return None if row is None else str(row[0])
+
+
+def fail_unserved_queued(session: Session, *, served_queues: Sequence[str], served_by: str) -> list[str]:
+    """Fail every queued job on a queue outside `served_queues`, saying which queues are served; returns
+    their ids. Only for a caller that owns every worker of the database (`bpbench up`): nothing else could
+    ever take such a job. One conditional UPDATE per job, fenced by the status."""
+    if not served_queues:
+        return []  # no worker at all yet: nothing can be judged
+    rows = session.execute(
+        select(Job.id, Job.queue).where(Job.status == "queued", Job.queue.not_in(list(served_queues)))
+    ).all()
+    session.rollback()
+    served = ", ".join(sorted(served_queues))
+    failed: list[str] = []
+    for job_id, queue in rows:
+        error = (
+            f"no worker can serve queue {queue!r}: {served_by} serves only {served}; "
+            "submit it where a worker of that device runs"
+        )
+        if fail_job(session, job_id, error):
+            failed.append(job_id)
+    return failed
+
+
+def finish_cancelled_queued(session: Session, *, limit: int) -> list[str]:
+    """End as `cancelled` the queued jobs whose cancel was requested; returns their ids.
+
+    No claim takes such a job and nothing republishes it, so without this it would wait forever (a store
+    written by an earlier version can hold some). One conditional UPDATE per job, fenced by the status.
+    """
+    ids = list(
+        session.scalars(
+            select(Job.id)
+            .where(Job.status == "queued", Job.cancel_requested.is_(True))
+            .order_by(Job.created_at)
+            .limit(limit)
+        )
+    )
+    session.rollback()
+    done: list[str] = []
+    now = utcnow()
+    for job_id in ids:
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == "queued", Job.cancel_requested.is_(True))
+            .values(
+                status="cancelled",
+                progress_message="cancelled before it ran again",
+                finished_at=now,
+                updated_at=now,
+            )
+        )
+        session.commit()
+        if _rowcount(result) == 1:
+            done.append(job_id)
+    return done
 
 
 def requeue_interrupted(session: Session, *, reason: str, max_attempts: int) -> Counter[str]:

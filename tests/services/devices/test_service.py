@@ -144,6 +144,6 @@ def test_a_worker_is_live_while_it_beats_and_not_after_it_stops(db_session: Sess
     assert heartbeat(db_session, name) is True
     assert name in {w.name for w in live_workers(db_session, dead_after_s=30)}
 
-    mark_worker_stopped(db_session, name)
+    assert mark_worker_stopped(db_session, name, pid=4242, started_at=row.started_at) is True
     assert name not in {w.name for w in live_workers(db_session, dead_after_s=30)}
     assert heartbeat(db_session, "nobody@nowhere") is False

@@ -74,10 +74,10 @@ def gone_worker(session: Session) -> tuple[str, str]:
     """A worker that registered, then went away (its process and its `bpbench up` are gone)."""
     device = devices.register_device(session, {"device": "cpu", "cpu_model": "recovery test CPU"})
     name = f"gone-{uuid.uuid4().hex[:6]}@test"
-    devices.register_worker(
+    row = devices.register_worker(
         session, name=name, device_id=device.id, device="cpu", queues=["cpu"], hostname="h", pid=1
     )
-    devices.mark_worker_stopped(session, name)
+    devices.mark_worker_stopped(session, name, pid=1, started_at=row.started_at)
     return name, device.id
 
 

@@ -225,6 +225,12 @@ def test_the_reconciler_queries_find_lost_and_unpublished_jobs(db_session: Sessi
     assert row is not None
     row.last_heartbeat = utcnow() - timedelta(seconds=120)
     db_session.commit()
+    # A silent worker row alone takes nothing: the job's own heartbeat (its pool child) still beats.
+    assert lost_id not in _lost(db_session)
+    db_session.execute(
+        update(Job).where(Job.id == lost_id).values(heartbeat_at=utcnow() - timedelta(seconds=120))
+    )
+    db_session.commit()
 
     assert lost_id in _lost(db_session)
     later = utcnow() + timedelta(seconds=60)  # past the grace a submitter gets to publish its own job
