@@ -49,6 +49,9 @@ def api_processes(tmp_path: Path, broker_url: str, *args: str) -> Iterator[tuple
         assert process.wait(timeout=30) == 0
     finally:
         if process.poll() is None:
+            for child in psutil.Process(process.pid).children(recursive=True):  # not left orphaned
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.kill()
             process.kill()
             process.wait(timeout=10)
 
