@@ -139,11 +139,20 @@ def api_command(
     loop: Annotated[
         str, typer.Option(help="uvicorn's event loop: auto (uvloop when installed), uvloop, asyncio")
     ] = "auto",
+    shared_socket: Annotated[
+        bool,
+        typer.Option(
+            "--shared-socket",
+            help="with several processes, one listening socket for all (uvicorn --workers) instead of "
+            "one each on the same port (SO_REUSEPORT), which spreads connections evenly",
+        ),
+    ] = False,
 ) -> None:
     """Serve the API (migrates the database first); BPBENCH_API_TOKEN becomes its first admin token."""
     import uvicorn
 
     from services.api.main import LOG_FORMAT_VARIABLE, bootstrap_token, create_app, tune_gc_for_serving
+    from services.api.serving import reuse_port_supported, serve_processes
     from services.core.logging import LOG_FORMATS, configure_logging
     from services.core.migrate import upgrade_to_head
 
@@ -181,7 +190,15 @@ def api_command(
     # Each process is a fresh interpreter (spawned) that builds its app from the environment; the parent
     # supervises them, restarts one that dies, and on SIGTERM stops them all and exits 0.
     os.environ[LOG_FORMAT_VARIABLE] = log_format
-    uvicorn.run("services.api.main:served_app", factory=True, workers=processes, **options)
+    if shared_socket or not reuse_port_supported():
+        uvicorn.run("services.api.main:served_app", factory=True, workers=processes, **options)
+        return
+    try:
+        code = serve_processes(options, processes)
+    except OSError as exc:
+        err_console.print(f"[red]error:[/red] cannot listen on {host}:{port}: {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
 
 
 @app.command("up")

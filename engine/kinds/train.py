@@ -8,12 +8,13 @@ rates. `TrainingLoop` keeps the parts apart: chunk planning, timing, loss record
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
-from engine.backend import Stopwatch, as_numpy, memory_probe, seed_everything, synchronize
+from engine.backend import Stopwatch, as_numpy, memory_probe, seed_everything, synchronize, take_rows
 from engine.kinds.base import (
     DTYPE_BYTES,
     EVAL_CHUNK,
@@ -64,6 +65,10 @@ class TrainingLoop:
             seed
         )  # minibatch indices drawn on the host: same on CPU and GPU
         self.warmup, self.window = window_plan(self.steps, int(timing["warmup"]), int(timing["window"]))
+        # A chunk's batches are gathered into these before its timed steps (no chunk exceeds a window).
+        self.x_chunk = xp.empty((self.window, self.batch_size, *self.x_train.shape[1:]), self.x_train.dtype)
+        self.t_chunk = xp.empty((self.window, self.batch_size, *self.t_train.shape[1:]), self.t_train.dtype)
+        self.gather_time = 0.0  # seconds spent gathering batches, outside the timed steps
         self.repeats = AdaptiveRepeats(
             int(timing["min_repeats"]), int(timing["max_repeats"]), float(timing["target_cv"])
         )
@@ -99,28 +104,41 @@ class TrainingLoop:
             )
             yield chunk, not in_warmup and chunk == self.window and not self.repeats.done
 
-    def train_chunk(self, chunk: int, timed: bool = False) -> tuple[float, list[Any]]:
-        """Train `chunk` steps; the seconds they took and their losses (device scalars, not synchronised).
-
-        A timed chunk is also read by the telemetry: counters before the first step and after the last
-        (the device synchronised at both ends), nothing in between."""
+    def gather(self, chunk: int) -> tuple[Any, Any]:
+        """The chunk's minibatches: indices drawn on the host for all its steps at once (the same on CPU
+        and GPU), rows gathered in one pass into the loop's buffers; the seconds are kept apart."""
+        started = time.perf_counter()
         indices = self.device.xp.asarray(
             self.batch_rng.integers(0, self.data.n_train, size=(chunk, self.batch_size))
         )
-        losses: list[Any] = []
+        x, t = self.x_chunk[:chunk], self.t_chunk[:chunk]
+        take_rows(self.x_train, indices, out=x)
+        take_rows(self.t_train, indices, out=t)
+        self.gather_time += time.perf_counter() - started
+        return x, t
+
+    def train_chunk(self, chunk: int, timed: bool = False) -> tuple[float, list[Any]]:
+        """Train `chunk` steps; the seconds they took and their losses (device scalars, not synchronised).
+
+        Only the steps are timed: the batches are gathered before, the losses computed after (each step
+        keeps what its loss needs). A timed chunk is also read by the telemetry: counters before the
+        first step and after the last (the device synchronised at both ends), nothing in between."""
+        x, t = self.gather(chunk)
+        network, optimizer, done = self.network, self.optimizer, self.done
+        check_stop = self.reporter.check_stop
+        pending: list[Callable[[], Any]] = []
         synchronize(self.device)
         if timed:
             self.telemetry.begin()
         self.stopwatch.start()
         for i in range(chunk):
-            self.reporter.check_stop(f"at step {self.done + i + 1}")
-            batch = indices[i]
-            self.network.train_step(self.x_train[batch], self.t_train[batch], self.optimizer)
-            losses.append(self.network.last_layer.loss)  # `last_loss` would synchronise
+            check_stop(f"at step {done + i + 1}")
+            network.train_step(x[i], t[i], optimizer)
+            pending.append(network.last_layer.pending_loss())  # `last_loss` would compute it now
         seconds = self.stopwatch.stop()
         if timed:
             self.readings.append(self.telemetry.end())
-        return seconds, losses
+        return seconds, [loss() for loss in pending]
 
     def record_timing(self, chunk: int, seconds: float, timed: bool) -> None:
         """Count the chunk's time; a timed window also becomes a throughput trial, marked if the telemetry
@@ -234,6 +252,7 @@ class TrainingLoop:
                 "target_cv": self.repeats.target_cv,
                 "achieved_cv": throughput["cv"],
                 "eval_every_steps": self.eval_every,
+                "gather_time_s": self.gather_time,
                 "dropped_windows": len(self.repeats.dropped),
                 "dropped_reasons": self.repeats.dropped_reasons(),
                 "all_windows_marked": self.repeats.all_marked,
@@ -296,7 +315,8 @@ def run(spec: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
 
 
 def estimate_memory(spec: dict[str, Any]) -> MemoryEstimate:
-    """Parameters (+ gradients + optimizer state), one batch's activations, one accuracy chunk's, the data."""
+    """Parameters (+ gradients + optimizer state), one batch's activations, one accuracy chunk's, the data
+    and a window's gathered batches."""
     item = DTYPE_BYTES[spec["dtype"]]
     samples, input_shape = data_size(spec)
     copies = OPTIMIZER_STATE_COPIES[spec["optimizer"]["name"]]
@@ -305,6 +325,9 @@ def estimate_memory(spec: dict[str, Any]) -> MemoryEstimate:
     evaluation = network_bytes(spec["model"], input_shape, item, min(EVAL_CHUNK, samples), copies)
     parts["evaluation"] = evaluation["activations"]
     parts["dataset"] = dataset_bytes(samples, input_shape, item)
+    # A window's batches are gathered at once into buffers of the loop (features and labels).
+    window = min(int(spec["timing"]["window"]), int(spec["steps"]))
+    parts["batches"] = dataset_bytes(window * int(spec["batch_size"]), input_shape, item)
     return estimate(parts)
 
 

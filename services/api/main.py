@@ -1,6 +1,6 @@
 """The bpbench API (FastAPI; OpenAPI at /docs, served offline): `create_app(settings)`, and `app` for uvicorn.
 
-    uvicorn services.api.main:app        # what `bpbench up` runs; `bpbench api` migrates first
+    uvicorn services.api.main:app        # one process; `bpbench api` (and `bpbench up`) migrate first
     uvicorn services.api.main:served_app --factory --workers N    # what `bpbench api --workers N` runs
 
 The app holds its settings, session factory, token cache and submission group commit in `app.state`;

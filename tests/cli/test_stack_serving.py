@@ -1,0 +1,42 @@
+"""`bpbench up` serves the API the way `bpbench api` does: the same command, processes and GC tuning."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+
+from cli.servers import default_api_workers
+from tests.apiserver import free_port
+from tests.conftest import bpbench_command
+from tests.test_embedded_stack import stack_env
+
+
+def test_up_serves_through_bpbench_api_with_one_process_per_cpu(tmp_path: Path) -> None:
+    data_dir, port = tmp_path / "data", free_port()
+    argv = [*bpbench_command(), "up", "--data-dir", str(data_dir), "--port", str(port), "--suite", "none"]
+    process = subprocess.Popen(
+        argv, env=stack_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert process.stdout is not None
+    try:
+        lines: list[str] = []
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            lines.append(line)
+            if "Serving" in line or not line:
+                break
+        assert "Serving" in lines[-1], "".join(lines)
+        api = psutil.Process(json.loads((data_dir / "stack.pids").read_text())["children"]["api"])
+        assert api.cmdline()[-5:] == ["api", "--host", "127.0.0.1", "--port", str(port)]
+        serving = [child for child in api.children() if "spawn_main" in " ".join(child.cmdline())]
+        workers = default_api_workers()
+        assert len(serving) == (workers if workers > 1 else 0)  # one process serves in-process
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0
