@@ -13,10 +13,11 @@ import pytest
 from sqlalchemy.orm import Session
 
 from services.auth.service import create_token
-from tests import apiserver
-from tests.apiserver import ApiServer
-from tests.conftest import WorkerProcess, wait_until
+from tests.support import apiserver
+from tests.support.apiserver import ApiServer
 from tests.support.cli import TINY, as_json, bpbench, one_line_error, user_env
+from tests.support.jobs import wait_until
+from tests.support.workers import WorkerProcess
 
 api = apiserver.api  # the shared API server fixture
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from tests import apiserver
-from tests.apiserver import ApiServer
-from tests.conftest import WorkerProcess
+from tests.support import apiserver
+from tests.support.apiserver import ApiServer
 from tests.support.cli import TINY, as_json, bpbench, user_env
+from tests.support.workers import WorkerProcess
 
 api = apiserver.api
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import psutil
 
 from cli.servers import default_api_workers
-from tests.apiserver import free_port
-from tests.conftest import bpbench_command
-from tests.test_embedded_stack import stack_env
+from harness.processes import bpbench_command
+from tests.cli.test_stack import stack_env
+from tests.support.apiserver import free_port
 
 
 def test_up_serves_through_bpbench_api_with_one_process_per_cpu(tmp_path: Path) -> None:

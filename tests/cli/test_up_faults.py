@@ -16,10 +16,11 @@ import pytest
 from sqlalchemy.orm import Session
 
 from cli.stack import usable_gpus
+from harness.processes import bpbench_command
 from services.core.db import make_engine
 from services.jobs.models import Job
-from tests.apiserver import PROJECT_ROOT, free_port
-from tests.conftest import bpbench_command, tiny_spec
+from tests.support.apiserver import PROJECT_ROOT, free_port
+from tests.support.jobs import tiny_spec
 
 
 def user_env() -> dict[str, str]:

@@ -21,8 +21,9 @@ import httpx
 import pytest
 
 from cli.supervision import RestartPolicy
-from tests.apiserver import PROJECT_ROOT, free_port
-from tests.conftest import bpbench_command, wait_until
+from harness.processes import bpbench_command
+from tests.support.apiserver import PROJECT_ROOT, free_port
+from tests.support.jobs import wait_until
 
 
 def test_a_child_that_ran_long_enough_is_restarted_at_once_however_often() -> None:

@@ -15,11 +15,12 @@ import time
 import psutil
 import pytest
 
+from harness.processes import bpbench_command
 from services.devices.models import Worker
 from services.jobs import service as jobs
 from services.jobs.models import Job
-from tests.conftest import bpbench_command, tiny_spec, wait_until
 from tests.faults.conftest import Stack, point_client_at, private_redis, shared_postgres_database, unique
+from tests.support.jobs import tiny_spec, wait_until
 
 DEAD_AFTER_S = 4.0
 

@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.apiserver import PROJECT_ROOT, ApiServer
-from tests.test_fuzz import fuzzed_api, read_interactions  # noqa: F401  (the fuzzed API fixture)
+from tests.services.api.test_fuzz import fuzzed_api, read_interactions  # noqa: F401  (the fuzzed API fixture)
+from tests.support.apiserver import PROJECT_ROOT, ApiServer
 
 SEED = 20261203
 EXAMPLES_PER_OPERATION = int(os.environ.get("BPBENCH_HOSTILE_FUZZ_EXAMPLES", "20"))

@@ -22,13 +22,14 @@ import pytest
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from harness.processes import bpbench_command
 from services.auth.service import create_token
 from services.core.config import Settings
 from services.jobs import service as jobs
 from services.jobs.models import Job
-from tests import apiserver
-from tests.apiserver import ADMIN_TOKEN, ApiServer, running_api
-from tests.conftest import bpbench_command, tiny_spec
+from tests.support import apiserver
+from tests.support.apiserver import ADMIN_TOKEN, ApiServer, running_api
+from tests.support.jobs import tiny_spec
 
 api = apiserver.api  # the shared API server fixture
 

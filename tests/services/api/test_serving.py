@@ -15,9 +15,10 @@ import httpx
 import psutil
 import pytest
 
+from harness.processes import bpbench_command
 from services.core.config import Settings
-from tests.apiserver import ADMIN_TOKEN, free_port, server_env
-from tests.conftest import bpbench_command, wait_until
+from tests.support.apiserver import ADMIN_TOKEN, free_port, server_env
+from tests.support.jobs import wait_until
 
 CONNECTIONS = 32  # kernel hashing leaves a process without any of them with probability 2 * 2**-32
 

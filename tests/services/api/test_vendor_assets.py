@@ -11,8 +11,8 @@ import plotly
 import pytest
 
 from services.api.vendor_assets import VENDOR_ASSETS
-from tests import apiserver
-from tests.apiserver import ApiServer
+from tests.support import apiserver
+from tests.support.apiserver import ApiServer
 
 api = apiserver.api  # the shared API server fixture
 

@@ -22,7 +22,7 @@ from services.devices.models import Worker
 from services.jobs import service as jobs
 from services.jobs.models import Job
 from services.jobs.reconciler import reconcile_once
-from tests.conftest import tiny_spec
+from tests.support.jobs import tiny_spec
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests import apiserver
-from tests.apiserver import ApiServer
+from tests.support import apiserver
+from tests.support.apiserver import ApiServer
 
 api = apiserver.api
 PAGE_TIMEOUT_MS = 60_000
