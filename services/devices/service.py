@@ -307,6 +307,11 @@ def live_workers(session: Session, *, dead_after_s: float) -> list[Worker]:
     return list(session.scalars(query.order_by(Worker.name)))
 
 
+def served_queues(session: Session, *, dead_after_s: float) -> set[str]:
+    """The queues at least one live worker consumes now."""
+    return {queue for worker in live_workers(session, dead_after_s=dead_after_s) for queue in worker.queues}
+
+
 def live_device_ids(session: Session, *, dead_after_s: float) -> set[str]:
     """Ids of the devices served by at least one live worker."""
     return {worker.device_id for worker in live_workers(session, dead_after_s=dead_after_s)}

@@ -8,11 +8,13 @@ from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
+from engine.spec import parse_device
 from services.api.deps import SessionDep, SettingsDep, SubmitAccess
 from services.api.errors import unprocessable
 from services.api.json_body import StrictJSONRoute
 from services.api.routes.jobs import JobOut, job_out
-from services.devices.service import get_device, list_devices, live_device_ids
+from services.core.queue import device_queue
+from services.devices.service import get_device, list_devices, live_device_ids, served_queues
 from services.jobs import service
 from services.jobs.spec import DEVICE_PATTERN, Text
 from services.jobs.suites import SUITES
@@ -75,11 +77,25 @@ def _resolve_targets(
     status_code=status.HTTP_202_ACCEPTED,
     response_model=SuiteOut,
     dependencies=[SubmitAccess],
-    responses={409: {"description": "no device given and no live worker"}},
+    responses={409: {"description": "no live worker serves the devices asked for (or, none given, any)"}},
 )
 def submit_suite(request: SuiteRequest, session: SessionDep, settings: SettingsDep) -> SuiteOut:
     """Submit every job of the suite for each device: each job is committed, then published."""
     targets = _resolve_targets(session, request.devices, settings.worker_dead_after_s)
+    # Work no live worker consumes would wait forever: refused, naming the targets and what would serve them.
+    served = served_queues(session, dead_after_s=settings.worker_dead_after_s)
+    unserved = [
+        target or spec_device
+        for spec_device, target in targets
+        if (device_queue(target) if target else parse_device(spec_device).device_class) not in served
+    ]
+    if unserved:
+        listed = ", ".join(unserved[:8]) + (f" and {len(unserved) - 8} more" if len(unserved) > 8 else "")
+        raise HTTPException(
+            status_code=status.HTTP_409_CONFLICT,
+            detail=f"no live worker serves {listed}: start one there (`bpbench worker --device ...`) "
+            "or leave them out; nothing was submitted",
+        )
     jobs: list[JobOut] = []
     for spec_device, target in targets:
         for item, spec in SUITES[request.name](spec_device):

@@ -209,15 +209,18 @@ def test_a_suite_for_listed_classes_and_unknown_devices(api: ApiServer) -> None:
     with api.client() as client:
         bad = client.post("/api/v1/suites", json={"name": "smoke", "devices": ["cpu", "tpu"]})
         unknown_suite = client.post("/api/v1/suites", json={"name": "huge"})
-        queued = client.post("/api/v1/suites", json={"name": "smoke", "devices": ["gpu"]}).json()
-        for job in queued["jobs"]:
-            client.post(f"/api/v1/jobs/{job['id']}/cancel")
+        # No GPU worker runs in the tests: jobs for `gpu` would wait forever, so nothing is submitted.
+        before = client.get("/api/v1/jobs", params={"device": "gpu"}).json()["total"]
+        unserved = client.post("/api/v1/suites", json={"name": "smoke", "devices": ["gpu", "gpu:1"]})
+        after = client.get("/api/v1/jobs", params={"device": "gpu"}).json()["total"]
     assert bad.status_code == 422
     assert bad.json()["detail"][0]["field"] == "devices.1"
     assert unknown_suite.status_code == 422
     assert unknown_suite.json()["detail"][0]["accepted"] == "one of 'standard', 'smoke'"
-    assert queued["targets"] == ["gpu"]
-    assert {job["queue"] for job in queued["jobs"]} == {"gpu"}
+    assert unserved.status_code == 409
+    assert unserved.json()["detail"].startswith("no live worker serves gpu, gpu:1: start one there")
+    assert "nothing was submitted" in unserved.json()["detail"]
+    assert after == before
 
 
 def test_a_queued_job_is_cancelled_at_once(api: ApiServer) -> None:
