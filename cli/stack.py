@@ -40,6 +40,7 @@ from cli.render import (
     wait_for_jobs,
 )
 from services.core.config import DATABASE_FILE, Settings, get_settings
+from services.core.data_dir import make_private_dir
 
 # The command line of a child `bpbench ...`: the same interpreter, so the same virtual environment. `-P`:
 # the working directory is not put on the path, so a folder named `cli` there cannot stand in for ours.
@@ -334,7 +335,9 @@ def run_stack(data_dir: Path | None, host: str, port: int, suite: str | None, ex
         os.environ["BPBENCH_DATA_DIR"] = str(data_dir)
     get_settings.cache_clear()
     settings = get_settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # Everything the stack writes (database, broker log, token, logs) is for this user only.
+    os.umask(0o077)
+    make_private_dir(settings.data_dir)
     api_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     supervisor = Supervisor(settings.data_dir / "logs")
     previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
