@@ -98,3 +98,15 @@ def test_the_confirm_button_on_our_own_page_signs_in(victim: Any, api: ApiServer
     assert (cookie[0]["httpOnly"], cookie[0]["sameSite"]) == (True, "Strict")
     session = victim.request.get(f"{api.url}/api/v1/session").json()
     assert (session["signed_in"], session["via"]) == (True, "cookie")
+
+
+def test_a_token_pasted_into_the_dashboards_form_signs_in_without_a_second_page(
+    victim: Any, api: ApiServer
+) -> None:
+    victim.goto(f"{api.url}/")
+    victim.wait_for_selector("#signin:not([hidden])")
+    victim.fill("#signin-token", api.token)
+    victim.click("#signin-form button")
+    victim.wait_for_selector("body[data-ready='true']")
+    assert victim.url == f"{api.url}/"  # a POST: the token never reaches the address bar
+    assert [c["value"] for c in sign_in_cookies(victim)] == [api.token]
