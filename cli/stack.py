@@ -46,6 +46,7 @@ from cli.render import (
 )
 from cli.supervision import RestartPolicy
 from services.core.config import DATABASE_FILE, Settings, get_settings
+from services.core.data_dir import make_private_dir
 
 # The command line of a child `bpbench ...`: the same interpreter, so the same virtual environment. `-P`:
 # the working directory is not put on the path, so a folder named `cli` there cannot stand in for ours.
@@ -499,7 +500,9 @@ def run_stack(data_dir: Path | None, host: str, port: int, suite: str | None, ex
         os.environ["BPBENCH_DATA_DIR"] = str(data_dir)
     get_settings.cache_clear()
     settings = get_settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # Everything the stack writes (database, broker log, token, logs) is for this user only.
+    os.umask(0o077)
+    make_private_dir(settings.data_dir)
     try:
         lock = lock_data_dir(settings.data_dir)
     except StackError as exc:

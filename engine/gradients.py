@@ -37,12 +37,14 @@ def numerical_gradient(
     x: Array,
     h: float | None = None,
     indices: Iterable[tuple[int, ...]] | None = None,
+    between: Callable[[], None] | None = None,
 ) -> Array:
     """Central difference (f(x + h e_i) - f(x - h e_i)) / 2h for each element i of x.
 
     `x` is perturbed in place, one element at a time, and restored exactly; `f` is called with
     `x` and must read it (e.g. `lambda _: net.loss(xb, tb)` when x is one of the net's parameters).
     `indices` limits the work to those elements; the others are left zero in the result.
+    `between()` is called after each element (x restored): a cancel check may raise there.
     """
     h = default_step(x.dtype) if h is None else h
     grad = x * 0
@@ -56,6 +58,8 @@ def numerical_gradient(
         f_minus = f(x)
         grad[idx] = (f_plus - f_minus) / (2 * h)
         x[idx] = original  # restore the exact old value, not (x + h) - h
+        if between is not None:
+            between()
     return grad
 
 
@@ -109,6 +113,7 @@ def gradient_check(
     max_elements: int | None = None,
     seed: int = 0,
     richardson: bool = False,
+    between: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Compare backprop gradients with numerical ones for every parameter of `network`.
 
@@ -119,7 +124,8 @@ def gradient_check(
     The loss is evaluated in training mode (batch statistics for BatchNorm) with every Dropout
     mask held at the one drawn by the backprop pass, so both sides differentiate the same function;
     BatchNorm running statistics are restored afterwards. `max_elements` checks a seeded random
-    subset of that many elements per parameter (all of them when None).
+    subset of that many elements per parameter (all of them when None). `between()` is called after each
+    element's loss evaluations (see `numerical_gradient`).
 
     Returns {"parameters": {name: {"max_abs", "max_rel", "checked"}}, "max_relative_error",
     "max_abs_error", "h", "floor", "dtype"}.
@@ -144,9 +150,9 @@ def gradient_check(
     try:
         for name, param in network.params.items():
             indices = _sample_indices(tuple(param.shape), max_elements, rng)
-            numeric = as_numpy(numerical_gradient(loss, param, h, indices)).astype(np.float64)
+            numeric = as_numpy(numerical_gradient(loss, param, h, indices, between)).astype(np.float64)
             if richardson:
-                far = as_numpy(numerical_gradient(loss, param, 2 * h, indices)).astype(np.float64)
+                far = as_numpy(numerical_gradient(loss, param, 2 * h, indices, between)).astype(np.float64)
                 numeric = (4 * numeric - far) / 3
             rows = tuple(np.array(axis) for axis in zip(*indices, strict=True))
             a, b = backprop[name][rows], numeric[rows]

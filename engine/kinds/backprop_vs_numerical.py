@@ -83,8 +83,12 @@ def _measure_width(
     def loss(_: Any) -> float:
         return network.loss(x, t, train=True)
 
+    def check_stop() -> None:
+        reporter.check_stop(f"at width {width}")
+
     def numerical() -> dict[str, Any]:
-        return {name: numerical_gradient(loss, p) for name, p in network.params.items()}
+        # One full numerical gradient of a wide layer takes seconds: the cancel check runs per element.
+        return {name: numerical_gradient(loss, p, between=check_stop) for name, p in network.params.items()}
 
     def backprop() -> dict[str, Any]:
         return network.gradient(x, t)

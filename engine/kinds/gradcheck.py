@@ -70,7 +70,16 @@ def run(spec: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
         reporter.report(index / len(steps), f"gradcheck: {network.n_params} parameters, h={h:g}", force=True)
         reporter.check_stop("during the gradient check")
         checks.append(
-            gradient_check(network, x, t, h, max_elements=GRADCHECK_MAX_ELEMENTS, seed=seed, richardson=True)
+            gradient_check(
+                network,
+                x,
+                t,
+                h,
+                max_elements=GRADCHECK_MAX_ELEMENTS,
+                seed=seed,
+                richardson=True,
+                between=lambda: reporter.check_stop("during the gradient check"),
+            )
         )
     seconds = time.perf_counter() - t0
     threshold = GRADCHECK_THRESHOLDS[dtype]

@@ -21,6 +21,7 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 from services.core.config import Settings, get_settings, normalize_database_url
+from services.core.data_dir import PRIVATE_DIR_MODE, ensure_private_file
 
 # Explicit constraint names: Alembic batch mode on SQLite and `alembic check` need them stable.
 NAMING_CONVENTION = {
@@ -91,13 +92,17 @@ POSTGRES_POOL_SIZE = 20
 def make_engine(url: str, *, busy_timeout_ms: int = 30_000, echo: bool = False) -> Engine:
     """An Engine for a database URL as a person writes it (see `normalize_database_url`).
 
-    For a SQLite file the parent directory is created; every connection gets WAL, foreign keys and the
-    busy timeout. PostgreSQL gets `pool_pre_ping` so connections dropped by a server restart are replaced.
+    For a SQLite file the parent directory is created and the file made 0600; every connection gets WAL,
+    foreign keys and the busy timeout. PostgreSQL gets `pool_pre_ping` so connections dropped by a server
+    restart are replaced.
     """
     sa_url = make_url(normalize_database_url(url))
     if sa_url.get_backend_name() == "sqlite":
         if sa_url.database and sa_url.database != ":memory:" and not sa_url.database.startswith("file:"):
-            Path(sa_url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            database_file = Path(sa_url.database).expanduser()
+            database_file.parent.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+            # SQLite gives its -wal and -shm files the database file's mode: 0600 keeps all three private.
+            ensure_private_file(database_file)
         engine = create_engine(
             sa_url,
             echo=echo,

@@ -2,9 +2,10 @@
 
 Every asset comes from this app (no CDN): the page, its script and style under `/static/`, and
 `/static/vendor/plotly.min.js`, the file the `plotly` Python package ships (`services/api/vendor_assets.py`:
-gzip when asked, GET and HEAD). Signing in works as in Jupyter:
-`/?token=...` checks the token, stores it in the HttpOnly SameSite=Strict cookie (`services/api/cookies.py`)
-and redirects to `/`, so the token leaves the address bar and the history. The page reads the API with that
+gzip when asked, GET and HEAD). Signing in works as in Jupyter: `/?token=...` checks the token and shows a
+confirmation page whose same-origin POST stores it in the HttpOnly SameSite=Strict cookie (`signin.py`,
+`services/api/cookies.py`) and redirects to `/`, so the token leaves the address bar and a link from another
+site cannot sign anyone in. The page reads the API with that
 cookie; `GET /api/v1/session` tells it whether it is signed in and may submit.
 """
 
@@ -17,9 +18,11 @@ from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from services.api.cookies import clear_token_cookie, csrf_checked, set_token_cookie, token_from_cookie
+from services.api.cookies import clear_token_cookie, csrf_checked, token_from_cookie
 from services.api.deps import ReadAccess, SessionDep, SettingsDep
 from services.api.routes.jobs import job_out
+from services.api.routes.signin import confirmation_page
+from services.api.routes.signin import router as signin_router
 from services.api.vendor_assets import VENDOR_ASSETS, VENDOR_PREFIX, vendor_response
 from services.auth.service import authenticate, grants
 from services.jobs import service as jobs
@@ -66,14 +69,13 @@ def dashboard(
     session: SessionDep,
     token: Annotated[str | None, Query(max_length=200)] = None,
 ) -> Response:
-    """The dashboard; with `?token=` a valid token becomes the sign-in cookie and the URL is cleaned."""
+    """The dashboard; with `?token=` a valid token gets the sign-in confirmation page (`signin.py`)."""
     if token is None:
         return _index()
-    if authenticate(session, token) is None:
+    known = authenticate(session, token)
+    if known is None:
         return RedirectResponse("/?signin=invalid", status_code=303)
-    response = RedirectResponse("/", status_code=303)
-    set_token_cookie(response, request, token)
-    return response
+    return confirmation_page(token, known.name, PAGE_HEADERS)
 
 
 @router.post("/auth/logout", include_in_schema=False, status_code=204)
@@ -147,4 +149,5 @@ def job_report(job_id: str, session: SessionDep) -> dict[str, Any]:
 def install_dashboard(app: FastAPI) -> None:
     """Add the dashboard's routes and its static files (`/static/`) to `app`."""
     app.include_router(router)
+    app.include_router(signin_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

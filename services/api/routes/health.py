@@ -1,4 +1,5 @@
-"""Liveness and readiness: `/healthz` answers while the process runs; `/readyz` checks database and broker."""
+"""Liveness and readiness: `/healthz` answers while the process runs; `/readyz` checks database, broker and
+the data directory's free space."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from services.api.deps import SessionDep
+from services.api.deps import SessionDep, SettingsDep
+from services.core.data_dir import disk_problem
 from services.core.db import ping
 from services.core.queue import get_celery_app
 
@@ -38,11 +40,19 @@ def _check_broker() -> str | None:
     return None
 
 
-@router.get("/readyz", responses={503: {"description": "the database or the broker is unreachable"}})
-def readyz(session: SessionDep) -> JSONResponse:
-    """Readiness: 200 when the database and the broker both answer, else 503 naming what failed."""
+@router.get(
+    "/readyz",
+    responses={503: {"description": "the database or the broker is unreachable, or the data disk is full"}},
+)
+def readyz(session: SessionDep, settings: SettingsDep) -> JSONResponse:
+    """Readiness: 200 when the database and the broker answer and the data directory has room, else 503
+    naming what failed."""
     checks: dict[str, Any] = {}
-    for name, error in (("database", _check_database(session)), ("broker", _check_broker())):
+    for name, error in (
+        ("database", _check_database(session)),
+        ("broker", _check_broker()),
+        ("disk", disk_problem(settings.data_dir)),
+    ):
         checks[name] = "ok" if error is None else error
     ready = all(value == "ok" for value in checks.values())
     return JSONResponse(

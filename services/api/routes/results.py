@@ -123,18 +123,26 @@ def _views(session: Session, results: list[Result]) -> list[ResultOut]:
     return views
 
 
+# A spreadsheet reads a cell starting with one of these as a formula (or, for tab and CR, strips them and
+# then does): text cells get a leading apostrophe so they open as text. Numbers stay numbers.
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _csv_cell(value: Any) -> Any:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return ""
     if isinstance(value, dict | list):
-        return json.dumps(value)
+        value = json.dumps(value)
+    if isinstance(value, str) and value.startswith(FORMULA_TRIGGERS):
+        return "'" + value
     return value
 
 
 def to_csv(views: list[ResultOut]) -> str:
     """The results as CSV with a header row (`CSV_COLUMNS`); headline metrics get their own columns."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    # CRLF rows (RFC 4180): the writer then quotes a cell holding a bare CR, which would end the row.
+    writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow(CSV_COLUMNS)
     for view in views:
         doc = view.model_dump(mode="json")

@@ -108,7 +108,7 @@ def test_health_and_readiness_answer(api: ApiServer) -> None:
     assert httpx.get(f"{api.url}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{api.url}/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ready", "checks": {"database": "ok", "broker": "ok"}}
+    assert ready.json() == {"status": "ready", "checks": {"database": "ok", "broker": "ok", "disk": "ok"}}
     schema = httpx.get(f"{api.url}/openapi.json").json()
     assert {"/api/v1/jobs", "/api/v1/suites", "/api/v1/compare", "/readyz"} <= set(schema["paths"])
     assert httpx.get(f"{api.url}/docs").status_code == 200

@@ -141,7 +141,12 @@ def test_text_log_lines_end_with_the_job_tag() -> None:
 
 def test_the_token_link_sets_an_httponly_strict_cookie_and_cleans_the_address(api: ApiServer) -> None:
     with httpx.Client(base_url=api.url, timeout=30) as browser:
-        response = browser.get("/", params={"token": api.token})
+        confirm = browser.get("/", params={"token": api.token})
+        assert confirm.status_code == 200 and 'action="/auth/signin"' in confirm.text
+        assert "set-cookie" not in confirm.headers
+        response = browser.post(
+            "/auth/signin", data={"token": api.token}, headers={"Sec-Fetch-Site": "same-origin"}
+        )
         assert response.status_code == 303
         assert response.headers["location"] == "/"
         cookie = response.headers["set-cookie"]
@@ -154,6 +159,21 @@ def test_the_token_link_sets_an_httponly_strict_cookie_and_cleans_the_address(ap
         assert refused.status_code == 403 and "X-Requested-With" in refused.json()["detail"]
         # With the header the request passes the auth check and reaches the route (no such job: 404).
         assert browser.post(unknown, headers={"X-Requested-With": "bpbench"}).status_code == 404
+
+
+def test_a_sign_in_post_from_another_origin_is_refused_without_a_cookie(api: ApiServer) -> None:
+    with httpx.Client(base_url=api.url, timeout=30) as browser:
+        cross_site = browser.post(
+            "/auth/signin", data={"token": api.token}, headers={"Sec-Fetch-Site": "cross-site"}
+        )
+        other_origin = browser.post(
+            "/auth/signin", data={"token": api.token}, headers={"Origin": "http://evil.example"}
+        )
+        neither = browser.post("/auth/signin", data={"token": api.token})
+    for refused in (cross_site, other_origin, neither):
+        assert refused.status_code == 403 and "same-origin POST" in refused.json()["detail"]
+        assert "set-cookie" not in refused.headers
+    assert browser.cookies.get("bpbench_token") is None
 
 
 def test_a_wrong_token_link_sets_no_cookie(api: ApiServer) -> None:

@@ -48,7 +48,8 @@ api = apiserver.api  # the shared API server fixture
 PUBLIC_ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/healthz"): "liveness probe",
     ("GET", "/readyz"): "readiness probe",
-    ("GET", "/"): "the dashboard's page (static HTML; `?token=` signs in)",
+    ("GET", "/"): "the dashboard's page (static HTML; `?token=` shows the sign-in confirmation)",
+    ("POST", "/auth/signin"): "the confirmation's same-origin POST: the token in the form is the credential",
     ("GET", "/static/vendor/{name}"): "Plotly and the API docs' scripts, from their packages",
     ("GET", "/static"): "the dashboard's static files (mount)",
     ("POST", "/auth/logout"): "forgets the sign-in cookie; nothing to protect",

@@ -61,12 +61,14 @@ class Console:
 
 @pytest.fixture
 def signed_in(browser: Any, api: ApiServer) -> Iterator[tuple[Any, Console]]:
-    """A fresh browser context signed in through the `/?token=` link, on the loaded dashboard."""
+    """A fresh browser context signed in through the `/?token=` link and its confirm button, on the loaded
+    dashboard."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     page.set_default_timeout(PAGE_TIMEOUT_MS)
     console = Console(page)
     page.goto(f"{api.url}/?token={api.token}")
+    page.click("#signin-confirm-button")
     page.wait_for_selector("body[data-ready='true']")
     yield page, console
     context.close()

@@ -28,6 +28,7 @@ def test_the_dashboard_marks_the_regression(
         errors: list[str] = []
         page.on("console", lambda message: message.type == "error" and errors.append(message.text))
         page.goto(f"{api.url}/?token={api.token}")
+        page.click("#signin-confirm-button")
         page.wait_for_selector("body[data-ready='true']", timeout=60_000)
         page.select_option("#compare-filters select[name=spec_hash]", SPEC.spec_hash())
         badge = page.wait_for_selector(
