@@ -34,7 +34,9 @@ def record(
     """One finished job of `spec` on `device_id`, its result the real document after `adjust(document)`."""
     document = engine_document(spec)
     adjust(document)
-    job = jobs.submit_job(session, spec)
+    # Created but never published: a worker of the test session must not take it before the claim below.
+    job = jobs.create_job(session, spec)
+    session.commit()
     claim = jobs.claim_job(session, job.id, worker_name="recorded-by-test", device_id=device_id)
     assert claim is not None
     assert jobs.complete_job(session, job.id, document, attempt=claim.attempt) is not None

@@ -64,7 +64,7 @@ def test_a_huge_spiral_job_is_refused_at_submission_and_a_small_one_is_not(api: 
     errors = detail if isinstance(detail, list) else detail.get("errors", [])
     assert any("this server accepts at most 32.00 GiB per job" in str(error) for error in errors)
     assert any(
-        "the job needs an estimated 32.38 GiB (activations 18.95 GiB" in str(error) for error in errors
+        "the job needs an estimated 32.40 GiB (activations 18.95 GiB" in str(error) for error in errors
     )
     assert small.status_code == 202, small.text
 
