@@ -13,11 +13,12 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.core.config import Settings
+from services.core.queue import RUN_JOB_TASK, make_celery
 from services.jobs import service as jobs
 from services.jobs.resources import estimate_job_memory
 from services.jobs.spec import JobSpec
 from tests.support.jobs import wait_for_job
-from tests.support.servers import CI
+from tests.support.servers import CI, claimed_redis_database
 from tests.support.workers import start_worker
 
 MIB = 2**20
@@ -56,19 +57,24 @@ def test_a_worker_in_a_small_cgroup_fails_a_job_over_its_limit_naming_the_limit(
     estimate = estimate_job_memory(OVER_THE_CGROUP).total_bytes
     assert CGROUP_LIMIT < estimate < psutil.virtual_memory().available
     enter = f'echo $$ > {memory_cgroup}/cgroup.procs && exec "$@"'
-    worker = start_worker(
-        service_settings.database_url,
-        service_settings.broker_url,
-        tmp_path,
-        wrapper=["sh", "-c", enter, "sh"],
-    )
-    try:
-        assert str(worker.process.pid) in (memory_cgroup / "cgroup.procs").read_text().split()
-        with session_maker() as session:
-            job = jobs.submit_job(session, OVER_THE_CGROUP, target_device_id=worker.device_id)
-        done = wait_for_job(session_maker, job.id, timeout_s=60)
-    finally:
-        worker.stop()
+    # A broker of its own: the session's shared worker serves the same device's queues on the shared one.
+    with claimed_redis_database() as private_broker:
+        worker = start_worker(
+            service_settings.database_url, private_broker, tmp_path, wrapper=["sh", "-c", enter, "sh"]
+        )
+        try:
+            assert str(worker.process.pid) in (memory_cgroup / "cgroup.procs").read_text().split()
+            with session_maker() as session:
+                job = jobs.create_job(session, OVER_THE_CGROUP, target_device_id=worker.device_id)
+                session.commit()
+            client = make_celery(service_settings.model_copy(update={"broker_url": private_broker}))
+            client.send_task(
+                RUN_JOB_TASK, args=[job.id], task_id=job.id, queue=job.queue, routing_key=job.queue
+            )
+            client.close()
+            done = wait_for_job(session_maker, job.id, timeout_s=60)
+        finally:
+            worker.stop()
     assert (done.status, done.worker_name) == ("failed", worker.name), done.error
     assert done.error is not None and done.error.startswith("the job needs an estimated ")
     assert "this worker's cgroup memory limit (384.0 MiB" in done.error
