@@ -5,6 +5,11 @@
 const FINAL = new Set(["succeeded", "failed", "cancelled"]);
 const POLL_MS = 2000;
 const PLOT_CONFIG = { displaylogo: false, responsive: true };
+// How each kind's trials are charted: the axis title, the unit's scale and each series' name.
+const TRIAL_AXES = {
+  train: { title: "samples/s per window", scale: 1, name: (n) => n },
+  gemm: { title: "GFLOP/s", scale: 1e9, name: (n) => `${n}×${n}` },
+};
 const state = { session: null, devices: {}, jobsTimer: null, jobTimer: null, compareSeq: 0 };
 
 // --- helpers ---------------------------------------------------------------------------------------------
@@ -374,6 +379,8 @@ async function loadTimeline() {
         : "<i>not measured here</i>",
     };
   });
+  // The right margin holds the device notes: as wide as the longest line (about 6.5 px a character at 10 px).
+  const longest = Math.max(20, ...annotations.flatMap((a) => a.text.split("<br>").map((line) => line.replace(/<[^>]+>/g, "").length)));
   plot("timeline-chart", traces, {
     title: { text: "years each vendor entered deep learning · milestones · measured devices (best figure)" },
     barmode: "overlay",
@@ -383,7 +390,7 @@ async function loadTimeline() {
     shapes: [{ type: "line", x0: lastYear + 0.5, x1: lastYear + 0.5, yref: "paper", y0: 0, y1: 1, line: { dash: "dot", color: "#999" } }],
     showlegend: true,
     legend: { orientation: "h", y: -0.15 },
-    margin: { l: 90, r: 280, t: 40, b: 80 },
+    margin: { l: 90, r: Math.ceil(24 + 6.5 * longest), t: 40, b: 80 },
     height: 140 + 48 * (rows.length + 1),
   });
 
@@ -484,11 +491,12 @@ async function loadJobPage(jobId) {
   }
   const series = result ? Object.entries(result.trials) : [];
   if (series.length) {
+    const axis = TRIAL_AXES[job.kind] || { title: "value", scale: 1, name: (n) => n };
     plot("trials-chart", series.map(([name, values]) => ({
-      type: "box", name, y: values, boxpoints: "all", jitter: 0.4, pointpos: 0,
+      type: "box", name: axis.name(name), y: values.map((v) => v / axis.scale), boxpoints: "all", jitter: 0.4, pointpos: 0,
     })), {
       title: { text: "distribution of the trials" }, showlegend: false,
-      yaxis: { title: { text: job.kind === "train" ? "samples/s per window" : "value" }, type: series.length > 3 ? "log" : "linear" },
+      yaxis: { title: { text: axis.title }, type: series.length > 3 ? "log" : "linear", exponentformat: "none" },
     });
   } else {
     emptyChart("trials-chart", result ? "no timing trials for this kind" : "trials appear when the job succeeds");
@@ -657,6 +665,8 @@ async function route() {
 }
 
 async function main() {
+  // The link `bpbench up` prints points at wherever this page is served from, not a fixed port.
+  $("signin-example").textContent = `${location.origin}/?token=…`;
   const session = await loadSession();
   if (!session.can_read) return;
   $("overview").hidden = false;

@@ -222,3 +222,58 @@ def test_a_page_opened_without_a_token_asks_for_one(browser: Any, api: ApiServer
         assert console.errors == []
     finally:
         context.close()
+
+
+def test_the_signin_example_link_names_the_pages_own_origin(browser: Any, api: ApiServer) -> None:
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(f"{api.url}/")
+        page.wait_for_selector("#signin:not([hidden])")
+        # The API runs on a free port here, never 8000: the example must say this server's address.
+        assert page.inner_text("#signin-example") == f"{api.url}/?token=…"
+    finally:
+        context.close()
+
+
+def test_the_gemm_job_charts_its_trials_in_gflops(
+    signed_in: tuple[Any, Console], api: ApiServer, jobs_that_ran: dict[str, dict[str, Any]]
+) -> None:
+    page, console = signed_in
+    job = jobs_that_ran["gemm"]
+    with api.client() as client:
+        result = client.get(f"/api/v1/jobs/{job['id']}/report").json()["result"]
+    page.goto(f"{page.url.split('#')[0]}#/job/{job['id']}")
+    page.wait_for_selector("#job-page:not([hidden]) #trials-chart .main-svg")
+    chart = page.evaluate(
+        "(() => { const c = document.getElementById('trials-chart');"
+        " return {title: c.layout.yaxis.title.text, names: c.data.map(t => t.name), y: c.data.map(t => t.y),"
+        " ticks: [...c.querySelectorAll('.ytick text')].map(t => t.textContent)}; })()"
+    )
+    assert chart["title"] == "GFLOP/s"
+    assert chart["names"] == ["64×64", "128×128"]
+    expected = [[rate / 1e9 for rate in result["trials"][size]] for size in ("64", "128")]
+    assert [pytest.approx(series, rel=1e-12) for series in expected] == chart["y"]
+    # Plain numbers on the axis: no SI suffix such as "42B" (giga) or "1.5G".
+    assert chart["ticks"] and all(tick.replace(",", "").replace(".", "").isdigit() for tick in chart["ticks"])
+    assert console.errors == []
+
+
+def test_the_timeline_notes_fit_and_its_source_is_named_by_title_author_and_date(
+    signed_in: tuple[Any, Console], jobs_that_ran: dict[str, dict[str, Any]]
+) -> None:
+    page, console = signed_in
+    page.reload()
+    page.wait_for_selector("body[data-ready='true'] #timeline-chart .main-svg")
+    overflow = page.evaluate(
+        "(() => { const c = document.getElementById('timeline-chart');"
+        " const right = c.querySelector('.main-svg').getBoundingClientRect().right;"
+        " return [...c.querySelectorAll('.annotation-text')]"
+        "   .map(a => [a.textContent, a.getBoundingClientRect().right - right]); })()"
+    )
+    assert overflow, "the timeline has no device notes"
+    assert [(text, over) for text, over in overflow if over > 0] == []
+    assert page.inner_text("#timeline-source") == (
+        "source: “深度学习三: 基于Python的理论和实现”, blog post by LXG, 2026-02-13"
+    )
+    assert console.errors == []
