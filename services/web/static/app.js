@@ -460,6 +460,19 @@ async function loadJobPage(jobId) {
   const status = $("job-status");
   status.textContent = job.status;
   status.className = `status ${job.status}`;
+  const cancel = $("job-cancel");
+  cancel.hidden = FINAL.has(job.status) || !(state.session && state.session.can_submit);
+  cancel.disabled = false;
+  cancel.onclick = async () => {
+    cancel.disabled = true;  // one request per click; the page's next load shows the outcome
+    try {
+      await api(`/api/v1/jobs/${encodeURIComponent(job.id)}/cancel`, { method: "POST" });
+      await loadJobPage(job.id);
+    } catch (error) {
+      cancel.disabled = false;
+      showError(error);
+    }
+  };
   const facts = [
     ["kind", job.kind], ["progress", `${Math.round(100 * job.progress)}% ${job.progress_message || ""}`],
     ["device", job.device_id ? deviceLabel(job.device_id) : job.device], ["worker", job.worker || "–"],
@@ -647,6 +660,31 @@ function showError(error) {
 async function loadDevices() {
   const page = await api("/api/v1/devices");
   state.devices = Object.fromEntries(page.items.map((d) => [d.id, d]));
+  renderDevices(page.items);
+}
+
+function gib(bytes) {
+  return bytes === null || bytes === undefined ? "–" : `${(bytes / 2 ** 30).toFixed(1)} GiB`;
+}
+
+// The device list: what each device is, what drives it, who serves it now and what waits for it.
+function renderDevices(devices) {
+  const body = $("devices-table").tBodies[0];
+  body.replaceChildren();
+  for (const d of devices) {
+    const live = d.workers.filter((w) => w.live).map((w) => w.name);
+    const software = Object.entries(d.software || {}).filter(([, v]) => v !== null && v !== "")
+      .map(([k, v]) => `${k} ${typeof v === "object" ? JSON.stringify(v) : v}`).join(" · ");
+    body.append(el("tr", { "data-device-id": d.id, "data-live": String(d.live) },
+      el("td", {}, el("strong", {}, d.name), el("br"), el("code", {}, d.id)),
+      el("td", {}, d.device_class),
+      el("td", {}, d.vendor),
+      el("td", { class: "memory" }, gib(d.memory_bytes)),
+      el("td", { class: "software small" }, software || "–"),
+      el("td", { class: "workers" }, live.length ? `${live.length}: ${live.join(", ")}` : "none"),
+      el("td", { class: "queued" }, String(d.queued_jobs))));
+  }
+  if (!devices.length) body.append(el("tr", {}, el("td", { colspan: "7", class: "muted" }, "no device registered yet: start a worker")));
 }
 
 async function route() {

@@ -277,3 +277,59 @@ def test_the_timeline_notes_fit_and_its_source_is_named_by_title_author_and_date
         "source: “深度学习三: 基于Python的理论和实现”, blog post by LXG, 2026-02-13"
     )
     assert console.errors == []
+
+
+def test_the_devices_menu_item_opens_the_device_list(
+    signed_in: tuple[Any, Console], api: ApiServer, cpu_worker: WorkerProcess, screenshot: Any
+) -> None:
+    page, console = signed_in
+    page.reload()  # the worker may have registered after the page first loaded
+    page.wait_for_selector("body[data-ready='true']")
+    page.click("#nav a:text-is('devices')")
+    assert page.url.endswith("#devices")
+    with api.client() as client:
+        items = client.get("/api/v1/devices").json()["items"]
+    device = next(d for d in items if d["id"] == cpu_worker.device_id)
+    row = page.locator(f"#devices-table tr[data-device-id='{cpu_worker.device_id}']")
+    row.scroll_into_view_if_needed()
+    cells = row.locator("td").all_inner_texts()
+    assert cells[0] == f"{device['name']}\n{device['id']}"
+    assert cells[1:3] == ["cpu", device["vendor"]]
+    assert cells[3] == f"{device['memory_bytes'] / 2**30:.1f} GiB"
+    assert f"numpy {device['software']['numpy']}" in cells[4]
+    assert cells[5].startswith("1: ") and cpu_worker.name in cells[5]
+    assert cells[6] == str(device["queued_jobs"])
+    assert row.get_attribute("data-live") == "true"
+    screenshot(page, "devices")
+    assert console.errors == []
+
+
+def test_the_cancel_button_cancels_a_queued_job(
+    signed_in: tuple[Any, Console], api: ApiServer, screenshot: Any
+) -> None:
+    page, console = signed_in
+    with api.client() as client:
+        # No GPU worker serves this session: the job stays queued until cancelled.
+        response = client.post("/api/v1/jobs", json=tiny_spec(device="gpu").model_dump(mode="json"))
+        assert response.status_code == 202, response.text
+        job = response.json()
+    page.goto(f"{page.url.split('#')[0]}#/job/{job['id']}")
+    page.wait_for_selector("#job-page:not([hidden]) #job-cancel:not([hidden])")
+    assert page.inner_text("#job-status") == "queued"
+    page.click("#job-cancel")
+    page.wait_for_selector("#job-status:text-is('cancelled')")
+    assert page.is_hidden("#job-cancel")
+    with api.client() as client:
+        assert client.get(f"/api/v1/jobs/{job['id']}").json()["status"] == "cancelled"
+    assert console.errors == []
+
+
+def test_a_finished_job_has_no_cancel_button(
+    signed_in: tuple[Any, Console], jobs_that_ran: dict[str, dict[str, Any]]
+) -> None:
+    page, console = signed_in
+    page.goto(f"{page.url.split('#')[0]}#/job/{jobs_that_ran['train']['id']}")
+    page.wait_for_selector("#job-page:not([hidden]) #trials-chart .main-svg")
+    assert page.inner_text("#job-status") == "succeeded"
+    assert page.is_hidden("#job-cancel")
+    assert console.errors == []
