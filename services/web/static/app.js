@@ -10,7 +10,7 @@ const TRIAL_AXES = {
   train: { title: "samples/s per window", scale: 1, name: (n) => n },
   gemm: { title: "GFLOP/s", scale: 1e9, name: (n) => `${n}×${n}` },
 };
-const state = { session: null, devices: {}, jobsOffset: 0, jobsSeq: 0, jobsTimer: null, jobTimer: null, compareSeq: 0 };
+const state = { session: null, devices: {}, jobsTimer: null, jobTimer: null, compareSeq: 0 };
 
 // --- helpers ---------------------------------------------------------------------------------------------
 
@@ -425,27 +425,8 @@ function durationOf(job) {
   return null;
 }
 
-const JOBS_PER_PAGE = 25;
-
-function jobsQuery() {
-  const form = $("jobs-filters").elements;
-  return { status: form.status.value, kind: form.kind.value, device: form.device.value, limit: JOBS_PER_PAGE, offset: state.jobsOffset };
-}
-
 async function loadJobs() {
-  const seq = ++state.jobsSeq;
-  const page = await api(`/api/v1/jobs?${query(jobsQuery())}`);
-  if (seq !== state.jobsSeq) return;  // a newer filter or page was asked for meanwhile
-  if (!page.items.length && state.jobsOffset > 0 && page.total > 0) {
-    // The page emptied (jobs filtered away): go to the last page that has rows.
-    state.jobsOffset = Math.max(0, Math.floor((page.total - 1) / JOBS_PER_PAGE) * JOBS_PER_PAGE);
-    return loadJobs();
-  }
-  const first = page.items.length ? state.jobsOffset + 1 : 0;
-  const last = state.jobsOffset + page.items.length;
-  $("jobs-range").textContent = `${first}–${last} of ${page.total}${page.total_exact === false ? "+" : ""}`;
-  $("jobs-previous").disabled = state.jobsOffset === 0;
-  $("jobs-next").disabled = last >= page.total && page.total_exact !== false;
+  const page = await api("/api/v1/jobs?limit=25");
   const body = $("jobs-table").tBodies[0];
   body.replaceChildren();
   for (const job of page.items) {
@@ -463,25 +444,6 @@ async function loadJobs() {
       el("td", {}, fmtTime(job.created_at))));
   }
   $("jobs-updated").textContent = `${page.total}${page.total_exact === false ? "+" : ""} in all · updated ${new Date().toLocaleTimeString("en-GB")}`;
-}
-
-function setupJobsFilters() {
-  const kinds = $("jobs-filters").elements.kind;
-  for (const option of $("submit-form").elements.kind.options) kinds.append(el("option", {}, option.value));
-  const devices = $("jobs-filters").elements.device;
-  for (const d of Object.values(state.devices)) devices.append(el("option", { value: d.id }, `${d.name} (${d.id})`));
-  $("jobs-filters").addEventListener("change", () => {
-    state.jobsOffset = 0;
-    loadJobs().catch(showError);
-  });
-  $("jobs-previous").addEventListener("click", () => {
-    state.jobsOffset = Math.max(0, state.jobsOffset - JOBS_PER_PAGE);
-    loadJobs().catch(showError);
-  });
-  $("jobs-next").addEventListener("click", () => {
-    state.jobsOffset += JOBS_PER_PAGE;
-    loadJobs().catch(showError);
-  });
 }
 
 function startJobsPolling() {
@@ -749,7 +711,6 @@ async function main() {
   setupSubmit();
   await loadJobKinds().catch(showError);
   await loadDevices();
-  setupJobsFilters();
   $("compare-filters").addEventListener("change", (event) => {
     if (event.target.name !== "spec_hash" && event.target.name !== "baseline") {
       $("compare-filters").elements.spec_hash.value = "";
