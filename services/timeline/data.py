@@ -16,6 +16,8 @@ from typing import Any
 
 SEED_PATH = "shared/seed/000_5542642e4953c5ff.txt"
 SEED_SOURCE = f"{SEED_PATH} (深度学习三: 基于Python的理论和实现, LXG, 2026-02-13)"
+# The seed named as a reader would cite it: its title and subtitle, author and date, from its front matter.
+SEED_CITATION = "“深度学习三: 基于Python的理论和实现”, blog post by LXG, 2026-02-13"
 
 
 @dataclass(frozen=True)

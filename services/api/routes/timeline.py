@@ -7,7 +7,7 @@ from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from services.api.deps import ReadAccess, SessionDep
-from services.timeline.data import SEED_SOURCE
+from services.timeline.data import SEED_CITATION
 from services.timeline.service import list_milestones, list_vendor_entries
 
 router = APIRouter(prefix="/timeline", tags=["timeline"])
@@ -55,7 +55,7 @@ def timeline(session: Session) -> TimelineOut:
     vendors = list_vendor_entries(session)
     milestones = list_milestones(session)
     return TimelineOut(
-        source=SEED_SOURCE,
+        source=SEED_CITATION,
         vendors=[VendorOut.model_validate(v, from_attributes=True) for v in vendors],
         milestones=[MilestoneOut.model_validate(m, from_attributes=True) for m in milestones],
     )

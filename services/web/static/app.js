@@ -5,6 +5,11 @@
 const FINAL = new Set(["succeeded", "failed", "cancelled"]);
 const POLL_MS = 2000;
 const PLOT_CONFIG = { displaylogo: false, responsive: true };
+// How each kind's trials are charted: the axis title, the unit's scale and each series' name.
+const TRIAL_AXES = {
+  train: { title: "samples/s per window", scale: 1, name: (n) => n },
+  gemm: { title: "GFLOP/s", scale: 1e9, name: (n) => `${n}×${n}` },
+};
 const state = { session: null, devices: {}, jobsTimer: null, jobTimer: null, compareSeq: 0 };
 
 // --- helpers ---------------------------------------------------------------------------------------------
@@ -376,6 +381,8 @@ async function loadTimeline() {
         : "<i>not measured here</i>",
     };
   });
+  // The right margin holds the device notes: as wide as the longest line (about 6.5 px a character at 10 px).
+  const longest = Math.max(20, ...annotations.flatMap((a) => a.text.split("<br>").map((line) => line.replace(/<[^>]+>/g, "").length)));
   plot("timeline-chart", traces, {
     title: { text: "years each vendor entered deep learning · milestones · measured devices (best figure)" },
     barmode: "overlay",
@@ -385,7 +392,7 @@ async function loadTimeline() {
     shapes: [{ type: "line", x0: lastYear + 0.5, x1: lastYear + 0.5, yref: "paper", y0: 0, y1: 1, line: { dash: "dot", color: "#999" } }],
     showlegend: true,
     legend: { orientation: "h", y: -0.15 },
-    margin: { l: 90, r: 280, t: 40, b: 80 },
+    margin: { l: 90, r: Math.ceil(24 + 6.5 * longest), t: 40, b: 80 },
     height: 140 + 48 * (rows.length + 1),
   });
 
@@ -455,6 +462,19 @@ async function loadJobPage(jobId) {
   const status = $("job-status");
   status.textContent = job.status;
   status.className = `status ${job.status}`;
+  const cancel = $("job-cancel");
+  cancel.hidden = FINAL.has(job.status) || !(state.session && state.session.can_submit);
+  cancel.disabled = false;
+  cancel.onclick = async () => {
+    cancel.disabled = true;  // one request per click; the page's next load shows the outcome
+    try {
+      await api(`/api/v1/jobs/${encodeURIComponent(job.id)}/cancel`, { method: "POST" });
+      await loadJobPage(job.id);
+    } catch (error) {
+      cancel.disabled = false;
+      showError(error);
+    }
+  };
   const facts = [
     ["kind", job.kind], ["progress", `${Math.round(100 * job.progress)}% ${job.progress_message || ""}`],
     ["device", job.device_id ? deviceLabel(job.device_id) : job.device], ["worker", job.worker || "–"],
@@ -486,11 +506,12 @@ async function loadJobPage(jobId) {
   }
   const series = result ? Object.entries(result.trials) : [];
   if (series.length) {
+    const axis = TRIAL_AXES[job.kind] || { title: "value", scale: 1, name: (n) => n };
     plot("trials-chart", series.map(([name, values]) => ({
-      type: "box", name, y: values, boxpoints: "all", jitter: 0.4, pointpos: 0,
+      type: "box", name: axis.name(name), y: values.map((v) => v / axis.scale), boxpoints: "all", jitter: 0.4, pointpos: 0,
     })), {
       title: { text: "distribution of the trials" }, showlegend: false,
-      yaxis: { title: { text: job.kind === "train" ? "samples/s per window" : "value" }, type: series.length > 3 ? "log" : "linear" },
+      yaxis: { title: { text: axis.title }, type: series.length > 3 ? "log" : "linear", exponentformat: "none" },
     });
   } else {
     emptyChart("trials-chart", result ? "no timing trials for this kind" : "trials appear when the job succeeds");
@@ -641,6 +662,31 @@ function showError(error) {
 async function loadDevices() {
   const page = await api("/api/v1/devices");
   state.devices = Object.fromEntries(page.items.map((d) => [d.id, d]));
+  renderDevices(page.items);
+}
+
+function gib(bytes) {
+  return bytes === null || bytes === undefined ? "–" : `${(bytes / 2 ** 30).toFixed(1)} GiB`;
+}
+
+// The device list: what each device is, what drives it, who serves it now and what waits for it.
+function renderDevices(devices) {
+  const body = $("devices-table").tBodies[0];
+  body.replaceChildren();
+  for (const d of devices) {
+    const live = d.workers.filter((w) => w.live).map((w) => w.name);
+    const software = Object.entries(d.software || {}).filter(([, v]) => v !== null && v !== "")
+      .map(([k, v]) => `${k} ${typeof v === "object" ? JSON.stringify(v) : v}`).join(" · ");
+    body.append(el("tr", { "data-device-id": d.id, "data-live": String(d.live) },
+      el("td", {}, el("strong", {}, d.name), el("br"), el("code", {}, d.id)),
+      el("td", {}, d.device_class),
+      el("td", {}, d.vendor),
+      el("td", { class: "memory" }, gib(d.memory_bytes)),
+      el("td", { class: "software small" }, software || "–"),
+      el("td", { class: "workers" }, live.length ? `${live.length}: ${live.join(", ")}` : "none"),
+      el("td", { class: "queued" }, String(d.queued_jobs))));
+  }
+  if (!devices.length) body.append(el("tr", {}, el("td", { colspan: "7", class: "muted" }, "no device registered yet: start a worker")));
 }
 
 async function route() {
@@ -659,6 +705,8 @@ async function route() {
 }
 
 async function main() {
+  // The link `bpbench up` prints points at wherever this page is served from, not a fixed port.
+  $("signin-example").textContent = `${location.origin}/?token=…`;
   const session = await loadSession();
   if (!session.can_read) return;
   $("overview").hidden = false;

@@ -224,3 +224,114 @@ def test_a_page_opened_without_a_token_asks_for_one(browser: Any, api: ApiServer
         assert console.errors == []
     finally:
         context.close()
+
+
+def test_the_signin_example_link_names_the_pages_own_origin(browser: Any, api: ApiServer) -> None:
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(f"{api.url}/")
+        page.wait_for_selector("#signin:not([hidden])")
+        # The API runs on a free port here, never 8000: the example must say this server's address.
+        assert page.inner_text("#signin-example") == f"{api.url}/?token=…"
+    finally:
+        context.close()
+
+
+def test_the_gemm_job_charts_its_trials_in_gflops(
+    signed_in: tuple[Any, Console], api: ApiServer, jobs_that_ran: dict[str, dict[str, Any]]
+) -> None:
+    page, console = signed_in
+    job = jobs_that_ran["gemm"]
+    with api.client() as client:
+        result = client.get(f"/api/v1/jobs/{job['id']}/report").json()["result"]
+    page.goto(f"{page.url.split('#')[0]}#/job/{job['id']}")
+    page.wait_for_selector("#job-page:not([hidden]) #trials-chart .main-svg")
+    chart = page.evaluate(
+        "(() => { const c = document.getElementById('trials-chart');"
+        " return {title: c.layout.yaxis.title.text, names: c.data.map(t => t.name), y: c.data.map(t => t.y),"
+        " ticks: [...c.querySelectorAll('.ytick text')].map(t => t.textContent)}; })()"
+    )
+    assert chart["title"] == "GFLOP/s"
+    assert chart["names"] == ["64×64", "128×128"]
+    expected = [[rate / 1e9 for rate in result["trials"][size]] for size in ("64", "128")]
+    assert [pytest.approx(series, rel=1e-12) for series in expected] == chart["y"]
+    # Plain numbers on the axis: no SI suffix such as "42B" (giga) or "1.5G".
+    assert chart["ticks"] and all(tick.replace(",", "").replace(".", "").isdigit() for tick in chart["ticks"])
+    assert console.errors == []
+
+
+def test_the_timeline_notes_fit_and_its_source_is_named_by_title_author_and_date(
+    signed_in: tuple[Any, Console], jobs_that_ran: dict[str, dict[str, Any]]
+) -> None:
+    page, console = signed_in
+    page.reload()
+    page.wait_for_selector("body[data-ready='true'] #timeline-chart .main-svg")
+    overflow = page.evaluate(
+        "(() => { const c = document.getElementById('timeline-chart');"
+        " const right = c.querySelector('.main-svg').getBoundingClientRect().right;"
+        " return [...c.querySelectorAll('.annotation-text')]"
+        "   .map(a => [a.textContent, a.getBoundingClientRect().right - right]); })()"
+    )
+    assert overflow, "the timeline has no device notes"
+    assert [(text, over) for text, over in overflow if over > 0] == []
+    assert page.inner_text("#timeline-source") == (
+        "source: “深度学习三: 基于Python的理论和实现”, blog post by LXG, 2026-02-13"
+    )
+    assert console.errors == []
+
+
+def test_the_devices_menu_item_opens_the_device_list(
+    signed_in: tuple[Any, Console], api: ApiServer, cpu_worker: WorkerProcess, screenshot: Any
+) -> None:
+    page, console = signed_in
+    page.reload()  # the worker may have registered after the page first loaded
+    page.wait_for_selector("body[data-ready='true']")
+    page.click("#nav a:text-is('devices')")
+    assert page.url.endswith("#devices")
+    with api.client() as client:
+        items = client.get("/api/v1/devices").json()["items"]
+    device = next(d for d in items if d["id"] == cpu_worker.device_id)
+    row = page.locator(f"#devices-table tr[data-device-id='{cpu_worker.device_id}']")
+    row.scroll_into_view_if_needed()
+    cells = row.locator("td").all_inner_texts()
+    assert cells[0] == f"{device['name']}\n{device['id']}"
+    assert cells[1:3] == ["cpu", device["vendor"]]
+    assert cells[3] == f"{device['memory_bytes'] / 2**30:.1f} GiB"
+    assert f"numpy {device['software']['numpy']}" in cells[4]
+    assert cells[5].startswith("1: ") and cpu_worker.name in cells[5]
+    assert cells[6] == str(device["queued_jobs"])
+    assert row.get_attribute("data-live") == "true"
+    screenshot(page, "devices")
+    assert console.errors == []
+
+
+def test_the_cancel_button_cancels_a_queued_job(
+    signed_in: tuple[Any, Console], api: ApiServer, screenshot: Any
+) -> None:
+    page, console = signed_in
+    with api.client() as client:
+        # No GPU worker serves this session: the job stays queued until cancelled.
+        response = client.post("/api/v1/jobs", json=tiny_spec(device="gpu").model_dump(mode="json"))
+        assert response.status_code == 202, response.text
+        job = response.json()
+    page.goto(f"{page.url.split('#')[0]}#/job/{job['id']}")
+    page.wait_for_selector("#job-page:not([hidden]) #job-cancel:not([hidden])")
+    assert page.inner_text("#job-status") == "queued"
+    page.click("#job-cancel")
+    page.wait_for_selector("#job-status:text-is('cancelled')")
+    assert page.is_hidden("#job-cancel")
+    with api.client() as client:
+        assert client.get(f"/api/v1/jobs/{job['id']}").json()["status"] == "cancelled"
+    assert console.errors == []
+
+
+def test_a_finished_job_has_no_cancel_button(
+    signed_in: tuple[Any, Console], jobs_that_ran: dict[str, dict[str, Any]]
+) -> None:
+    page, console = signed_in
+    page.goto(f"{page.url.split('#')[0]}#/job/{jobs_that_ran['train']['id']}")
+    page.wait_for_selector("#job-page:not([hidden]) #trials-chart .main-svg")
+    assert page.inner_text("#job-status") == "succeeded"
+    assert page.is_hidden("#job-cancel")
+    assert console.errors == []
