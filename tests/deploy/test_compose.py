@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 SCHEMA_FILE = Path(__file__).resolve().parents[1] / "data" / "compose-spec.json"
 ENV_EXAMPLE = ROOT / ".env.example"
-BPBENCH_SERVICES = ("migrate", "api", "worker-cpu", "worker-gpu", "reconciler", "beat")
+GPU_WORKERS = ("worker-gpu-0", "worker-gpu-1")
+BPBENCH_SERVICES = ("migrate", "api", "worker-cpu", *GPU_WORKERS, "reconciler", "beat")
 
 
 @pytest.fixture(scope="module")
@@ -52,12 +53,13 @@ def test_stack_has_every_service_of_the_deployment(compose: dict[str, Any]) -> N
         "migrate",
         "api",
         "worker-cpu",
-        "worker-gpu",
+        "worker-gpu-0",
+        "worker-gpu-1",
         "reconciler",
         "beat",
         "flower",
     }
-    assert compose["services"]["worker-gpu"]["profiles"] == ["gpu"]
+    assert all(compose["services"][name]["profiles"] == ["gpu"] for name in GPU_WORKERS)
     assert compose["services"]["flower"]["profiles"] == ["monitoring"]
 
 
@@ -108,13 +110,20 @@ def test_api_waits_for_healthy_databases_and_a_completed_migration(compose: dict
     assert compose["services"]["migrate"]["restart"] == "no"
 
 
-def test_gpu_worker_reserves_nvidia_gpus(compose: dict[str, Any]) -> None:
-    worker = compose["services"]["worker-gpu"]
-    (reservation,) = worker["deploy"]["resources"]["reservations"]["devices"]
-    assert reservation["driver"] == "nvidia"
-    assert reservation["capabilities"] == ["gpu"]
-    assert worker["build"]["target"] == "gpu"
-    assert worker["command"] == ["bpbench", "worker", "--device", "gpu"]
+def test_each_gpu_worker_reserves_its_own_nvidia_gpu(compose: dict[str, Any]) -> None:
+    reserved = []
+    for index, name in enumerate(GPU_WORKERS):
+        worker = compose["services"][name]
+        (reservation,) = worker["deploy"]["resources"]["reservations"]["devices"]
+        assert (reservation["driver"], reservation["capabilities"]) == ("nvidia", ["gpu"])
+        assert "count" not in reservation, f"{name} must reserve one GPU, not `count: all`"
+        reserved.append(reservation["device_ids"])
+        assert worker["build"]["target"] == "gpu"
+        # The one reserved GPU is device 0 inside the container; the name says which GPU of the host it is.
+        command = worker["command"]
+        assert command[:4] == ["bpbench", "worker", "--device", "gpu:0"]
+        assert command[command.index("--name") + 1].startswith(f"gpu{index}@")
+    assert reserved == [["0"], ["1"]]
 
 
 def test_every_service_command_is_a_bpbench_command(compose: dict[str, Any]) -> None:

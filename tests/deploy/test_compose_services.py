@@ -374,18 +374,23 @@ def test_worker_cpu_service_registers_runs_a_job_heartbeats_and_stops_cleanly(
         engine.dispose()
 
 
+@pytest.mark.parametrize("service_name", ["worker-gpu-0", "worker-gpu-1"])
 def test_worker_gpu_service_without_a_gpu_refuses_with_a_readable_error(
-    compose: dict[str, Any], local_servers: LocalServers, tmp_path: Path
+    compose: dict[str, Any], local_servers: LocalServers, tmp_path: Path, service_name: str
 ) -> None:
     if importlib.util.find_spec("cupy") is not None:
         pytest.skip(
             "CuPy is installed: the GPU worker is tested by `pytest -m gpu` (tests/workers/test_gpu.py)"
         )
-    argv = local_program(compose["services"]["worker-gpu"]["command"])
-    env = service_env(compose, "worker-gpu", local_servers, tmp_path)
+    command = [
+        interpolate(arg, local_servers.variables) for arg in compose["services"][service_name]["command"]
+    ]
+    assert command[command.index("--name") + 1] == f"gpu{service_name[-1]}@bpbench"
+    argv = local_program(command)
+    env = service_env(compose, service_name, local_servers, tmp_path)
     done = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stdout + done.stderr
-    assert "--device gpu cannot be served" in done.stderr
+    assert "--device gpu:0 cannot be served" in done.stderr
 
 
 def test_reconciler_service_publishes_a_job_that_was_never_published_and_stops_cleanly(
@@ -550,7 +555,17 @@ def test_beat_service_sends_the_tick_to_the_control_queue_and_stops_cleanly(
 
 def test_every_bpbench_service_of_compose_is_run_here(compose: dict[str, Any]) -> None:
     # A service added to docker-compose.yml must get a test above that runs its command.
-    run_here = {"migrate", "api", "worker-cpu", "worker-gpu", "reconciler", "beat", "redis", "flower"}
+    run_here = {
+        "migrate",
+        "api",
+        "worker-cpu",
+        "worker-gpu-0",
+        "worker-gpu-1",
+        "reconciler",
+        "beat",
+        "redis",
+        "flower",
+    }
     image_only = {"postgres"}  # the official image's entrypoint, nothing of ours
     assert set(compose["services"]) == run_here | image_only
     assert {name for name, service in compose["services"].items() if "command" in service} == run_here
