@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -193,6 +193,13 @@ def submit_job_rows(session: Session, rows: Sequence[dict[str, Any]]) -> Submitt
 def get_job(session: Session, job_id: str) -> Job | None:
     """The job with this id, or None."""
     return session.get(Job, job_id)
+
+
+def specs_by_job_id(session: Session, job_ids: Collection[str]) -> dict[str, dict[str, Any]]:
+    """The specs of the jobs among `job_ids`, by job id (one query; unknown ids are left out)."""
+    if not job_ids:
+        return {}
+    return dict(session.execute(select(Job.id, Job.spec).where(Job.id.in_(list(job_ids)))).tuples().all())
 
 
 def require_job(session: Session, job_id: str) -> Job:

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from services.api.deps import MAX_OFFSET, TOTAL_CAP, ReadAccess, SessionDep
 from services.devices.service import devices_by_id
+from services.jobs.service import specs_by_job_id
 from services.jobs.spec import MAX_BATCH, DatasetName, DType, JobKind, ModelName
 from services.results.filters import ResultFilter
 from services.results.models import Result
@@ -35,6 +36,8 @@ CSV_COLUMNS = (
     "model",
     "dataset",
     "batch_size",
+    "layers",
+    "steps",
     "dtype",
     "spec_hash",
     "samples_per_s",
@@ -68,6 +71,8 @@ class ResultOut(BaseModel):
     model: str | None
     dataset: str | None
     batch_size: int | None
+    layers: list[int] | None = Field(description="the model's layer widths, input first (train kinds)")
+    steps: int | None = Field(description="training steps of the job (train kind)")
     dtype: str | None
     spec_hash: str
     samples_per_s: float | None
@@ -93,9 +98,11 @@ class ResultPage(BaseModel):
 
 def _views(session: Session, results: list[Result]) -> list[ResultOut]:
     devices = devices_by_id(session, {r.device_id for r in results if r.device_id})
+    specs = specs_by_job_id(session, {r.job_id for r in results})
     views = []
     for r in results:
         device = devices.get(r.device_id or "")
+        spec = specs.get(r.job_id, {})
         views.append(
             ResultOut(
                 id=r.id,
@@ -109,6 +116,8 @@ def _views(session: Session, results: list[Result]) -> list[ResultOut]:
                 model=r.model_name,
                 dataset=r.dataset,
                 batch_size=r.batch_size,
+                layers=_layers(spec),
+                steps=spec.get("steps") if r.kind == "train" else None,
                 dtype=r.dtype,
                 spec_hash=r.spec_hash,
                 samples_per_s=r.samples_per_s,
@@ -123,6 +132,11 @@ def _views(session: Session, results: list[Result]) -> list[ResultOut]:
     return views
 
 
+def _layers(spec: dict[str, Any]) -> list[int] | None:
+    layers = (spec.get("model") or {}).get("layers")
+    return [int(width) for width in layers] if isinstance(layers, list) else None
+
+
 # A spreadsheet reads a cell starting with one of these as a formula (or, for tab and CR, strips them and
 # then does): text cells get a leading apostrophe so they open as text. Numbers stay numbers.
 FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
@@ -131,7 +145,9 @@ FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
 def _csv_cell(value: Any) -> Any:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return ""
-    if isinstance(value, dict | list):
+    if isinstance(value, list) and all(isinstance(v, int) for v in value):
+        value = "-".join(map(str, value))  # layer widths as the textbook writes them: 784-50-10
+    elif isinstance(value, dict | list):
         value = json.dumps(value)
     if isinstance(value, str) and value.startswith(FORMULA_TRIGGERS):
         return "'" + value

@@ -279,6 +279,10 @@ def test_results_download_as_csv(api: ApiServer, cpu_worker: WorkerProcess) -> N
         "synthetic",
         "32",
     )
+    # The spec's shape travels with each row: layer widths as the textbook writes them, and the step count.
+    spec = tiny_spec(seed=7)
+    assert row["layers"] == "-".join(map(str, spec.model.layers)) == "-".join(map(str, item["layers"]))
+    assert int(row["steps"]) == spec.steps == item["steps"]
     assert row["device_id"] == cpu_worker.device_id
     assert 0.0 <= float(row["test_accuracy"]) <= 1.0
 

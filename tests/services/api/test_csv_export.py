@@ -23,6 +23,8 @@ def result_view(**overrides: Any) -> ResultOut:
         "model": "mlp",
         "dataset": "spiral",
         "batch_size": 32,
+        "layers": [2, 16, 3],
+        "steps": 40,
         "dtype": "float32",
         "spec_hash": "abc",
         "samples_per_s": -1.5,
@@ -73,3 +75,16 @@ def test_numbers_stay_numbers_even_when_negative() -> None:
         "3.0",
     )
     assert (row["device_name"], row["model"], row["trial_count"]) == ("cpu0", "mlp", "3")
+
+
+def test_layers_are_written_as_the_textbook_writes_them_and_gemm_leaves_them_empty() -> None:
+    train, gemm = list(
+        csv.DictReader(
+            io.StringIO(
+                to_csv([result_view(), result_view(kind="gemm", model=None, layers=None, steps=None)]),
+                newline="",
+            )
+        )
+    )
+    assert (train["layers"], train["steps"]) == ("2-16-3", "40")
+    assert (gemm["layers"], gemm["steps"]) == ("", "")
