@@ -20,16 +20,22 @@ Sources, each used where the host has it (else its fields are `None` and `reason
 - NVIDIA GPUs: NVML (`nvidia-ml-py`): total energy counter (mJ), power draw, SM and memory clocks,
   temperature, utilisation and the clock-event (throttle) reasons; thermal and power-cap throttling mark the
   window. Optional: absent NVML is a reason, not an error.
+- AMD GPUs (CuPy's ROCm build): `amdsmi`, the ROCm SMI library's Python binding: the energy accumulator
+  (ticks times `counter_resolution` microjoules), socket power, the GPU metrics table's graphics and
+  memory clocks, hotspot temperature, graphics activity, and its ASIC-independent throttle mask
+  (`indep_throttle_status`, bit layout from the kernel's `amdgpu_smu.h`); power and thermal throttling
+  mark the window. Fields the part does not report ("N/A", or the all-ones sentinel) are `None`.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 POWERCAP_ROOT = Path("/sys/class/powercap")
 CPU_ROOT = Path("/sys/devices/system/cpu")
@@ -151,6 +157,14 @@ def nominal_clock_mhz(cpu_root: Path = CPU_ROOT) -> float | None:
     return None
 
 
+class GpuMeter(Protocol):
+    """What a window needs of a GPU's management library: its energy counter and a point sample."""
+
+    def energy_mj(self) -> float: ...
+
+    def sample(self) -> dict[str, Any]: ...
+
+
 # --- NVML ------------------------------------------------------------------------------------------------
 
 # NVML clock-event reasons that mean the device was held below its clocks by heat or a power cap (idle
@@ -188,7 +202,7 @@ class NvmlDevice:
         except Exception as exc:  # NVMLError and its many subclasses
             return None, f"NVML could not open GPU {index}: {exc}"
 
-    def energy_mj(self) -> int:
+    def energy_mj(self) -> float:
         return int(self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle))
 
     def sample(self) -> dict[str, Any]:
@@ -204,11 +218,134 @@ class NvmlDevice:
         }
 
 
+# --- amdsmi (AMD GPUs) ------------------------------------------------------------------------------------
+
+# The ASIC-independent throttler bits of `indep_throttle_status` (linux drivers/gpu/drm/amd/pm/inc/
+# amdgpu_smu.h): 0-7 power limits, 16-23 current limits, 32-47 temperature limits, 56-57 other.
+AMD_THROTTLE_GROUPS = (
+    (range(0, 8), "power_cap"),
+    (range(16, 24), "current_limit"),
+    (range(32, 48), "thermal"),
+)
+AMD_THROTTLE_BITS = {
+    0: "ppt0", 1: "ppt1", 2: "ppt2", 3: "ppt3", 4: "spl", 5: "fppt", 6: "sppt", 7: "sppt_apu",
+    16: "tdc_gfx", 17: "tdc_soc", 18: "tdc_mem", 19: "tdc_vdd", 20: "tdc_cvip", 21: "edc_cpu", 22: "edc_gfx",
+    23: "apcc", 32: "temp_gpu", 33: "temp_core", 34: "temp_mem", 35: "temp_edge", 36: "temp_hotspot",
+    37: "temp_soc", 38: "temp_vr_gfx", 39: "temp_vr_soc", 40: "temp_vr_mem0", 41: "temp_vr_mem1",
+    42: "temp_liquid0", 43: "temp_liquid1", 44: "vrhot0", 45: "vrhot1", 46: "prochot_cpu", 47: "prochot_gfx",
+}  # fmt: skip
+_AMD_NOT_REPORTED = {0xFFFF, 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF}
+
+
+def amd_number(value: Any) -> float | None:
+    """A metric as amdsmi gives it, or None where the part does not report it ("N/A", all-ones)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value in _AMD_NOT_REPORTED:
+        return None
+    return float(value)
+
+
+def amd_throttle_reasons(mask: Any) -> list[str]:
+    """`group:bit` names of the throttling bits set in an `indep_throttle_status` mask."""
+    number = amd_number(mask)
+    if number is None:
+        return []
+    bits = int(number)
+    return [
+        f"{group}:{AMD_THROTTLE_BITS[bit]}"
+        for span, group in AMD_THROTTLE_GROUPS
+        for bit in span
+        if bits >> bit & 1 and bit in AMD_THROTTLE_BITS
+    ]
+
+
+def amd_energy_uj(count: dict[str, Any]) -> float:
+    """Microjoules from `amdsmi_get_energy_count`: ticks times the resolution (the key was `power` before
+    ROCm 6.1 and is `energy_accumulator` since)."""
+    ticks = count.get("energy_accumulator", count.get("power"))
+    if ticks is None:
+        raise KeyError(f"amdsmi's energy count has no accumulator: {sorted(count)}")
+    return float(ticks) * float(count["counter_resolution"])
+
+
+def _first_number(table: dict[str, Any], *keys: str) -> float | None:
+    for key in keys:
+        if (value := amd_number(table.get(key))) is not None:
+            return value
+    return None
+
+
+def amd_sample(power_info: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+    """A point sample, in the NVML sample's fields, from `amdsmi_get_power_info` and the GPU metrics table."""
+    return {
+        # `socket_power` since ROCm 7; `current_socket_power` on MI300; `average_socket_power` before.
+        "power_w": _first_number(power_info, "socket_power", "current_socket_power", "average_socket_power"),
+        "sm_clock_mhz": _first_number(metrics, "current_gfxclk", "average_gfxclk_frequency"),
+        "memory_clock_mhz": _first_number(metrics, "current_uclk", "average_uclk_frequency"),
+        "temperature_c": _first_number(metrics, "temperature_hotspot", "temperature_edge"),
+        "utilization_pct": _first_number(metrics, "average_gfx_activity"),
+        "throttle_reasons": [
+            reason
+            for reason in amd_throttle_reasons(metrics.get("indep_throttle_status"))
+            if not reason.startswith("current_limit:")  # current limits hold clocks briefly, by design
+        ],
+    }
+
+
+class AmdSmiDevice:
+    """One AMD GPU through amdsmi; `open(index)` returns None and a reason when amdsmi is not there."""
+
+    def __init__(self, amdsmi: Any, handle: Any) -> None:
+        self._amdsmi = amdsmi
+        self._handle = handle
+
+    @classmethod
+    def open(cls, index: int) -> tuple[AmdSmiDevice | None, str | None]:
+        try:
+            import amdsmi
+        except ImportError:
+            return None, "amdsmi is not installed (pip install amdsmi, matching the host's ROCm)"
+        try:
+            amdsmi.amdsmi_init()
+            handles = amdsmi.amdsmi_get_processor_handles()
+            if index >= len(handles):
+                return None, f"amdsmi sees {len(handles)} GPU(s); there is no GPU {index}"
+            device = cls(amdsmi, handles[index])
+            device.energy_mj()  # unsupported in VM guests: say so now, not mid-window
+            return device, None
+        except Exception as exc:  # AmdSmiException and its subclasses
+            return None, f"amdsmi could not read GPU {index}'s energy counter: {exc}"
+
+    def energy_mj(self) -> float:
+        return amd_energy_uj(self._amdsmi.amdsmi_get_energy_count(self._handle)) / 1000.0
+
+    def sample(self) -> dict[str, Any]:
+        amdsmi, handle = self._amdsmi, self._handle
+        return amd_sample(amdsmi.amdsmi_get_power_info(handle), amdsmi.amdsmi_get_gpu_metrics_info(handle))
+
+
+def cupy_is_rocm() -> bool:
+    """True when the CuPy already imported is its ROCm (HIP) build: the GPU is then AMD's."""
+    cupy = sys.modules.get("cupy")
+    return bool(cupy is not None and getattr(cupy.cuda.runtime, "is_hip", False))
+
+
+def open_gpu_meter(index: int) -> tuple[NvmlDevice | AmdSmiDevice | None, str | None, str]:
+    """The meter of GPU `index` (NVML, or amdsmi under CuPy's ROCm build), a reason if none, and its name."""
+    if cupy_is_rocm():
+        amd, reason = AmdSmiDevice.open(index)
+        return amd, reason, "amdsmi"
+    nvidia, reason = NvmlDevice.open(index)
+    return nvidia, reason, "nvml"
+
+
 # --- one source per job ----------------------------------------------------------------------------------
 
 
 class TelemetrySource:
-    """Energy and conditions around timed windows of one job on one device (`gpu_index` None: CPU)."""
+    """Energy and conditions around timed windows of one job on one device (`gpu_index` None: CPU).
+
+    `gpu_meter` replaces the meter `open_gpu_meter` would open (readings played back in tests).
+    """
 
     def __init__(
         self,
@@ -219,7 +356,7 @@ class TelemetrySource:
         cpuinfo: Path = PROC_CPUINFO,
         clock: Callable[[], float] = time.perf_counter,
         loadavg: Callable[[], tuple[float, float, float]] = os.getloadavg,
-        nvml_device: NvmlDevice | None = None,
+        gpu_meter: GpuMeter | None = None,
     ) -> None:
         self._clock = clock
         self._loadavg = loadavg
@@ -227,17 +364,19 @@ class TelemetrySource:
         self._cpuinfo = cpuinfo
         self._busy_limit = os.cpu_count() or 1  # more runnable tasks than cores: the job shared them
         self.nominal_clock_mhz = nominal_clock_mhz(cpu_root)
-        self._gpu: NvmlDevice | None = None
+        self._gpu: GpuMeter | None = None
         if gpu_index is None:
             self._rapl, self.energy_reason = rapl_domains(powercap_root)
             self.energy_source: str | None = "rapl" if self._rapl else None
         else:
             self._rapl = []
-            self._gpu, self.energy_reason = (
-                (nvml_device, None) if nvml_device is not None else NvmlDevice.open(gpu_index)
-            )
-            self.energy_source = "nvml" if self._gpu is not None else None
-        self._start: tuple[float, float, list[int], int | None] | None = None
+            if gpu_meter is not None:
+                self._gpu, self.energy_reason = gpu_meter, None
+                meter = "amdsmi" if isinstance(gpu_meter, AmdSmiDevice) else "nvml"
+            else:
+                self._gpu, self.energy_reason, meter = open_gpu_meter(gpu_index)
+            self.energy_source = meter if self._gpu is not None else None
+        self._start: tuple[float, float, list[int], float | None] | None = None
 
     def begin(self) -> None:
         """Read the counters at the start of a window."""

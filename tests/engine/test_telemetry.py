@@ -155,7 +155,7 @@ def test_a_gpu_window_takes_nvml_energy_and_marks_throttling() -> None:
         0,
         clock=clock,
         loadavg=lambda: (0.0, 0, 0),
-        nvml_device=RecordedNvml([10_000, 1_310_000], sample),  # type: ignore[arg-type]
+        gpu_meter=RecordedNvml([10_000, 1_310_000], sample),
     )
     source.begin()
     clock.now += 2.0
