@@ -476,12 +476,11 @@ def _fail_unserved(settings: Settings) -> None:
     """Fail the queued jobs no worker of this stack consumes (a GPU job on a host without one): this `up`
     owns every worker of its database, so nothing would ever take them and `--exit-when-done` would wait."""
     from services.core.db import session_scope
-    from services.devices.service import live_workers
+    from services.devices.service import served_queues
     from services.jobs.service import fail_unserved_queued
 
     with session_scope(settings) as session:
-        workers = live_workers(session, dead_after_s=settings.worker_dead_after_s)
-        served = sorted({queue for worker in workers for queue in worker.queues or []})
+        served = sorted(served_queues(session, dead_after_s=settings.worker_dead_after_s))
         failed = fail_unserved_queued(session, served_queues=served, served_by="this `bpbench up`")
     if failed:
         console.print(

@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.core.db import utcnow
+from services.core.queue import CONTROL_QUEUE
 from services.devices.models import Device, Worker
 
 DEVICE_ID_CHARS = 12
@@ -308,8 +309,14 @@ def live_workers(session: Session, *, dead_after_s: float) -> list[Worker]:
 
 
 def served_queues(session: Session, *, dead_after_s: float) -> set[str]:
-    """The queues at least one live worker consumes now."""
-    return {queue for worker in live_workers(session, dead_after_s=dead_after_s) for queue in worker.queues}
+    """The job queues at least one live worker consumes now (the control queue every worker also
+    consumes carries no jobs, so it is left out)."""
+    return {
+        queue
+        for worker in live_workers(session, dead_after_s=dead_after_s)
+        for queue in worker.queues or []
+        if queue != CONTROL_QUEUE
+    }
 
 
 def live_device_ids(session: Session, *, dead_after_s: float) -> set[str]:
