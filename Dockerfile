@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # Multi-stage build: a wheel stage, a CPU runtime (target `cpu`, the default) and a GPU runtime on an
-# NVIDIA CUDA base with the `gpu` extra (target `gpu`).
+# NVIDIA CUDA 12 base with the `gpu-cuda12` extra (target `gpu`).
 
 FROM python:3.11-slim AS build
 WORKDIR /src
@@ -33,7 +33,8 @@ RUN apt-get update \
 ENV PATH=/opt/bpbench/bin:$PATH \
     PYTHONUNBUFFERED=1
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --find-links /wheels "bpbench[gpu,digits]" && rm -rf /wheels
+# A CUDA 12 base, so CuPy for CUDA 12 (`gpu-cuda12`); `gpu` is CuPy for CUDA 13.
+RUN pip install --no-cache-dir --find-links /wheels "bpbench[gpu-cuda12,digits]" && rm -rf /wheels
 RUN useradd --create-home --uid 1001 bpbench
 USER bpbench
 WORKDIR /home/bpbench

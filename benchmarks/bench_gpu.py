@@ -1,6 +1,6 @@
 """Training-step throughput on a GPU: the engine on CuPy beside the engine on the CPU and PyTorch on the GPU.
 
-Run on a host with CuPy and PyTorch (CUDA build); `scripts/gpu_check.sh` calls it:
+Run on a host with CuPy and PyTorch (CUDA build); `scripts/device_check.sh` calls it:
 
     python benchmarks/bench_gpu.py --json "$OUT/bench_gpu.json"
 

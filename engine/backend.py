@@ -14,11 +14,13 @@ import importlib
 import logging
 import os
 import platform
+import re
 import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -212,19 +214,28 @@ class Stopwatch:
         self.stop()
 
 
-def seed_everything(seed: int, device: Device = CPU) -> Any:
-    """Seed the legacy global generators and return a fresh `xp.random.Generator` for `seed`.
+def seed_everything(seed: int, device: Device = CPU) -> None:
+    """Seed the legacy global generators (NumPy's, and CuPy's on a GPU) for code that draws from them.
 
-    The engine draws every random number (initial weights, dropout masks) from the generator
-    returned here, so the same seed gives the same parameters and losses.
+    The engine itself draws from generators of its own (`random_generator`, and the weights' NumPy
+    generator in `engine.networks`), so the same seed gives the same parameters and losses.
     """
     np.random.seed(seed % 2**32)
-    xp = device.xp
-    if xp is not np:
+    if device.is_gpu:
         with device.use():
-            xp.random.seed(seed)
-            return xp.random.default_rng(seed)
-    return np.random.default_rng(seed)
+            device.xp.random.seed(seed)
+
+
+def random_generator(seed: int | None, device: Device = CPU) -> Any:
+    """A fresh `xp.random.Generator` on `device`, seeded with `seed` (None: fresh entropy).
+
+    On a GPU its state lives in CuPy's pool, one cuRAND state per thread (about 12 MiB on an H200's 132
+    multiprocessors), so build one only where it is drawn from.
+    """
+    if not device.is_gpu:
+        return np.random.default_rng(seed)
+    with device.use():
+        return device.xp.random.default_rng(seed)
 
 
 def _cpu_model() -> str:
@@ -269,6 +280,50 @@ def _blas_info() -> list[dict[str, Any]]:
     return [{k: pool.get(k) for k in keys} for pool in _pools[1].info()]
 
 
+NVIDIA_PROC_VERSION = Path("/proc/driver/nvidia/version")
+
+
+def parse_driver_release(answer: bytes | str | None) -> str | None:
+    """The driver release ("580.159.03") in NVML's answer or in the kernel module's version text.
+
+    NVML's `nvmlSystemGetDriverVersion` answers the release itself (bytes in older nvidia-ml-py, str in
+    newer); /proc/driver/nvidia/version says "NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.159.03 ...".
+    """
+    if answer is None:
+        return None
+    text = answer.decode(errors="replace") if isinstance(answer, bytes) else str(answer)
+    found = re.search(r"(?<![\w.])(\d{2,4}(?:\.\d+){1,2})(?![\w.])", text)
+    return found.group(1) if found else None
+
+
+@functools.cache
+def driver_release() -> str | None:
+    """The NVIDIA driver's release, from NVML (nvidia-ml-py), else from the kernel module; None if neither.
+
+    Not the CUDA version the driver supports (`cuda_driver_version`): two releases can support the same
+    CUDA version and differ in speed.
+    """
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return parse_driver_release(pynvml.nvmlSystemGetDriverVersion())
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception as exc:  # ImportError, or NVMLError where the library or the device is missing
+        _log.debug("NVML gave no driver release (%s); reading %s", exc, NVIDIA_PROC_VERSION)
+    try:
+        return parse_driver_release(NVIDIA_PROC_VERSION.read_text())
+    except OSError:
+        return None
+
+
+def cuda_driver_version() -> int:
+    """The newest CUDA version the driver supports, as CUDA writes it (13000 for 13.0)."""
+    return int(_import_cupy().cuda.runtime.driverGetVersion())
+
+
 def _gpu_info(device: Device) -> dict[str, Any]:
     cupy = _import_cupy()
     index = device.index or 0
@@ -280,7 +335,8 @@ def _gpu_info(device: Device) -> dict[str, Any]:
         "index": index,
         "total_memory_bytes": int(props.get("totalGlobalMem", 0)),
         "compute_capability": f"{props.get('major')}.{props.get('minor')}",
-        "driver_version": int(runtime.driverGetVersion()),
+        "driver_version": driver_release(),
+        "cuda_driver_version": cuda_driver_version(),
         "cuda_runtime_version": int(runtime.runtimeGetVersion()),
         "cupy_version": str(cupy.__version__),
         "tf32": os.environ.get("CUPY_TF32", "0"),
@@ -317,16 +373,25 @@ def fingerprint(device: Device = CPU) -> dict[str, Any]:
 
 
 def memory_probe(device: Device) -> Callable[[], dict[str, int]]:
-    """A function that reads current memory use: host RSS, plus the CuPy pool's bytes on a GPU."""
+    """A function that reads current memory use: host RSS, plus on a GPU the job's bytes in CuPy's pool.
+
+    Make it when the job starts. On a GPU it first gives the pool's cached blocks of earlier work back,
+    then counts the pool's bytes above what was in use at that moment: the pool keeps the blocks a job
+    frees, so its total is the high-water mark of the job's own allocations (a step's temporaries too).
+    """
     import psutil
 
     process = psutil.Process()
     pool = device.xp.get_default_memory_pool() if device.is_gpu else None
+    before = 0
+    if pool is not None:
+        pool.free_all_blocks()
+        before = int(pool.used_bytes())
 
     def probe() -> dict[str, int]:
         reading = {"host_rss_bytes": int(process.memory_info().rss)}
         if pool is not None:
-            reading["gpu_pool_bytes"] = int(pool.total_bytes())
+            reading["gpu_pool_bytes"] = max(0, int(pool.total_bytes()) - before)
         return reading
 
     return probe

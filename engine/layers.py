@@ -348,7 +348,9 @@ class Dropout(Layer):
         if not 0.0 <= ratio < 1.0:
             raise ValueError(f"dropout ratio must be in [0, 1), got {ratio}")
         self.ratio = ratio
-        self.rng = rng if rng is not None else np.random.default_rng()
+        # None: an unseeded generator of the input's array module, made at the first training step (a
+        # NumPy mask on a CuPy input would not multiply).
+        self.rng = rng
         self.hold_mask = False
         self.mask: Array = None
 
@@ -356,6 +358,8 @@ class Dropout(Layer):
         if not train:
             return x * (1.0 - self.ratio)
         if not (self.hold_mask and self.mask is not None and self.mask.shape == x.shape):
+            if self.rng is None:
+                self.rng = get_array_module(x).random.default_rng()
             self.mask = self.rng.random(x.shape, dtype=np.float32) > self.ratio
         return x * self.mask
 

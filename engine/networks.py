@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.backend import CPU, Device, get_array_module, resolve_dtype, seed_everything
+from engine.backend import CPU, Device, get_array_module, random_generator, resolve_dtype
 from engine.blas_threads import POOL as BLAS_POOL
 from engine.layers import (
     Affine,
@@ -279,7 +279,7 @@ def mlp(
             f"input_shape {input_shape} has {math.prod(input_shape)} values, widths[0] is {widths[0]}"
         )
     draw = _Params(seed, dtype, device)
-    dropout_rng = seed_everything(seed, device) if dropout > 0 else None
+    dropout_rng = random_generator(seed, device) if dropout > 0 else None
     layers: list[Layer] = []
     for i, (fan_in, fan_out) in enumerate(itertools.pairwise(widths)):
         std = _init_std(init, fan_in, weight_init_std)

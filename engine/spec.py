@@ -11,6 +11,7 @@ API and the dashboard read them from here. Pure Python: nothing here touches an 
 - Model resolution: the default layers and init of each model (`resolve_model`), the input a model asks
   of its data set and the convnet's square-image reading of a flat input (`model_input`, `image_shape`).
 - `count_parameters(layers)`: the weights and biases of a dense stack (the API's parameter bound).
+- `GEMM_SIZES`, `default_gemm_sizes(device)`: what `gemm` measures on a device class if a spec says not.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ INITS = ("std", "xavier", "he")
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam")
 DTYPES = ("float32", "float64")
 DEVICE_CLASSES = ("cpu", "gpu")
+# The square sizes `gemm` measures when a spec names none, per device class. A CPU's rate levels off by
+# 1024; on a GPU a product that small is over in microseconds and times the kernel launch rather than the
+# device, so a GPU's go up to 8192 (an 8192 float64 product is about 1.1 TFLOP).
+GEMM_SIZES: dict[str, tuple[int, ...]] = {"cpu": (256, 512, 1024), "gpu": (1024, 2048, 4096, 8192)}
 
 # Per model: the widths (input, hidden..., output) and the init used when the spec gives none. The
 # textbook's two_layer_net uses a plain normal of std 0.01; the deeper models need He's scaling.
@@ -75,7 +80,7 @@ DEFAULT_SPEC: dict[str, Any] = {
     "loss_samples": 100,
     "eval_samples": None,
     "timing": {"warmup": 5, "window": 10, "min_repeats": 5, "max_repeats": 50, "target_cv": 0.05},
-    "gemm_sizes": [256, 512, 1024],
+    "gemm_sizes": list(GEMM_SIZES["cpu"]),  # a gemm job on a GPU gets GEMM_SIZES["gpu"] (resolve_spec)
     "bvn_widths": [2, 4, 8, 16, 32],
     "time_limit_s": None,
 }
@@ -184,6 +189,19 @@ def parse_device(text: str, what: str = "device") -> DeviceRef:
     return DEVICE_GRAMMAR.parse(text, what)
 
 
+def default_gemm_sizes(device: str) -> list[int]:
+    """The gemm sizes of a spec on `device` that names none (its device class's `GEMM_SIZES`).
+
+    Any letter case and surrounding spaces are taken, as the worker takes them; text that is no device
+    gets the CPU's sizes (the device itself is refused where it is checked).
+    """
+    try:
+        device_class = parse_device(device.strip().lower()).device_class
+    except (DeviceSpellingError, AttributeError):
+        device_class = "cpu"
+    return list(GEMM_SIZES[device_class])
+
+
 # --- model resolution ---------------------------------------------------------------------------------
 
 
@@ -232,7 +250,8 @@ def count_parameters(layers: list[int]) -> int:
 
 
 def resolve_spec(spec: dict[str, Any]) -> dict[str, Any]:
-    """The spec with every missing field (and nested field) taken from DEFAULT_SPEC, the model resolved.
+    """The spec with every missing field (and nested field) taken from DEFAULT_SPEC, the model resolved
+    (a gemm job's sizes: its device class's, `default_gemm_sizes`).
 
     Raises JobError on a field DEFAULT_SPEC does not know.
     """
@@ -243,6 +262,8 @@ def resolve_spec(spec: dict[str, Any]) -> dict[str, Any]:
         if isinstance(default, dict) and isinstance(value, dict):
             value = {**default, **value}
         merged[key] = value
+    if merged["kind"] == "gemm" and "gemm_sizes" not in spec:
+        merged["gemm_sizes"] = default_gemm_sizes(merged["device"])
     given = spec.get("model") or {}
     merged["model"] = resolve_model({**merged["model"], **{k: given.get(k) for k in ("layers", "init")}})
     if unknown:

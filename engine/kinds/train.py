@@ -50,6 +50,8 @@ class TrainingLoop:
     def __init__(self, spec: dict[str, Any], reporter: Reporter) -> None:
         self.reporter = reporter
         self.device = device = device_of(spec)
+        # First: the GPU's peak counts from here, so it holds this job's arrays and nothing of earlier work.
+        self.probe = memory_probe(device)
         dtype, seed = spec["dtype"], int(spec["seed"])
         self.steps, self.batch_size = int(spec["steps"]), int(spec["batch_size"])
         timing = spec["timing"]
@@ -82,7 +84,6 @@ class TrainingLoop:
         self.time_to_target: float | None = None
         self.steps_to_target: int | None = None
         self.target_checks = 0
-        self.probe = memory_probe(device)
         self.peak: dict[str, int] = self.probe()
         self.train_time = 0.0  # seconds spent in training steps only (no evaluation, no bookkeeping)
         self.stopwatch = Stopwatch(device)

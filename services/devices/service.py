@@ -81,6 +81,7 @@ def stable_fields(fingerprint: dict[str, Any]) -> dict[str, Any]:
                 "total_memory_bytes",
                 "compute_capability",
                 "driver_version",
+                "cuda_driver_version",
                 "cuda_runtime_version",
             )
         }
@@ -112,6 +113,7 @@ def software_of(fingerprint: dict[str, Any]) -> dict[str, Any]:
         "blas": ", ".join(blas) or None,
         "cupy": gpu.get("cupy_version"),
         "cuda_runtime": gpu.get("cuda_runtime_version"),
+        "cuda_driver": gpu.get("cuda_driver_version"),
         "driver": gpu.get("driver_version"),
         "platform": fingerprint.get("platform"),
     }

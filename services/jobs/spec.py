@@ -21,7 +21,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from engine.datasets import FIXED_CLASSES, FIXED_SIZES, SPIRAL_FEATURES
 from engine.spec import (
     DEFAULT_SPEC,
+    GEMM_SIZES,
     DeviceSpellingError,
+    default_gemm_sizes,
     default_init,
     default_layers,
     parse_device,
@@ -161,7 +163,11 @@ class JobSpec(StrictModel):
     timing: TimingSpec = Field(default_factory=TimingSpec)
     gemm_sizes: Annotated[
         list[Annotated[int, Field(ge=16, le=MAX_WIDTH)]], Field(min_length=1, max_length=16)
-    ] = Field(default_factory=lambda: list(DEFAULT_SPEC["gemm_sizes"]))
+    ] = Field(
+        default_factory=lambda: list(DEFAULT_SPEC["gemm_sizes"]),
+        description="square sizes gemm measures; when left out, the device class's: "
+        + "; ".join(f"{cls} {','.join(map(str, sizes))}" for cls, sizes in GEMM_SIZES.items()),
+    )
     bvn_widths: Annotated[list[Annotated[int, Field(ge=1, le=4096)]], Field(min_length=2, max_length=16)] = (
         Field(
             default_factory=lambda: list(DEFAULT_SPEC["bvn_widths"]),
@@ -169,6 +175,20 @@ class JobSpec(StrictModel):
         )
     )
     time_limit_s: float | None = Field(None, gt=0, le=MAX_TIME_LIMIT_S)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gemm_sizes_of_the_device(cls, data: Any) -> Any:
+        """A gemm job that names no sizes: its device class's (up to 1024 on a CPU, up to 8192 on a GPU).
+        Other kinds keep the default, so the same training spec hashes alike on every device."""
+        if (
+            isinstance(data, dict)
+            and data.get("kind") == "gemm"
+            and "gemm_sizes" not in data
+            and isinstance(data.get("device"), str)
+        ):
+            return {**data, "gemm_sizes": default_gemm_sizes(data["device"])}
+        return data
 
     @field_validator("device")
     @classmethod

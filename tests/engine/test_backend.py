@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 import types
@@ -24,6 +25,8 @@ from engine.backend import (
     as_numpy,
     fingerprint,
     get_array_module,
+    parse_driver_release,
+    random_generator,
     resolve_device,
     resolve_dtype,
     seed_everything,
@@ -124,11 +127,80 @@ def test_the_library_scan_is_done_once_and_again_after_an_import(monkeypatch: py
     assert all(doc == first for doc in again) and after_import == first
 
 
-def test_seed_everything_gives_reproducible_generators() -> None:
-    a = seed_everything(42).standard_normal(5)
-    b = seed_everything(42).standard_normal(5)
+def test_random_generators_of_one_seed_draw_the_same_numbers() -> None:
+    a = random_generator(42).standard_normal(5)
+    b = random_generator(42, CPU).standard_normal(5)
     np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(a, seed_everything(43).standard_normal(5))
+    assert not np.array_equal(a, random_generator(43).standard_normal(5))
+
+
+def test_seed_everything_seeds_numpys_global_generator_and_builds_no_generator() -> None:
+    assert seed_everything(7) is None
+    first = np.random.random(3)
+    seed_everything(7)
+    np.testing.assert_array_equal(np.random.random(3), first)
+
+
+@pytest.mark.parametrize(
+    ("answer", "release"),
+    [
+        (b"580.159.03", "580.159.03"),  # nvidia-ml-py before 11.515 answers bytes
+        ("580.159.03", "580.159.03"),
+        ("550.54", "550.54"),
+        (
+            "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.159.03  Release Build  "
+            "(dvs-builder@U22-I3-AE18-23-3)  Mon Sep 29 2025\nGCC version:  gcc version 12.3.0",
+            "580.159.03",
+        ),
+        (
+            "NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05  Sat Aug 19 01:15:15 UTC 2023",
+            "535.104.05",
+        ),
+        ("no release here", None),
+        (None, None),
+    ],
+)
+def test_the_driver_release_is_read_from_nvml_or_the_kernel_modules_text(
+    answer: bytes | str | None, release: str | None
+) -> None:
+    assert parse_driver_release(answer) == release
+
+
+def test_the_driver_release_comes_from_nvml_when_it_answers(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    calls: list[str] = []
+    nvml = types.SimpleNamespace(
+        nvmlInit=lambda: calls.append("init"),
+        nvmlSystemGetDriverVersion=lambda: b"580.159.03",
+        nvmlShutdown=lambda: calls.append("shutdown"),
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    monkeypatch.setattr(engine.backend, "NVIDIA_PROC_VERSION", tmp_path / "absent")
+    engine.backend.driver_release.cache_clear()
+    try:
+        assert engine.backend.driver_release() == "580.159.03"
+    finally:
+        engine.backend.driver_release.cache_clear()
+    assert calls == ["init", "shutdown"]
+
+
+def test_without_nvml_the_driver_release_comes_from_the_kernel_module(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    proc_version = tmp_path / "version"
+    proc_version.write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05  Sat Aug 19 2023\n")
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # `import pynvml` raises ImportError
+    monkeypatch.setattr(engine.backend, "NVIDIA_PROC_VERSION", proc_version)
+    engine.backend.driver_release.cache_clear()
+    try:
+        found = engine.backend.driver_release()
+        proc_version.unlink()
+        engine.backend.driver_release.cache_clear()
+        missing = engine.backend.driver_release()
+    finally:
+        engine.backend.driver_release.cache_clear()
+    assert (found, missing) == ("535.104.05", None)
 
 
 def test_seeded_training_runs_are_identical() -> None:
@@ -169,6 +241,9 @@ def test_gpu_device_fingerprint_and_clock(gpu: Device) -> None:
     doc = json.loads(json.dumps(fingerprint(gpu)))
     assert doc["gpu"]["name"] and doc["gpu"]["total_memory_bytes"] > 0
     assert doc["gpu"]["compute_capability"].count(".") == 1
+    # The driver's release ("580.159.03"), and apart from it the CUDA version that driver supports (13000).
+    assert re.fullmatch(r"\d{2,4}\.\d+(\.\d+)?", doc["gpu"]["driver_version"]), doc["gpu"]
+    assert doc["gpu"]["cuda_driver_version"] >= doc["gpu"]["cuda_runtime_version"] >= 11000
     x = gpu.xp.ones((256, 256), dtype=np.float32)
     with Stopwatch(gpu) as sw:
         x @ x

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import psutil
+import pytest
 
-from engine.backend import CPU, free_memory_bytes, memory_probe, release_memory
+from engine import backend
+from engine.backend import CPU, Device, free_memory_bytes, memory_probe, release_memory
 
 
 def test_the_cpu_answers_free_memory_with_the_hosts_available_ram() -> None:
@@ -34,3 +37,46 @@ def test_releasing_memory_without_cupy_loaded_does_nothing_and_loads_nothing() -
     release_memory()
 
     assert ("cupy" in sys.modules) == loaded
+
+
+class StandInPool:
+    """CuPy's pool as the probe sees it: bytes in use, bytes held (in use plus cached), and a way to let
+    the cached blocks go."""
+
+    def __init__(self, used: int, cached: int) -> None:
+        self.used, self.cached = used, cached
+
+    def used_bytes(self) -> int:
+        return self.used
+
+    def total_bytes(self) -> int:
+        return self.used + self.cached
+
+    def free_all_blocks(self) -> None:
+        self.cached = 0
+
+    def allocate(self, n: int) -> None:
+        self.used += n
+
+    def free(self, n: int) -> None:
+        self.used, self.cached = self.used - n, self.cached + n
+
+
+def test_the_gpu_probe_counts_the_jobs_own_high_water_mark_in_the_pool(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 100 MiB of arrays from before the job are alive; 900 MiB cached from earlier work (and a dropped
+    # 12 MiB generator state among them) must not count. CuPy itself is stood in for: no GPU here.
+    mib = 1024**2
+    pool = StandInPool(used=100 * mib, cached=900 * mib)
+    monkeypatch.setattr(
+        backend, "_import_cupy", lambda: SimpleNamespace(get_default_memory_pool=lambda: pool)
+    )
+    probe = memory_probe(Device("gpu", 0))
+    at_start = probe()["gpu_pool_bytes"]
+    pool.allocate(40 * mib)  # the job's parameters and data
+    pool.allocate(30 * mib)  # a step's temporaries...
+    pool.free(30 * mib)  # ...freed again, but the pool keeps their blocks
+    peak = probe()["gpu_pool_bytes"]
+
+    assert (at_start, peak) == (0, 70 * mib)

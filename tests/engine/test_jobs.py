@@ -8,8 +8,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+import engine.backend
 import engine.jobs
 import engine.kinds.base
+import engine.optimizers
 import engine.spec
 from engine.datasets import load_dataset
 from engine.jobs import JobCancelled, JobDiverged, JobError, run_job
@@ -246,6 +248,56 @@ def test_train_on_a_gpu_reports_the_cupy_pool_and_starts_like_the_cpu(gpu: Any) 
     assert on_gpu["metrics"]["loss_curve"][0][1] == pytest.approx(
         on_cpu["metrics"]["loss_curve"][0][1], rel=1e-5
     )
+
+
+@pytest.mark.gpu
+def test_a_gpu_jobs_peak_memory_is_its_own_not_what_the_pool_kept_from_earlier_work(gpu: Any) -> None:
+    spec = {
+        "kind": "train",
+        "device": gpu.name,
+        "dataset": "spiral",
+        "synthetic_samples": 300,
+        "model": {"name": "mlp", "layers": [2, 32, 3]},
+        "steps": 20,
+        "batch_size": 30,
+        "timing": FAST_TIMING,
+    }
+    alone = run_job(spec)["metrics"]["peak_gpu_pool_bytes"]
+    earlier = gpu.xp.ones(256 * 1024**2 // 4, dtype=np.float32)  # 256 MiB that the pool keeps once freed
+    del earlier
+    after = run_job(spec)["metrics"]["peak_gpu_pool_bytes"]
+
+    # Kilobytes of data and weights: no cached block, and no cuRAND state of a generator the job never
+    # draws from (about 12 MiB on an H200).
+    assert 0 < alone < 8 * 1024**2
+    assert after == pytest.approx(alone, rel=0.05)
+
+
+@pytest.mark.gpu
+def test_a_gpu_network_with_dropout_draws_its_masks_on_the_gpu(gpu: Any) -> None:
+    from engine.layers import Dropout
+    from engine.networks import mlp
+
+    net = mlp([20, 16, 3], dropout=0.5, device=gpu, seed=1)
+    unseeded = Dropout(0.5)  # no generator given: one of the input's array module
+    x = gpu.xp.ones((8, 20), dtype=np.float32)
+    net.train_step(x, gpu.xp.zeros(8, dtype=np.int64), engine.optimizers.SGD(0.1))
+    out = unseeded.forward(x)
+
+    assert engine.backend.get_array_module(net.layers["Dropout1"].mask) is gpu.xp
+    assert engine.backend.get_array_module(out, unseeded.mask) is gpu.xp
+
+
+@pytest.mark.gpu
+def test_gemm_on_a_gpu_measures_up_to_8192_and_peaks_above_1024(gpu: Any) -> None:
+    result = run_job({"kind": "gemm", "device": gpu.name, "timing": FAST_TIMING})
+    metrics = result["metrics"]
+
+    assert result["spec"]["gemm_sizes"] == [1024, 2048, 4096, 8192]
+    # At 1024 a product takes microseconds and the launch shows; the device's rate needs larger ones.
+    assert metrics["peak_size"] >= 2048
+    rates = {row["n"]: row["flops_per_s"]["median"] for row in metrics["sizes"]}
+    assert rates[8192] > rates[1024]
 
 
 @pytest.mark.gpu

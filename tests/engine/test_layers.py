@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import Any
+
 import numpy as np
 import pytest
 
+from engine import layers
 from engine.layers import (
     Add,
     Affine,
@@ -124,6 +128,37 @@ def test_dropout_training_drops_and_evaluation_scales() -> None:
     assert out.mean() == pytest.approx(0.75, abs=0.02)
     np.testing.assert_array_equal(layer.backward(np.full_like(x, 3.0)), 3.0 * layer.mask)
     np.testing.assert_allclose(layer.forward(x, train=False), np.full_like(x, 0.75))
+
+
+def test_dropout_without_a_generator_draws_its_masks_with_the_inputs_array_module(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A stand-in for CuPy: the layer must ask the input's array module for its generator, not NumPy.
+    drawn: list[tuple[int, ...]] = []
+
+    class InputsGenerator:
+        def random(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+            drawn.append(shape)
+            return np.linspace(0.0, 1.0, int(np.prod(shape)), dtype=dtype).reshape(shape)
+
+    inputs_module = SimpleNamespace(random=SimpleNamespace(default_rng=InputsGenerator))
+    monkeypatch.setattr(layers, "get_array_module", lambda *arrays: inputs_module)
+    layer = Dropout(0.5)
+    assert layer.rng is None  # nothing is drawn before the first training step
+
+    out = layer.forward(np.ones((2, 4)))
+
+    assert isinstance(layer.rng, InputsGenerator) and drawn == [(2, 4)]
+    np.testing.assert_array_equal(out, [[0, 0, 0, 0], [1, 1, 1, 1]])
+
+
+def test_dropout_without_a_generator_on_numpy_input_keeps_numpy_arrays() -> None:
+    layer = Dropout(0.5)
+    out = layer.forward(np.ones((100, 10), dtype=np.float32))
+
+    assert isinstance(layer.rng, np.random.Generator)
+    assert type(layer.mask) is np.ndarray and out.dtype == np.float32
+    assert 0.3 < out.mean() < 0.7
 
 
 def test_dropout_hold_mask_reuses_the_mask() -> None:

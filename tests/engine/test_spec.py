@@ -15,6 +15,7 @@ from engine.spec import (
     DEVICE_ACCEPTED,
     DEVICE_PATTERN,
     DTYPES,
+    GEMM_SIZES,
     INITS,
     MODEL_NAMES,
     OPTIMIZERS,
@@ -24,6 +25,7 @@ from engine.spec import (
     DeviceSpellingError,
     JobError,
     count_parameters,
+    default_gemm_sizes,
     image_shape,
     parse_device,
     resolve_model,
@@ -129,6 +131,20 @@ def test_the_convnet_reads_a_flat_square_input_as_one_channel_image() -> None:
 
 def test_parameters_of_a_dense_stack_are_weights_and_biases() -> None:
     assert count_parameters([784, 50, 10]) == 784 * 50 + 50 + 50 * 10 + 10 == 39_760
+
+
+@pytest.mark.parametrize(
+    ("device", "sizes"),
+    [
+        ("cpu", [256, 512, 1024]),
+        ("gpu", [1024, 2048, 4096, 8192]),
+        (" GPU:2 ", [1024, 2048, 4096, 8192]),  # as the worker and resolve_device take it
+        ("tpu:0", [256, 512, 1024]),  # no device: refused where devices are checked, not here
+    ],
+)
+def test_gemm_sizes_default_to_the_device_classs(device: str, sizes: list[int]) -> None:
+    assert default_gemm_sizes(device) == sizes
+    assert max(GEMM_SIZES["gpu"]) == 8192 and DEFAULT_SPEC["gemm_sizes"] == list(GEMM_SIZES["cpu"])
 
 
 def test_a_resolved_spec_fills_every_default_and_refuses_unknown_fields() -> None:

