@@ -6,8 +6,9 @@ While it is open:
   Celery's lines about this job; not the heartbeat thread's) is kept as a line of this attempt, secrets
   redacted and the message clipped to `MAX_MESSAGE_CHARS`;
 - `progress(fraction, message)` (the runner's progress callback hands it each report) keeps the train
-  kind's `step N/M, loss X` reports as loss points, at most `MAX_CURVE_POINTS` (evenly strided: when the
-  list is full every other point goes and the stride doubles; the newest point is always there);
+  kind's `step N/M, loss X` reports as loss points (a new value at the step it was first reported), at
+  most `MAX_CURVE_POINTS` (evenly strided: when the list is full every other point goes and the stride
+  doubles; the newest point is always there);
 - a thread writes what is new every `FLUSH_INTERVAL_S`, in one transaction.
 Bounded: an attempt stores at most `MAX_LINES_PER_ATTEMPT` lines, the first `HEAD_LINES` as they come and,
 past those, the last `TAIL_LINES` (written at close, after one line saying how many were left out).
@@ -55,12 +56,16 @@ class LossCurveRecorder:
         self.total_steps: int | None = None
 
     def add(self, step: int, loss: float, total_steps: int | None = None) -> None:
-        """One reported point; kept if it falls on the stride (the newest is always shown)."""
-        if not math.isfinite(loss):
+        """One reported point; kept if it falls on the stride (the newest is always shown).
+
+        A report repeating the newest loss adds nothing: the train kind reports its latest *sampled* loss
+        (every `steps / loss_samples` steps) with the current step, so a point stays at the step where its
+        value was first reported, the closest one to where it was measured."""
+        self.total_steps = total_steps if total_steps is not None else self.total_steps
+        if not math.isfinite(loss) or (self._newest is not None and self._newest[1] == loss):
             return
         point = [step, loss]
         self._newest = point
-        self.total_steps = total_steps if total_steps is not None else self.total_steps
         if self._reports % self._stride == 0:
             self._kept.append(point)
             if len(self._kept) > self._limit - 1:  # leave room for the newest point

@@ -82,7 +82,7 @@ def test_the_lines_of_a_second_attempt_say_attempt_2(
 
 def test_a_running_train_job_serves_its_loss_so_far(api: ApiServer, cpu_worker: WorkerProcess) -> None:
     # Long enough to be read while it runs; cancelled once seen.
-    spec = tiny_spec(steps=200_000, time_limit_s=120)
+    spec = tiny_spec(steps=200_000, loss_samples=10_000, time_limit_s=120)
     with api.client() as client:
         job = client.post("/api/v1/jobs", json=spec.model_dump(mode="json")).json()
 

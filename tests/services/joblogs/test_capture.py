@@ -132,10 +132,10 @@ def test_a_database_that_refuses_the_lines_never_reaches_the_job(tmp_path: Path,
         with JobCapture(broken, job_id, 1, flush_interval_s=0.05) as capture:
             for i in range(20):
                 log.info("line %d", i)
-                capture.progress(0.1, f"step {i + 1}/20, loss 2.5")
+                capture.progress(0.1, f"step {i + 1}/20, loss {2.5 - i / 100:.4f}")
             assert capture.flush() is False
         # The job went on: the capture kept collecting and closed without raising.
-        assert capture.points()[-1] == [20, 2.5]
+        assert capture.points()[-1] == [20, 2.31]
     finally:
         engine.dispose()
 
@@ -160,6 +160,14 @@ def test_a_non_finite_loss_and_other_messages_are_no_points() -> None:
     assert recorder.offer("step 5/10, loss nan") is True  # a diverged point is not drawn
     assert recorder.points() == []
     assert recorder.offer("evaluating") is False
+
+
+def test_a_repeated_loss_stays_one_point_at_the_step_it_was_first_reported() -> None:
+    recorder = LossCurveRecorder()
+    for message in ("step 3/900, loss 2.3000", "step 6/900, loss 2.3000", "step 12/900, loss 1.9000"):
+        recorder.offer(message)
+    assert recorder.points() == [[3, 2.3], [12, 1.9]]
+    assert recorder.total_steps == 900
 
 
 def test_the_loss_curve_stays_within_its_bound_evenly_and_ends_at_the_newest_point() -> None:
