@@ -16,6 +16,7 @@ from services.jobs.service import require_job
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 MAX_LINES_PER_PAGE = 1000
+MAX_SEQ = 2**63 - 1  # the largest integer both databases compare with
 
 
 class JobLogLineOut(BaseModel):
@@ -75,7 +76,8 @@ def job_logs(
     job_id: str,
     session: SessionDep,
     after: Annotated[
-        int, Query(ge=0, description="only lines with a sequence number above this (`last_seq` of a page)")
+        int,
+        Query(ge=0, le=MAX_SEQ, description="only the lines after this sequence number (a page's `last_seq`)"),
     ] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_LINES_PER_PAGE)] = MAX_LINES_PER_PAGE,
 ) -> JobLogPage:
