@@ -77,7 +77,7 @@ def job_logs(
     session: SessionDep,
     after: Annotated[
         int,
-        Query(ge=0, le=MAX_SEQ, description="only the lines after this sequence number (a page's `last_seq`)"),
+        Query(ge=0, le=MAX_SEQ, description="only the lines after this one (a page's `last_seq`)"),
     ] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_LINES_PER_PAGE)] = MAX_LINES_PER_PAGE,
 ) -> JobLogPage:
