@@ -3,6 +3,7 @@ their attempt) and the loss curve drawn before the job finishes."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from tests.services.web.test_dashboard import JOB_TIMEOUT_S, Console, signed_in  # noqa: F401 (fixture)
@@ -27,7 +28,8 @@ def test_the_job_page_shows_the_log_lines_of_the_job_with_their_attempt(
 ) -> None:
     page, console = signed_in
     with api.client() as client:
-        job = client.post("/api/v1/jobs", json=tiny_spec(steps=300).model_dump(mode="json")).json()
+        # Long enough (a second or more) for lines at tenths of the way.
+        job = client.post("/api/v1/jobs", json=tiny_spec(steps=6000).model_dump(mode="json")).json()
         log = wait_until(
             lambda: (doc := client.get(f"/api/v1/jobs/{job['id']}/logs").json())["complete"] and doc,
             JOB_TIMEOUT_S,
@@ -45,6 +47,8 @@ def test_the_job_page_shows_the_log_lines_of_the_job_with_their_attempt(
     assert rows == [[str(line["seq"]), "1", "#1", line["level"], line["message"]] for line in log["items"]]
     assert rows[0][-1] == f"job {job['id']}: attempt 1 started on {cpu_worker.name}"
     assert rows[-1][-1].startswith(f"job {job['id']}: succeeded")
+    tenth = re.compile(rf"job {job['id']}: \d0%, step \d+/6000, loss \S+")
+    assert any(tenth.fullmatch(row[-1]) for row in rows), rows  # a line at a tenth of the way
     assert page.inner_text("#job-status") == "succeeded"
     assert page.evaluate("document.getElementById('loss-chart').dataset.curve") == "final"
     page.locator("#job-log").scroll_into_view_if_needed()
