@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, Integer, String, Text
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.core.db import Base, utcnow
@@ -28,7 +28,11 @@ class JobLogLine(Base):
     __tablename__ = "job_logs"
     __table_args__ = (Index("ix_job_logs_job_id_id", "job_id", "id"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # 64 bits on PostgreSQL (lines outnumber jobs by hundreds); SQLite's rowid is 64 bits already, and only
+    # an INTEGER primary key is that rowid.
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
     job_id: Mapped[str] = mapped_column(String(36), ForeignKey("jobs.id", ondelete="CASCADE"))
     attempt: Mapped[int] = mapped_column(Integer, doc="the claim's attempt number the line was logged in")
     logged_at: Mapped[datetime] = mapped_column(default=utcnow, doc="when the worker logged it (UTC)")

@@ -57,7 +57,7 @@ class LossCurveOut(BaseModel):
     status: str
     attempt: int | None = Field(description="the attempt the points are from; null when none reported")
     total_steps: int | None = Field(description="the steps the attempt trains")
-    points: list[tuple[int, float]] = Field(
+    points: list[list[int | float]] = Field(
         description=f"[[step, loss], ...] in step order, at most {MAX_CURVE_POINTS} (evenly thinned; the "
         "first and the newest kept)"
     )
