@@ -1,5 +1,5 @@
-"""The API client commands: `bpbench submit`, `jobs`, `show`, `cancel`, `compare`, `timeline`, `devices`,
-`results`.
+"""The API client commands: `bpbench submit`, `jobs`, `show`, `cancel`, `logs`, `compare`, `timeline`,
+`devices`, `results`.
 
 They speak HTTP to a running API (`cli/api_client.py`: `BPBENCH_API_URL`, default http://127.0.0.1:8000,
 with the token from `BPBENCH_API_TOKEN` or `DATA_DIR/api-token`) and print with `cli/render.py`: rich
@@ -10,6 +10,7 @@ status 1, never a traceback.
 from __future__ import annotations
 
 import sys
+import time
 from typing import Annotated, Any
 
 import typer
@@ -27,6 +28,7 @@ from cli.render import (
     jobs_table,
     one_line_errors,
     print_json,
+    print_log_lines,
     print_regression_flags,
     results_table,
     show_job,
@@ -162,6 +164,53 @@ def cancel_command(job_id: JobIdArg, as_json: JsonOpt = False) -> None:
         print_json(job)
     else:
         console.print(cancel_outcome(before, job), highlight=False)
+
+
+LOG_POLL_S = 1.0
+LOG_PAGE_LINES = 1000  # the API's largest page
+
+
+def read_log_pages(client: ApiClient, job_id: str, after: int = 0) -> dict[str, Any]:
+    """Every stored line of the job after `after` (as many pages as it takes), as one page document."""
+    items: list[dict[str, Any]] = []
+    while True:
+        page: dict[str, Any] = client.get(f"/api/v1/jobs/{job_id}/logs", after=after, limit=LOG_PAGE_LINES)
+        items += page["items"]
+        after = page["last_seq"]
+        if len(page["items"]) < LOG_PAGE_LINES:
+            return {**page, "items": items}
+
+
+@app.command("logs")
+def logs_command(
+    job_id: JobIdArg,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="keep printing new lines until the job has ended")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print JSON (with --follow: one object per line)")
+    ] = False,
+) -> None:
+    """Show the log lines the job's workers stored, oldest first, each with its attempt (#1, #2, ...)."""
+    with one_line_errors():
+        client = ApiClient.from_settings()
+        full_id = client.resolve_job_id(job_id)
+        page = read_log_pages(client, full_id)
+        if as_json and not follow:
+            print_json(page)
+            return
+        print_log_lines(page["items"], as_json=as_json)
+        seen = len(page["items"])
+        try:
+            while follow and not page["complete"]:
+                time.sleep(LOG_POLL_S)
+                page = read_log_pages(client, full_id, after=page["last_seq"])
+                print_log_lines(page["items"], as_json=as_json)
+                seen += len(page["items"])
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+    if not as_json:
+        err_console.print(f"job {full_id}: {page['status']}, {seen} line(s)", highlight=False)
 
 
 @app.command("compare")

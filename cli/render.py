@@ -169,6 +169,21 @@ def _timestamp(value: Any) -> str:
     return str(value).replace("T", " ")[:19] if value else "-"
 
 
+def log_line_text(line: dict[str, Any]) -> str:
+    """`2026-12-03 10:11:55 INFO    #1 message`: time (UTC), level, attempt, message."""
+    return f"{_timestamp(line['time'])} {line['level']:<7} #{line['attempt']} {line['message']}"
+
+
+def print_log_lines(lines: Sequence[dict[str, Any]], *, as_json: bool) -> None:
+    """Job log lines on stdout: as text, or one JSON object per line."""
+    for line in lines:
+        if as_json:
+            sys.stdout.write(json.dumps(line, default=str) + "\n")
+        else:
+            console.print(log_line_text(line), markup=False, highlight=False, soft_wrap=True)
+    sys.stdout.flush()
+
+
 def blas_threads(device: dict[str, Any] | None) -> str:
     """The BLAS pool's thread count from a device's fingerprint ("-" when it has none)."""
     pools = ((device or {}).get("fingerprint") or {}).get("blas") or []

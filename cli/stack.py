@@ -45,7 +45,7 @@ from cli.render import (
     wait_for_jobs,
 )
 from cli.supervision import RestartPolicy
-from services.core.config import DATABASE_FILE, Settings, get_settings
+from services.core.config import DATABASE_FILE, MAX_TOKEN_NAME_CHARS, Settings, get_settings
 from services.core.data_dir import make_private_dir
 
 # The command line of a child `bpbench ...`: the same interpreter, so the same virtual environment. `-P`:
@@ -433,6 +433,16 @@ def _active_jobs(client: ApiClient) -> list[dict[str, Any]]:
     return jobs
 
 
+def made_token_name(settings: Settings) -> str:
+    """What the token `up` made (or found in its file) is called in token lists and on the dashboard."""
+    path = str(settings.api_token_file)
+    name = f"the token `bpbench up` made ({path})"
+    if len(name) > MAX_TOKEN_NAME_CHARS:  # a deep data directory: the path's end says the most
+        keep = MAX_TOKEN_NAME_CHARS - len("the token `bpbench up` made (…)")
+        name = f"the token `bpbench up` made (…{path[-keep:]})"
+    return name
+
+
 def _stack_env(settings: Settings, token: str, api_url: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
@@ -445,6 +455,8 @@ def _stack_env(settings: Settings, token: str, api_url: str) -> dict[str, str]:
             "PYTHONUNBUFFERED": "1",
         }
     )
+    if not settings.api_token:  # the token is the one of DATA_DIR/api-token, not the user's own
+        env["BPBENCH_API_TOKEN_NAME"] = made_token_name(settings)
     # Children import this very checkout, installed or not.
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
     return env

@@ -17,7 +17,7 @@ import typer
 
 from cli.app import app
 from cli.render import console, err_console, token_documents, tokens_table
-from services.core.config import get_settings, redact_url
+from services.core.config import MAX_TOKEN_NAME_CHARS, get_settings, redact_url
 
 if TYPE_CHECKING:  # the database layer is imported when a token command runs, not at every CLI start
     from sqlalchemy.orm import Session
@@ -79,8 +79,8 @@ def create_command(
 
     scopes = parse_scopes(scope)
     name = name.strip()
-    if not name or len(name) > 100:
-        raise _fail(f"--name {name!r}: accepted: 1 to 100 characters", 2)
+    if not name or len(name) > MAX_TOKEN_NAME_CHARS:
+        raise _fail(f"--name {name!r}: accepted: 1 to {MAX_TOKEN_NAME_CHARS} characters", 2)
     with _database() as session:
         taken = active_token_named(session, name)
         if taken is not None:

@@ -17,6 +17,7 @@ from sqlalchemy import Connection
 import services.alerts.models
 import services.auth.models
 import services.devices.models
+import services.joblogs.models
 import services.jobs.models
 import services.results.models
 import services.schedules.models

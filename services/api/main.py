@@ -31,6 +31,7 @@ from services.api.routes import (
     compare,
     devices,
     health,
+    joblogs,
     jobs,
     metrics,
     monitoring,
@@ -43,7 +44,7 @@ from services.api.routes.dashboard import install_dashboard
 from services.api.routes.docs import install_api_docs
 from services.auth.service import TokenCache, ensure_token
 from services.core import queue
-from services.core.config import Settings, get_settings
+from services.core.config import DEFAULT_API_TOKEN_NAME, Settings, get_settings
 from services.core.db import session_factory
 from services.core.logging import configure_logging, install_redaction
 
@@ -53,12 +54,19 @@ API_PREFIX = "/api/v1"
 
 
 def bootstrap_token(settings: Settings) -> None:
-    """Store BPBENCH_API_TOKEN as the first admin token (idempotent; the value itself is never logged)."""
+    """Store BPBENCH_API_TOKEN as the first admin token, named `BPBENCH_API_TOKEN_NAME` (idempotent; the
+    value itself is never logged). A token stored under the default name takes the configured one."""
     if not settings.api_token:
         return
     try:
         with session_factory(settings)() as session:
-            ensure_token(session, settings.api_token, name="BPBENCH_API_TOKEN", scopes=["admin"])
+            ensure_token(
+                session,
+                settings.api_token,
+                name=settings.api_token_name,
+                scopes=["admin"],
+                renamed_from=[DEFAULT_API_TOKEN_NAME],
+            )
             session.commit()
     except IntegrityError:
         pass  # another API process (uvicorn --workers) stored it at the same moment
@@ -130,7 +138,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_limits(app, settings)
     app.include_router(health.router)
     install_api_docs(app)
-    for module in (jobs, suites, results, compare, timeline, devices, monitoring):
+    for module in (jobs, joblogs, suites, results, compare, timeline, devices, monitoring):
         app.include_router(module.router, prefix=API_PREFIX)
     # Regressions, /metrics (+ HTTP metrics middleware) and the dashboard at / (services/web/).
     app.include_router(regressions.router, prefix=API_PREFIX)

@@ -7,6 +7,7 @@ from datetime import datetime
 from sqlalchemy import Boolean, Integer, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
+from services.core.config import MAX_TOKEN_NAME_CHARS
 from services.core.db import Base, utcnow
 
 TOKEN_SCOPES: tuple[str, ...] = ("read", "submit", "admin")
@@ -18,7 +19,7 @@ class ApiToken(Base):
     __tablename__ = "api_tokens"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    name: Mapped[str] = mapped_column(String(100))
+    name: Mapped[str] = mapped_column(String(MAX_TOKEN_NAME_CHARS))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True, doc="hex SHA-256 of the token")
     prefix: Mapped[str] = mapped_column(String(16), doc="the token's first characters, for display")
     scopes: Mapped[list[str]] = mapped_column()

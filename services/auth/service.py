@@ -71,12 +71,24 @@ def create_token(session: Session, *, name: str, scopes: Iterable[str]) -> tuple
     return token, add_token(session, token, name=name, scopes=scopes)
 
 
-def ensure_token(session: Session, token: str, *, name: str, scopes: Iterable[str] = ("admin",)) -> ApiToken:
-    """Store `token` unless it is already known (revoked stays revoked); used for the first admin token."""
+def ensure_token(
+    session: Session,
+    token: str,
+    *,
+    name: str,
+    scopes: Iterable[str] = ("admin",),
+    renamed_from: Iterable[str] = (),
+) -> ApiToken:
+    """Store `token` unless it is already known (revoked stays revoked); used for the first admin token.
+
+    A known token still called one of `renamed_from` (a name an earlier version gave it) takes `name`."""
     existing = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(token)))
-    if existing is not None:
-        return existing
-    return add_token(session, token, name=name, scopes=scopes)
+    if existing is None:
+        return add_token(session, token, name=name, scopes=scopes)
+    if existing.name != name and existing.name in set(renamed_from):
+        existing.name = name
+        session.flush()
+    return existing
 
 
 def authenticate(session: Session, token: str) -> ApiToken | None:

@@ -18,6 +18,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 DATABASE_FILE = "bpbench.db"
 BROKER_SOCKET = "broker.sock"
 API_TOKEN_FILE = "api-token"
+DEFAULT_API_TOKEN_NAME = "BPBENCH_API_TOKEN"
+MAX_TOKEN_NAME_CHARS = 100  # the width of `api_tokens.name`
 
 # A job's time limit is enforced in three layers, each a margin behind the one before, so the gentlest one
 # acts first: the worker stops the job between steps at its limit; Celery's hard limit kills a pool child
@@ -114,6 +116,13 @@ class Settings(BaseSettings):
     )
     # Never printed: excluded from repr so a logged Settings shows no secret.
     api_token: str | None = Field(default=None, repr=False)
+    api_token_name: str = Field(
+        default=DEFAULT_API_TOKEN_NAME,
+        min_length=1,
+        max_length=MAX_TOKEN_NAME_CHARS,
+        description="the name BPBENCH_API_TOKEN is stored under (token lists, the dashboard's `signed in "
+        "as`); `bpbench up` names the token it made after the file it keeps it in",
+    )
     public_read: bool = False
     # --- request limits and CORS: what a client may send, and from which origins ---
     max_body_bytes: int = Field(

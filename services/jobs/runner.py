@@ -9,6 +9,7 @@ Claim the job (`queued` -> `running`, one conditional UPDATE: a duplicate delive
 - anything else -> `failed` with the exception's type and message (the traceback goes to the log).
 Every write after the claim is fenced by the claim's attempt number, and a thread of the process that runs
 the job writes its heartbeat (`jobs.heartbeat_at`), so the reconciler can tell a job whose process died.
+The attempt's log lines and its loss points are stored as it runs (`services/joblogs/capture.py`).
 The Celery task (`workers.tasks`) only hands the job id and the worker's identity to `execute_job`, and
 turns the `JobOutcome` it returns into the task's state (a failed job is a failed task).
 """
@@ -30,6 +31,7 @@ from engine.backend import free_memory_bytes, release_memory
 from services.core.config import Settings, get_settings
 from services.core.db import session_factory
 from services.devices.memory import available_memory
+from services.joblogs.capture import JobCapture
 from services.jobs import service as jobs
 from services.jobs.resources import JobTooLarge, check_fits
 from services.jobs.spec import JobSpec
@@ -141,10 +143,18 @@ class JobMonitor:
     asked about cancellation at most every `cancel_poll_interval_s`; the time limit is checked on every call.
     """
 
-    def __init__(self, factory: sessionmaker[Session], claim: jobs.Claim, settings: Settings) -> None:
+    def __init__(
+        self,
+        factory: sessionmaker[Session],
+        claim: jobs.Claim,
+        settings: Settings,
+        on_report: Callable[[float, str], None] | None = None,
+    ) -> None:
         self._session = factory()
         self._claim = claim
         self._settings = settings
+        self._on_report = on_report
+        self._logged_tenths = 0
         # The claim just wrote progress 0 and checked `cancel_requested`; a job shorter than one interval
         # writes nothing more until its result (which sets progress 1), so a small job costs two commits.
         started = time.monotonic()
@@ -154,7 +164,15 @@ class JobMonitor:
         self.stop_reason: str | None = None  # "cancelled", "superseded" or "time limit"
 
     def progress(self, fraction: float, message: str) -> None:
-        """Record progress, rate-limited; a lost row (job taken away) is noticed by `should_stop`."""
+        """Record progress, rate-limited; a lost row (job taken away) is noticed by `should_stop`.
+
+        Every report goes to `on_report` (the job's loss curve); each tenth of the way is a log line."""
+        if self._on_report is not None:
+            self._on_report(fraction, message)
+        tenths = int(fraction * 10)
+        if self._logged_tenths < tenths < 10:
+            self._logged_tenths = tenths
+            log.info("job %s: %d%%, %s", self._claim.job_id, 10 * tenths, message)
         now = time.monotonic()
         if fraction >= 1.0 or now - self._last_write < self._settings.progress_interval_s:
             return  # 100% is written with the result, in the same transaction
@@ -240,8 +258,6 @@ def persist(
 
 def execute_job(job_id: str, context: WorkerContext, settings: Settings | None = None) -> JobOutcome:
     """Run one job end to end in this process; returns what was recorded ("skipped" if not claimed)."""
-    from engine.jobs import JobCancelled, JobDiverged, JobError, run_job
-
     settings = settings or get_settings()
     factory = session_factory(settings)
     claim = persist(
@@ -252,12 +268,26 @@ def execute_job(job_id: str, context: WorkerContext, settings: Settings | None =
     if claim is None:
         log.info("job %s: not queued (duplicate delivery, cancelled or unknown); skipped", job_id)
         return JobOutcome("skipped")
-    attempt = claim.attempt
+    # The attempt's log lines and loss points are stored while it runs, its outcome's lines included.
+    with JobCapture(factory, job_id, claim.attempt) as capture:
+        return _run_claimed(factory, claim, context, settings, capture)
+
+
+def _run_claimed(
+    factory: sessionmaker[Session],
+    claim: jobs.Claim,
+    context: WorkerContext,
+    settings: Settings,
+    capture: JobCapture,
+) -> JobOutcome:
+    from engine.jobs import JobCancelled, JobDiverged, JobError, run_job
+
+    job_id, attempt = claim.job_id, claim.attempt
     log.info("job %s: attempt %d started on %s", job_id, attempt, context.name)
     spec: dict[str, Any] = {**claim.spec, "device": context.engine_device}
     beats = job_heartbeats(factory, settings.heartbeat_interval_s)
     beats.watch(claim)
-    monitor = JobMonitor(factory, claim, settings)
+    monitor = JobMonitor(factory, claim, settings, on_report=capture.progress)
     try:
         check_memory(claim.spec, context.engine_device)
         document = run_job(spec, monitor.progress, monitor.should_stop)

@@ -8,7 +8,7 @@ from alembic import command
 from sqlalchemy import func, inspect, select, table
 
 from services.core.db import make_engine, utcnow
-from services.core.migrate import alembic_config, current_revision, upgrade_to_head
+from services.core.migrate import alembic_config, current_revision
 from services.devices.models import Device
 from services.jobs.models import Job
 from services.results.models import Result
@@ -64,7 +64,7 @@ def test_0006_backfills_each_jobs_heartbeat_from_its_updated_at_and_downgrades_k
                 ],
             )
 
-        upgrade_to_head(empty_database_url)
+        command.upgrade(alembic_config(empty_database_url), "0006")
 
         assert current_revision(empty_database_url) == "0006"
         with engine.connect() as connection:
@@ -81,7 +81,7 @@ def test_0006_backfills_each_jobs_heartbeat_from_its_updated_at_and_downgrades_k
             ]
             # SQLite's batch mode would have copied `jobs`, cascading its results away.
             assert counts == [2, 1]
-        upgrade_to_head(empty_database_url)
+        command.upgrade(alembic_config(empty_database_url), "0006")
         assert current_revision(empty_database_url) == "0006"
     finally:
         engine.dispose()

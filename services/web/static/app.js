@@ -10,7 +10,10 @@ const TRIAL_AXES = {
   train: { title: "samples/s per window", scale: 1, name: (n) => n },
   gemm: { title: "GFLOP/s", scale: 1e9, name: (n) => `${n}×${n}` },
 };
-const state = { session: null, devices: {}, jobsTimer: null, jobTimer: null, compareSeq: 0 };
+const state = {
+  session: null, devices: {}, jobsOffset: 0, jobsSeq: 0, jobsTimer: null, jobTimer: null, jobSeq: 0, compareSeq: 0,
+  jobLog: { jobId: null, after: 0 },
+};
 
 // --- helpers ---------------------------------------------------------------------------------------------
 
@@ -427,8 +430,23 @@ function durationOf(job) {
   return null;
 }
 
+const JOBS_PER_PAGE = 25;
+
+function jobsQuery() {
+  const form = $("jobs-filters").elements;
+  return { status: form.status.value, kind: form.kind.value, device: form.device.value, limit: JOBS_PER_PAGE, offset: state.jobsOffset };
+}
+
 async function loadJobs() {
-  const page = await api("/api/v1/jobs?limit=25");
+  const seq = ++state.jobsSeq;
+  const asked = query(jobsQuery());
+  const page = await api(`/api/v1/jobs${asked}`);
+  if (seq !== state.jobsSeq) return;  // a newer filter, page or poll was asked for meanwhile
+  if (!page.items.length && state.jobsOffset > 0 && page.total > 0) {
+    // The page emptied (its jobs filtered away): go to the last page that has rows.
+    state.jobsOffset = Math.floor((page.total - 1) / JOBS_PER_PAGE) * JOBS_PER_PAGE;
+    return loadJobs();
+  }
   const body = $("jobs-table").tBodies[0];
   body.replaceChildren();
   for (const job of page.items) {
@@ -445,7 +463,33 @@ async function loadJobs() {
       el("td", { class: "num" }, fmtSeconds(durationOf(job))),
       el("td", {}, fmtTime(job.created_at))));
   }
-  $("jobs-updated").textContent = `${page.total}${page.total_exact === false ? "+" : ""} in all · updated ${new Date().toLocaleTimeString("en-GB")}`;
+  const total = `${page.total}${page.total_exact === false ? "+" : ""}`;
+  const first = page.items.length ? state.jobsOffset + 1 : 0;
+  const last = state.jobsOffset + page.items.length;
+  $("jobs-range").textContent = `${first}–${last} of ${total}`;
+  $("jobs-previous").disabled = state.jobsOffset === 0;
+  $("jobs-next").disabled = last >= page.total && page.total_exact !== false;
+  $("jobs-updated").textContent = `${total} in all · updated ${new Date().toLocaleTimeString("en-GB")}`;
+  $("jobs-table").dataset.query = asked;  // what the rows show: tests wait on it, not on time
+}
+
+function setupJobsFilters() {
+  const form = $("jobs-filters").elements;
+  for (const option of $("submit-form").elements.kind.options) form.kind.append(el("option", {}, option.value));
+  for (const d of Object.values(state.devices)) form.device.append(el("option", { value: d.id }, `${d.name} (${d.id})`));
+  const reload = () => loadJobs().catch(showError);
+  $("jobs-filters").addEventListener("change", () => {
+    state.jobsOffset = 0;
+    reload();
+  });
+  $("jobs-previous").addEventListener("click", () => {
+    state.jobsOffset = Math.max(0, state.jobsOffset - JOBS_PER_PAGE);
+    reload();
+  });
+  $("jobs-next").addEventListener("click", () => {
+    state.jobsOffset += JOBS_PER_PAGE;
+    reload();
+  });
 }
 
 function startJobsPolling() {
@@ -455,8 +499,59 @@ function startJobsPolling() {
 
 // --- job page --------------------------------------------------------------------------------------------
 
+// The job's log: only the lines after the last one shown are asked for (`?after=`), and appended.
+async function loadJobLog(jobId, seq) {
+  if (state.jobLog.jobId !== jobId) {
+    state.jobLog = { jobId, after: 0 };
+    $("job-log").tBodies[0].replaceChildren();
+  }
+  const page = await api(`/api/v1/jobs/${encodeURIComponent(jobId)}/logs${query({ after: state.jobLog.after })}`);
+  if (seq !== state.jobSeq || state.jobLog.jobId !== jobId || (page.items.length && page.items[0].seq <= state.jobLog.after)) {
+    return page.complete;  // another page was opened, or these lines are shown already
+  }
+  const body = $("job-log").tBodies[0];
+  for (const row of body.querySelectorAll("tr.empty-log")) row.remove();
+  for (const line of page.items) {
+    body.append(el("tr", { "data-seq": String(line.seq), "data-attempt": String(line.attempt), "data-level": line.level },
+      el("td", { class: "time" }, fmtTime(line.time)),
+      el("td", { class: "num attempt" }, `#${line.attempt}`),
+      el("td", { class: "level" }, line.level),
+      el("td", { class: "message", title: line.logger }, line.message)));
+  }
+  state.jobLog.after = page.last_seq;
+  const count = body.rows.length;
+  $("job-log-state").textContent = page.complete
+    ? `${count} line(s)`
+    : `${count} line(s) so far · updated ${new Date().toLocaleTimeString("en-GB")}`;
+  if (!count) body.append(el("tr", { class: "empty-log" }, el("td", { colspan: "4", class: "muted" }, "no line logged yet")));
+  return page.complete;
+}
+
+function drawLoss(curve, title, kind) {
+  plot("loss-chart", [{ type: "scatter", mode: "lines", x: curve.map((p) => p[0]), y: curve.map((p) => p[1]), name: "loss" }], {
+    title: { text: title }, xaxis: { title: { text: "step" } }, yaxis: { title: { text: "loss" } },
+  });
+  $("loss-chart").dataset.curve = kind;
+}
+
+// While a train job runs its worker stores the loss it reports; the final curve replaces it with the result.
+async function loadPartialLoss(job, seq) {
+  const curve = await api(`/api/v1/jobs/${encodeURIComponent(job.id)}/loss-curve`);
+  if (seq !== state.jobSeq) return;
+  if (curve.points.length) {
+    const last = curve.points[curve.points.length - 1];
+    const of = curve.total_steps ? ` of ${curve.total_steps}` : "";
+    drawLoss(curve.points, `training loss so far (attempt ${curve.attempt}, step ${last[0]}${of})`, "partial");
+  } else {
+    emptyChart("loss-chart", job.status === "queued" ? "the loss curve appears once the job runs" : "no loss reported yet");
+    $("loss-chart").dataset.curve = "none";
+  }
+}
+
 async function loadJobPage(jobId) {
+  const seq = ++state.jobSeq;
   const doc = await api(`/api/v1/jobs/${encodeURIComponent(jobId)}/report`);
+  if (seq !== state.jobSeq) return;  // another job page was opened meanwhile
   const job = doc.job;
   $("job-id").textContent = job.id;
   const status = $("job-status");
@@ -498,11 +593,13 @@ async function loadJobPage(jobId) {
     : "");
   const curve = result && result.metrics && result.metrics.loss_curve;
   if (curve && curve.length) {
-    plot("loss-chart", [{ type: "scatter", mode: "lines", x: curve.map((p) => p[0]), y: curve.map((p) => p[1]), name: "loss" }], {
-      title: { text: "training loss" }, xaxis: { title: { text: "step" } }, yaxis: { title: { text: "loss" } },
-    });
+    drawLoss(curve, "training loss", "final");
+  } else if (!result && job.kind === "train") {
+    await loadPartialLoss(job, seq);
+    if (seq !== state.jobSeq) return;
   } else {
     emptyChart("loss-chart", result ? `no loss curve for a ${job.kind} job` : "the loss curve appears when the job succeeds");
+    $("loss-chart").dataset.curve = "none";
   }
   const series = result ? Object.entries(result.trials) : [];
   if (series.length) {
@@ -516,10 +613,14 @@ async function loadJobPage(jobId) {
   } else {
     emptyChart("trials-chart", result ? "no timing trials for this kind" : "trials appear when the job succeeds");
   }
+  const logComplete = await loadJobLog(job.id, seq);
+  if (seq !== state.jobSeq) return;
   clearTimeout(state.jobTimer);
-  if (!FINAL.has(job.status) && location.hash === `#/job/${jobId}`) {
+  // Polled until the job has ended and its last log lines are in (they are written just after its outcome).
+  if ((!FINAL.has(job.status) || !logComplete) && location.hash === `#/job/${jobId}`) {
     state.jobTimer = setTimeout(() => loadJobPage(jobId).catch(showError), POLL_MS);
   }
+  $("job-page").dataset.jobId = job.id;
 }
 
 // --- submit ----------------------------------------------------------------------------------------------
@@ -692,6 +793,7 @@ function renderDevices(devices) {
 async function route() {
   const match = location.hash.match(/^#\/job\/([0-9a-f-]{36})$/);
   clearTimeout(state.jobTimer);
+  state.jobSeq += 1;  // a job page still loading must not draw over the page opened now
   if (!state.session || !state.session.can_read) return;
   $("overview").hidden = Boolean(match);
   $("job-page").hidden = !match;
@@ -713,6 +815,7 @@ async function main() {
   setupSubmit();
   await loadJobKinds().catch(showError);
   await loadDevices();
+  setupJobsFilters();
   $("compare-filters").addEventListener("change", (event) => {
     if (event.target.name !== "spec_hash" && event.target.name !== "baseline") {
       $("compare-filters").elements.spec_hash.value = "";
