@@ -8,6 +8,7 @@ rates. `TrainingLoop` keeps the parts apart: chunk planning, timing, loss record
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -42,6 +43,27 @@ def window_plan(steps: int, warmup: int, window: int) -> tuple[int, int]:
         return warmup, window
     warm = min(warmup, steps // 2)
     return warm, steps - warm
+
+
+# The progress message of a running train job, and its reading (a worker keeps the points as the job's
+# running loss curve): one format, owned here.
+PROGRESS_PATTERN = re.compile(r"^step (\d+)/(\d+), loss (\S+)$")
+
+
+def progress_message(step: int, steps: int, loss: float) -> str:
+    """`step 120/300, loss 0.4183`: how far a train job is and its latest sampled loss."""
+    return f"step {step}/{steps}, loss {loss:.4f}"
+
+
+def parse_progress(message: str) -> tuple[int, int, float] | None:
+    """(step, steps, loss) of a `progress_message`, or None for any other message."""
+    match = PROGRESS_PATTERN.match(message)
+    if match is None:
+        return None
+    try:
+        return int(match.group(1)), int(match.group(2)), float(match.group(3))
+    except ValueError:
+        return None
 
 
 class TrainingLoop:
@@ -195,7 +217,7 @@ class TrainingLoop:
             self.record_memory()
             self.evaluate_target()
             self.reporter.report(
-                self.done / self.steps, f"step {self.done}/{self.steps}, loss {self.loss_curve[-1][1]:.4f}"
+                self.done / self.steps, progress_message(self.done, self.steps, self.loss_curve[-1][1])
             )
         self.reporter.report(1.0, "evaluating", force=True)
         return self.body()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import threading
 from collections import deque
 from datetime import UTC, datetime
@@ -28,6 +27,7 @@ from types import TracebackType
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from engine.kinds.train import parse_progress
 from services.core.logging import RedactSecretsFilter, redact_secrets
 from services.joblogs import service
 from services.joblogs.models import MAX_CURVE_POINTS, MAX_LINES_PER_ATTEMPT
@@ -38,8 +38,6 @@ log = logging.getLogger(__name__)
 FLUSH_INTERVAL_S = 1.0
 TAIL_LINES = 49
 HEAD_LINES = MAX_LINES_PER_ATTEMPT - TAIL_LINES - 1  # one line says how many were left out
-# The train kind's progress message (engine/kinds/train.py): `step 120/300, loss 0.4183`.
-TRAIN_PROGRESS = re.compile(r"^step (\d+)/(\d+), loss (\S+)$")
 
 
 class LossCurveRecorder:
@@ -75,14 +73,11 @@ class LossCurveRecorder:
 
     def offer(self, message: str) -> bool:
         """Keep the point of a train progress message; False for any other message."""
-        match = TRAIN_PROGRESS.match(message)
-        if match is None:
+        progress = parse_progress(message)  # the train kind's message: `step 120/300, loss 0.4183`
+        if progress is None:
             return False
-        try:
-            loss = float(match.group(3))
-        except ValueError:
-            return False
-        self.add(int(match.group(1)), loss, int(match.group(2)))
+        step, total_steps, loss = progress
+        self.add(step, loss, total_steps)
         return True
 
     def points(self) -> list[list[float]]:

@@ -160,3 +160,10 @@ def test_gemm_stores_its_peak_and_no_model_while_the_others_store_their_model() 
             "batch_size": 100,
             "peak_flops_per_s": None,
         }
+
+
+def test_the_train_progress_message_reads_back_as_step_steps_and_loss() -> None:
+    assert train.progress_message(120, 300, 0.41834) == "step 120/300, loss 0.4183"
+    assert train.parse_progress(train.progress_message(120, 300, 0.41834)) == (120, 300, 0.4183)
+    assert train.parse_progress("evaluating") is None
+    assert train.parse_progress("step 3/9, loss nan") is not None  # a diverged loss still reads (as NaN)
