@@ -12,6 +12,7 @@ import functools
 import gc
 import importlib
 import logging
+import math
 import os
 import platform
 import re
@@ -236,6 +237,29 @@ def random_generator(seed: int | None, device: Device = CPU) -> Any:
         return np.random.default_rng(seed)
     with device.use():
         return device.xp.random.default_rng(seed)
+
+
+DRAW_BLOCK_BYTES = 8 * 2**20  # the float64 draws of one block: the only temporary of `draw_as`
+
+
+def draw_as(draw: Callable[[tuple[int, ...]], np.ndarray], shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """`draw(shape).astype(dtype)`, the same numbers, without a full-size float64 temporary.
+
+    `draw(block_shape)` returns float64 draws of a NumPy Generator (`rng.random`, `std *
+    rng.standard_normal`); it is called for blocks of rows along the first axis, each cast into the
+    result. A Generator fills an array element after element and consecutive calls continue its stream,
+    so the blocks hold exactly the numbers of one call, and each element is computed and rounded as before.
+    """
+    out = np.empty(shape, dtype=dtype)
+    if out.size == 0 or len(shape) == 0:
+        out[...] = draw(shape)
+        return out
+    row = math.prod(shape[1:]) * 8
+    rows = max(1, DRAW_BLOCK_BYTES // max(row, 1))
+    for start in range(0, shape[0], rows):
+        stop = min(start + rows, shape[0])
+        out[start:stop] = draw((stop - start, *shape[1:]))
+    return out
 
 
 def _cpu_model() -> str:

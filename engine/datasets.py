@@ -27,13 +27,18 @@ from typing import Any
 
 import numpy as np
 
+from engine.backend import draw_as
 from engine.spec import DATASETS
 
-# Samples (train + test) and features per sample of the sets whose size is fixed; `mnist` as published.
+# Train and test samples and features per sample of the sets whose size is fixed (`mnist` as published;
+# its real files may hold other counts, read from their headers when they are at hand).
+FIXED_SPLITS: dict[str, tuple[int, int, int]] = {
+    "mnist5k": (4_000, 1_000, 784),
+    "mnist": (60_000, 10_000, 784),
+    "digits": (1_442, 355, 64),
+}
 FIXED_SIZES: dict[str, tuple[int, int]] = {
-    "mnist5k": (5_000, 784),
-    "mnist": (70_000, 784),
-    "digits": (1_797, 64),
+    name: (train + test, features) for name, (train, test, features) in FIXED_SPLITS.items()
 }
 FIXED_CLASSES: dict[str, int] = {"mnist5k": 10, "mnist": 10, "digits": 10}
 SPIRAL_FEATURES = 2
@@ -48,6 +53,10 @@ MNIST_FILES = {
     "t_test": "t10k-labels-idx1-ubyte",
 }
 SYNTHETIC_LABEL_CHUNK_BYTES = 16 * 2**20  # rows of the synthetic set labelled at a time
+# What importing scikit-learn (and SciPy under it) adds to a process for `digits`: 87 MiB measured with
+# scikit-learn 1.7 and SciPy 1.16 on Linux (VmHWM), rounded up.
+SCIKIT_LEARN_BYTES = 96 * 2**20
+SPIRAL_TEMPORARIES = 4  # float64 arrays of one arm alive at once while it is drawn: radius, angle, noise, x
 TEST_EVERY = 5  # every fifth sample of a class is a test sample: a 80/20 stratified split
 
 
@@ -111,17 +120,74 @@ def load_dataset(
     return dataset
 
 
+def dataset_split(
+    name: str,
+    *,
+    samples: int,
+    n_classes: int,
+    input_shape: tuple[int, ...] | None,
+    path: str | Path | None = None,
+) -> tuple[int, int, int]:
+    """(train samples, test samples, features per sample) that `load_dataset` with these arguments holds,
+    without loading it. `mnist` with a `path` reads the four files' headers (a few bytes each); without
+    one, or when they cannot be read, it is the published 60,000/10,000."""
+    if name == "synthetic":
+        return (*_generated_split(samples), math.prod(input_shape or (784,)))
+    if name == "spiral":
+        return (*_generated_split(samples // max(n_classes, 1) * n_classes), SPIRAL_FEATURES)
+    if name not in FIXED_SPLITS:
+        raise DatasetError(f"unknown dataset {name!r}; accepted: {', '.join(DATASETS)}")
+    if name == "mnist" and path is not None:
+        declared = _idx_split(Path(path).expanduser())
+        if declared is not None:
+            return declared
+    return FIXED_SPLITS[name]
+
+
 def dataset_size(
-    name: str, *, samples: int, n_classes: int, input_shape: tuple[int, ...] | None
+    name: str,
+    *,
+    samples: int,
+    n_classes: int,
+    input_shape: tuple[int, ...] | None,
+    path: str | Path | None = None,
 ) -> tuple[int, int]:
     """(samples, features per sample) that `load_dataset` with these arguments holds, without loading it."""
+    train, test, features = dataset_split(
+        name, samples=samples, n_classes=n_classes, input_shape=input_shape, path=path
+    )
+    return train + test, features
+
+
+def loading_bytes(name: str, samples: int, features: int, item: int, n_classes: int) -> dict[str, int]:
+    """What making or reading a set of `samples` x `features` (`item` bytes each) holds besides the set
+    itself, at its peak: parts of a memory estimate (`libraries`, `loading`), as the code below works.
+
+    - synthetic: one chunk of rows being labelled (`SYNTHETIC_LABEL_CHUNK_BYTES`) and its scores;
+    - spiral: the features once more (drawn in arm order, then shuffled into place), and the float64
+      temporaries of one arm;
+    - mnist5k: the file's bytes and its uint8 images twice (as stored, then split);
+    - mnist: the files' uint8 payload;
+    - digits: scikit-learn's import, and its float64 arrays (data and images, then the split copy).
+    """
     if name == "synthetic":
-        return samples, math.prod(input_shape or (784,))
+        chunk_rows = max(1, SYNTHETIC_LABEL_CHUNK_BYTES // (features * item))
+        return {"loading": SYNTHETIC_LABEL_CHUNK_BYTES + min(chunk_rows, samples) * (8 + 16 * item)}
     if name == "spiral":
-        return samples // max(n_classes, 1) * n_classes, SPIRAL_FEATURES
-    if name not in FIXED_SIZES:
-        raise DatasetError(f"unknown dataset {name!r}; accepted: {', '.join(DATASETS)}")
-    return FIXED_SIZES[name]
+        arm = samples // max(n_classes, 1)
+        return {"loading": samples * features * item + arm * SPIRAL_TEMPORARIES * 8}
+    if name == "mnist5k":
+        return {"loading": MNIST5K_FILE.stat().st_size * 2 + 2 * samples * (features + 8)}
+    if name == "mnist":
+        return {"loading": samples * (features + 1)}
+    if name == "digits":
+        return {"libraries": SCIKIT_LEARN_BYTES, "loading": 3 * samples * (features + 1) * 8}
+    raise DatasetError(f"unknown dataset {name!r}; accepted: {', '.join(DATASETS)}")
+
+
+def _generated_split(samples: int) -> tuple[int, int]:
+    n_test = max(1, samples // TEST_EVERY)  # as `_split_generated` cuts
+    return samples - n_test, n_test
 
 
 # --- image sets -------------------------------------------------------------------------------
@@ -262,6 +328,36 @@ def _read_idx_stream(stream: Any, file: Path, stored_size: int | None, gzipped: 
     return data.reshape(dims)
 
 
+def _idx_dims(file: Path) -> tuple[int, ...] | None:
+    """The dimensions an IDX file's header declares (gzipped or not), or None if it has no IDX header."""
+    try:
+        with open(file, "rb") as raw_file:
+            gzipped = raw_file.read(2) == b"\x1f\x8b"
+        with gzip.open(file, "rb") if gzipped else open(file, "rb") as stream:
+            head = stream.read(4)
+            if len(head) < 4 or head[:3] != b"\x00\x00\x08" or not 1 <= head[3] <= 4:
+                return None
+            dims_bytes = stream.read(4 * head[3])
+    except (OSError, EOFError):
+        return None
+    if len(dims_bytes) < 4 * head[3]:
+        return None
+    return tuple(struct.unpack(f">{head[3]}I", dims_bytes))
+
+
+def _idx_split(directory: Path) -> tuple[int, int, int] | None:
+    """(train, test, features) the four IDX files of `directory` declare, or None if one is unreadable."""
+    try:
+        dims = {key: _idx_dims(_find_idx(directory, stem)) for key, stem in MNIST_FILES.items()}
+    except DatasetError:
+        return None
+    images = [d for key, d in dims.items() if key.startswith("x")]
+    if any(d is None or len(d) != 3 for d in images):
+        return None
+    x_train, x_test = (d for d in images if d is not None)
+    return x_train[0], x_test[0], x_train[1] * x_train[2]
+
+
 def _find_idx(directory: Path, stem: str) -> Path:
     # Both spellings occur in the wild: train-images-idx3-ubyte and train-images.idx3-ubyte.
     dotted = stem.replace("-idx", ".idx")
@@ -344,13 +440,15 @@ def _make_synthetic(
     # chunks: the set itself is the only full-size array, so memory is what the estimate counts.
     x = rng.random((samples, *shape), dtype=dtype.type)
     features = int(np.prod(shape))
-    teacher = rng.standard_normal((features, classes)).astype(dtype)
+    teacher = draw_as(rng.standard_normal, (features, classes), dtype)
     flat = x.reshape(samples, features)
     t = np.empty(samples, dtype=np.int64)
     chunk = max(1, SYNTHETIC_LABEL_CHUNK_BYTES // (features * dtype.itemsize))
+    centred = np.empty((min(chunk, samples), features), dtype=dtype)  # one chunk's rows, reused
     for start in range(0, samples, chunk):
-        rows = flat[start : start + chunk] - dtype.type(0.5)
-        np.argmax(rows @ teacher, axis=1, out=t[start : start + chunk])
+        stop = min(start + chunk, samples)
+        rows = np.subtract(flat[start:stop], dtype.type(0.5), out=centred[: stop - start])
+        np.argmax(rows @ teacher, axis=1, out=t[start:stop])
     return _split_generated("synthetic", x, t, shape, classes)
 
 
@@ -375,12 +473,27 @@ def _make_spiral(
             f"spiral needs >= 2 classes and >= 2 points per class; got {classes} and {per_class}"
         )
     rng = np.random.default_rng(seed)
-    x = np.empty((per_class * classes, 2))
-    t = np.repeat(np.arange(classes, dtype=np.int64), per_class)
+    # Arm by arm in float64, mapped from [-1, 1] to [0, 1] like every other set and rounded into the
+    # job's dtype; then shuffled. The same operations on each element as one float64 pass over the whole
+    # set, so the same numbers, with float64 temporaries of one arm only (SPIRAL_TEMPORARIES).
+    x = np.empty((per_class * classes, 2), dtype=dtype)
     radius = np.linspace(0.0, 1.0, per_class)
+    coordinate = np.empty(per_class)
     for k in range(classes):
-        theta = np.linspace(k * 4.0, (k + 1) * 4.0, per_class) + rng.standard_normal(per_class) * 0.2
-        x[k * per_class : (k + 1) * per_class] = np.c_[radius * np.sin(theta), radius * np.cos(theta)]
+        theta = np.linspace(k * 4.0, (k + 1) * 4.0, per_class)
+        noise = rng.standard_normal(per_class)
+        noise *= 0.2
+        theta += noise
+        del noise
+        arm = x[k * per_class : (k + 1) * per_class]
+        for column, curve in enumerate((np.sin, np.cos)):
+            curve(theta, out=coordinate)
+            coordinate *= radius
+            coordinate += 1.0
+            coordinate /= 2.0
+            arm[:, column] = coordinate
     order = rng.permutation(x.shape[0])
-    x01 = ((x[order] + 1.0) / 2.0).astype(dtype)  # [-1, 1] -> [0, 1], like every other set
-    return _split_generated("spiral", x01, t[order], (2,), classes)
+    shuffled = x[order]
+    del x
+    labels = np.floor_divide(order, per_class, out=order)  # arm k holds samples k*per_class ... in order
+    return _split_generated("spiral", shuffled, labels, (2,), classes)

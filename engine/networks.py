@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.backend import CPU, Device, get_array_module, random_generator, resolve_dtype
+from engine.backend import CPU, Device, draw_as, get_array_module, random_generator, resolve_dtype
 from engine.blas_threads import POOL as BLAS_POOL
 from engine.layers import (
     Affine,
@@ -243,10 +243,11 @@ class _Params:
 
     def _put(self, a: np.ndarray) -> Array:
         with self.device.use():
-            return self.device.xp.asarray(a.astype(self.dtype))
+            return self.device.xp.asarray(a.astype(self.dtype, copy=False))
 
     def normal(self, shape: tuple[int, ...], std: float) -> Array:
-        return self._put(std * self.rng.standard_normal(shape))
+        # Drawn in float64 and rounded as always, block by block: no float64 copy of a large weight matrix.
+        return self._put(draw_as(lambda block: std * self.rng.standard_normal(block), shape, self.dtype))
 
     def const(self, shape: tuple[int, ...], value: float) -> Array:
         return self._put(np.full(shape, value))

@@ -47,6 +47,9 @@ def current_context() -> WorkerContext:
     reject_on_worker_lost=True,
     ignore_result=True,
     throws=(JobFailed,),  # an expected outcome: Celery logs it in one line, without a traceback
+    # The main process's side of a delivery: it watches the pool process's memory and, if the kernel kills
+    # that process for memory, fails the job saying so (workers/job_request.py).
+    Request="workers.job_request:JobRequest",
 )
 def run_job_task(self: Task, job_id: str) -> str:
     """Celery entry point: run job `job_id` on this worker's device; raises `JobFailed` if it failed."""

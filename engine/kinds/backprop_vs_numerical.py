@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.backend import as_numpy
+from engine.backend import as_numpy, draw_as
 from engine.gradients import numerical_gradient
 from engine.kinds.base import (
     DTYPE_BYTES,
@@ -133,7 +133,7 @@ def run(spec: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
     device, dtype = device_of(spec), spec["dtype"]
     widths = [int(w) for w in spec["bvn_widths"]]
     rng = np.random.default_rng(int(spec["seed"]))
-    x = device.xp.asarray(rng.random((BVN_SAMPLES, BVN_INPUT)).astype(dtype))
+    x = device.xp.asarray(draw_as(rng.random, (BVN_SAMPLES, BVN_INPUT), dtype))
     t = device.xp.asarray(rng.integers(0, BVN_CLASSES, BVN_SAMPLES))
     rows: list[dict[str, Any]] = []
     statistics: dict[str, Any] = {}

@@ -8,6 +8,7 @@ become a stored result's columns.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from engine.backend import Device, DeviceError, Stopwatch, resolve_device, synchronize
-from engine.datasets import Dataset, DatasetError, dataset_size, load_dataset
+from engine.datasets import Dataset, DatasetError, dataset_split, load_dataset, loading_bytes
 from engine.networks import CONVNET_FILTER_SIZE, CONVNET_FILTERS, Network, build_network
 from engine.optimizers import make_optimizer
 from engine.spec import (
@@ -36,9 +37,11 @@ WARMUP_S = 0.05  # untimed calls before a series of trials
 DATASET_CACHE_MAX_BYTES = 32 * 2**20
 
 DTYPE_BYTES = {"float32": 4, "float64": 8}
-OPTIMIZER_STATE_COPIES = {"sgd": 0, "momentum": 1, "nesterov": 1, "adagrad": 1, "rmsprop": 1, "adam": 2}
+# Arrays of each parameter's size an optimizer keeps besides the parameter and its gradient: its state
+# (velocity, squares, moments) and its scratch buffers (engine/optimizers.py); weight decay adds one.
+OPTIMIZER_STATE_COPIES = {"sgd": 1, "momentum": 2, "nesterov": 2, "adagrad": 3, "rmsprop": 3, "adam": 4}
 SAFETY_FACTOR = 1.5
-BASE_BYTES = 64 * 1024**2  # the interpreter, NumPy and the engine's own code, whatever the job
+BASE_BYTES = 64 * 1024**2  # the interpreter, NumPy and the engine's code, whatever the job (34 MiB measured)
 EVAL_CHUNK = 1000  # Network.accuracy's batch
 LABEL_BYTES = 8  # an int64 label per sample
 
@@ -233,17 +236,36 @@ def repeat_trials(trial: Callable[[], float], timing: dict[str, Any]) -> tuple[l
 
 
 # --- memory --------------------------------------------------------------------------------------------
+#
+# An estimate bounds the peak resident memory of a fresh process that imports the engine and runs the job
+# (`python -m harness.memory_peak`: VmHWM after `engine.jobs.run_job`). It is the sum of its parts, which
+# never all live at once (the data set's loading temporaries are gone before training starts), times
+# SAFETY_FACTOR; the parts include `runtime`, the interpreter, NumPy and the engine's code (34 MiB
+# measured). In a worker the pool process already holds that baseline before the job starts, so the
+# worker's check against free memory counts it twice: on the safe side.
+# `tests/engine/test_memory_estimate.py` runs a grid of real jobs and checks estimate >= peak.
+
+
+def data_split(spec: dict[str, Any]) -> tuple[int, int, tuple[int, ...]]:
+    """(train samples, test samples, per-sample input shape as the model reads it) of the spec's data set,
+    without loading it (`mnist` reads its files' headers when `dataset_path` is set)."""
+    input_shape, n_classes = model_input(spec)
+    train, test, features = dataset_split(
+        spec["dataset"],
+        samples=int(spec["synthetic_samples"]),
+        n_classes=n_classes,
+        input_shape=input_shape,
+        path=spec.get("dataset_path"),
+    )
+    if spec["model"]["name"] == "simple_convnet":
+        return train, test, input_shape or image_shape((features,)) or CONVNET_SYNTHETIC_IMAGE
+    return train, test, (features,)
 
 
 def data_size(spec: dict[str, Any]) -> tuple[int, tuple[int, ...]]:
     """(samples, per-sample input shape as the model reads it) of the spec's data set, without loading it."""
-    input_shape, n_classes = model_input(spec)
-    samples, features = dataset_size(
-        spec["dataset"], samples=int(spec["synthetic_samples"]), n_classes=n_classes, input_shape=input_shape
-    )
-    if spec["model"]["name"] == "simple_convnet":
-        return samples, input_shape or image_shape((features,)) or CONVNET_SYNTHETIC_IMAGE
-    return samples, (features,)
+    train, test, shape = data_split(spec)
+    return train + test, shape
 
 
 def dataset_bytes(samples: int, input_shape: tuple[int, ...], item: int) -> int:
@@ -251,34 +273,124 @@ def dataset_bytes(samples: int, input_shape: tuple[int, ...], item: int) -> int:
     return samples * (math.prod(input_shape) * item + LABEL_BYTES)
 
 
+def data_loading_bytes(spec: dict[str, Any], item: int) -> dict[str, int]:
+    """What loading the spec's data set holds besides the set (`engine.datasets.loading_bytes`)."""
+    samples, input_shape = data_size(spec)
+    _, n_classes = model_input(spec)
+    return loading_bytes(spec["dataset"], samples, math.prod(input_shape), item, n_classes)
+
+
+def optimizer_copies(optimizer: dict[str, Any]) -> int:
+    """Arrays of each parameter's size the optimizer keeps (its state, its scratch, weight decay's)."""
+    decay = float(optimizer.get("weight_decay") or 0.0) > 0.0
+    return OPTIMIZER_STATE_COPIES[optimizer["name"]] + int(decay)
+
+
+def _dense_pass(model: dict[str, Any], item: int, train: bool) -> tuple[int, int]:
+    """(kept, transient) bytes per sample of one pass through `mlp`/`two_layer_net` (see `pass_bytes`)."""
+    widths = [int(w) for w in model["layers"]]
+    activation = model.get("activation", "relu")
+    batchnorm, dropout = bool(model.get("batchnorm")), float(model.get("dropout") or 0) > 0
+    kept = transient = 0
+    for index, (fan_in, width) in enumerate(itertools.pairwise(widths)):
+        kept += width * item  # Affine's output
+        if train and index > 0:
+            kept += fan_in * item  # and the gradient of its input (none for the data)
+        if index == len(widths) - 2:
+            break
+        if batchnorm:  # training keeps the centred and normalised inputs; both passes make temporaries
+            kept += 2 * width * item if train else 0
+            transient = max(transient, (5 if train else 3) * width * item)
+        if activation == "relu":  # a mask; in place after Affine, its own output (and gradient) after BN
+            kept += width + (2 if train else 1) * width * item * int(batchnorm)
+        else:  # sigmoid keeps e, s, its output (and gradient); tanh its output (and gradient)
+            kept += ((4 if train else 3) if activation == "sigmoid" else (2 if train else 1)) * width * item
+        if dropout:  # its output (the next Affine keeps it) and mask; training draws float32 and a gradient
+            kept += width * item + (width if train else 0)
+            if train:
+                transient = max(transient, width * item + 4 * width)
+    classes = widths[-1]
+    kept += 2 * classes * item + 3 * LABEL_BYTES if train else 2 * LABEL_BYTES  # softmax; argmax
+    return kept, transient
+
+
+def _convnet_pass(model: dict[str, Any], input_shape: tuple[int, ...], item: int, train: bool) -> int:
+    """Bytes per sample `simple_convnet`'s layers keep in one pass (its temporaries are per batch)."""
+    widths = [int(w) for w in model["layers"]]
+    channels, height, width = image_shape(input_shape) or CONVNET_SYNTHETIC_IMAGE
+    conv_h, conv_w = height - CONVNET_FILTER_SIZE + 1, width - CONVNET_FILTER_SIZE + 1
+    patch = channels * CONVNET_FILTER_SIZE**2
+    conv = CONVNET_FILTERS * conv_h * conv_w
+    pooled = CONVNET_FILTERS * (conv_h // 2) * (conv_w // 2)
+    hidden = widths[1] if len(widths) >= 3 else CONVNET_HIDDEN
+    classes = widths[-1]
+    # Convolution: unfolded patches and output; ReLU: its mask; Pooling, Affine, ReLU, Affine: outputs.
+    kept = (patch * conv_h * conv_w + conv + pooled + hidden + classes) * item + conv + hidden
+    if not train:
+        return kept + 2 * LABEL_BYTES
+    kept += CONVNET_FILTERS * patch * item  # the convolution's weight gradient per sample
+    kept += (conv + pooled) * item + 4 * pooled  # pooling's gradient and share; its index and masks
+    kept += (pooled + hidden) * item  # the Affine layers' input gradients
+    return kept + 2 * classes * item + 3 * LABEL_BYTES
+
+
+def pass_bytes(
+    model: dict[str, Any], input_shape: tuple[int, ...], item: int, train: bool
+) -> tuple[int, int]:
+    """(kept, transient) bytes per sample of one pass of the model: a training step (`train`: forward and
+    backward) or an evaluation's forward pass.
+
+    `kept`: what the layers hold until their next pass at that batch size (their buffers are kept per
+    shape, so every batch size a job uses holds its own); `transient`: the largest set of temporaries one
+    layer makes and drops within the pass (BatchNorm's, Dropout's).
+    """
+    if model["name"] == "simple_convnet":
+        return _convnet_pass(model, input_shape, item, train), 0
+    return _dense_pass(model, item, train)
+
+
+def parameter_count(model: dict[str, Any], input_shape: tuple[int, ...]) -> int:
+    """The model's trainable scalars, as `build_network` makes them."""
+    widths = [int(w) for w in model["layers"]]
+    if model["name"] != "simple_convnet":
+        return count_parameters(widths) + 2 * sum(widths[1:-1]) * int(bool(model.get("batchnorm")))
+    channels, height, width = image_shape(input_shape) or CONVNET_SYNTHETIC_IMAGE
+    conv_h, conv_w = height - CONVNET_FILTER_SIZE + 1, width - CONVNET_FILTER_SIZE + 1
+    pooled = CONVNET_FILTERS * (conv_h // 2) * (conv_w // 2)
+    hidden = widths[1] if len(widths) >= 3 else CONVNET_HIDDEN
+    filters = CONVNET_FILTERS * (channels * CONVNET_FILTER_SIZE**2 + 1)
+    return filters + count_parameters([pooled, hidden, widths[-1]])
+
+
 def network_bytes(
     model: dict[str, Any], input_shape: tuple[int, ...], item: int, batch: int, state_copies: int
 ) -> dict[str, int]:
-    """Parameters (with gradients and `state_copies` more) and one batch's activations of the model.
+    """Parameters (with gradients and `state_copies` more arrays of their size) and one training batch's
+    activations (`pass_bytes`)."""
+    kept, transient = pass_bytes(model, input_shape, item, train=True)
+    n_params = parameter_count(model, input_shape)
+    return {"parameters": n_params * item * (2 + state_copies), "activations": batch * (kept + transient)}
 
-    Dense: Affine keeps its input; activation, batchnorm and dropout each keep an array of the width; the
-    backward pass holds one gradient of the width alive at a time, plus the softmax output. Convnet: the
-    layers of `simple_convnet`'s fixed geometry, plus the im2col matrix of the input.
-    """
-    layers = [int(w) for w in model["layers"]]
-    if model["name"] == "simple_convnet":
-        channels, height, width = image_shape(input_shape) or CONVNET_SYNTHETIC_IMAGE
-        conv_h, conv_w = height - CONVNET_FILTER_SIZE + 1, width - CONVNET_FILTER_SIZE + 1
-        pooled = CONVNET_FILTERS * (conv_h // 2) * (conv_w // 2)
-        hidden = layers[1] if len(layers) >= 3 else CONVNET_HIDDEN
-        classes = layers[-1]
-        filters = CONVNET_FILTERS * (channels * CONVNET_FILTER_SIZE**2 + 1)
-        n_params = filters + pooled * hidden + hidden + hidden * classes + classes
-        col = batch * conv_h * conv_w * channels * CONVNET_FILTER_SIZE**2
-        per_sample = (
-            channels * height * width + 3 * CONVNET_FILTERS * conv_h * conv_w + 2 * pooled + 3 * hidden
-        ) + 3 * classes
-        activations = (batch * per_sample + 2 * col) * item
-    else:
-        n_params = count_parameters(layers)
-        extra = 1 + int(bool(model.get("batchnorm"))) * 3 + int(float(model.get("dropout") or 0) > 0)
-        activations = batch * (layers[0] + sum(w * (2 + extra) for w in layers[1:])) * item
-    return {"parameters": n_params * item * (2 + state_copies), "activations": activations}
+
+def evaluation_chunks(n_train: int, n_test: int, cap: int | None) -> list[int]:
+    """The batch sizes `Network.accuracy` runs on train and test sets of these sizes (EVAL_CHUNK, and the
+    last partial chunk of each), the largest first."""
+    sizes: set[int] = set()
+    for n in (n_train, n_test):
+        n = n if cap is None else min(int(cap), n)
+        if n > 0:
+            sizes.add(min(EVAL_CHUNK, n))
+            if n % EVAL_CHUNK:
+                sizes.add(n % EVAL_CHUNK)
+    return sorted(sizes, reverse=True)
+
+
+def evaluation_bytes(
+    model: dict[str, Any], input_shape: tuple[int, ...], item: int, chunks: list[int]
+) -> int:
+    """The buffers of the evaluation passes at each of these batch sizes, and one pass's temporaries."""
+    kept, transient = pass_bytes(model, input_shape, item, train=False)
+    return sum(chunks) * kept + max(chunks, default=0) * transient
 
 
 def estimate(parts: dict[str, int]) -> MemoryEstimate:

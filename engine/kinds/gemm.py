@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.backend import Device, Stopwatch
+from engine.backend import Device, Stopwatch, draw_as
 from engine.kinds.base import (
     DTYPE_BYTES,
     JobKind,
@@ -31,7 +31,7 @@ PANEL_ROWS = 64  # blocks of whole 64-row panels keep the BLAS kernels efficient
 
 def estimated_flops_per_s(xp: Any, dtype: str, device: Device) -> float:
     """The device's rate on a small square matmul: a first guess of its rate on large ones."""
-    a = xp.asarray(np.random.default_rng(0).random((PROBE_N, PROBE_N)).astype(dtype))
+    a = xp.asarray(draw_as(np.random.default_rng(0).random, (PROBE_N, PROBE_N), dtype))
     c = xp.empty((PROBE_N, PROBE_N), dtype=dtype)
     xp.matmul(a, a, out=c)  # first call: allocation and library start-up
     stopwatch = Stopwatch(device)
@@ -87,8 +87,9 @@ def run(spec: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
     rate = estimated_flops_per_s(xp, dtype, device)
     for index, n in enumerate(sizes):
         reporter.report(index / len(sizes), f"gemm {n}x{n}", force=True)
-        a = xp.asarray(rng.random((n, n)).astype(dtype))
-        b = xp.asarray(rng.random((n, n)).astype(dtype))
+        # Drawn in float64 and rounded block by block (draw_as): no float64 copy of a matrix.
+        a = xp.asarray(draw_as(rng.random, (n, n), dtype))
+        b = xp.asarray(draw_as(rng.random, (n, n), dtype))
         c = xp.empty((n, n), dtype=dtype)
         reporter.check_stop(f"at gemm {n}")  # drawing two large matrices takes a while too
 

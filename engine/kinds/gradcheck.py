@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.backend import Device, seed_everything
+from engine.backend import Device, draw_as, seed_everything
 from engine.gradients import gradient_check
 from engine.kinds.base import (
     DTYPE_BYTES,
@@ -61,7 +61,7 @@ def run(spec: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
     network, shape, n_classes = checked_network(spec, dtype, device)
     rng = np.random.default_rng(seed)
     # Random inputs: the check is about the derivative, not the data; a few samples keep it cheap.
-    x = device.xp.asarray(rng.random((GRADCHECK_SAMPLES, *shape)).astype(dtype))
+    x = device.xp.asarray(draw_as(rng.random, (GRADCHECK_SAMPLES, *shape), dtype))
     t = device.xp.asarray(rng.integers(0, n_classes, GRADCHECK_SAMPLES))
     t0 = time.perf_counter()
     checks = []

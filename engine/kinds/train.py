@@ -18,19 +18,21 @@ import numpy as np
 from engine.backend import Stopwatch, as_numpy, memory_probe, seed_everything, synchronize, take_rows
 from engine.kinds.base import (
     DTYPE_BYTES,
-    EVAL_CHUNK,
-    OPTIMIZER_STATE_COPIES,
     JobDiverged,
     JobKind,
     MemoryEstimate,
     Reporter,
     build,
-    data_size,
+    data_loading_bytes,
+    data_split,
     dataset_bytes,
     device_of,
     estimate,
+    evaluation_bytes,
+    evaluation_chunks,
     load_data,
     network_bytes,
+    optimizer_copies,
     optimizer_of,
 )
 from engine.stats import AdaptiveRepeats, headline, summarize
@@ -338,19 +340,20 @@ def run(spec: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
 
 
 def estimate_memory(spec: dict[str, Any]) -> MemoryEstimate:
-    """Parameters (+ gradients + optimizer state), one batch's activations, one accuracy chunk's, the data
-    and a window's gathered batches."""
+    """Parameters (+ gradients + the optimizer's arrays), one batch's activations, the evaluation passes'
+    (at each batch size `accuracy` uses), the data set and what loading it takes, and a window's gathered
+    batches."""
     item = DTYPE_BYTES[spec["dtype"]]
-    samples, input_shape = data_size(spec)
-    copies = OPTIMIZER_STATE_COPIES[spec["optimizer"]["name"]]
-    parts = network_bytes(spec["model"], input_shape, item, int(spec["batch_size"]), copies)
-    # Accuracy is measured in forward passes of up to EVAL_CHUNK samples, which keep their activations too.
-    evaluation = network_bytes(spec["model"], input_shape, item, min(EVAL_CHUNK, samples), copies)
-    parts["evaluation"] = evaluation["activations"]
-    parts["dataset"] = dataset_bytes(samples, input_shape, item)
+    model, batch = spec["model"], int(spec["batch_size"])
+    n_train, n_test, input_shape = data_split(spec)
+    parts = network_bytes(model, input_shape, item, batch, optimizer_copies(spec["optimizer"]))
+    chunks = evaluation_chunks(n_train, n_test, spec.get("eval_samples"))
+    parts["evaluation"] = evaluation_bytes(model, input_shape, item, chunks)
+    parts["dataset"] = dataset_bytes(n_train + n_test, input_shape, item)
+    parts.update(data_loading_bytes(spec, item))
     # A window's batches are gathered at once into buffers of the loop (features and labels).
     window = min(int(spec["timing"]["window"]), int(spec["steps"]))
-    parts["batches"] = dataset_bytes(window * int(spec["batch_size"]), input_shape, item)
+    parts["batches"] = dataset_bytes(window * batch, input_shape, item)
     return estimate(parts)
 
 

@@ -11,6 +11,13 @@ job sized by it is OOM-killed. The cgroup limit is read for both hierarchies:
 
 Usage counts the page cache, which the kernel reclaims before it kills anything, so `inactive_file` (v2;
 `total_inactive_file` in v1) is subtracted from it, as the kubelet's working-set figure does.
+
+The same files tell afterwards whether a process was killed for memory: `memory_cgroup_of(pid)` is the
+group a process belongs to, whose `oom_kills()` counts the processes of that group the kernel's
+out-of-memory killer ended (v2 `memory.events`, v1 `memory.oom_control`: `oom_kill`, whichever limit, the
+group's or the host's, ran out); `host_oom_kills()` is the host's count (`/proc/vmstat`) where there is no
+group to read. `process_memory_bound(pid)` is the bound a process lives under now: its tightest cgroup
+limit, or the host's RAM.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from services.jobs.resources import mib
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PROC_SELF_CGROUP = Path("/proc/self/cgroup")
+PROC_VMSTAT = Path("/proc/vmstat")
 UNLIMITED_FROM = 2**62  # v1 writes PAGE_COUNTER_MAX * page size (about 2**63) for "no limit"
 
 
@@ -135,3 +143,71 @@ def available_memory(root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_SELF_CGR
             f"{mib(limit.usage_bytes)} in use)"
         )
     return host, "this host's RAM"
+
+
+@dataclass(frozen=True)
+class MemoryCgroup:
+    """The memory cgroup a process belongs to: its own group's directory and the hierarchy's version."""
+
+    path: Path
+    version: int
+
+    def oom_kills(self) -> int | None:
+        """Processes of this group the OOM killer ended so far (None if the kernel does not say)."""
+        file = self.path / ("memory.events" if self.version == 2 else "memory.oom_control")
+        return _stat_int(file, "oom_kill")
+
+
+def memory_cgroup_of(pid: int, root: Path = CGROUP_ROOT) -> MemoryCgroup | None:
+    """The memory cgroup of process `pid` (v1's memory controller where mounted, else v2), or None."""
+    v2_path, v1_path = _process_cgroups(Path(f"/proc/{pid}/cgroup"))
+    if v1_path is not None and (root / "memory").is_dir():
+        chain = _chain(root / "memory", v1_path)
+        return MemoryCgroup(chain[0], 1) if chain else None
+    if v2_path is not None and (root / "cgroup.controllers").is_file():
+        chain = _chain(root, v2_path)
+        return MemoryCgroup(chain[0], 2) if chain else None
+    return None
+
+
+def host_oom_kills(vmstat: Path = PROC_VMSTAT) -> int | None:
+    """Processes the OOM killer ended on this host since it started (None if the kernel does not say)."""
+    return _stat_int(vmstat, "oom_kill")
+
+
+@dataclass(frozen=True)
+class MemoryBound:
+    """The memory a process lives under now: `used_bytes` of `limit_bytes`, and where that bound is."""
+
+    used_bytes: int
+    limit_bytes: int
+    where: str
+
+
+def process_memory_bound(pid: int, root: Path = CGROUP_ROOT) -> MemoryBound | None:
+    """Process `pid`'s tightest cgroup memory limit and its group's usage, or the host's RAM in use; None
+    once the process is gone."""
+    proc_cgroup = Path(f"/proc/{pid}/cgroup")
+    if not proc_cgroup.exists():
+        return None
+    limit = cgroup_memory_limit(root, proc_cgroup)
+    if limit is not None:
+        return MemoryBound(limit.usage_bytes, limit.limit_bytes, f"the cgroup memory limit at {limit.path}")
+    host = psutil.virtual_memory()
+    return MemoryBound(int(host.total - host.available), int(host.total), "this host's RAM")
+
+
+def _stat_int(file: Path, key: str) -> int | None:
+    """The value of `key` in a `name value` file, or None when the file or the key is missing."""
+    try:
+        lines = file.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        name, _, value = line.partition(" ")
+        if name == key:
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None

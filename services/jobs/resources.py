@@ -1,7 +1,8 @@
 """How much memory a job needs, checked twice against what is allowed.
 
 The estimate is the job kind's own (`engine/kinds/<kind>.py`: from the network builder's shapes and the
-data set's real size, about 1.5x what the engine holds at its peak); this module only compares it.
+data set's real size, about 1.5x what the engine holds at its peak, the interpreter included; a grid of
+real jobs checks that it bounds their peaks); this module only compares it.
 
 At submission the estimate is checked against the server's cap (`max_job_memory_bytes`): a job that could
 never run anywhere is refused with a 422. On the worker, right after the claim, it is checked against the
@@ -23,9 +24,17 @@ class JobTooLarge(ValueError):
     """The job's estimated memory exceeds what is allowed or available; the message gives both figures."""
 
 
-def estimate_job_memory(spec: JobSpec) -> MemoryEstimate:
-    """The estimated peak memory of running `spec`, by its kind."""
-    return estimate_memory(spec.engine_dict())
+def estimate_job_memory(spec: JobSpec, *, read_dataset_files: bool = False) -> MemoryEstimate:
+    """The estimated peak memory of running `spec`, by its kind.
+
+    By default nothing is read from the file system: a set named by `dataset_path` counts at its published
+    size (at submission the answer must not depend on what exists, and the API may not see the workers'
+    files). The worker passes `read_dataset_files=True`: then `mnist` counts what its files' headers declare.
+    """
+    document = spec.engine_dict()
+    if not read_dataset_files:
+        document["dataset_path"] = None
+    return estimate_memory(document)
 
 
 def check_memory_cap(spec: JobSpec, cap_bytes: int, who: str = "this server") -> MemoryEstimate:
@@ -40,8 +49,9 @@ def check_memory_cap(spec: JobSpec, cap_bytes: int, who: str = "this server") ->
 
 
 def check_fits(spec: JobSpec, free_bytes: int, where: str) -> MemoryEstimate:
-    """The estimate, or `JobTooLarge` if it exceeds `free_bytes` free on `where` (on the worker)."""
-    estimate = estimate_job_memory(spec)
+    """The estimate (the data set's files read), or `JobTooLarge` if it exceeds `free_bytes` free on
+    `where` (on the worker)."""
+    estimate = estimate_job_memory(spec, read_dataset_files=True)
     if estimate.total_bytes > free_bytes:
         raise JobTooLarge(
             f"the job needs an estimated {estimate.describe()} but {where} has {mib(free_bytes)} free "

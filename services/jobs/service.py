@@ -439,6 +439,31 @@ def fail_job(session: Session, job_id: str, error: str, *, attempt: int | None =
     return _rowcount(result) == 1
 
 
+def fail_lost_attempt(
+    session: Session, job_id: str, error: str, *, worker_name: str, started_after: datetime
+) -> bool:
+    """Mark `failed` the running attempt that worker `worker_name` started at or after `started_after`,
+    whose process the worker saw die (killed for memory); False if the job is not that attempt any more.
+
+    For the worker's main process, which knows the delivery but not the attempt number its pool process
+    claimed: the worker's name (one live process holds it) and the start of the delivery fence it instead.
+    """
+    now = utcnow()
+    _single_statement(session)
+    result = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.status == "running",
+            Job.worker_name == worker_name,
+            Job.started_at >= started_after,
+        )
+        .values(status="failed", error=error[:MAX_ERROR_CHARS], finished_at=now, updated_at=now)
+    )
+    session.commit()
+    return _rowcount(result) == 1
+
+
 def mark_cancelled(
     session: Session, job_id: str, *, attempt: int | None = None, message: str = "cancelled"
 ) -> bool:

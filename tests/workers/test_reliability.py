@@ -133,4 +133,7 @@ def test_the_memory_estimate_grows_with_the_batch(batch_size: int) -> None:
 
     assert estimate.total_bytes >= small
     assert set(estimate.parts) >= {"runtime", "parameters", "activations", "evaluation", "dataset"}
-    assert estimate.parts["activations"] == batch_size * (784 + 16 * 3 + 10 * 3) * 4
+    # Affine 1's output and ReLU's mask (in place); Affine 2's output and its input's gradient; softmax's
+    # scores and gradient, and three int64s (label, target, total) per sample.
+    per_sample = (16 * 4 + 16) + (10 * 4 + 16 * 4) + (2 * 10 * 4 + 3 * 8)
+    assert estimate.parts["activations"] == batch_size * per_sample

@@ -12,7 +12,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from services.devices.memory import available_memory, cgroup_memory_limit
+from services.devices.memory import (
+    available_memory,
+    cgroup_memory_limit,
+    host_oom_kills,
+    process_memory_bound,
+)
 
 GIB = 2**30
 
@@ -156,3 +161,19 @@ def test_a_process_in_a_real_cgroup_sees_its_limit_not_the_hosts_ram() -> None:
     free, where = int(out[0]), out[1]
     assert where.startswith("this worker's cgroup memory limit (768.0 MiB at ")
     assert 0 < free < 768 * 2**20
+
+
+def test_the_hosts_oom_kill_count_is_read_from_vmstat(tmp_path: Path) -> None:
+    vmstat = tmp_path / "vmstat"
+    vmstat.write_text("pgfault 123\noom_kill 7\nnr_free_pages 5\n")
+    assert host_oom_kills(vmstat) == 7
+    vmstat.write_text("pgfault 123\n")  # a kernel older than 4.13 does not count them
+    assert host_oom_kills(vmstat) is None
+
+
+def test_a_process_that_is_gone_has_no_memory_bound() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert process_memory_bound(child.pid) is None
+    here = process_memory_bound(os.getpid())
+    assert here is not None and 0 < here.used_bytes < here.limit_bytes
