@@ -9,9 +9,10 @@ Run:
    which is what one point of a device's history is.
 2. Resample: `--series` histories of `--length` points, each point a run drawn at random (with
    replacement) from those measured runs. Without a change, every history is flagged or not; with a
-   planted step, the points from a random index on (at least 3 from either end) are multiplied by
-   `1 + --step` and the step counts as found when a change point of the right sign lies within one
-   point of it.
+   planted step, the points from a random index on (at least `--min-side` from either end, default 5:
+   three results after a change are too few for any test at 1% over a 20-point series) are multiplied
+   by `1 + step` for each `--step`, and the step counts as found when a change point of the right sign
+   lies within one point of it.
 3. Print the rates, the runs' own spread (CV of the run medians), the load average before and after, and
    a JSON line.
 """
@@ -58,7 +59,9 @@ def measured_runs(runs: int, steps: int) -> list[float]:
     return medians
 
 
-def rates(pool: list[float], series: int, length: int, step: float, seed: int) -> dict[str, Any]:
+def rates(
+    pool: list[float], series: int, length: int, step: float, seed: int, min_side: int = MIN_SEGMENT
+) -> dict[str, Any]:
     """The share of no-change histories flagged, and of planted steps found, over `series` each."""
     rng = np.random.default_rng(seed)
     values = np.asarray(pool)
@@ -67,7 +70,7 @@ def rates(pool: list[float], series: int, length: int, step: float, seed: int) -
         history = rng.choice(values, size=length, replace=True)
         if detect_change_points(history, seed=index):
             false_alarms += 1
-        at = int(rng.integers(MIN_SEGMENT, length - MIN_SEGMENT + 1))
+        at = int(rng.integers(min_side, length - min_side + 1))
         stepped = rng.choice(values, size=length, replace=True)
         stepped[at:] *= 1 + step
         points = detect_change_points(stepped, seed=series + index)
@@ -79,6 +82,7 @@ def rates(pool: list[float], series: int, length: int, step: float, seed: int) -
         "series": series,
         "length": length,
         "step": step,
+        "min_side": min_side,
     }
 
 
@@ -87,8 +91,15 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=40, help="real jobs measured (default 40)")
     parser.add_argument("--steps", type=int, default=1500, help="training steps per job (default 1500)")
     parser.add_argument("--series", type=int, default=1000, help="histories per case (default 1000)")
-    parser.add_argument("--length", type=int, default=20, help="results per history (default 20)")
-    parser.add_argument("--step", type=float, default=-0.05, help="planted relative step (default -0.05)")
+    parser.add_argument(
+        "--length", type=int, nargs="+", default=[20], help="results per history (default 20)"
+    )
+    parser.add_argument(
+        "--step", type=float, nargs="+", default=[-0.05], help="planted relative steps (default -0.05)"
+    )
+    parser.add_argument(
+        "--min-side", type=int, default=5, help="fewest results either side of a planted step (default 5)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -97,22 +108,27 @@ def main() -> None:
     pool = measured_runs(args.runs, args.steps)
     measured_s = time.monotonic() - started
     load_after = os.getloadavg()
-    figures = rates(pool, args.series, args.length, args.step, args.seed)
     cv = statistics.stdev(pool) / statistics.mean(pool)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
     print(
         f"measured {args.runs} runs in {measured_s:.0f} s: median {statistics.median(pool):,.0f} samples/s, "
         f"CV of run medians {cv:.2%}; load average before {load_before[0]:.2f}, after {load_after[0]:.2f}"
     )
-    print(
-        f"{args.series} histories of {args.length} results, alpha {ALPHA}: "
-        f"false alarms {figures['false_alarm_rate']:.1%} (no change), "
-        f"planted {args.step:+.0%} step found {figures['detection_rate']:.1%}"
-    )
+    print(f"| results per history | planted step | false alarms (no change) | step found | alpha {ALPHA} |")
+    print("|---|---|---|---|---|")
+    table = []
+    for length in args.length:
+        for step in args.step:
+            figures = rates(pool, args.series, length, step, args.seed, args.min_side)
+            table.append(figures)
+            print(
+                f"| {length} | {step:+.0%} | {figures['false_alarm_rate']:.1%} | "
+                f"{figures['detection_rate']:.1%} | {args.series} histories |"
+            )
     print(
         json.dumps(
             {
-                **figures,
+                "rates": table,
                 "runs": args.runs,
                 "run_medians": pool,
                 "run_cv": cv,
