@@ -152,6 +152,11 @@ class MemoryCgroup:
     path: Path
     version: int
 
+    def limit_bytes(self) -> int | None:
+        """This group's own memory limit now (None: no limit, or none readable)."""
+        limit = _read_int(self.path / ("memory.max" if self.version == 2 else "memory.limit_in_bytes"))
+        return None if limit is None or limit >= UNLIMITED_FROM else limit
+
     def oom_kills(self) -> int | None:
         """Processes of this group the OOM killer ended so far (None if the kernel does not say)."""
         file = self.path / ("memory.events" if self.version == 2 else "memory.oom_control")

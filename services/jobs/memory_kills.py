@@ -159,6 +159,18 @@ def exit_signal_of(error: BaseException) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def bound_at_death(watched: WatchedProcess) -> MemoryBound | None:
+    """The bound the process died under: its group's own limit read now (the group outlives the process,
+    and a limit lowered after the last sample is the one that killed it) where that is tighter than the
+    last sample's; else the last sample's."""
+    cgroup, last = watched.cgroup, watched.bound
+    limit = cgroup.limit_bytes() if cgroup is not None else None
+    if cgroup is None or limit is None or (last is not None and last.limit_bytes <= limit):
+        return last
+    used = last.used_bytes if last is not None else watched.rss_bytes
+    return MemoryBound(used, limit, f"the cgroup memory limit at {cgroup.path}")
+
+
 def memory_kill_message(
     watched: WatchedProcess, exit_signal: int | None, estimate_bytes: int | None
 ) -> str | None:
@@ -203,6 +215,7 @@ def record_lost_process(
             except ValueError:
                 estimate_bytes = None
         session.rollback()
+    watched.bound = bound_at_death(watched)
     message = memory_kill_message(watched, exit_signal, estimate_bytes)
     if message is None:
         return None

@@ -25,6 +25,7 @@ from services.jobs.models import Job
 from services.jobs.suites import standard_suite
 from services.results.models import Result
 from tests.support.apiserver import PROJECT_ROOT, free_port
+from tests.support.cli import read_until_serving
 from tests.support.jobs import tiny_spec
 
 SUITE_BUDGET_S = 180.0
@@ -159,15 +160,7 @@ def test_ctrl_c_stops_every_process_it_started(first_up: UpRun) -> None:
     process = subprocess.Popen(
         argv, env=stack_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    assert process.stdout is not None
-    lines = []
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        lines.append(line)
-        if "Serving" in line or not line:
-            break
-    assert "Serving" in lines[-1], "".join(lines)
+    read_until_serving(process, 90)
     pids = json.loads((first_up.data_dir / "stack.pids").read_text())
     children = list(pids["children"].values())
     assert pids["up"] == process.pid

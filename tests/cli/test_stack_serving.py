@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import psutil
@@ -14,6 +13,7 @@ from cli.servers import default_api_workers
 from harness.processes import bpbench_command
 from tests.cli.test_stack import stack_env
 from tests.support.apiserver import free_port
+from tests.support.cli import read_until_serving
 
 
 def test_up_serves_through_bpbench_api_with_one_process_per_cpu(tmp_path: Path) -> None:
@@ -22,16 +22,8 @@ def test_up_serves_through_bpbench_api_with_one_process_per_cpu(tmp_path: Path) 
     process = subprocess.Popen(
         argv, env=stack_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    assert process.stdout is not None
     try:
-        lines: list[str] = []
-        deadline = time.monotonic() + 150
-        while time.monotonic() < deadline:
-            line = process.stdout.readline()
-            lines.append(line)
-            if "Serving" in line or not line:
-                break
-        assert "Serving" in lines[-1], "".join(lines)
+        read_until_serving(process, 150)
         api = psutil.Process(json.loads((data_dir / "stack.pids").read_text())["children"]["api"])
         assert api.cmdline()[-5:] == ["api", "--host", "127.0.0.1", "--port", str(port)]
         serving = [child for child in api.children() if "spawn_main" in " ".join(child.cmdline())]

@@ -7,7 +7,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
@@ -15,7 +14,7 @@ import httpx
 from cli.stack import made_token_name
 from harness.processes import bpbench_command, free_port
 from services.core.config import MAX_TOKEN_NAME_CHARS, Settings
-from tests.support.cli import as_json, bpbench, user_env
+from tests.support.cli import as_json, bpbench, read_until_serving, user_env
 
 
 def test_the_client_finds_the_api_and_token_of_a_running_up(tmp_path: Path) -> None:
@@ -24,16 +23,8 @@ def test_the_client_finds_the_api_and_token_of_a_running_up(tmp_path: Path) -> N
     port = free_port()
     argv = [*bpbench_command(), "up", "--data-dir", str(data_dir), "--port", str(port), "--suite", "none"]
     process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert process.stdout is not None
     try:
-        lines = []
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            line = process.stdout.readline()
-            lines.append(line)
-            if "Serving" in line or not line:
-                break
-        assert "Serving" in lines[-1], "".join(lines)
+        read_until_serving(process)
         assert (data_dir / "api-url").read_text() == f"http://127.0.0.1:{port}\n"
         # No BPBENCH_API_URL, no BPBENCH_API_TOKEN: both found in the data directory.
         page = as_json(bpbench(env, "jobs", "--json"))
@@ -51,16 +42,8 @@ def test_the_token_up_made_is_named_after_its_file_where_the_dashboard_says_who_
     port = free_port()
     argv = [*bpbench_command(), "up", "--data-dir", str(data_dir), "--port", str(port), "--suite", "none"]
     process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert process.stdout is not None
     try:
-        lines = []
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            line = process.stdout.readline()
-            lines.append(line)
-            if "Serving" in line or not line:
-                break
-        assert "Serving" in lines[-1], "".join(lines)
+        read_until_serving(process)
         token = (data_dir / "api-token").read_text().strip()
         bearer = {"Authorization": f"Bearer {token}"}
         session = httpx.get(f"http://127.0.0.1:{port}/api/v1/session", headers=bearer, timeout=30).json()

@@ -20,6 +20,7 @@ from harness.processes import bpbench_command
 from services.core.db import make_engine
 from services.jobs.models import Job
 from tests.support.apiserver import PROJECT_ROOT, free_port
+from tests.support.cli import read_until_serving
 from tests.support.jobs import tiny_spec
 
 
@@ -55,15 +56,7 @@ def serving_up(data_dir: Path) -> subprocess.Popen[str]:
         stderr=subprocess.STDOUT,
         text=True,
     )
-    assert process.stdout is not None
-    lines: list[str] = []
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        lines.append(line)
-        if "Serving" in line or not line:
-            break
-    assert "Serving" in lines[-1], "".join(lines)
+    read_until_serving(process)
     return process
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,3 +53,18 @@ def one_line_error(result: subprocess.CompletedProcess[str], code: int = 1) -> s
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: ")
     return lines[0]
+
+
+def read_until_serving(process: subprocess.Popen[str], timeout_s: float = 120) -> list[str]:
+    """The lines a starting `bpbench up` printed up to its "Serving" line; fails the test, with them, if
+    it exits or does not get there within `timeout_s`."""
+    assert process.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        lines.append(line)
+        if "Serving" in line or not line:
+            break
+    assert "Serving" in lines[-1], "".join(lines)
+    return lines

@@ -24,7 +24,13 @@ from services.core.db import utcnow
 from services.devices.memory import MemoryBound, MemoryCgroup, memory_cgroup_of
 from services.devices.service import register_device
 from services.jobs import service as jobs
-from services.jobs.memory_kills import MemoryWatch, WatchedProcess, exit_signal_of, memory_kill_message
+from services.jobs.memory_kills import (
+    MemoryWatch,
+    WatchedProcess,
+    bound_at_death,
+    exit_signal_of,
+    memory_kill_message,
+)
 from tests.support.jobs import tiny_spec
 
 MIB = 2**20
@@ -143,3 +149,20 @@ def test_a_lost_attempt_is_failed_only_for_its_worker_and_delivery(db_session: S
         "killed for memory: ...",
         1,
     )
+
+
+def test_a_limit_lowered_after_the_last_sample_is_the_one_the_message_names(tmp_path: Path) -> None:
+    # Sampled under an 8000 MiB bound; the group's limit was then lowered to 300 MiB, which killed it.
+    group = _v1_group(tmp_path, 0)
+    (tmp_path / "memory.limit_in_bytes").write_text(f"{300 * MIB}\n")
+    assert group.limit_bytes() == 300 * MIB
+    bound = bound_at_death(_watched(group))
+    assert bound == MemoryBound(7_990 * MIB, 300 * MIB, f"the cgroup memory limit at {tmp_path}")
+    # A looser or absent limit now leaves the last sample's bound as it was.
+    (tmp_path / "memory.limit_in_bytes").write_text(f"{9_000 * MIB}\n")
+    assert bound_at_death(_watched(group)) == LIMIT
+    (tmp_path / "memory.limit_in_bytes").write_text(f"{2**63 - 4096}\n")  # v1's "no limit"
+    assert group.limit_bytes() is None and bound_at_death(_watched(group)) == LIMIT
+    v2 = MemoryCgroup(tmp_path, 2)
+    (tmp_path / "memory.max").write_text("max\n")
+    assert v2.limit_bytes() is None
