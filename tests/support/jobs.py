@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import uuid
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
+import redis
 from sqlalchemy.orm import Session, sessionmaker
 
 from harness import processes
@@ -69,3 +72,23 @@ DIVERGING: dict[str, Any] = {
     "steps": 50,
 }
 DIVERGED_ERROR = "diverged at step 2"
+
+
+# The reconciler's production timing, for tests that judge jobs as a deployed reconciler would.
+RECONCILER_TIMING: dict[str, Any] = {
+    "worker_dead_after_s": 15.0,
+    "queued_republish_after_s": 60.0,
+    "max_attempts": 3,
+}
+
+
+@contextlib.contextmanager
+def unconsumed_queue(broker_url: str, prefix: str) -> Iterator[str]:
+    """The name of a device queue no worker consumes (`device.<prefix>-<random>`), emptied afterwards."""
+    name = f"device.{prefix}-{uuid.uuid4().hex[:8]}"
+    try:
+        yield name
+    finally:
+        client = redis.Redis.from_url(broker_url)
+        client.delete(name)
+        client.close()

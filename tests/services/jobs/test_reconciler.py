@@ -26,25 +26,20 @@ from services.devices.models import Worker
 from services.jobs import service as jobs
 from services.jobs.models import Job
 from services.jobs.reconciler import Reconciler, ReconcileReport, reconcile_once
-from tests.support.jobs import tiny_spec
+from tests.support.jobs import RECONCILER_TIMING, tiny_spec, unconsumed_queue
 
 
 @pytest.fixture
 def settings(service_settings: Settings) -> Settings:
     """This session's settings with the production timing defaults of the reconciler."""
-    return service_settings.model_copy(
-        update={"worker_dead_after_s": 15.0, "queued_republish_after_s": 60.0, "max_attempts": 3}
-    )
+    return service_settings.model_copy(update=RECONCILER_TIMING)
 
 
 @pytest.fixture
 def queue_name(service_settings: Settings) -> Iterator[str]:
     """A queue no worker consumes, emptied after the test."""
-    name = f"device.rec-{uuid.uuid4().hex[:8]}"
-    yield name
-    client = redis.Redis.from_url(service_settings.broker_url)
-    client.delete(name)
-    client.close()
+    with unconsumed_queue(service_settings.broker_url, "rec") as name:
+        yield name
 
 
 def messages_for(broker_url: str, queue: str, job_id: str) -> int:

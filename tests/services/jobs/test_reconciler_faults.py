@@ -22,25 +22,20 @@ from services.devices.models import Worker
 from services.jobs import service as jobs
 from services.jobs.models import Job
 from services.jobs.reconciler import reconcile_once
-from tests.support.jobs import tiny_spec
+from tests.support.jobs import RECONCILER_TIMING, tiny_spec, unconsumed_queue
 
 
 @pytest.fixture
 def settings(service_settings: Settings) -> Settings:
     """The reconciler's production timing."""
-    return service_settings.model_copy(
-        update={"worker_dead_after_s": 15.0, "queued_republish_after_s": 60.0, "max_attempts": 3}
-    )
+    return service_settings.model_copy(update=RECONCILER_TIMING)
 
 
 @pytest.fixture
 def queue_name(service_settings: Settings) -> Iterator[str]:
     """A queue no worker consumes, emptied after the test."""
-    name = f"device.fault-{uuid.uuid4().hex[:8]}"
-    yield name
-    client = redis.Redis.from_url(service_settings.broker_url)
-    client.delete(name)
-    client.close()
+    with unconsumed_queue(service_settings.broker_url, "fault") as name:
+        yield name
 
 
 def queue_length(broker_url: str, queue: str) -> int:

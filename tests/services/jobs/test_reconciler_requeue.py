@@ -17,17 +17,14 @@ from services.devices import service as devices
 from services.jobs import service as jobs
 from services.jobs.models import Job
 from services.jobs.reconciler import reconcile_once
-from tests.support.jobs import tiny_spec
+from tests.support.jobs import tiny_spec, unconsumed_queue
 
 
 @pytest.fixture
 def queue_name(service_settings: Settings) -> Iterator[str]:
     """A queue no worker consumes, emptied after the test."""
-    name = f"device.requeue-{uuid.uuid4().hex[:8]}"
-    yield name
-    client = redis.Redis.from_url(service_settings.broker_url)
-    client.delete(name)
-    client.close()
+    with unconsumed_queue(service_settings.broker_url, "requeue") as name:
+        yield name
 
 
 def test_a_lost_job_whose_cancel_was_requested_is_cancelled_not_requeued(

@@ -23,7 +23,7 @@ from services.devices import service as devices
 from services.jobs import service as jobs
 from services.jobs.models import Job
 from services.jobs.recovery import INTERRUPTED_REASON, recover
-from tests.support.jobs import tiny_spec
+from tests.support.jobs import tiny_spec, unconsumed_queue
 
 MAX_ATTEMPTS = 3
 
@@ -55,11 +55,8 @@ def session(settings: Settings) -> Iterator[Session]:
 @pytest.fixture
 def queue_name(redis_broker_url: str) -> Iterator[str]:
     """A queue no worker consumes, emptied after the test."""
-    name = f"device.recovery-{uuid.uuid4().hex[:8]}"
-    yield name
-    client = redis.Redis.from_url(redis_broker_url)
-    client.delete(name)
-    client.close()
+    with unconsumed_queue(redis_broker_url, "recovery") as name:
+        yield name
 
 
 def messages_for(broker_url: str, queue_name: str, job_id: str) -> int:
