@@ -19,7 +19,7 @@ from services.api.errors import unprocessable
 from services.api.group_commit import GroupCommit
 from services.api.json_body import StrictJSONRoute, printable
 from services.core.config import Settings
-from services.devices.service import get_device
+from services.devices.service import device_queue_classes, get_device
 from services.jobs import service
 from services.jobs.dataset_dirs import dataset_dirs_accepted, dataset_path_allowed
 from services.jobs.models import Job
@@ -154,7 +154,7 @@ def check_target(session: Session, spec: JobSpec, target: str | None) -> None:
             "the id of a registered device (GET /api/v1/devices)",
             f"target: no registered device has id {target!r}",
         )
-    if device.device_class != spec.device_class:
+    if spec.device_class not in device_queue_classes(device):
         raise unprocessable(
             "target",
             "body",
