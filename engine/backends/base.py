@@ -241,7 +241,8 @@ class Backend:
 
     def fingerprint_fields(self, device: Device) -> dict[str, Any]:
         """The stack part of a fingerprint: backend, library and version, driver/runtime versions, the
-        hardware's vendor and name, and float64. A backend adds its own keys (a GPU's `gpu` block) in `extra_fields`."""
+        hardware's vendor and name, and float64. A backend's own top-level keys (a GPU's `gpu` block) are
+        `extra_fields`'s."""
         return {
             "name": self.name,
             "library": self.library,

@@ -14,6 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
+from engine.spec import DEVICE_ACCEPTED
 from services.api.deps import MAX_OFFSET, TOTAL_CAP, ReadAccess, SessionDep, SubmitAccess
 from services.api.errors import unprocessable
 from services.api.group_commit import GroupCommit
@@ -70,7 +71,7 @@ class JobOut(BaseModel):
     id: str
     status: str
     kind: str
-    device: str = Field(description="the spec's device: cpu, gpu or gpu:N")
+    device: str = Field(description=f"the spec's device: {DEVICE_ACCEPTED}")
     device_class: str
     target_device_id: str | None
     queue: str
