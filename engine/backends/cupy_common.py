@@ -72,8 +72,8 @@ class CupyBackend(Backend):
         if ref.backend not in ("gpu", built):
             index = ref.index or 0
             raise DeviceError(
-                f"device {ref.name!r} was asked for, but the installed CuPy is its {BUILD_NAMES[built]} build; "
-                f"use {built}:{index} or gpu:{index}"
+                f"device {ref.name!r} was asked for, but the installed CuPy is its {BUILD_NAMES[built]} "
+                f"build; use {built}:{index} or gpu:{index}"
             )
         index = ref.index or 0
         try:
