@@ -19,6 +19,9 @@
    (else why not), the highest load average seen, and the software stack of its newest run. The answer
    lists the stack fields that differ between the devices (`stack_differences`) and warns when runs on a
    loaded host are compared with quiet ones (`load_warning`).
+5. A device is hardware plus a stack: each row names its `hardware` (vendor and name, as the backend
+   recorded them) and its `backend` and `library`; rows of one hardware measured through several stacks
+   are listed side by side (`by_hardware`), and `hardware` in the answer groups them.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from sqlalchemy.orm import Session
 
 from engine.stats import CI_METHOD, median_ci_ranks
 from services.devices.models import Device
+from services.devices.service import backend_and_library, device_stack
 from services.jobs.models import Job
 from services.results.calibration import Calibration, calibration_for, load_of, recalibrate_command
 from services.results.filters import ResultFilter
@@ -159,6 +163,7 @@ def _run_conditions(session: Session, spec_hash: str, device_ids: list[str]) -> 
         if load is not None:
             entry["loads"].append(load)
         entry["stack"] = stack_of(fingerprint)
+        entry["backend"], entry["library"] = backend_and_library(fingerprint or {})
         entry["cpu_count"] = ((metrics or {}).get("conditions") or {}).get("cpu_count")
     summary = {}
     for device_id, entry in found.items():
@@ -170,6 +175,8 @@ def _run_conditions(session: Session, spec_hash: str, device_ids: list[str]) -> 
             "load_max": max(loads) if loads else None,
             "loaded": bool(loads and cpu_count and max(loads) > cpu_count),
             "stack": entry["stack"],
+            "backend": entry["backend"],
+            "library": entry["library"],
         }
     return summary
 
@@ -263,16 +270,28 @@ def compare(session: Session, filters: ResultFilter, baseline: str | None = None
     rows = []
     for device_id, item in sorted(stats.items(), key=lambda kv: -kv[1]["median"]):
         device = devices.get(device_id)
-        # Device vendors are named as the seed names them (services.devices.service.vendor_of).
+        # Device vendors are named as the seed names them: the backend's `vendor`, recorded at registration.
         vendor = device.vendor if device else None
         entry = timeline.get((vendor or "").lower())
         achieved = item["median"] * flops_per_sample if flops_per_sample else None
+        condition = conditions.get(device_id, {})
+        backend, library = (
+            (condition["backend"], condition["library"])
+            if "backend" in condition
+            else device_stack(device)
+            if device
+            else (None, None)
+        )
         rows.append(
             {
                 "device_id": device_id,
                 "device_name": device.name if device else None,
                 "device_class": device.device_class if device else None,
                 "vendor": vendor,
+                # The hardware (the grouping key) and the stack that measured it, side by side.
+                "hardware": hardware_key(device) if device else None,
+                "backend": backend,
+                "library": library,
                 "samples_per_s": {
                     "median": item["median"],
                     "ci95": item["ci95"],
@@ -283,7 +302,11 @@ def compare(session: Session, filters: ResultFilter, baseline: str | None = None
                 "ratio": item["median"] / base if base else None,
                 "achieved_flops_per_s": achieved,
                 **_efficiency(device_id, chosen["dtype"], achieved, *calibrations[device_id]),
-                **{k: v for k, v in conditions.get(device_id, {}).items() if k != "stack"},
+                **{
+                    k: v
+                    for k, v in conditions.get(device_id, {}).items()
+                    if k not in ("stack", "backend", "library")
+                },
                 "stack": conditions.get(device_id, {}).get("stack"),
                 "timeline": None
                 if entry is None
@@ -301,6 +324,7 @@ def compare(session: Session, filters: ResultFilter, baseline: str | None = None
                 },
             }
         )
+    rows, groups = by_hardware(rows)
     return {
         "spec_hash": spec_hash,
         "spec": spec,
@@ -312,9 +336,41 @@ def compare(session: Session, filters: ResultFilter, baseline: str | None = None
         "baseline_device_id": baseline_id,
         "baseline_name": devices[baseline_id].name if baseline_id in devices else baseline_id,
         "rows": rows,
+        "hardware": groups,
         "stack_differences": _differences({d: c["stack"] for d, c in conditions.items()}),
         "load_warning": _load_warning(rows),
     }
+
+
+def hardware_key(device: Device) -> str:
+    """What identifies a device's hardware across stacks: its vendor and name (the CPU model, the GPU
+    name), as the backends record them."""
+    return f"{device.vendor} {device.name}" if device.vendor not in ("", "unknown") else device.name
+
+
+def by_hardware(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The rows with each hardware's stacks side by side (hardware in the order of its fastest stack,
+    its stacks fastest first), and one group per hardware: its stacks and their medians."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:  # fastest first already
+        groups.setdefault(str(row["hardware"] or row["device_id"]), []).append(row)
+    summary = [
+        {
+            "hardware": key,
+            "vendor": members[0]["vendor"],
+            "stacks": [
+                {
+                    "device_id": row["device_id"],
+                    "backend": row["backend"],
+                    "library": row["library"],
+                    "samples_per_s": row["samples_per_s"]["median"],
+                }
+                for row in members
+            ],
+        }
+        for key, members in groups.items()
+    ]
+    return [row for members in groups.values() for row in members], summary
 
 
 def _load_warning(rows: list[dict[str, Any]]) -> str | None:
