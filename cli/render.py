@@ -732,12 +732,25 @@ def _gemm_summary(table: Table, result: dict[str, Any]) -> None:
     table.caption = f"peak {peak} at n={metrics['peak_size']}, {metrics['dtype']}"
 
 
+def _parity_summary(table: Table, result: dict[str, Any]) -> None:
+    metrics = result["metrics"]
+    for column in ("preset", "parameters", "max rel error", "max abs error", "bound", "pass"):
+        table.add_column(column, justify="left" if column == "preset" else "right")
+    for name, p in metrics["presets"].items():
+        errors = f"{p['max_relative_error']:.2e}", f"{p['max_abs_error']:.2e}"
+        table.add_row(name, str(p["n_parameters"]), *errors, f"<= {p['bound']:.0e}", _mark(p["passed"]))
+    table.caption = (
+        f"backprop in {metrics['dtype']} against {metrics['reference']}, {metrics['samples']} samples"
+    )
+
+
 # What `bpbench run` prints for each job kind: a new kind adds its filler here.
 _SUMMARY_FILLERS: dict[str, Callable[[Table, dict[str, Any]], None]] = {
     "train": _train_summary,
     "gradcheck": _gradcheck_summary,
     "backprop_vs_numerical": _backprop_vs_numerical_summary,
     "gemm": _gemm_summary,
+    "parity": _parity_summary,
 }
 
 

@@ -155,7 +155,10 @@ class Sigmoid(Layer):
         xp.exp(e, out=e)  # in (0, 1]
         xp.add(e, 1.0, out=s)
         xp.reciprocal(s, out=s)  # sigmoid(|x|), in [0.5, 1]
-        xp.greater_equal(x, 0.0, out=out)
+        if xp is np:
+            xp.greater_equal(x, 0.0, out=out)
+        else:  # dpnp writes a comparison only into a bool array; heaviside gives the same 1/0 (NaN: NaN)
+            xp.heaviside(x, 1.0, out=out)
         xp.maximum(out, e, out=out)  # 1 where x >= 0, e where x < 0 (NaN stays NaN)
         out *= s
         self.e, self.s = e, s
@@ -619,7 +622,10 @@ class Pooling(Layer):
             xp.greater(v, out, out=greater)  # strictly greater: the first maximum keeps its place
             # k exceeds every offset seen so far, so max(arg_max, k * greater) sets k exactly where
             # greater holds: arithmetic, several times faster than a masked copy on a random mask.
-            xp.multiply(greater, k, out=offset_index, casting="unsafe")
+            if xp is np:
+                xp.multiply(greater, k, out=offset_index, casting="unsafe")
+            else:  # dpnp takes no `casting=`: a scalar of the index dtype needs none
+                xp.multiply(greater, index_dtype(k), out=offset_index)
             xp.maximum(arg_max, offset_index, out=arg_max)
             xp.maximum(out, v, out=out)
         return out

@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-KINDS = ("train", "gradcheck", "backprop_vs_numerical", "gemm")
+KINDS = ("train", "gradcheck", "backprop_vs_numerical", "gemm", "parity")
 MODEL_NAMES = ("two_layer_net", "mlp", "simple_convnet")
 DATASETS = ("mnist5k", "mnist", "digits", "synthetic", "spiral")
 ACTIVATIONS = ("relu", "sigmoid", "tanh")
