@@ -25,6 +25,14 @@ Array = Any  # numpy.ndarray or cupy.ndarray
 _MAX_BUFFER_SHAPES = 16  # a few batch shapes (train, eval, last partial batch) per layer
 
 
+def maximum_in_place(xp: Any, a: Array, b: Array) -> Array:
+    """a = maximum(a, b), elementwise, into a itself."""
+    if xp is not np and xp.__name__ == "dpnp":  # dpnp has no in-place maximum (out= aliasing a raises)
+        a[...] = xp.maximum(a, b)
+        return a
+    return xp.maximum(a, b, out=a)
+
+
 class BufferOwner:
     """Per-shape scratch buffers, allocated on first use and reused by every later call."""
 
@@ -159,7 +167,7 @@ class Sigmoid(Layer):
             xp.greater_equal(x, 0.0, out=out)
         else:  # dpnp writes a comparison only into a bool array; heaviside gives the same 1/0 (NaN: NaN)
             xp.heaviside(x, 1.0, out=out)
-        xp.maximum(out, e, out=out)  # 1 where x >= 0, e where x < 0 (NaN stays NaN)
+        maximum_in_place(xp, out, e)  # 1 where x >= 0, e where x < 0 (NaN stays NaN)
         out *= s
         self.e, self.s = e, s
         return out
@@ -610,7 +618,7 @@ class Pooling(Layer):
         xp.copyto(out, _window(img, 0, 0, self.stride, out_h, out_w))
         if not train:
             for y, xx in offsets[1:]:
-                xp.maximum(out, _window(img, y, xx, self.stride, out_h, out_w), out=out)
+                maximum_in_place(xp, out, _window(img, y, xx, self.stride, out_h, out_w))
             return out
         index_dtype = xp.uint8 if len(offsets) <= 255 else xp.int32
         self.arg_max = arg_max = self._buffer("arg_max", shape, x, dtype=index_dtype)
@@ -626,8 +634,8 @@ class Pooling(Layer):
                 xp.multiply(greater, k, out=offset_index, casting="unsafe")
             else:  # dpnp takes no `casting=`: a scalar of the index dtype needs none
                 xp.multiply(greater, index_dtype(k), out=offset_index)
-            xp.maximum(arg_max, offset_index, out=arg_max)
-            xp.maximum(out, v, out=out)
+            maximum_in_place(xp, arg_max, offset_index)
+            maximum_in_place(xp, out, v)
         return out
 
     def backward(self, dout: Array) -> Array:

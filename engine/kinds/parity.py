@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.backend import CPU, as_numpy, draw_as, seed_everything
+from engine.backend import CPU, DeviceError, as_numpy, check_float64, draw_as, seed_everything
 from engine.gradients import compare_gradients
 from engine.kinds.base import (
     DTYPE_BYTES,
@@ -99,8 +99,10 @@ def run(spec: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
     """Run a `parity` job; the result body."""
     device = device_of(spec)
     dtype, seed = spec["dtype"], int(spec["seed"])
-    if dtype == "float64" and not supports_float64(device):
-        raise JobError(f"device {device.name} has no float64; run parity with dtype float32 there")
+    try:
+        check_float64(device, dtype)
+    except DeviceError as exc:
+        raise JobError(str(exc)) from None
     seed_everything(seed, device)
     bound = PARITY_BOUNDS[dtype]
     presets: dict[str, dict[str, Any]] = {}
@@ -133,12 +135,6 @@ def run(spec: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
         },
         "trials": [],
     }
-
-
-def supports_float64(device: Any) -> bool:
-    """Whether the device computes in float64 (its backend says; NumPy and CuPy devices always do)."""
-    check = getattr(device, "supports_float64", None)
-    return True if check is None else bool(check() if callable(check) else check)
 
 
 def estimate_memory(spec: dict[str, Any]) -> MemoryEstimate:
