@@ -1,7 +1,8 @@
 """Intel oneAPI through dpnp and dpctl (SYCL, oneMKL): `oneapi:<SYCL filter>`.
 
-The selector is a SYCL filter string of three parts, `<backend>:<type>:<N>`: `oneapi:opencl:cpu:0` (Intel's
-OpenCL CPU runtime, on Intel and AMD x86 CPUs alike), `oneapi:level_zero:gpu:0` (an Intel GPU). Its
+The selector is a SYCL filter string, `[<backend>:]<type>[:<N>]`: `oneapi:opencl:cpu:0` (Intel's OpenCL CPU
+runtime, on Intel and AMD x86 CPUs alike), `oneapi:level_zero:gpu:0` (an Intel GPU), or shorter
+(`oneapi:gpu`: the first GPU); a device resolves to its full filter string, which names it in results. Its
 devices are dpctl's (`dpctl.get_devices()`), its arrays dpnp's, its queue the one dpnp allocates on
 (`dpctl.get_device_cached_queue`), so `synchronize` is that queue's `wait()`.
 
@@ -40,7 +41,7 @@ from engine.grammar import DeviceBackend, DeviceRef
 
 ICD_VARIABLE = "OCL_ICD_FILENAMES"
 SELECTOR_VARIABLE = "ONEAPI_DEVICE_SELECTOR"
-SYCL_BACKENDS = ("opencl", "level_zero")
+SYCL_BACKENDS = ("opencl", "level_zero", "cuda", "hip")
 SYCL_TYPES = ("cpu", "gpu", "accelerator")
 
 
@@ -59,10 +60,12 @@ def point_icd_loader_at_runtime(
     return str(runtime)
 
 
-def selector_parts(selector: str | None) -> tuple[str, str, int]:
-    """(`opencl`, `cpu`, 0) of `opencl:cpu:0`."""
-    backend, device_type, number = (selector or "::0").split(":")
-    return backend, device_type, int(number or 0)
+def selector_parts(selector: str | None) -> tuple[str | None, str, int | None]:
+    """(`opencl`, `cpu`, 0) of `opencl:cpu:0`; (None, `gpu`, None) of `gpu` (the grammar asks for a type)."""
+    parts = (selector or "").split(":")
+    backend = parts[0] if parts[0] in SYCL_BACKENDS else None
+    device_type = next((part for part in parts if part in SYCL_TYPES), "gpu")
+    return backend, device_type, int(parts[-1]) if parts[-1].isdigit() else None
 
 
 class DropoutGenerator:
@@ -81,9 +84,13 @@ class OneapiBackend(Backend):
     words = (
         DeviceBackend(
             "oneapi",
-            selector=r"(?:" + "|".join(SYCL_BACKENDS) + r"):(?:" + "|".join(SYCL_TYPES) + r"):\d{1,2}",
+            selector=r"(?:(?:"
+            + "|".join(SYCL_BACKENDS)
+            + r"):)?(?:"
+            + "|".join(SYCL_TYPES)
+            + r")(?::\d{1,2})?",
             bare=False,
-            selector_name="<backend>:<type>:<N>",
+            selector_name="<SYCL filter>",
         ),
     )
     extra = "oneapi"
@@ -131,16 +138,14 @@ class OneapiBackend(Backend):
             ) from None
         default = dpctl.select_default_device()
         if wanted != default:
-            backend, device_type, _ = selector_parts(ref.selector)
             raise DeviceError(
                 f"device {ref.name!r} was asked for, but dpnp allocates on this process's default SYCL "
                 f"device, oneapi:{default.filter_string}; start the process with "
-                f"{SELECTOR_VARIABLE}={backend}:{device_type} (a worker of the device sets it itself)"
+                f"{SELECTOR_VARIABLE}={self.pin(ref)[0][SELECTOR_VARIABLE]} (a worker of the device sets it)"
             )
-        device_type = selector_parts(ref.selector)[1]
-        return Device(
-            "cpu" if device_type == "cpu" else device_type, ref.index, self.name, selector=ref.selector
-        )
+        selector = str(wanted.filter_string)  # the full filter: `gpu` resolves to `level_zero:gpu:0`
+        _, device_type, number = selector_parts(selector)
+        return Device(device_type, number, self.name, selector=selector)
 
     def devices(self) -> list[DeviceInfo]:
         found = []
@@ -173,10 +178,10 @@ class OneapiBackend(Backend):
         return vendor_of_name(f"{sycl.vendor} {sycl.name}")
 
     def pin(self, ref: DeviceRef) -> tuple[dict[str, str], str]:
-        """Only the backend's devices of that type are visible; the numbering within them stays, so the
-        spelling does too (the default is the first: a worker of `...:N` for N > 0 is refused by `resolve`)."""
+        """Only the devices of that backend and type are visible; their numbering stays, so the spelling
+        does too (the default is the first of them: a worker of `...:N`, N > 0, is refused by `resolve`)."""
         backend, device_type, _ = selector_parts(ref.selector)
-        return {SELECTOR_VARIABLE: f"{backend}:{device_type}"}, ref.name
+        return {SELECTOR_VARIABLE: f"{backend or '*'}:{device_type}"}, ref.name
 
     # --- arrays, clocks, memory ----------------------------------------------------------------------
 
