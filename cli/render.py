@@ -734,8 +734,9 @@ def _gemm_summary(table: Table, result: dict[str, Any]) -> None:
 
 def _parity_summary(table: Table, result: dict[str, Any]) -> None:
     metrics = result["metrics"]
-    for column in ("preset", "parameters", "max rel error", "max abs error", "bound", "pass"):
-        table.add_column(column, justify="left" if column == "preset" else "right")
+    table.add_column("preset", min_width=len("simple_convnet"))
+    for column in ("parameters", "max rel err", "max abs err", "bound", "pass"):
+        table.add_column(column, justify="right")
     for name, p in metrics["presets"].items():
         errors = f"{p['max_relative_error']:.2e}", f"{p['max_abs_error']:.2e}"
         table.add_row(name, str(p["n_parameters"]), *errors, f"<= {p['bound']:.0e}", _mark(p["passed"]))
