@@ -85,9 +85,10 @@ def check_float64(device: Device, dtype: str) -> None:
 
 def get_array_module(*arrays: Any) -> ModuleType:
     """numpy, cupy or dpnp, whichever the arrays belong to (numpy when neither was ever imported)."""
-    cupy = _cupy_if_loaded()
-    if "dpnp" in sys.modules and any(_is_dpnp_array(a) for a in arrays):
-        return sys.modules["dpnp"]
+    loaded = sys.modules  # read inline, no helper calls: every layer asks this several times per step
+    if "dpnp" in loaded and any(_is_dpnp_array(a) for a in arrays):
+        return loaded["dpnp"]
+    cupy = loaded.get("cupy")
     if cupy is None:
         return np
     return cupy.get_array_module(*arrays)
