@@ -24,7 +24,17 @@ from engine.backends.rocm import RocmBackend
 from engine.backends.xla import XlaBackend
 from engine.grammar import DeviceBackend, DeviceGrammar, DeviceRef
 
-__all__ = ["BACKENDS", "Backend", "Device", "DeviceError", "DeviceInfo", "backend_named", "backend_of"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "BackendReport",
+    "Device",
+    "DeviceError",
+    "DeviceInfo",
+    "backend_named",
+    "backend_of",
+    "host_report",
+]
 
 BACKENDS: tuple[Backend, ...] = (
     NumpyBackend(),
@@ -74,3 +84,42 @@ _WORD_OWNERS = {word.name: word.owner or "" for word in WORDS}
 def registry_grammar() -> DeviceGrammar:
     """The device grammar of the registered backends."""
     return DeviceGrammar(WORDS)
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendReport:
+    """One registered backend as this host has it: installed or not (then what to install), its
+    library's version, and its devices (or why none could be listed)."""
+
+    backend: str
+    summary: str
+    library: str
+    installed: bool
+    install: str
+    version: str | None
+    devices: tuple[DeviceInfo, ...] = ()
+    note: str | None = None
+
+
+def host_report(backends: tuple[Backend, ...] = BACKENDS) -> list[BackendReport]:
+    """What this host can run, backend by backend (imports each installed backend's library)."""
+    reports = []
+    for backend in backends:
+        report = BackendReport(
+            backend=backend.name,
+            summary=backend.summary,
+            library=backend.library,
+            installed=backend.installed(),
+            install=backend.install_hint(),
+            version=None,
+        )
+        if report.installed:
+            try:
+                devices = tuple(backend.devices())
+                note = None if devices else "installed, but it sees no device on this host"
+            except DeviceError as exc:
+                devices, note = (), str(exc)
+            version = backend.library_version()
+            report = dataclasses.replace(report, version=version, devices=devices, note=note)
+        reports.append(report)
+    return reports
