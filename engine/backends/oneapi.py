@@ -178,10 +178,11 @@ class OneapiBackend(Backend):
         return vendor_of_name(f"{sycl.vendor} {sycl.name}")
 
     def pin(self, ref: DeviceRef) -> tuple[dict[str, str], str]:
-        """Only the devices of that backend and type are visible; their numbering stays, so the spelling
-        does too (the default is the first of them: a worker of `...:N`, N > 0, is refused by `resolve`)."""
-        backend, device_type, _ = selector_parts(ref.selector)
-        return {SELECTOR_VARIABLE: f"{backend or '*'}:{device_type}"}, ref.name
+        """Only the devices of that type are visible (`*:cpu`); their numbering stays, so the spelling does
+        too (the default is the first: a worker of `...:N`, N > 0, or of a type two backends serve, is
+        refused by `resolve` if it is not the default). Naming the backend as well (`opencl:cpu`) leaves the
+        pip runtime with no device at all (its OpenCL adapter fails to start, UR error 37, measured)."""
+        return {SELECTOR_VARIABLE: f"*:{selector_parts(ref.selector)[1]}"}, ref.name
 
     # --- arrays, clocks, memory ----------------------------------------------------------------------
 

@@ -110,10 +110,20 @@ def test_a_spelling_says_its_hardware_and_float64_where_it_can() -> None:
     assert backend_named("oneapi").float64_by_spelling(parse_device("oneapi:level_zero:gpu:0")) is None
 
 
-def test_a_worker_of_one_device_sees_only_the_devices_of_its_backend_and_type() -> None:
+def test_a_worker_of_one_device_sees_only_the_devices_of_its_type() -> None:
     oneapi = backend_named("oneapi")
-    assert oneapi.pin(parse_device(DEVICE)) == ({SELECTOR_VARIABLE: "opencl:cpu"}, DEVICE)
+    assert oneapi.pin(parse_device(DEVICE)) == ({SELECTOR_VARIABLE: "*:cpu"}, DEVICE)
     assert oneapi.pin(parse_device("oneapi:gpu")) == ({SELECTOR_VARIABLE: "*:gpu"}, "oneapi:gpu")
+
+
+def test_a_pinned_process_still_finds_the_opencl_cpu_device(oneapi: Device) -> None:
+    env = {k: v for k, v in os.environ.items() if k != ICD_VARIABLE}
+    env[SELECTOR_VARIABLE] = backend_named("oneapi").pin(parse_device(DEVICE))[0][SELECTOR_VARIABLE]
+    code = "from engine.backend import resolve_device\nprint(resolve_device('oneapi:opencl:cpu:0').name)\n"
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == DEVICE
 
 
 def test_numpy_arrays_never_import_dpnp() -> None:
