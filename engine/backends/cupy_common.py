@@ -49,6 +49,10 @@ class CupyBackend(Backend):
     build = "cuda"
     hardware_vendor = "NVIDIA"
 
+    def installed(self) -> bool:
+        """CuPy importable, and of this backend's build (a CUDA and a ROCm CuPy are different packages)."""
+        return super().installed() and self.library_version() is not None
+
     def import_library(self) -> ModuleType:
         try:
             import cupy

@@ -177,6 +177,12 @@ class OneapiBackend(Backend):
         sycl = self.sycl_device(device)
         return vendor_of_name(f"{sycl.vendor} {sycl.name}")
 
+    def hardware_name(self, device: Device) -> str | None:
+        """A CPU device's model from the host (the runtime's name is generic), a GPU's from the device."""
+        if device.kind == "cpu":
+            return super().hardware_name(device)
+        return str(self.sycl_device(device).name)
+
     def pin(self, ref: DeviceRef) -> tuple[dict[str, str], str]:
         """Only the devices of that type are visible (`*:cpu`); their numbering stays, so the spelling does
         too (the default is the first: a worker of `...:N`, N > 0, or of a type two backends serve, is

@@ -188,6 +188,9 @@ def test_the_fingerprint_names_the_stack_beside_the_hardware(oneapi: Device) -> 
         True,
     )
     assert stack["library_version"] and stack["driver_version"] and stack["runtime_version"]
+    # The same hardware as `cpu`'s, by name and vendor: what lists one CPU through both stacks side by side.
+    numpy_stack = fingerprint(Device())["backend"]
+    assert (stack["hardware"], stack["vendor"]) == (numpy_stack["hardware"], numpy_stack["vendor"])
     details = stack["oneapi"]
     assert (details["sycl_backend"], details["device_type"], details["filter_string"]) == (
         "opencl",
