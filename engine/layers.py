@@ -166,8 +166,8 @@ class Sigmoid(Layer):
         if xp is np:
             xp.greater_equal(x, 0.0, out=out)
         else:  # dpnp writes a comparison only into a bool array; heaviside gives the same 1/0 (NaN: NaN)
-            xp.heaviside(x, 1.0, out=out)
-        maximum_in_place(xp, out, e)  # 1 where x >= 0, e where x < 0 (NaN stays NaN)
+            out = xp.heaviside(x, 1.0, out=out)
+        out = maximum_in_place(xp, out, e)  # 1 where x >= 0, e where x < 0 (NaN stays NaN)
         out *= s
         self.e, self.s = e, s
         return out
@@ -623,7 +623,7 @@ class Pooling(Layer):
         xp.copyto(out, _window(img, 0, 0, self.stride, out_h, out_w))
         if not train:
             for y, xx in offsets[1:]:
-                maximum_in_place(xp, out, _window(img, y, xx, self.stride, out_h, out_w))
+                out = maximum_in_place(xp, out, _window(img, y, xx, self.stride, out_h, out_w))
             return out
         index_dtype = xp.uint8 if len(offsets) <= 255 else xp.int32
         self.arg_max = arg_max = self._buffer("arg_max", shape, x, dtype=index_dtype)
@@ -640,7 +640,7 @@ class Pooling(Layer):
             else:  # dpnp takes no `casting=`: a scalar of the index dtype needs none
                 xp.multiply(greater, index_dtype(k), out=offset_index)
             maximum_in_place(xp, arg_max, offset_index)
-            maximum_in_place(xp, out, v)
+            out = maximum_in_place(xp, out, v)
         return out
 
     def backward(self, dout: Array) -> Array:
