@@ -141,7 +141,7 @@ class OneapiBackend(Backend):
             raise DeviceError(
                 f"device {ref.name!r} was asked for, but dpnp allocates on this process's default SYCL "
                 f"device, oneapi:{default.filter_string}; start the process with "
-                f"{SELECTOR_VARIABLE}={self.pin(ref)[0][SELECTOR_VARIABLE]} (a worker of the device sets it)"
+                f"{SELECTOR_VARIABLE}=*:{selector_parts(ref.selector)[1]} (a worker of the device sets it)"
             )
         selector = str(wanted.filter_string)  # the full filter: `gpu` resolves to `level_zero:gpu:0`
         _, device_type, number = selector_parts(selector)
@@ -187,7 +187,10 @@ class OneapiBackend(Backend):
         """Only the devices of that type are visible (`*:cpu`); their numbering stays, so the spelling does
         too (the default is the first: a worker of `...:N`, N > 0, or of a type two backends serve, is
         refused by `resolve` if it is not the default). Naming the backend as well (`opencl:cpu`) leaves the
-        pip runtime with no device at all (its OpenCL adapter fails to start, UR error 37, measured)."""
+        pip runtime with no device at all (its OpenCL adapter fails to start, UR error 37, measured).
+        An `ONEAPI_DEVICE_SELECTOR` the operator set (one of two GPUs: `level_zero:1`) is kept."""
+        if SELECTOR_VARIABLE in os.environ:
+            return {}, ref.name
         return {SELECTOR_VARIABLE: f"*:{selector_parts(ref.selector)[1]}"}, ref.name
 
     # --- arrays, clocks, memory ----------------------------------------------------------------------

@@ -110,15 +110,24 @@ def test_a_spelling_says_its_hardware_and_float64_where_it_can() -> None:
     assert backend_named("oneapi").float64_by_spelling(parse_device("oneapi:level_zero:gpu:0")) is None
 
 
-def test_a_worker_of_one_device_sees_only_the_devices_of_its_type() -> None:
+def test_a_worker_of_one_device_sees_only_the_devices_of_its_type(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(SELECTOR_VARIABLE, raising=False)
     oneapi = backend_named("oneapi")
     assert oneapi.pin(parse_device(DEVICE)) == ({SELECTOR_VARIABLE: "*:cpu"}, DEVICE)
     assert oneapi.pin(parse_device("oneapi:gpu")) == ({SELECTOR_VARIABLE: "*:gpu"}, "oneapi:gpu")
 
 
+def test_an_operators_own_device_selector_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(SELECTOR_VARIABLE, "level_zero:1")
+    assert backend_named("oneapi").pin(parse_device("oneapi:level_zero:gpu:0")) == (
+        {},
+        "oneapi:level_zero:gpu:0",
+    )
+
+
 def test_a_pinned_process_still_finds_the_opencl_cpu_device(oneapi: Device) -> None:
     env = {k: v for k, v in os.environ.items() if k != ICD_VARIABLE}
-    env[SELECTOR_VARIABLE] = backend_named("oneapi").pin(parse_device(DEVICE))[0][SELECTOR_VARIABLE]
+    env[SELECTOR_VARIABLE] = "*:cpu"  # what `pin` sets for this device
     code = "from engine.backend import resolve_device\nprint(resolve_device('oneapi:opencl:cpu:0').name)\n"
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
