@@ -270,7 +270,7 @@ def compare(session: Session, filters: ResultFilter, baseline: str | None = None
     rows = []
     for device_id, item in sorted(stats.items(), key=lambda kv: -kv[1]["median"]):
         device = devices.get(device_id)
-        # Device vendors are named as the seed names them (services.devices.service.vendor_of).
+        # Device vendors are named as the seed names them: the backend's `vendor`, recorded at registration.
         vendor = device.vendor if device else None
         entry = timeline.get((vendor or "").lower())
         achieved = item["median"] * flops_per_sample if flops_per_sample else None
