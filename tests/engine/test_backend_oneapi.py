@@ -36,8 +36,10 @@ from engine.backends.oneapi import (
     selector_parts,
 )
 from engine.jobs import run_job
+from engine.kinds import estimate_memory
 from engine.layers import maximum_in_place
-from engine.spec import float64_refusal, hardware_kind, parse_device
+from engine.spec import float64_refusal, hardware_kind, parse_device, resolve_spec
+from harness.memory_peak import measure_peak
 from tests.support.servers import CI
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -133,6 +135,15 @@ def test_a_pinned_process_still_finds_the_opencl_cpu_device(oneapi: Device) -> N
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
     )
     assert done.stdout.strip() == DEVICE
+
+
+def test_a_oneapi_jobs_estimate_adds_the_runtime_its_library_holds() -> None:
+    spec = {"kind": "parity", "dtype": "float32"}
+    on_numpy = estimate_memory(resolve_spec({**spec, "device": "cpu"}))
+    on_oneapi = estimate_memory(resolve_spec({**spec, "device": DEVICE}))
+    assert "backend_runtime" not in on_numpy.parts
+    assert on_oneapi.parts == {**on_numpy.parts, "backend_runtime": 640 * 2**20}
+    assert on_oneapi.total_bytes == on_numpy.total_bytes + int(640 * 2**20 * 1.5)
 
 
 def test_numpy_arrays_never_import_dpnp() -> None:
@@ -248,6 +259,15 @@ def test_the_result_document_is_cpus_with_the_stack_named(recipe: dict[str, dict
         k: v for k, v in cpu["spec"].items() if k != "device"
     }
     json.dumps(oneapi, allow_nan=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["train", "parity"])
+def test_the_estimate_bounds_the_peak_of_a_real_oneapi_run(oneapi: Device, kind: str) -> None:
+    spec = resolve_spec({"kind": kind, "device": DEVICE, "steps": 100, "timing": FAST})
+    peak = measure_peak(spec)  # a fresh interpreter, as a worker's pool process
+    estimate = estimate_memory(spec)
+    assert peak.peak_bytes <= estimate.total_bytes <= 3 * peak.peak_bytes + 64 * 2**20, estimate.describe()
 
 
 def test_bpbench_run_takes_the_oneapi_device(oneapi: Device) -> None:
