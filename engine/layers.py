@@ -25,9 +25,15 @@ Array = Any  # numpy.ndarray or cupy.ndarray
 _MAX_BUFFER_SHAPES = 16  # a few batch shapes (train, eval, last partial batch) per layer
 
 
+def lacks_numpy_forms(xp: Any) -> bool:
+    """Whether `xp` is dpnp, which lacks a few NumPy forms the layers use (each use says which); NumPy and
+    CuPy keep their own path, and NumPy's costs one identity test."""
+    return xp is not np and xp.__name__ == "dpnp"
+
+
 def maximum_in_place(xp: Any, a: Array, b: Array) -> Array:
     """a = maximum(a, b), elementwise, into a itself."""
-    if xp is not np and xp.__name__ == "dpnp":  # dpnp has no in-place maximum (out= aliasing a raises)
+    if lacks_numpy_forms(xp):  # dpnp has no in-place maximum (out= aliasing a raises)
         a[...] = xp.maximum(a, b)
         return a
     return xp.maximum(a, b, out=a)
@@ -163,10 +169,10 @@ class Sigmoid(Layer):
         xp.exp(e, out=e)  # in (0, 1]
         xp.add(e, 1.0, out=s)
         xp.reciprocal(s, out=s)  # sigmoid(|x|), in [0.5, 1]
-        if xp is np:
-            xp.greater_equal(x, 0.0, out=out)
-        else:  # dpnp writes a comparison only into a bool array; heaviside gives the same 1/0 (NaN: NaN)
+        if lacks_numpy_forms(xp):  # dpnp compares only into bool arrays; heaviside: the same 1/0 (NaN: NaN)
             out = xp.heaviside(x, 1.0, out=out)
+        else:
+            xp.greater_equal(x, 0.0, out=out)
         out = maximum_in_place(xp, out, e)  # 1 where x >= 0, e where x < 0 (NaN stays NaN)
         out *= s
         self.e, self.s = e, s
@@ -341,7 +347,7 @@ class SoftmaxWithLoss(BufferOwner):
             xp.multiply(y_t, self.t.sum(axis=1), out=dx_t)
             dx_t -= self.t.T
             dx_t *= scale
-        if xp is not np and xp.__name__ == "dpnp":
+        if lacks_numpy_forms(xp):
             # dpnp's matmul copies this view when the other operand is transposed too: one copy into rows
             dx = self._buffer("dx", (n, k), y_t)
             xp.copyto(dx, dx_t.T)
@@ -635,10 +641,10 @@ class Pooling(Layer):
             xp.greater(v, out, out=greater)  # strictly greater: the first maximum keeps its place
             # k exceeds every offset seen so far, so max(arg_max, k * greater) sets k exactly where
             # greater holds: arithmetic, several times faster than a masked copy on a random mask.
-            if xp is np:
-                xp.multiply(greater, k, out=offset_index, casting="unsafe")
-            else:  # dpnp takes no `casting=`: a scalar of the index dtype needs none
+            if lacks_numpy_forms(xp):  # dpnp takes no `casting=`: a scalar of the index dtype needs none
                 xp.multiply(greater, index_dtype(k), out=offset_index)
+            else:
+                xp.multiply(greater, k, out=offset_index, casting="unsafe")
             maximum_in_place(xp, arg_max, offset_index)
             out = maximum_in_place(xp, out, v)
         return out
