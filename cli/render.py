@@ -759,12 +759,26 @@ def _gemm_summary(table: Table, result: dict[str, Any]) -> None:
     table.caption = f"peak {peak} at n={metrics['peak_size']}, {metrics['dtype']}"
 
 
+def _parity_summary(table: Table, result: dict[str, Any]) -> None:
+    metrics = result["metrics"]
+    table.add_column("preset", min_width=len("simple_convnet"))
+    for column in ("parameters", "max rel err", "max abs err", "bound", "pass"):
+        table.add_column(column, justify="right")
+    for name, p in metrics["presets"].items():
+        errors = f"{p['max_relative_error']:.2e}", f"{p['max_abs_error']:.2e}"
+        table.add_row(name, str(p["n_parameters"]), *errors, f"<= {p['bound']:.0e}", _mark(p["passed"]))
+    table.caption = (
+        f"backprop in {metrics['dtype']} against {metrics['reference']}, {metrics['samples']} samples"
+    )
+
+
 # What `bpbench run` prints for each job kind: a new kind adds its filler here.
 _SUMMARY_FILLERS: dict[str, Callable[[Table, dict[str, Any]], None]] = {
     "train": _train_summary,
     "gradcheck": _gradcheck_summary,
     "backprop_vs_numerical": _backprop_vs_numerical_summary,
     "gemm": _gemm_summary,
+    "parity": _parity_summary,
 }
 
 

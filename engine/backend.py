@@ -84,8 +84,11 @@ def check_float64(device: Device, dtype: str) -> None:
 
 
 def get_array_module(*arrays: Any) -> ModuleType:
-    """numpy or cupy, whichever the arrays belong to (numpy when CuPy was never imported)."""
-    cupy = _cupy_if_loaded()
+    """numpy, cupy or dpnp, whichever the arrays belong to (numpy when neither was ever imported)."""
+    loaded = sys.modules  # read inline, no helper calls: every layer asks this several times per step
+    if "dpnp" in loaded and any(_is_dpnp_array(a) for a in arrays):
+        return loaded["dpnp"]
+    cupy = loaded.get("cupy")
     if cupy is None:
         return np
     return cupy.get_array_module(*arrays)
@@ -96,10 +99,17 @@ def _is_cupy_array(x: Any) -> bool:
     return type(x).__module__.split(".")[0] == "cupy"
 
 
+def _is_dpnp_array(x: Any) -> bool:
+    # By module name too (dpnp.dpnp_array.dpnp_array), so that asking never imports dpnp.
+    return type(x).__module__.split(".")[0] == "dpnp"
+
+
 def as_numpy(x: Any) -> np.ndarray:
-    """A NumPy copy of a CuPy array; NumPy arrays and scalars pass through unchanged."""
+    """A NumPy copy of a CuPy or dpnp array; NumPy arrays and scalars pass through unchanged."""
     if _is_cupy_array(x):
         return x.get()
+    if _is_dpnp_array(x):
+        return x.asnumpy()
     return np.asarray(x)
 
 

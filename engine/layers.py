@@ -25,6 +25,20 @@ Array = Any  # numpy.ndarray or cupy.ndarray
 _MAX_BUFFER_SHAPES = 16  # a few batch shapes (train, eval, last partial batch) per layer
 
 
+def lacks_numpy_forms(xp: Any) -> bool:
+    """Whether `xp` is dpnp, which lacks a few NumPy forms the layers use (each use says which); NumPy and
+    CuPy keep their own path, and NumPy's costs one identity test."""
+    return xp is not np and xp.__name__ == "dpnp"
+
+
+def maximum_in_place(xp: Any, a: Array, b: Array) -> Array:
+    """a = maximum(a, b), elementwise, into a itself."""
+    if lacks_numpy_forms(xp):  # dpnp has no in-place maximum (out= aliasing a raises)
+        a[...] = xp.maximum(a, b)
+        return a
+    return xp.maximum(a, b, out=a)
+
+
 class BufferOwner:
     """Per-shape scratch buffers, allocated on first use and reused by every later call."""
 
@@ -155,8 +169,11 @@ class Sigmoid(Layer):
         xp.exp(e, out=e)  # in (0, 1]
         xp.add(e, 1.0, out=s)
         xp.reciprocal(s, out=s)  # sigmoid(|x|), in [0.5, 1]
-        xp.greater_equal(x, 0.0, out=out)
-        xp.maximum(out, e, out=out)  # 1 where x >= 0, e where x < 0 (NaN stays NaN)
+        if lacks_numpy_forms(xp):  # dpnp compares only into bool arrays; heaviside: the same 1/0 (NaN: NaN)
+            out = xp.heaviside(x, 1.0, out=out)
+        else:
+            xp.greater_equal(x, 0.0, out=out)
+        out = maximum_in_place(xp, out, e)  # 1 where x >= 0, e where x < 0 (NaN stays NaN)
         out *= s
         self.e, self.s = e, s
         return out
@@ -330,6 +347,11 @@ class SoftmaxWithLoss(BufferOwner):
             xp.multiply(y_t, self.t.sum(axis=1), out=dx_t)
             dx_t -= self.t.T
             dx_t *= scale
+        if lacks_numpy_forms(xp):
+            # dpnp's matmul copies this view when the other operand is transposed too: one copy into rows
+            dx = self._buffer("dx", (n, k), y_t)
+            xp.copyto(dx, dx_t.T)
+            return dx
         return dx_t.T  # an (N, K) view; matmul and sum take it without a copy
 
 
@@ -607,7 +629,7 @@ class Pooling(Layer):
         xp.copyto(out, _window(img, 0, 0, self.stride, out_h, out_w))
         if not train:
             for y, xx in offsets[1:]:
-                xp.maximum(out, _window(img, y, xx, self.stride, out_h, out_w), out=out)
+                out = maximum_in_place(xp, out, _window(img, y, xx, self.stride, out_h, out_w))
             return out
         index_dtype = xp.uint8 if len(offsets) <= 255 else xp.int32
         self.arg_max = arg_max = self._buffer("arg_max", shape, x, dtype=index_dtype)
@@ -619,9 +641,12 @@ class Pooling(Layer):
             xp.greater(v, out, out=greater)  # strictly greater: the first maximum keeps its place
             # k exceeds every offset seen so far, so max(arg_max, k * greater) sets k exactly where
             # greater holds: arithmetic, several times faster than a masked copy on a random mask.
-            xp.multiply(greater, k, out=offset_index, casting="unsafe")
-            xp.maximum(arg_max, offset_index, out=arg_max)
-            xp.maximum(out, v, out=out)
+            if lacks_numpy_forms(xp):  # dpnp takes no `casting=`: a scalar of the index dtype needs none
+                xp.multiply(greater, index_dtype(k), out=offset_index)
+            else:
+                xp.multiply(greater, k, out=offset_index, casting="unsafe")
+            maximum_in_place(xp, arg_max, offset_index)
+            out = maximum_in_place(xp, out, v)
         return out
 
     def backward(self, dout: Array) -> Array:

@@ -27,7 +27,7 @@ from engine.grammar import DeviceGrammar as DeviceGrammar
 from engine.grammar import DeviceRef as DeviceRef
 from engine.grammar import DeviceSpellingError as DeviceSpellingError
 
-KINDS = ("train", "gradcheck", "backprop_vs_numerical", "gemm")
+KINDS = ("train", "gradcheck", "backprop_vs_numerical", "gemm", "parity")
 MODEL_NAMES = ("two_layer_net", "mlp", "simple_convnet")
 DATASETS = ("mnist5k", "mnist", "digits", "synthetic", "spiral")
 ACTIVATIONS = ("relu", "sigmoid", "tanh")

@@ -127,6 +127,8 @@ def memory_grid(idx_dir: Path) -> dict[str, dict[str, Any]]:
         "backprop_vs_numerical float64": {**bvn, "bvn_widths": [32], "dtype": "float64"},
         "gemm float32": {**gemm, "gemm_sizes": [256, 1536], "dtype": "float32"},
         "gemm float64": {**gemm, "gemm_sizes": [1280], "dtype": "float64"},
+        "parity float32": {"kind": "parity", "dtype": "float32"},
+        "parity float64": {"kind": "parity", "dtype": "float64"},
     }  # fmt: skip
 
 

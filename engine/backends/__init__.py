@@ -19,6 +19,7 @@ import dataclasses
 from engine.backends.base import Backend, Device, DeviceError, DeviceInfo
 from engine.backends.cuda import CudaBackend
 from engine.backends.numpy_backend import NumpyBackend
+from engine.backends.oneapi import OneapiBackend
 from engine.backends.rocm import RocmBackend
 from engine.backends.xla import XlaBackend
 from engine.grammar import DeviceBackend, DeviceGrammar, DeviceRef
@@ -39,6 +40,7 @@ BACKENDS: tuple[Backend, ...] = (
     NumpyBackend(),
     CudaBackend(),
     RocmBackend(),
+    OneapiBackend(),
     XlaBackend(),
 )
 

@@ -107,6 +107,8 @@ class Backend:
       version (the first one installed).
     - `class_queue`: the class queue its workers also serve (`cpu`, `gpu`; None: its own queue only).
     - `fork_safe`: whether a worker may run its jobs in forked pool processes (CUDA, JAX, SYCL: no).
+    - `runtime_bytes`: the host memory its library holds once a job runs on it, beyond the interpreter and
+      NumPy (measured; the memory estimate's `backend_runtime` part, `engine.kinds.estimate_memory`).
     """
 
     name: str = ""
@@ -116,6 +118,7 @@ class Backend:
     distributions: tuple[str, ...] = ()
     class_queue: str | None = None
     fork_safe: bool = False
+    runtime_bytes: int = 0
     summary: str = ""
 
     # --- the library ---------------------------------------------------------------------------------

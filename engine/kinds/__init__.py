@@ -8,8 +8,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from engine.kinds.base import JobKind, MemoryEstimate
-from engine.spec import KINDS, JobError
+from engine.backends import backend_of
+from engine.kinds.base import SAFETY_FACTOR, JobKind, MemoryEstimate
+from engine.spec import KINDS, DeviceSpellingError, JobError, parse_device
 
 KINDS_BY_NAME: dict[str, JobKind] = {
     name: importlib.import_module(f"engine.kinds.{name}").KIND for name in KINDS
@@ -24,8 +25,17 @@ def kind_of(name: str) -> JobKind:
 
 
 def estimate_memory(spec: dict[str, Any]) -> MemoryEstimate:
-    """The estimated peak memory of a fully resolved spec, by its kind."""
-    return kind_of(str(spec["kind"])).estimate_memory(spec)
+    """The estimated peak memory of a fully resolved spec, by its kind, plus what the device's backend
+    library holds while it runs (`Backend.runtime_bytes`, the `backend_runtime` part; none for NumPy)."""
+    estimate = kind_of(str(spec["kind"])).estimate_memory(spec)
+    try:
+        runtime = backend_of(parse_device(str(spec["device"]).strip().lower())).runtime_bytes
+    except DeviceSpellingError:
+        return estimate  # the device itself is refused where it is checked
+    if not runtime:
+        return estimate
+    parts = {**estimate.parts, "backend_runtime": runtime}
+    return MemoryEstimate(estimate.total_bytes + int(runtime * SAFETY_FACTOR), parts)
 
 
 __all__ = ["KINDS_BY_NAME", "JobKind", "MemoryEstimate", "estimate_memory", "kind_of"]

@@ -92,8 +92,12 @@ class TrainingLoop:
         )  # minibatch indices drawn on the host: same on CPU and GPU
         self.warmup, self.window = window_plan(self.steps, int(timing["warmup"]), int(timing["window"]))
         # A chunk's batches are gathered into these before its timed steps (no chunk exceeds a window).
-        self.x_chunk = xp.empty((self.window, self.batch_size, *self.x_train.shape[1:]), self.x_train.dtype)
-        self.t_chunk = xp.empty((self.window, self.batch_size, *self.t_train.shape[1:]), self.t_train.dtype)
+        self.x_chunk = xp.empty(
+            (self.window, self.batch_size, *self.x_train.shape[1:]), dtype=self.x_train.dtype
+        )
+        self.t_chunk = xp.empty(
+            (self.window, self.batch_size, *self.t_train.shape[1:]), dtype=self.t_train.dtype
+        )
         self.gather_time = 0.0  # seconds spent gathering batches, outside the timed steps
         self.repeats = AdaptiveRepeats(
             int(timing["min_repeats"]), int(timing["max_repeats"]), float(timing["target_cv"])

@@ -43,7 +43,7 @@ from engine.spec import DEVICE_PATTERN as DEVICE_PATTERN  # the one device gramm
 from engine.spec import count_parameters as count_parameters  # the API's parameter bound counts with it
 
 # The engine's enumerations (engine/spec.py), spelled out for mypy; a test keeps them equal.
-JobKind = Literal["train", "gradcheck", "backprop_vs_numerical", "gemm"]
+JobKind = Literal["train", "gradcheck", "backprop_vs_numerical", "gemm", "parity"]
 ModelName = Literal["two_layer_net", "mlp", "simple_convnet"]
 DatasetName = Literal["mnist5k", "mnist", "digits", "synthetic", "spiral"]
 Activation = Literal["relu", "sigmoid", "tanh"]

@@ -23,12 +23,13 @@ ROOT = Path(__file__).resolve().parents[2]
 OPTIONAL_LIBRARIES = ("cupy", "jax", "jaxlib", "dpnp", "dpctl", "pyopencl")
 
 
-def test_the_registry_lists_numpy_first_then_cuda_rocm_and_xla() -> None:
-    assert [backend.name for backend in BACKENDS] == ["numpy", "cuda", "rocm", "xla"]
+def test_the_registry_lists_numpy_first_then_cuda_rocm_oneapi_and_xla() -> None:
+    assert [backend.name for backend in BACKENDS] == ["numpy", "cuda", "rocm", "oneapi", "xla"]
     assert [(b.name, b.extra) for b in BACKENDS] == [
         ("numpy", None),
         ("cuda", "gpu"),
         ("rocm", "rocm"),
+        ("oneapi", "oneapi"),
         ("xla", "xla"),
     ]
 
@@ -38,9 +39,10 @@ def test_each_backend_serves_its_class_queue_and_its_own() -> None:
         "numpy": ("cpu",),
         "cuda": ("gpu", "cuda"),
         "rocm": ("gpu", "rocm"),
+        "oneapi": ("oneapi",),
         "xla": ("xla",),
     }
-    assert DEVICE_CLASSES == ("cpu", "gpu", "cuda", "rocm", "xla")
+    assert DEVICE_CLASSES == ("cpu", "gpu", "cuda", "rocm", "oneapi", "xla")
 
 
 @pytest.mark.parametrize(
@@ -53,6 +55,8 @@ def test_each_backend_serves_its_class_queue_and_its_own() -> None:
         ("rocm:0", "rocm", "rocm", "gpu"),
         ("xla:cpu:0", "xla", "xla", "cpu"),
         ("xla:tpu:7", "xla", "xla", "tpu"),
+        ("oneapi:opencl:cpu:0", "oneapi", "oneapi", "cpu"),
+        ("oneapi:level_zero:gpu:1", "oneapi", "oneapi", "gpu"),
     ],
 )
 def test_a_spelling_names_its_backend_queue_class_and_hardware(
@@ -261,7 +265,8 @@ def test_the_default_install_imports_numpy_and_no_optional_library() -> None:
         "for b in BACKENDS:\n"
         "    b.installed(); b.library_version(); b.queues; b.install_hint()\n"
         "    for w in b.words: b.float64_by_spelling(parse_device(w.name + ':0' if not w.bare else w.name))"
-        " if w.name != 'xla' else None\n"
+        " if w.name not in ('xla', 'oneapi') else None\n"
+        "float64_refusal('oneapi:level_zero:gpu:0', 'float64')\n"
         "float64_refusal('xla:tpu:0', 'float64')\n"
         f"loaded = sorted(set({OPTIONAL_LIBRARIES!r}) & set(sys.modules))\n"
         "assert not loaded, loaded\n"

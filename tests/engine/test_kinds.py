@@ -8,7 +8,7 @@ import pytest
 
 from engine import kinds
 from engine.jobs import run_job
-from engine.kinds import backprop_vs_numerical, gemm, gradcheck, train
+from engine.kinds import backprop_vs_numerical, gemm, gradcheck, parity, train
 from engine.kinds.base import BASE_BYTES, SAFETY_FACTOR, pass_bytes
 from engine.kinds.train import TrainingLoop, window_plan
 from engine.spec import KINDS, JobError, resolve_spec
@@ -63,7 +63,7 @@ class Silent:
 
 def test_every_kind_of_the_vocabulary_has_one_module_in_order() -> None:
     assert tuple(kinds.KINDS_BY_NAME) == KINDS
-    modules = (train, gradcheck, backprop_vs_numerical, gemm)
+    modules = (train, gradcheck, backprop_vs_numerical, gemm, parity)
     assert [module.KIND.name for module in modules] == list(KINDS)
     assert all(module.__name__ == f"engine.kinds.{module.KIND.name}" for module in modules)
     with pytest.raises(JobError, match="unknown job kind 'fit'; accepted: train, gradcheck"):

@@ -33,14 +33,18 @@ from engine.spec import (
 )
 
 # The three grammars before they became one: the API's (what a job may say), the worker's, the engine's;
-# since the backend registry, the words of cuda, rocm and xla besides.
+# since the backend registry, the words of cuda, rocm, oneapi and xla besides.
 API_DEVICE = re.compile(r"^(cpu|gpu|gpu:\d{1,2})$")
-REGISTRY_DEVICE = re.compile(r"^(cuda:\d{1,2}|rocm:\d{1,2}|xla:(cpu|gpu|cuda|rocm|tpu):\d{1,2})$")
+REGISTRY_DEVICE = re.compile(
+    r"^(cuda:\d{1,2}|rocm:\d{1,2}|oneapi:((opencl|level_zero|cuda|hip):)?(cpu|gpu|accelerator)(:\d{1,2})?"
+    r"|xla:(cpu|gpu|cuda|rocm|tpu):\d{1,2})$"
+)
 SPELLINGS = [
     "cpu", "gpu", "gpu:0", "gpu:7", "gpu:07", "gpu:99", "gpu:100", "cpu:0", "GPU", "Cpu", " cpu", "cpu ",
     "cpu\n", "gpu:", "gpu:-1", "gpu:1a", "tpu", "cuda:0", "", "gpu:0:1", "cuda", "cuda:100", "rocm:3",
     "rocm", "xla:tpu:0", "xla:cpu:0", "xla:cpu", "xla:0", "xla:tpu:0:1", "XLA:tpu:0", "xla:npu:0",
-    "opencl:cpu:0", "numpy", "cuda:0\n",
+    "opencl:cpu:0", "numpy", "cuda:0\n", "oneapi:opencl:cpu:0", "oneapi:level_zero:gpu:1", "oneapi:gpu",
+    "oneapi", "oneapi:0", "oneapi:opencl::0", "oneapi:vulkan:gpu:0", "oneapi:opencl:cpu:100",
 ]  # fmt: skip
 
 
@@ -68,9 +72,13 @@ def test_the_device_grammar_refuses_a_trailing_newline_and_digits_other_than_asc
 def test_the_published_device_pattern_and_message_are_the_registrys_words_in_order() -> None:
     # Today's spellings first, as before; each backend's words after them.
     assert DEVICE_PATTERN.pattern == (
-        r"^(cpu|gpu|gpu:\d{1,2}|cuda:\d{1,2}|rocm:\d{1,2}|xla:(?:cpu|gpu|cuda|rocm|tpu):\d{1,2})$"
+        r"^(cpu|gpu|gpu:\d{1,2}|cuda:\d{1,2}|rocm:\d{1,2}"
+        r"|oneapi:(?:(?:opencl|level_zero|cuda|hip):)?(?:cpu|gpu|accelerator)(?::\d{1,2})?"
+        r"|xla:(?:cpu|gpu|cuda|rocm|tpu):\d{1,2})$"
     )
-    assert DEVICE_ACCEPTED == "cpu, gpu, gpu:N, cuda:N, rocm:N or xla:<platform>:<N> (N = 0..99)"
+    assert DEVICE_ACCEPTED == (
+        "cpu, gpu, gpu:N, cuda:N, rocm:N, oneapi:<SYCL filter> or xla:<platform>:<N> (N = 0..99)"
+    )
 
 
 def test_a_parsed_device_has_a_backend_an_index_and_a_queue_class() -> None:

@@ -44,13 +44,22 @@ def test_a_worker_device_names_its_backend_pin_and_pool(
 
 
 def test_a_misspelt_worker_device_lists_every_registered_spelling() -> None:
-    with pytest.raises(WorkerConfigError, match=r"--device must be cpu, gpu, gpu:N, cuda:N, rocm:N or xla:"):
+    with pytest.raises(
+        WorkerConfigError,
+        match=r"--device must be cpu, gpu, gpu:N, cuda:N, rocm:N, oneapi:<SYCL filter> or xla:",
+    ):
         parse_device("tpu:0")
 
 
 @pytest.mark.parametrize(
     ("backend", "queues"),
-    [("numpy", ["cpu"]), ("cuda", ["gpu", "cuda"]), ("rocm", ["gpu", "rocm"]), ("xla", ["xla"])],
+    [
+        ("numpy", ["cpu"]),
+        ("cuda", ["gpu", "cuda"]),
+        ("rocm", ["gpu", "rocm"]),
+        ("oneapi", ["oneapi"]),
+        ("xla", ["xla"]),
+    ],
 )
 def test_a_worker_serves_the_queues_of_the_backend_that_resolved_its_device(
     backend: str, queues: list[str]
