@@ -117,12 +117,17 @@ def resolve_device(spec: str | Device = "cpu") -> Device:
     return Device("gpu", index)
 
 
-def get_array_module(*arrays: Any) -> ModuleType:
-    """numpy or cupy, whichever the arrays belong to (numpy when CuPy was never imported)."""
-    cupy = _cupy_if_loaded()
-    if cupy is None:
+def get_array_module(*arrays: Any) -> Any:
+    """numpy, cupy or JAX's (`engine.jax_numpy.xp`), whichever the arrays belong to (numpy when neither
+    CuPy nor JAX was ever imported)."""
+    cupy, jax = _cupy_if_loaded(), sys.modules.get("jax")
+    if cupy is None and jax is None:
         return np
-    return cupy.get_array_module(*arrays)
+    if jax is not None and any(isinstance(a, jax.Array) for a in arrays):  # tracers inside `jit` too
+        from engine.jax_numpy import xp
+
+        return xp
+    return np if cupy is None else cupy.get_array_module(*arrays)
 
 
 def _is_cupy_array(x: Any) -> bool:
@@ -155,8 +160,41 @@ def resolve_dtype(dtype: str | np.dtype[Any] | None) -> np.dtype[Any]:
     return np.dtype(name)
 
 
+def _immutable(a: Any) -> bool:
+    # JAX's arrays (and tracers) are the ones with `.at`; NumPy's are asked first, at the cost of one check.
+    return not isinstance(a, np.ndarray) and hasattr(a, "at")
+
+
+def put(a: Any, index: Any, value: Any) -> Any:
+    """`a[index] = value`, returning the array to use from now on: `a` itself on NumPy/CuPy, a new array
+    on JAX (whose arrays cannot change). The engine writes into (part of) an array only through this,
+    `add_at` and `compute_into`, and always goes on with what they return."""
+    if _immutable(a):
+        return a.at[index].set(value)
+    a[index] = value
+    return a
+
+
+def add_at(a: Any, index: Any, value: Any) -> Any:
+    """`a[index] += value` (no index repeated), returning the array to use from now on (see `put`)."""
+    if _immutable(a):
+        return a.at[index].add(value)
+    a[index] += value
+    return a
+
+
+def compute_into(a: Any, index: Any, compute: Callable[..., Any], *args: Any) -> Any:
+    """`a[index] = compute(*args)`: on NumPy/CuPy through `compute(*args, out=a[index])` (no temporary),
+    on JAX as `put`. Returns the array to use from now on."""
+    if _immutable(a):
+        return a.at[index].set(compute(*args))
+    compute(*args, out=a[index])
+    return a
+
+
 def take_rows(a: Any, indices: Any, out: Any) -> Any:
-    """`a[indices]` along the first axis, written into `out` (no new array).
+    """`a[indices]` along the first axis, written into `out` (no new array; on JAX a new one: use the
+    returned array).
 
     NumPy's `take` copies through a temporary when `out` is given with its default bounds check; the
     indices here come from `integers(0, len(a))`, so clipping them changes nothing and writes directly.
@@ -234,7 +272,7 @@ def random_generator(seed: int | None, device: Device = CPU) -> Any:
     multiprocessors), so build one only where it is drawn from.
     """
     if not device.is_gpu:
-        return np.random.default_rng(seed)
+        return device.xp.random.default_rng(seed)  # JAX's: a key that each draw splits
     with device.use():
         return device.xp.random.default_rng(seed)
 
