@@ -31,6 +31,7 @@ from rich.progress import (
 from rich.table import Table
 
 from cli.api_client import ApiClient, ClientError
+from engine.backends import BackendReport
 
 if TYPE_CHECKING:
     from services.auth.models import ApiToken
@@ -416,6 +417,32 @@ def devices_table(devices: Sequence[dict[str, Any]]) -> Table:
             ]
         )
     return fitted_table("Devices", columns, rows)
+
+
+def backend_report_lines(reports: Sequence[BackendReport]) -> list[str]:
+    """`bpbench worker --list-devices`: each registered backend, then the `--device` of each device it has.
+
+    Plain lines, one fact each, so a script can read them: `<backend>  installed (<library> <version>)` or
+    `<backend>  not installed: <what to install>`, and under an installed one
+    `  --device <spelling>  <name>  vendor <vendor>  float64 yes|no`.
+    """
+    lines = []
+    width = max((len(r.backend) for r in reports), default=0)
+    for report in reports:
+        if not report.installed:
+            lines.append(f"{report.backend:<{width}}  not installed: {report.install}  ({report.summary})")
+            continue
+        library = f"{report.library} {report.version or '(version unknown)'}"
+        lines.append(f"{report.backend:<{width}}  installed ({library})  ({report.summary})")
+        spellings = max((len(d.spelling) for d in report.devices), default=0)
+        for device in report.devices:
+            lines.append(
+                f"  --device {device.spelling:<{spellings}}  {device.name}  vendor {device.vendor}  "
+                f"float64 {'yes' if device.float64 else 'no'}"
+            )
+        if report.note:
+            lines.append(f"  ({report.note})")
+    return lines
 
 
 def wait_for_jobs(

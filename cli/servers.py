@@ -15,12 +15,13 @@ import typer
 
 from cli.app import app
 from cli.render import err_console
+from engine.spec import DEVICE_ACCEPTED
 from services.core.config import get_settings
 
 
 @app.command("worker")
 def worker_command(
-    device: Annotated[str, typer.Option(help="the device to serve: cpu, gpu or gpu:N")] = "cpu",
+    device: Annotated[str, typer.Option(help=f"the device to serve: {DEVICE_ACCEPTED}")] = "cpu",
     name: Annotated[
         str | None, typer.Option(help="worker name, unique per worker (default <device>@<hostname>)")
     ] = None,
@@ -34,8 +35,23 @@ def worker_command(
     log_format: Annotated[
         str, typer.Option(help="text for people, json for machines (one object per line)")
     ] = "text",
+    list_devices: Annotated[
+        bool,
+        typer.Option(
+            "--list-devices",
+            help="print every backend (installed or not) and this host's devices with the --device to use; "
+            "serve nothing",
+        ),
+    ] = False,
 ) -> None:
     """Serve one device: register its fingerprint, send heartbeats, run the jobs of its queues."""
+    if list_devices:
+        from cli.render import backend_report_lines
+        from engine.backends import host_report
+
+        for line in backend_report_lines(host_report()):
+            typer.echo(line)
+        raise typer.Exit(0)
     from workers.main import WorkerConfigError, run_worker
 
     try:

@@ -1,16 +1,15 @@
-"""The one module that decides the array library (DeZero's `dezero/cuda.py` idea).
+"""The one door to array libraries (DeZero's `dezero/cuda.py` idea), over the backend registry.
 
-Every other engine module takes `xp` from here (or from the arrays it is handed) and never asks
-"am I on a GPU?". CuPy is imported lazily, only when a GPU device is resolved or a CuPy array is
-seen, so the CPU path never imports it and forked GPU workers do not initialise CUDA early.
+Every other engine module takes `xp` from here (or from the arrays it is handed) and never asks "am I on
+a GPU?". The stacks themselves are the registered backends (`engine/backends/`: NumPy, CuPy's CUDA and
+ROCm builds, ...); this module resolves a device spelling to one of them and dispatches to it. Each
+optional library is imported lazily, only when one of its devices is resolved or one of its arrays is
+seen, so the CPU path never imports CuPy and forked GPU workers do not initialise CUDA early.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import gc
-import importlib
 import logging
 import math
 import os
@@ -18,113 +17,80 @@ import platform
 import re
 import socket
 import sys
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
+from engine.backends import BACKENDS, backend_named, backend_of
+from engine.backends.base import Backend, Device, DeviceError, DeviceInfo, Timer
+from engine.backends.cupy_common import cupy_if_loaded
+from engine.backends.numpy_backend import cpu_model
 from engine.spec import DEVICE_SPELLINGS, DTYPES, DeviceSpellingError, parse_device
+
+__all__ = ["BACKENDS", "Backend", "Device", "DeviceError", "DeviceInfo", "backend_named"]
 
 DEFAULT_DTYPE = "float32"
 SUPPORTED_DTYPES = DTYPES
 _log = logging.getLogger(__name__)
 
 
-class DeviceError(RuntimeError):
-    """The requested device cannot be used (unknown spelling, CuPy missing, no such GPU)."""
-
-
-def _import_cupy() -> ModuleType:
-    """Import CuPy on first use; a missing CuPy becomes a DeviceError naming the fix."""
-    try:
-        return importlib.import_module("cupy")
-    except ImportError as exc:  # pragma: no cover - depends on the machine
-        raise DeviceError(
-            "CuPy is not installed, so no GPU device can be used; available: cpu "
-            "(install the gpu extra: pip install 'bpbench[gpu]')"
-        ) from exc
-
-
-def _cupy_if_loaded() -> ModuleType | None:
-    """CuPy only if something already imported it (so CPU-only code never pays for it)."""
-    return sys.modules.get("cupy")
-
-
-@dataclass(frozen=True)
-class Device:
-    """Where arrays live: the CPU (NumPy) or one CUDA GPU (CuPy)."""
-
-    kind: str = "cpu"
-    index: int | None = None
-
-    @property
-    def name(self) -> str:
-        """ "cpu" or "gpu:N"."""
-        return "cpu" if self.kind == "cpu" else f"gpu:{self.index or 0}"
-
-    @property
-    def xp(self) -> ModuleType:
-        """The array module: numpy for the CPU, cupy for a GPU."""
-        return np if self.kind == "cpu" else _import_cupy()
-
-    @property
-    def is_gpu(self) -> bool:
-        return self.kind == "gpu"
-
-    @contextlib.contextmanager
-    def use(self) -> Iterator[None]:
-        """Make this device current (allocations on a GPU land on `index`); a no-op on the CPU."""
-        if self.kind == "cpu":
-            yield
-            return
-        with self.xp.cuda.Device(self.index or 0):
-            yield
-
-
 CPU = Device("cpu", None)
 
 
+def _import_cupy() -> ModuleType:
+    """CuPy, imported on first use; missing, a DeviceError naming the extra."""
+    return backend_named("cuda").import_library()
+
+
+def _cupy_if_loaded() -> ModuleType | None:
+    return cupy_if_loaded()
+
+
+def backend_for(device: Device) -> Backend:
+    """The registered backend that runs `device`."""
+    return backend_named(device.backend)
+
+
 def resolve_device(spec: str | Device = "cpu") -> Device:
-    """Turn "cpu", "gpu" or "gpu:N" (any case, spaces around) into a Device, checking that the GPU exists."""
+    """Turn a device spelling (any case, spaces around) into a Device of its backend, checking that this
+    host has it: `cpu`, `gpu`, `gpu:N`, `cuda:N`, `rocm:N`, `xla:<platform>:<N>`, ..."""
     if isinstance(spec, Device):
         return spec
     try:
         ref = parse_device(spec.strip().lower() if isinstance(spec, str) else spec)
     except DeviceSpellingError:
         raise DeviceError(f"unknown device {spec!r}; accepted: {', '.join(DEVICE_SPELLINGS)}") from None
-    if ref.backend == "cpu":
-        return CPU
-    index = ref.index or 0
+    backend = backend_of(ref)
     try:
-        cupy = _import_cupy()
+        return backend.resolve(ref)
     except DeviceError as exc:
-        raise DeviceError(f"device {spec!r} was asked for, but {exc}") from None
-    try:
-        count = int(cupy.cuda.runtime.getDeviceCount())
-    except Exception as exc:  # CUDARuntimeError when no driver/GPU is present
+        message = str(exc)
+        if message.startswith(f"device {ref.name!r}"):
+            raise
+        raise DeviceError(f"device {spec!r} was asked for, but {message}") from None
+
+
+def check_float64(device: Device, dtype: str) -> None:
+    """DeviceError when a float64 job is aimed at a device without float64 (the worker's check at run
+    time; the API refuses what the spelling alone tells, `engine.spec.float64_refusal`)."""
+    if dtype == "float64" and not backend_for(device).supports_float64(device):
         raise DeviceError(
-            f"device {spec!r} was asked for, but CUDA reports no usable GPU ({exc}); available: cpu"
-        ) from None
-    if not 0 <= index < count:
-        available = ", ".join(["cpu"] + [f"gpu:{i}" for i in range(count)])
-        raise DeviceError(
-            f"device {spec!r} was asked for, but this machine has {count} GPU(s); available: {available}"
+            f"dtype float64 cannot run on device {device.name!r} ({device.backend} has no float64 there); "
+            "accepted: dtype float32 on it, or float64 on a device that has it (e.g. cpu)"
         )
-    return Device("gpu", index)
 
 
 def get_array_module(*arrays: Any) -> Any:
-    """numpy, cupy or JAX's (`engine.jax_numpy.xp`), whichever the arrays belong to (numpy when neither
-    CuPy nor JAX was ever imported)."""
+    """numpy, cupy or JAX's (`engine.backends.jax_numpy.xp`), whichever the arrays belong to (numpy when
+    neither CuPy nor JAX was ever imported)."""
     cupy, jax = _cupy_if_loaded(), sys.modules.get("jax")
     if cupy is None and jax is None:
         return np
     if jax is not None and any(isinstance(a, jax.Array) for a in arrays):  # tracers inside `jit` too
-        from engine.jax_numpy import xp
+        from engine.backends.jax_numpy import xp
 
         return xp
     return np if cupy is None else cupy.get_array_module(*arrays)
@@ -206,14 +172,12 @@ def take_rows(a: Any, indices: Any, out: Any) -> Any:
 
 def synchronize(device: Device) -> None:
     """Wait for the device's queued work, so a clock read afterwards means something (no-op on CPU)."""
-    if device.kind == "gpu":
-        cupy = _import_cupy()
-        with cupy.cuda.Device(device.index or 0):
-            cupy.cuda.get_current_stream().synchronize()
+    backend_for(device).synchronize(device)
 
 
 class Stopwatch:
-    """Elapsed seconds of device work: CUDA events on a GPU, `perf_counter` after a sync on the CPU.
+    """Elapsed seconds of device work: the backend's device events where it has them (CUDA/HIP events on a
+    CuPy GPU), `perf_counter` after a sync elsewhere.
 
     Use as `sw.start(); ...; seconds = sw.stop()` or `with Stopwatch(dev) as sw: ...; sw.seconds`.
     """
@@ -221,29 +185,18 @@ class Stopwatch:
     def __init__(self, device: Device = CPU) -> None:
         self.device = device
         self.seconds = 0.0
-        self._t0 = 0.0
-        self._events: tuple[Any, Any] | None = None
+        self._stop: Timer | None = None
 
     def start(self) -> Stopwatch:
         """Start timing (on a GPU: record an event on the current stream)."""
-        if self.device.kind == "gpu":
-            cuda = _import_cupy().cuda
-            self._events = (cuda.Event(), cuda.Event())
-            self._events[0].record()
-        else:
-            self._t0 = time.perf_counter()
+        self._stop = backend_for(self.device).start_timer(self.device)
         return self
 
     def stop(self) -> float:
         """Stop timing and return the elapsed seconds (on a GPU: waits for the end event)."""
-        if self._events is not None:
-            start, end = self._events
-            end.record()
-            end.synchronize()
-            self.seconds = float(_import_cupy().cuda.get_elapsed_time(start, end)) / 1000.0
-            self._events = None
-        else:
-            self.seconds = time.perf_counter() - self._t0
+        if self._stop is not None:
+            self.seconds = self._stop()
+            self._stop = None
         return self.seconds
 
     def __enter__(self) -> Stopwatch:
@@ -260,9 +213,7 @@ def seed_everything(seed: int, device: Device = CPU) -> None:
     generator in `engine.networks`), so the same seed gives the same parameters and losses.
     """
     np.random.seed(seed % 2**32)
-    if device.is_gpu:
-        with device.use():
-            device.xp.random.seed(seed)
+    backend_for(device).seed(seed, device)
 
 
 def random_generator(seed: int | None, device: Device = CPU) -> Any:
@@ -271,10 +222,7 @@ def random_generator(seed: int | None, device: Device = CPU) -> Any:
     On a GPU its state lives in CuPy's pool, one cuRAND state per thread (about 12 MiB on an H200's 132
     multiprocessors), so build one only where it is drawn from.
     """
-    if not device.is_gpu:
-        return device.xp.random.default_rng(seed)  # JAX's: a key that each draw splits
-    with device.use():
-        return device.xp.random.default_rng(seed)
+    return backend_for(device).random_generator(seed, device)
 
 
 DRAW_BLOCK_BYTES = 8 * 2**20  # the float64 draws of one block: the only temporary of `draw_as`
@@ -300,24 +248,13 @@ def draw_as(draw: Callable[[tuple[int, ...]], np.ndarray], shape: tuple[int, ...
     return out
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 @functools.cache
 def _host_info() -> dict[str, Any]:
     """The parts of the fingerprint that cannot change while this process lives (read once)."""
     import psutil
 
     return {
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "physical_cores": psutil.cpu_count(logical=False),
         "logical_cores": psutil.cpu_count(logical=True),
         "numpy_version": np.__version__,
@@ -386,27 +323,12 @@ def cuda_driver_version() -> int:
     return int(_import_cupy().cuda.runtime.driverGetVersion())
 
 
-def _gpu_info(device: Device) -> dict[str, Any]:
-    cupy = _import_cupy()
-    index = device.index or 0
-    runtime = cupy.cuda.runtime
-    props = runtime.getDeviceProperties(index)
-    name = props.get("name", b"")
-    return {
-        "name": name.decode() if isinstance(name, bytes) else str(name),
-        "index": index,
-        "total_memory_bytes": int(props.get("totalGlobalMem", 0)),
-        "compute_capability": f"{props.get('major')}.{props.get('minor')}",
-        "driver_version": driver_release(),
-        "cuda_driver_version": cuda_driver_version(),
-        "cuda_runtime_version": int(runtime.runtimeGetVersion()),
-        "cupy_version": str(cupy.__version__),
-        "tf32": os.environ.get("CUPY_TF32", "0"),
-    }
-
-
 def fingerprint(device: Device = CPU) -> dict[str, Any]:
     """A JSON-serialisable description of the hardware and software a measurement ran on.
+
+    A device's identity is its hardware plus its stack: `backend` names the backend, its library and
+    version, driver and runtime versions, the hardware's vendor and whether it does float64
+    (`Backend.fingerprint_fields`); a CuPy GPU adds its `gpu` block.
 
     Cheap after the first call of a process (a worker takes one per job): the host's fixed facts and the
     loaded libraries are read once; the BLAS thread counts, the environment and the hostname every time.
@@ -426,8 +348,9 @@ def fingerprint(device: Device = CPU) -> dict[str, Any]:
     coretype = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ}
     if coretype:
         doc["blas_env"] = coretype
-    if device.kind == "gpu":
-        doc["gpu"] = _gpu_info(device)
+    backend = backend_for(device)
+    doc["backend"] = backend.fingerprint_fields(device)
+    doc.update(backend.extra_fields(device))
     return doc
 
 
@@ -437,26 +360,9 @@ def fingerprint(device: Device = CPU) -> dict[str, Any]:
 def memory_probe(device: Device) -> Callable[[], dict[str, int]]:
     """A function that reads current memory use: host RSS, plus on a GPU the job's bytes in CuPy's pool.
 
-    Make it when the job starts. On a GPU it first gives the pool's cached blocks of earlier work back,
-    then counts the pool's bytes above what was in use at that moment: the pool keeps the blocks a job
-    frees, so its total is the high-water mark of the job's own allocations (a step's temporaries too).
+    Make it when the job starts (on a GPU the pool's cached blocks of earlier work are given back then).
     """
-    import psutil
-
-    process = psutil.Process()
-    pool = device.xp.get_default_memory_pool() if device.is_gpu else None
-    before = 0
-    if pool is not None:
-        pool.free_all_blocks()
-        before = int(pool.used_bytes())
-
-    def probe() -> dict[str, int]:
-        reading = {"host_rss_bytes": int(process.memory_info().rss)}
-        if pool is not None:
-            reading["gpu_pool_bytes"] = max(0, int(pool.total_bytes()) - before)
-        return reading
-
-    return probe
+    return backend_for(device).memory_probe(device)
 
 
 def free_memory_bytes(device: str) -> tuple[int, str]:
@@ -465,26 +371,15 @@ def free_memory_bytes(device: str) -> tuple[int, str]:
     A GPU answers for the current CUDA device (a pinned worker sees its one GPU as gpu:0); the CPU answers
     with the host's available RAM.
     """
-    if device.startswith("gpu"):
-        free, _total = _import_cupy().cuda.runtime.memGetInfo()
-        return int(free), f"GPU {device}"
-    import psutil
-
-    return int(psutil.virtual_memory().available), "this host's RAM"
+    ref = parse_device(device.strip().lower())
+    return backend_of(ref).free_memory_bytes(device)
 
 
 def release_memory() -> None:
-    """Give the CuPy memory pools back to the driver (a no-op when CuPy was never imported).
+    """Give the cached device memory of every loaded backend back (a no-op for a library never imported).
 
-    Arrays held only by reference cycles (layers <-> network) go back to the pool first. Never raises:
-    cleanup must not turn a finished job into a failure.
+    Never raises: cleanup must not turn a finished job into a failure.
     """
-    cupy = _cupy_if_loaded()
-    if cupy is None:
-        return
-    try:
-        gc.collect()
-        cupy.get_default_memory_pool().free_all_blocks()
-        cupy.get_default_pinned_memory_pool().free_all_blocks()
-    except Exception as exc:
-        _log.warning("could not free the CuPy memory pool: %s", exc)
+    for backend in BACKENDS:
+        if backend.library in sys.modules:
+            backend.release_memory()

@@ -10,7 +10,7 @@ the layers' (`Network.state`: BatchNorm's running statistics, each Dropout's PRN
 params and state are donated, so XLA updates them in place. After each call the new arrays are bound
 into the network again, so `network.params`, `accuracy` and `last_loss` read the trained values.
 
-Dropout draws from `engine.jax_numpy.KeyGenerator`: the same seed gives the same masks in every run,
+Dropout draws from `engine.backends.jax_numpy.KeyGenerator`: the same seed gives the same masks in every run,
 not NumPy's masks (another generator).
 """
 

@@ -9,8 +9,8 @@ a layer allocates once per shape and reuses (`out=` everywhere, in place), so a 
 almost no new arrays. The price: the array a layer returns is only valid until that layer runs again.
 `Network.predict` copies its result; call sites that keep a layer's output must copy it too.
 
-The same code runs on JAX, whose arrays cannot change (`engine.jax_numpy`): every `out=` call's result
-is used (on NumPy it is the buffer itself), and writes into part of an array go through
+The same code runs on JAX, whose arrays cannot change (`engine.backends.jax_numpy`): every `out=` call's
+result is used (on NumPy it is the buffer itself), and writes into part of an array go through
 `engine.backend.put`/`add_at`/`compute_into`. A parameter `W` is the attribute `W` and its gradient the
 attribute `dW` (`params`/`grads` name the same arrays), which is how a jitted step binds and reads them.
 """

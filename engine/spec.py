@@ -5,9 +5,9 @@ API and the dashboard read them from here. Pure Python: nothing here touches an 
 
 - The enumerations (`KINDS`, `MODEL_NAMES`, `DATASETS`, `ACTIVATIONS`, `INITS`, `OPTIMIZERS`, `DTYPES`).
 - `DEFAULT_SPEC`: the fully populated spec a job gets when it says nothing (`JobSpec().engine_dict()`).
-- The one device grammar: `parse_device(text) -> DeviceRef`, built by `DeviceGrammar` from its backends. A
-  backend is a name and what may follow its colon; adding `cuda:N` or `xla:<platform>:<N>` later is one
-  more `DeviceBackend` in `DEVICE_GRAMMAR`.
+- The one device grammar: `parse_device(text) -> DeviceRef`, built by `DeviceGrammar` (engine/grammar.py)
+  from the words of the registered backends (engine/backends): a backend's words are written in its module
+  only. `float64_refusal(device, dtype)`: what the spelling alone says about float64.
 - Model resolution: the default layers and init of each model (`resolve_model`), the input a model asks
   of its data set and the convnet's square-image reading of a flat input (`model_input`, `image_shape`).
 - `count_parameters(layers)`: the weights and biases of a dense stack (the API's parameter bound).
@@ -19,9 +19,13 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-import re
-from dataclasses import dataclass
 from typing import Any
+
+from engine.backends import backend_of, registry_grammar
+from engine.grammar import DeviceBackend as DeviceBackend  # the grammar's parts, re-exported
+from engine.grammar import DeviceGrammar as DeviceGrammar
+from engine.grammar import DeviceRef as DeviceRef
+from engine.grammar import DeviceSpellingError as DeviceSpellingError
 
 KINDS = ("train", "gradcheck", "backprop_vs_numerical", "gemm")
 MODEL_NAMES = ("two_layer_net", "mlp", "simple_convnet")
@@ -30,10 +34,9 @@ ACTIVATIONS = ("relu", "sigmoid", "tanh")
 INITS = ("std", "xavier", "he")
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam")
 DTYPES = ("float32", "float64")
-DEVICE_CLASSES = ("cpu", "gpu")
-# The square sizes `gemm` measures when a spec names none, per device class. A CPU's rate levels off by
-# 1024; on a GPU a product that small is over in microseconds and times the kernel launch rather than the
-# device, so a GPU's go up to 8192 (an 8192 float64 product is about 1.1 TFLOP).
+# The square sizes `gemm` measures when a spec names none, per hardware class (a TPU gets a GPU's). A
+# CPU's rate levels off by 1024; on a GPU a product that small is over in microseconds and times the kernel
+# launch rather than the device, so a GPU's go up to 8192 (an 8192 float64 product is about 1.1 TFLOP).
 GEMM_SIZES: dict[str, tuple[int, ...]] = {"cpu": (256, 512, 1024), "gpu": (1024, 2048, 4096, 8192)}
 
 # Per model: the widths (input, hidden..., output) and the init used when the spec gives none. The
@@ -92,101 +95,45 @@ class JobError(ValueError):
 
 # --- the device grammar -------------------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class DeviceBackend:
-    """One backend of the device grammar: its name and what may follow `name:`.
-
-    `selector` is a regular expression for the text after the colon (None: the backend takes none);
-    `bare` says whether the name alone is accepted too. `selector_name` and `selector_range` describe
-    the selector in messages (`gpu:N (N = 0..99)`).
-    """
-
-    name: str
-    selector: str | None = None
-    bare: bool = True
-    selector_name: str = "N"
-    selector_range: str = ""
-
-    def spellings(self) -> list[str]:
-        """How this backend may be written, for messages: `gpu`, `gpu:N`."""
-        forms = [self.name] if self.bare or self.selector is None else []
-        if self.selector is not None:
-            forms.append(f"{self.name}:{self.selector_name}")
-        return forms
-
-    def alternatives(self) -> list[str]:
-        """The regular-expression alternatives of this backend."""
-        forms = [re.escape(self.name)] if self.bare or self.selector is None else []
-        if self.selector is not None:
-            forms.append(f"{re.escape(self.name)}:{self.selector}")
-        return forms
-
-
-class DeviceSpellingError(ValueError):
-    """The text is not a device of the grammar; the message names it and the accepted spellings."""
-
-
-@dataclass(frozen=True)
-class DeviceRef:
-    """A parsed device: its backend and what followed the colon (`gpu:3` -> backend gpu, selector 3)."""
-
-    backend: str
-    selector: str | None = None
-
-    @property
-    def index(self) -> int | None:
-        """The numeric selector (`gpu:3` -> 3), or None."""
-        return int(self.selector) if self.selector is not None and self.selector.isdigit() else None
-
-    @property
-    def device_class(self) -> str:
-        """The queue class the device belongs to: `cpu` or `gpu` (every accelerator)."""
-        return "cpu" if self.backend == "cpu" else "gpu"
-
-    @property
-    def name(self) -> str:
-        return self.backend if self.selector is None else f"{self.backend}:{self.selector}"
-
-
-class DeviceGrammar:
-    """The spellings of devices, from a list of backends: one regular expression, one message, one parser."""
-
-    def __init__(self, backends: tuple[DeviceBackend, ...]) -> None:
-        self.backends = backends
-        alternatives = [a for backend in backends for a in backend.alternatives()]
-        # ASCII: `\d` and `\w` in a selector match only 0-9 and a-z; `parse` uses `fullmatch`, so a trailing
-        # newline (which `$` lets through) is refused too. The anchors stay for the JSON schema's `pattern`.
-        self.pattern = re.compile("^(" + "|".join(alternatives) + ")$", re.ASCII)
-        self.spellings: tuple[str, ...] = tuple(s for backend in backends for s in backend.spellings())
-        ranges = ", ".join(f"{b.selector_name} = {b.selector_range}" for b in backends if b.selector_range)
-        listed = f"{', '.join(self.spellings[:-1])} or {self.spellings[-1]}"
-        self.accepted = listed + (f" ({ranges})" if ranges else "")
-
-    def parse(self, text: str, what: str = "device") -> DeviceRef:
-        """The DeviceRef `text` spells, exactly as written; anything else raises DeviceSpellingError."""
-        match = self.pattern.fullmatch(text) if isinstance(text, str) else None
-        if match is None:
-            raise DeviceSpellingError(f"{what} must be {self.accepted}, got {text!r}")
-        backend, _, selector = match.group(1).partition(":")
-        return DeviceRef(backend, selector or None)
-
-
-# Today's devices: the CPU and CUDA GPUs by index. The API has always taken at most two digits.
-DEVICE_GRAMMAR = DeviceGrammar(
-    (DeviceBackend("cpu"), DeviceBackend("gpu", selector=r"\d{1,2}", selector_range="0..99"))
-)
+# Every registered backend's words (engine/backends: `cpu`; `gpu`, `gpu:N`, `cuda:N`; `rocm:N`;
+# `xla:<platform>:<N>`; ...), in the registry's order. A backend's spellings are written once, in its module.
+DEVICE_GRAMMAR = registry_grammar()
 DEVICE_PATTERN = DEVICE_GRAMMAR.pattern
 DEVICE_SPELLINGS = DEVICE_GRAMMAR.spellings
-DEVICE_ACCEPTED = DEVICE_GRAMMAR.accepted  # "cpu, gpu or gpu:N (N = 0..99)": every refusal says this
+DEVICE_ACCEPTED = DEVICE_GRAMMAR.accepted  # "cpu, gpu, gpu:N, cuda:N, ...": every refusal says this
+# The queue classes: `cpu` and `gpu` (NumPy, and any GPU CuPy has), then one per backend's own word.
+DEVICE_CLASSES: tuple[str, ...] = DEVICE_GRAMMAR.classes
 
 
 def parse_device(text: str, what: str = "device") -> DeviceRef:
-    """`cpu`, `gpu` or `gpu:N` -> DeviceRef, exactly as written; anything else raises DeviceSpellingError.
+    """`cpu`, `gpu:N`, `xla:tpu:0`, ... -> DeviceRef, exactly as written; anything else raises
+    DeviceSpellingError.
 
     Callers that accept other letter cases or surrounding spaces normalise before calling.
     """
     return DEVICE_GRAMMAR.parse(text, what)
+
+
+def hardware_kind(ref: DeviceRef) -> str:
+    """The hardware class a device spelling names (`cpu`, `gpu`, `tpu`, ...), known without its library."""
+    return backend_of(ref).hardware_kind(ref)
+
+
+def float64_refusal(device: str, dtype: str) -> str | None:
+    """Why a job of `dtype` cannot run on `device`, where the spelling alone says (the API has no
+    accelerator libraries); None when it can, or when only the device itself can tell (the worker checks)."""
+    if dtype != "float64":
+        return None
+    try:
+        ref = parse_device(device)
+    except DeviceSpellingError:
+        return None  # the device itself is refused where it is checked
+    if backend_of(ref).float64_by_spelling(ref) is not False:
+        return None
+    return (
+        f"dtype float64 cannot run on device {device!r} ({backend_of(ref).name} has no float64 on "
+        f"{hardware_kind(ref)}); accepted: dtype float32 there, or float64 on a device that has it (e.g. cpu)"
+    )
 
 
 def default_gemm_sizes(device: str) -> list[int]:
@@ -196,10 +143,10 @@ def default_gemm_sizes(device: str) -> list[int]:
     gets the CPU's sizes (the device itself is refused where it is checked).
     """
     try:
-        device_class = parse_device(device.strip().lower()).device_class
+        kind = hardware_kind(parse_device(device.strip().lower()))
     except (DeviceSpellingError, AttributeError):
-        device_class = "cpu"
-    return list(GEMM_SIZES[device_class])
+        kind = "cpu"
+    return list(GEMM_SIZES["cpu" if kind == "cpu" else "gpu"])
 
 
 # --- model resolution ---------------------------------------------------------------------------------

@@ -1,13 +1,20 @@
-"""`bpbench worker --device cpu|gpu|gpu:N`: one Celery worker serving one device.
+"""`bpbench worker --device cpu|gpu|gpu:N|cuda:N|rocm:N|xla:<platform>:<N>|...`: one Celery worker serving
+one device of one backend (`engine/backends`).
 
-Start-up order matters on a GPU host: `gpu:N` sets `CUDA_VISIBLE_DEVICES=N` before anything imports CuPy,
-so the worker sees its GPU as device 0; GPU workers use the solo pool (one job at a time, in this process),
-so CUDA is never initialised in a process that later forks. CPU workers use the prefork pool (default one
-process: concurrent jobs on one CPU would distort each other's timings).
+Start-up order matters on a GPU host: `gpu:N` sets `CUDA_VISIBLE_DEVICES=N` (`rocm:N`:
+`HIP_VISIBLE_DEVICES`; the backend's `pin`) before anything imports its library, so the worker sees its GPU
+as device 0; workers of a backend that is not fork-safe (every one but NumPy) use the solo pool (one job
+at a time, in this process), so CUDA, HIP, XLA or SYCL is never initialised in a process that later forks.
+CPU workers use the prefork pool (default one process: concurrent jobs on one CPU would distort each
+other's timings).
 
 The worker then registers its device (the engine's fingerprint -> a `devices` row, id = short hash of the
-stable fields), consumes its class queue (`cpu` or `gpu`) and its device queue (`device.<id>`), and, once
-Celery is consuming, registers itself in `workers` and writes a heartbeat every `heartbeat_interval_s`.
+stable fields), consumes its backend's queues (`Backend.queues`: `cpu`; `gpu` and `cuda` or `rocm`; the
+backend's own, `xla`) and its device queue (`device.<id>`), and, once Celery is consuming, registers itself
+in `workers` and writes a heartbeat every `heartbeat_interval_s`.
+
+`bpbench worker --list-devices` (`list_devices`): every registered backend, installed or not, and the
+devices of each installed one with the exact `--device` to serve it.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from engine.backends import backend_of
 from engine.spec import DEVICE_ACCEPTED, DeviceSpellingError
 from engine.spec import parse_device as parse_device_ref
 from services.core.config import Settings, get_settings, redact_url
@@ -34,38 +42,51 @@ class WorkerConfigError(ValueError):
 
 @dataclass(frozen=True)
 class WorkerDevice:
-    """What `--device` asked for: the class and the physical GPU index (if pinned)."""
+    """What `--device` asked for: its backend, its queue class, the environment that pins it and the
+    spelling the engine uses for it in this process (a pinned GPU is device 0 of CUDA_VISIBLE_DEVICES)."""
 
     requested: str
     device_class: str
     gpu_index: int | None
-
-    @property
-    def engine_device(self) -> str:
-        """The device the engine uses in this process: a pinned GPU is device 0 of CUDA_VISIBLE_DEVICES."""
-        return "cpu" if self.device_class == "cpu" else "gpu:0"
+    backend: str = "numpy"
+    engine_device: str = "cpu"
+    pin_env: tuple[tuple[str, str], ...] = ()
+    fork_safe: bool = True
 
     @property
     def tag(self) -> str:
-        """A short label for worker names: cpu, gpu, gpu3."""
-        return self.device_class if self.gpu_index is None else f"gpu{self.gpu_index}"
+        """A short label for worker names: cpu, gpu, gpu3, rocm1, xla-tpu-0."""
+        word, _, selector = self.requested.partition(":")
+        if not selector or selector.isdigit():
+            return word + selector
+        return self.requested.replace(":", "-")
 
 
 def parse_device(value: str) -> WorkerDevice:
-    """`cpu`, `gpu` or `gpu:N` -> WorkerDevice; anything else is refused with the accepted spellings."""
+    """A device of the grammar -> WorkerDevice; anything else is refused with the accepted spellings."""
     requested = value.strip().lower()
     try:
         ref = parse_device_ref(requested)
     except DeviceSpellingError:
         raise WorkerConfigError(f"--device must be {DEVICE_ACCEPTED}, got {value!r}") from None
-    return WorkerDevice(requested=requested, device_class=ref.device_class, gpu_index=ref.index)
+    backend = backend_of(ref)
+    env, engine_device = backend.pin(ref)
+    return WorkerDevice(
+        requested=requested,
+        device_class=ref.device_class,
+        gpu_index=ref.index if env else None,
+        backend=backend.name,
+        engine_device=engine_device,
+        pin_env=tuple(sorted(env.items())),
+        fork_safe=backend.fork_safe,
+    )
 
 
 def pin_gpu(device: WorkerDevice) -> None:
-    """For `gpu:N`, make GPU N the only visible one; must run before CuPy initialises CUDA."""
-    if device.gpu_index is None:
-        return
-    os.environ["CUDA_VISIBLE_DEVICES"] = str(device.gpu_index)
+    """For `gpu:N` (`cuda:N`, `rocm:N`), make GPU N the only visible one; must run before the library
+    initialises CUDA or HIP."""
+    for name, value in device.pin_env:
+        os.environ[name] = value
 
 
 def limit_threads(threads: int) -> None:
@@ -116,7 +137,9 @@ class Heartbeat:
 
 
 def register_device(device: WorkerDevice, settings: Settings) -> tuple[str, dict[str, Any]]:
-    """Take the device's fingerprint and upsert its `devices` row; returns (device id, fingerprint)."""
+    """Take the device's fingerprint and upsert its `devices` row; returns (device id, fingerprint).
+    The fingerprint's `backend` block names the backend that resolved it (`gpu` on CuPy's ROCm build:
+    `rocm`)."""
     import psutil
 
     from engine.backend import DeviceError, fingerprint, resolve_device
@@ -127,16 +150,26 @@ def register_device(device: WorkerDevice, settings: Settings) -> tuple[str, dict
         engine_device = resolve_device(device.engine_device)
     except DeviceError as exc:
         pinned = (
-            f" (GPU {device.gpu_index} is gpu:0 under CUDA_VISIBLE_DEVICES={device.gpu_index})"
-            if device.gpu_index is not None
+            f" (GPU {device.gpu_index} is {device.engine_device} under "
+            + ", ".join(f"{name}={value}" for name, value in device.pin_env)
+            + ")"
+            if device.pin_env
             else ""
         )
         raise WorkerConfigError(f"--device {device.requested} cannot be served{pinned}: {exc}") from None
     doc = fingerprint(engine_device)
-    memory = None if device.device_class == "gpu" else int(psutil.virtual_memory().total)
+    memory = int(psutil.virtual_memory().total) if engine_device.kind == "cpu" else None
     with session_factory(settings)() as session:
         row = upsert_device(session, doc, memory_bytes=memory)
         return row.id, doc
+
+
+def served_class_queues(fingerprint: dict[str, Any]) -> list[str]:
+    """The class and backend queues a worker of this device serves: its backend's `queues` (the backend
+    that resolved the device: `gpu` on CuPy's ROCm build is `rocm`, serving `gpu` and `rocm`)."""
+    from engine.backends import backend_named
+
+    return list(backend_named(str(fingerprint["backend"]["name"])).queues)
 
 
 def choose_worker_name(name: str | None, default: str, settings: Settings) -> str:
@@ -179,9 +212,10 @@ def run_worker(
         if threads < 1:
             raise WorkerConfigError(f"--threads must be at least 1, got {threads}")
         limit_threads(threads)
-    if wanted.device_class == "gpu" and concurrency not in (None, 1):
+    if not wanted.fork_safe and concurrency not in (None, 1):
+        what = "GPU" if wanted.device_class in ("gpu", "cuda", "rocm") else wanted.backend
         raise WorkerConfigError(
-            f"a GPU worker runs one job at a time (solo pool); got --concurrency {concurrency}"
+            f"a {what} worker runs one job at a time (solo pool); got --concurrency {concurrency}"
         )
     if concurrency is not None and concurrency < 1:
         raise WorkerConfigError(f"--concurrency must be at least 1, got {concurrency}")
@@ -195,13 +229,13 @@ def run_worker(
     from workers import tasks
 
     app = queue.configure(settings)
-    device_id, _ = register_device(wanted, settings)
+    device_id, doc = register_device(wanted, settings)
     worker_name = choose_worker_name(name, f"{wanted.tag}@{socket.gethostname()}", settings)
-    queues = [wanted.device_class, queue.device_queue(device_id), queue.CONTROL_QUEUE]
+    queues = [*served_class_queues(doc), queue.device_queue(device_id), queue.CONTROL_QUEUE]
     tasks.configure_worker(
         tasks.WorkerContext(name=worker_name, device_id=device_id, engine_device=wanted.engine_device)
     )
-    pool = "solo" if wanted.device_class == "gpu" else "prefork"
+    pool = "prefork" if wanted.fork_safe else "solo"
     if pool == "solo":
         # The solo pool runs the job in the consumer's own thread, which then cannot answer AMQP
         # heartbeats; without this RabbitMQ would drop the connection in the middle of a long job.
@@ -282,7 +316,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="bpbench-worker", description=__doc__.splitlines()[0] if __doc__ else None
     )
-    parser.add_argument("--device", default="cpu", help="cpu, gpu or gpu:N")
+    parser.add_argument("--device", default="cpu", help=DEVICE_ACCEPTED)
     parser.add_argument("--name", default=None, help="worker name (default <device>@<hostname>)")
     parser.add_argument("--concurrency", type=int, default=None, help="jobs at once (CPU only; default 1)")
     parser.add_argument("--threads", type=int, default=None, help="BLAS threads (default: the library's)")

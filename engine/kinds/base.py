@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from engine.backend import Device, DeviceError, Stopwatch, resolve_device, synchronize
+from engine.backend import Device, DeviceError, Stopwatch, check_float64, resolve_device, synchronize
 from engine.datasets import Dataset, DatasetError, dataset_split, load_dataset, loading_bytes
 from engine.networks import CONVNET_FILTER_SIZE, CONVNET_FILTERS, Network, build_network
 from engine.optimizers import make_optimizer
@@ -116,11 +116,14 @@ class JobKind:
 
 
 def device_of(spec: dict[str, Any]) -> Device:
-    """The spec's device, or JobError naming what is available."""
+    """The spec's device, or JobError naming what is available (or, for a float64 job on a device without
+    float64, what is accepted: the API refuses what the spelling tells, this checks the device itself)."""
     try:
-        return resolve_device(spec["device"])
+        device = resolve_device(spec["device"])
+        check_float64(device, str(spec.get("dtype", "float32")))
     except DeviceError as exc:
         raise JobError(str(exc)) from None
+    return device
 
 
 _last_dataset: tuple[tuple[Any, ...], Dataset] | None = None

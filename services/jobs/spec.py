@@ -16,9 +16,18 @@ import hashlib
 import json
 from typing import Annotated, Any, Literal, cast
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from engine.datasets import FIXED_CLASSES, FIXED_SIZES, SPIRAL_FEATURES
+from engine.grammar import MAX_DEVICE_CHARS
 from engine.spec import (
     DEFAULT_SPEC,
     GEMM_SIZES,
@@ -26,8 +35,10 @@ from engine.spec import (
     default_gemm_sizes,
     default_init,
     default_layers,
+    float64_refusal,
     parse_device,
 )
+from engine.spec import DEVICE_ACCEPTED as DEVICE_ACCEPTED
 from engine.spec import DEVICE_PATTERN as DEVICE_PATTERN  # the one device grammar, re-exported
 from engine.spec import count_parameters as count_parameters  # the API's parameter bound counts with it
 
@@ -38,7 +49,8 @@ DatasetName = Literal["mnist5k", "mnist", "digits", "synthetic", "spiral"]
 Activation = Literal["relu", "sigmoid", "tanh"]
 Init = Literal["std", "xavier", "he"]
 OptimizerName = Literal["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam"]
-DeviceClass = Literal["cpu", "gpu"]
+# The queue classes grow with the backend registry (engine.spec.DEVICE_CLASSES), so they are not a Literal.
+DeviceClass = str
 DType = Literal["float32", "float64"]
 
 _MODEL: dict[str, Any] = DEFAULT_SPEC["model"]
@@ -143,7 +155,8 @@ class JobSpec(StrictModel):
     # The pattern is documented in the schema; `_device_known` checks it with a readable message.
     device: str = Field(
         DEFAULT_SPEC["device"],
-        description="cpu, gpu or gpu:N",
+        description=DEVICE_ACCEPTED,
+        max_length=MAX_DEVICE_CHARS,
         json_schema_extra={"pattern": DEVICE_PATTERN.pattern},
     )
     model: ModelSpec = Field(default_factory=ModelSpec)
@@ -199,6 +212,15 @@ class JobSpec(StrictModel):
             raise ValueError(str(exc)) from None
         return value
 
+    @field_validator("dtype")
+    @classmethod
+    def _dtype_on_the_device(cls, value: str, info: ValidationInfo) -> str:
+        """float64 aimed at a device that has none (a TPU) is refused here, not failed on a worker."""
+        refusal = float64_refusal(str(info.data.get("device", "")), value)
+        if refusal is not None:
+            raise ValueError(refusal)
+        return value
+
     @model_validator(mode="after")
     def _model_fits(self) -> JobSpec:
         layers = self.model.resolved_layers()
@@ -234,7 +256,8 @@ class JobSpec(StrictModel):
 
     @property
     def device_class(self) -> DeviceClass:
-        return cast(DeviceClass, parse_device(self.device).device_class)
+        """The queue class of the spec's device: `cpu`, `gpu`, or its backend's own (`xla`, `rocm`, ...)."""
+        return parse_device(self.device).device_class
 
     def engine_dict(self) -> dict[str, Any]:
         """The fully populated plain dict the engine takes."""

@@ -70,7 +70,9 @@ def test_the_gpu_probe_counts_the_jobs_own_high_water_mark_in_the_pool(
     mib = 1024**2
     pool = StandInPool(used=100 * mib, cached=900 * mib)
     monkeypatch.setattr(
-        backend, "_import_cupy", lambda: SimpleNamespace(get_default_memory_pool=lambda: pool)
+        backend.backend_named("cuda"),
+        "import_library",
+        lambda: SimpleNamespace(get_default_memory_pool=lambda: pool),
     )
     probe = memory_probe(Device("gpu", 0))
     at_start = probe()["gpu_pool_bytes"]

@@ -48,7 +48,7 @@ def jax() -> Any:
 @pytest.fixture
 def xla(jax: Any) -> Any:
     """The device the networks are built on: JAX's CPU."""
-    from engine.jax_numpy import xp
+    from engine.backends.jax_numpy import xp
 
     return types.SimpleNamespace(
         xp=xp, is_gpu=False, name="xla:cpu:0", kind="xla", index=0, use=contextlib.nullcontext

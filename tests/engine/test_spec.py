@@ -32,18 +32,24 @@ from engine.spec import (
     resolve_spec,
 )
 
-# The three grammars before they became one: the API's (what a job may say), the worker's, the engine's.
+# The three grammars before they became one: the API's (what a job may say), the worker's, the engine's;
+# since the backend registry, the words of cuda, rocm and xla besides.
 API_DEVICE = re.compile(r"^(cpu|gpu|gpu:\d{1,2})$")
+REGISTRY_DEVICE = re.compile(r"^(cuda:\d{1,2}|rocm:\d{1,2}|xla:(cpu|gpu|cuda|rocm|tpu):\d{1,2})$")
 SPELLINGS = [
     "cpu", "gpu", "gpu:0", "gpu:7", "gpu:07", "gpu:99", "gpu:100", "cpu:0", "GPU", "Cpu", " cpu", "cpu ",
-    "cpu\n", "gpu:", "gpu:-1", "gpu:1a", "tpu", "cuda:0", "", "gpu:0:1",
+    "cpu\n", "gpu:", "gpu:-1", "gpu:1a", "tpu", "cuda:0", "", "gpu:0:1", "cuda", "cuda:100", "rocm:3",
+    "rocm", "xla:tpu:0", "xla:cpu:0", "xla:cpu", "xla:0", "xla:tpu:0:1", "XLA:tpu:0", "xla:npu:0",
+    "opencl:cpu:0", "numpy", "cuda:0\n",
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize("text", SPELLINGS)
-def test_the_device_grammar_accepts_exactly_what_the_api_accepted(text: str) -> None:
+def test_the_device_grammar_accepts_what_the_api_accepted_and_the_registered_backends_words(
+    text: str,
+) -> None:
     # Except the API's one slip: `$` let a trailing newline through ("cpu\n"); the grammar refuses it.
-    accepted = API_DEVICE.fullmatch(text) is not None
+    accepted = API_DEVICE.fullmatch(text) is not None or REGISTRY_DEVICE.fullmatch(text) is not None
     if accepted:
         assert parse_device(text).name == text
     else:
@@ -59,9 +65,12 @@ def test_the_device_grammar_refuses_a_trailing_newline_and_digits_other_than_asc
         parse_device(text)
 
 
-def test_the_published_device_pattern_and_message_are_unchanged() -> None:
-    assert DEVICE_PATTERN.pattern == r"^(cpu|gpu|gpu:\d{1,2})$"
-    assert DEVICE_ACCEPTED == "cpu, gpu or gpu:N (N = 0..99)"
+def test_the_published_device_pattern_and_message_are_the_registrys_words_in_order() -> None:
+    # Today's spellings first, as before; each backend's words after them.
+    assert DEVICE_PATTERN.pattern == (
+        r"^(cpu|gpu|gpu:\d{1,2}|cuda:\d{1,2}|rocm:\d{1,2}|xla:(?:cpu|gpu|cuda|rocm|tpu):\d{1,2})$"
+    )
+    assert DEVICE_ACCEPTED == "cpu, gpu, gpu:N, cuda:N, rocm:N or xla:<platform>:<N> (N = 0..99)"
 
 
 def test_a_parsed_device_has_a_backend_an_index_and_a_queue_class() -> None:
@@ -76,7 +85,7 @@ def test_the_grammar_grows_by_one_backend_entry_each() -> None:
         (
             DeviceBackend("cpu"),
             DeviceBackend("cuda", selector=r"\d{1,2}", bare=False, selector_range="0..99"),
-            DeviceBackend("xla", selector=r"[a-z]+:\d{1,2}", bare=False, selector_name="<platform>:<N>"),
+            DeviceBackend("xla", selector=r"[a-z]{1,8}:\d{1,2}", bare=False, selector_name="<platform>:<N>"),
             DeviceBackend("opencl", selector=r"\d{1,2}:\d{1,2}", bare=False, selector_name="<p>:<d>"),
         )
     )

@@ -63,7 +63,6 @@ STANDARD_TRAIN_ESTIMATES = {
         (job_spec.Init, engine_spec.INITS),
         (job_spec.OptimizerName, engine_spec.OPTIMIZERS),
         (job_spec.DType, engine_spec.DTYPES),
-        (job_spec.DeviceClass, engine_spec.DEVICE_CLASSES),
     ],
 )
 def test_each_literal_of_the_job_spec_is_the_engines_tuple(literal: Any, values: tuple[str, ...]) -> None:
@@ -117,14 +116,30 @@ def test_the_standard_training_jobs_keep_their_memory_estimates() -> None:
     assert {name: estimates[name] for name in STANDARD_TRAIN_ESTIMATES} == STANDARD_TRAIN_ESTIMATES
 
 
-def test_a_misspelt_device_is_refused_with_the_same_words_as_before() -> None:
+def test_a_misspelt_device_is_refused_with_the_grammars_words() -> None:
     with pytest.raises(ValidationError) as refused:
         JobSpec.model_validate({"device": "gpu:100"})
-    assert (
-        refused.value.errors()[0]["msg"]
-        == "Value error, device must be cpu, gpu or gpu:N (N = 0..99), got 'gpu:100'"
+    assert refused.value.errors()[0]["msg"] == (
+        "Value error, device must be cpu, gpu, gpu:N, cuda:N, rocm:N or xla:<platform>:<N> (N = 0..99), "
+        "got 'gpu:100'"
     )
     assert JobSpec.model_validate({"device": "gpu:7"}).device_class == "gpu"
+
+
+@pytest.mark.parametrize(
+    ("device", "queue_class"),
+    [
+        ("cpu", "cpu"),
+        ("gpu", "gpu"),
+        ("gpu:7", "gpu"),
+        ("cuda:0", "cuda"),
+        ("rocm:1", "rocm"),
+        ("xla:cpu:0", "xla"),
+    ],
+)
+def test_a_specs_queue_class_is_one_of_the_engines_device_classes(device: str, queue_class: str) -> None:
+    assert JobSpec.model_validate({"device": device}).device_class == queue_class
+    assert queue_class in engine_spec.DEVICE_CLASSES
 
 
 def test_a_result_takes_its_columns_from_its_kind() -> None:

@@ -1,0 +1,66 @@
+"""The default backend: NumPy on the host's CPU (x86 or aarch64), with whichever BLAS NumPy carries.
+
+(Named `numpy_backend`, not `numpy`, so that no tool reading this folder mistakes it for NumPy itself.)
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+from types import ModuleType
+
+import numpy as np
+
+from engine.backends.base import Backend, Device, DeviceError, DeviceInfo
+from engine.backends.vendors import cpu_vendor
+from engine.grammar import DeviceBackend, DeviceRef
+
+
+@functools.cache
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo, else what the platform says)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+class NumpyBackend(Backend):
+    name = "numpy"
+    words = (DeviceBackend("cpu"),)
+    extra = None
+    library = "numpy"
+    distributions = ("numpy",)
+    class_queue = "cpu"
+    fork_safe = True
+    summary = "NumPy and its BLAS on the host's CPU"
+
+    def import_library(self) -> ModuleType:
+        return np
+
+    def library_version(self) -> str:
+        return str(np.__version__)
+
+    def resolve(self, ref: DeviceRef) -> Device:
+        if ref.selector is not None:
+            raise DeviceError(f"device {ref.name!r}: the CPU takes no index; use cpu")
+        return Device("cpu", None, "numpy")
+
+    def devices(self) -> list[DeviceInfo]:
+        return [DeviceInfo("cpu", cpu_model(), self.vendor(Device()), True)]
+
+    def hardware_kind(self, ref: DeviceRef) -> str:
+        return "cpu"
+
+    def float64_by_spelling(self, ref: DeviceRef) -> bool:
+        return True
+
+    def vendor(self, device: Device) -> str:
+        return cpu_vendor(cpu_model(), platform.machine(), platform.system())
+
+    def xp(self, device: Device) -> ModuleType:
+        return np
