@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import types
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
 
-from engine.backend import CPU
+from engine.backend import CPU, Device, fingerprint, resolve_device
+from engine.backends import backend_named
 from engine.datasets import load_dataset
+from engine.jobs import run_job
 from engine.layers import Dropout
 from engine.networks import Network, build_network
 from engine.optimizers import make_optimizer
@@ -46,13 +47,9 @@ def jax() -> Any:
 
 
 @pytest.fixture
-def xla(jax: Any) -> Any:
+def xla(jax: Any) -> Device:
     """The device the networks are built on: JAX's CPU."""
-    from engine.backends.jax_numpy import xp
-
-    return types.SimpleNamespace(
-        xp=xp, is_gpu=False, name="xla:cpu:0", kind="xla", index=0, use=contextlib.nullcontext
-    )
+    return resolve_device("xla:cpu:0")
 
 
 @contextlib.contextmanager
@@ -223,3 +220,37 @@ def test_the_textbook_recipe_reaches_numpy_s_test_accuracy(jax: Any, xla: Any) -
         accuracies[name] = network.accuracy(data.x_test, data.t_test)
     assert accuracies["numpy"] > 0.9
     assert abs(accuracies["xla"] - accuracies["numpy"]) <= 0.01, accuracies
+
+
+def test_xla_cpu_is_listed_with_this_cpu_s_vendor_and_float64(xla: Device) -> None:
+    infos = {info.spelling: info for info in backend_named("xla").devices()}
+    assert infos["xla:cpu:0"].vendor == backend_named("numpy").vendor(CPU)
+    assert infos["xla:cpu:0"].float64 is True
+    stack = fingerprint(xla)["backend"]
+    assert stack["name"] == "xla" and stack["library"] == "jax" and stack["platform"] == "cpu"
+    assert stack["library_version"] and stack["runtime_version"].startswith("jaxlib ")
+
+
+def test_a_float32_step_stays_float32_with_x64_on(jax: Any, xla: Device) -> None:
+    model, shape = PRESETS["mlp-batchnorm"]
+    x, t = batch(shape)
+    with precision(jax, "float64"):
+        network = build_network(model, shape, 10, "float32", xla, 0)
+        step = compiled_with(network, {"name": "adam", "lr": 0.01})
+        loss = step(network.xp.asarray(x, "float32"), network.xp.asarray(t))
+    assert str(loss.dtype) == "float32"
+    assert {str(p.dtype) for p in network.params.values()} == {"float32"}
+
+
+def test_a_train_job_on_xla_cpu_gives_the_cpu_job_s_document_and_accuracy(xla: Device) -> None:
+    spec = {"kind": "train", "model": {"name": "two_layer_net"}, "dataset": "mnist5k", "steps": 600}
+    spec |= {"batch_size": 100, "optimizer": {"name": "sgd", "lr": 0.1}, "eval_samples": 1000}
+    docs = {device: run_job({**spec, "device": device}) for device in ("cpu", "xla:cpu:0")}
+    cpu, on_xla = docs["cpu"], docs["xla:cpu:0"]
+    assert set(on_xla) == set(cpu) and set(on_xla["metrics"]) == set(cpu["metrics"])
+    assert (
+        on_xla["fingerprint"]["device"] == "xla:cpu:0" and on_xla["fingerprint"]["backend"]["name"] == "xla"
+    )
+    assert on_xla["metrics"]["samples_per_s"]["median"] > 0
+    assert abs(on_xla["metrics"]["test_accuracy"] - cpu["metrics"]["test_accuracy"]) <= 0.01
+    assert on_xla["metrics"]["final_loss"] == pytest.approx(cpu["metrics"]["final_loss"], rel=1e-3)
