@@ -24,6 +24,7 @@ from engine.backend import CPU, Device, fingerprint, resolve_device
 from engine.backends import backend_named
 from engine.datasets import load_dataset
 from engine.jobs import run_job
+from engine.kinds.base import JobError
 from engine.layers import Dropout
 from engine.networks import Network, build_network
 from engine.optimizers import make_optimizer
@@ -254,3 +255,9 @@ def test_a_train_job_on_xla_cpu_gives_the_cpu_job_s_document_and_accuracy(xla: D
     assert on_xla["metrics"]["samples_per_s"]["median"] > 0
     assert abs(on_xla["metrics"]["test_accuracy"] - cpu["metrics"]["test_accuracy"]) <= 0.01
     assert on_xla["metrics"]["final_loss"] == pytest.approx(cpu["metrics"]["final_loss"], rel=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["gradcheck", "backprop_vs_numerical", "gemm"])
+def test_kinds_that_change_arrays_in_place_are_refused_on_xla_naming_train(kind: str, xla: Device) -> None:
+    with pytest.raises(JobError, match=rf"kind '{kind}' changes arrays in place.*accepted there: kind train"):
+        run_job({"kind": kind, "device": "xla:cpu:0"})
