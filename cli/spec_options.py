@@ -28,7 +28,7 @@ import typer
 from pydantic import BaseModel, ValidationError
 from typer.core import TyperCommand
 
-from engine.spec import ACTIVATIONS, DATASETS, DTYPES, INITS, KINDS, MODEL_NAMES, OPTIMIZERS
+from engine.spec import ACTIVATIONS, DATASETS, DEVICE_SPELLINGS, DTYPES, INITS, KINDS, MODEL_NAMES, OPTIMIZERS
 from services.jobs.spec import JobSpec
 
 try:  # recent typer vendors click as typer._click; its exceptions are not click's
@@ -91,7 +91,7 @@ SPEC_OPTIONS: tuple[SpecOption, ...] = (
     SpecOption("momentum", "--momentum", "optimizer.momentum", float, "momentum (momentum, nesterov)"),
     SpecOption("weight_decay", "--weight-decay", "optimizer.weight_decay", float, "L2 weight decay"),
     SpecOption("dtype", "--dtype", "dtype", str, " | ".join(DTYPES)),
-    SpecOption("device", "--device", "device", str, "cpu | gpu | gpu:N"),
+    SpecOption("device", "--device", "device", str, " | ".join(DEVICE_SPELLINGS)),
     SpecOption("seed", "--seed", "seed", int, "random seed (weights, minibatches)"),
     SpecOption(
         "target_accuracy", "--target-accuracy", "target_accuracy", float, "report time to this test accuracy"

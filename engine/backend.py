@@ -79,7 +79,7 @@ def check_float64(device: Device, dtype: str) -> None:
     if dtype == "float64" and not backend_for(device).supports_float64(device):
         raise DeviceError(
             f"dtype float64 cannot run on device {device.name!r} ({device.backend} has no float64 there); "
-            "accepted: dtype float32 on it, or float64 on a device that has it (e.g. cpu)"
+            "accepted: float32 on it, or float64 on a device that has it (e.g. cpu)"
         )
 
 

@@ -42,8 +42,10 @@ class DeviceBackend:
     owner: str | None = None
 
     def __post_init__(self) -> None:
-        if not (self.name.isascii() and re.fullmatch(r"[a-z][a-z0-9_]{0,15}", self.name)):
-            raise ValueError(f"a device word is 1-16 ASCII letters, digits or _, got {self.name!r}")
+        if not (self.name.isascii() and re.fullmatch(r"[a-z][a-z0-9_]{0,7}", self.name)):
+            raise ValueError(
+                f"a device word is 1-8 ASCII letters, digits or _ (it names a queue class), got {self.name!r}"
+            )
         if self.selector is not None and (not self.selector.isascii() or _UNBOUNDED.search(self.selector)):
             raise ValueError(
                 f"the selector of {self.name!r} must be ASCII with bounded repetition, got {self.selector!r}"

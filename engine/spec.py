@@ -131,8 +131,8 @@ def float64_refusal(device: str, dtype: str) -> str | None:
     if backend_of(ref).float64_by_spelling(ref) is not False:
         return None
     return (
-        f"dtype float64 cannot run on device {device!r} ({backend_of(ref).name} has no float64 on "
-        f"{hardware_kind(ref)}); accepted: dtype float32 there, or float64 on a device that has it (e.g. cpu)"
+        f"float64 cannot run on device {device!r} ({backend_of(ref).name} has no float64 on "
+        f"{hardware_kind(ref)}); accepted: float32 on it, or float64 on a device that has it (e.g. cpu)"
     )
 
 

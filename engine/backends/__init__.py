@@ -15,7 +15,6 @@ Adding a backend: a module `engine/backends/<name>.py` with a `Backend` subclass
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 from engine.backends.base import Backend, Device, DeviceError, DeviceInfo
 from engine.backends.cuda import CudaBackend
@@ -104,23 +103,21 @@ def host_report(backends: tuple[Backend, ...] = BACKENDS) -> list[BackendReport]
     """What this host can run, backend by backend (imports each installed backend's library)."""
     reports = []
     for backend in backends:
-        base: dict[str, Any] = {
-            "backend": backend.name,
-            "summary": backend.summary,
-            "library": backend.library,
-            "install": backend.install_hint(),
-        }
-        if not backend.installed():
-            reports.append(BackendReport(**base, installed=False, version=None))
-            continue
-        try:
-            devices = tuple(backend.devices())
-            note = None if devices else "installed, but it sees no device on this host"
-        except DeviceError as exc:
-            devices, note = (), str(exc)
-        reports.append(
-            BackendReport(
-                **base, installed=True, version=backend.library_version(), devices=devices, note=note
-            )
+        report = BackendReport(
+            backend=backend.name,
+            summary=backend.summary,
+            library=backend.library,
+            installed=backend.installed(),
+            install=backend.install_hint(),
+            version=None,
         )
+        if report.installed:
+            try:
+                devices = tuple(backend.devices())
+                note = None if devices else "installed, but it sees no device on this host"
+            except DeviceError as exc:
+                devices, note = (), str(exc)
+            version = backend.library_version()
+            report = dataclasses.replace(report, version=version, devices=devices, note=note)
+        reports.append(report)
     return reports

@@ -172,6 +172,14 @@ class Backend:
         """The hardware vendor of the device, as the timeline's rows name them (`NVIDIA`, `Intel`, ...)."""
         return "unknown"
 
+    def hardware_name(self, device: Device) -> str | None:
+        """The hardware's own name (a CPU's model, a GPU's name): what identifies it across stacks."""
+        if device.kind != "cpu":
+            return None
+        from engine.backends.numpy_backend import cpu_model
+
+        return cpu_model()
+
     def pin(self, ref: DeviceRef) -> tuple[dict[str, str], str]:
         """For a worker of one device: the environment that makes only it visible (set before the library
         starts) and the spelling the engine then uses for it. Default: nothing to set, the same spelling."""
@@ -233,7 +241,8 @@ class Backend:
 
     def fingerprint_fields(self, device: Device) -> dict[str, Any]:
         """The stack part of a fingerprint: backend, library and version, driver/runtime versions, the
-        hardware's vendor and float64. A backend adds its own keys (a GPU's `gpu` block) in `extra_fields`."""
+        hardware's vendor and name, and float64. A backend's own top-level keys (a GPU's `gpu` block) are
+        `extra_fields`'s."""
         return {
             "name": self.name,
             "library": self.library,
@@ -241,6 +250,7 @@ class Backend:
             "driver_version": None,
             "runtime_version": None,
             "vendor": self.vendor(device),
+            "hardware": self.hardware_name(device),
             "float64": self.supports_float64(device),
         }
 

@@ -107,6 +107,9 @@ class CupyBackend(Backend):
     def vendor(self, device: Device) -> str:
         return self.hardware_vendor
 
+    def hardware_name(self, device: Device) -> str:
+        return gpu_name(self.import_library(), device.index or 0)
+
     def pin(self, ref: DeviceRef) -> tuple[dict[str, str], str]:
         if ref.index is None:
             return {}, ref.name

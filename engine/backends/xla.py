@@ -115,6 +115,11 @@ class XlaBackend(Backend):
             return "AMD" if kind == "rocm" else "NVIDIA"
         return _PLATFORM_VENDOR.get(platform, "unknown")
 
+    def hardware_name(self, device: Device) -> str | None:
+        if device.kind == "cpu":
+            return super().hardware_name(device)
+        return str(self.jax_device(device).device_kind)  # "NVIDIA H200", "TPU v5 lite"
+
     # --- arrays, clocks, memory ----------------------------------------------------------------------
 
     def xp(self, device: Device) -> ModuleType:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from celery import Celery
 from kombu import Queue
 
+from engine.spec import DEVICE_CLASSES
 from services.core.config import Settings, get_settings, hard_time_limit_s
 
 if TYPE_CHECKING:
@@ -34,7 +35,9 @@ TICK_TASK = "bpbench.tick"
 # Every worker consumes this queue besides its device's: the minute tick runs on whichever worker is free,
 # on a GPU-only fleet too.
 CONTROL_QUEUE = "bpbench.control"
-CLASS_QUEUES: tuple[str, ...] = ("cpu", "gpu")
+# The class queues: `cpu`, `gpu`, then one per backend's own word (`cuda`, `rocm`, `xla`, ...), from the
+# engine's registry; a job spelled `xla:cpu:0` waits on `xla`, which only XLA workers serve.
+CLASS_QUEUES: tuple[str, ...] = DEVICE_CLASSES
 DEVICE_QUEUE_PREFIX = "device."
 
 
@@ -44,7 +47,8 @@ def device_queue(device_id: str) -> str:
 
 
 def queue_for(spec: JobSpec, target_device_id: str | None = None) -> str:
-    """Where a job goes: `device.<id>` when aimed at one device, else its class queue `cpu` or `gpu`."""
+    """Where a job goes: `device.<id>` when aimed at one device, else its class queue (`cpu`, `gpu`, or
+    its backend's own: `xla`)."""
     if target_device_id:
         return device_queue(target_device_id)
     return spec.device_class

@@ -50,7 +50,7 @@ class Worker(Base):
         String(200), primary_key=True, doc="the Celery node name, e.g. cpu@host"
     )
     device_id: Mapped[str] = mapped_column(String(16), ForeignKey("devices.id"), index=True)
-    device: Mapped[str] = mapped_column(String(16), doc="the --device it was started with: cpu, gpu, gpu:N")
+    device: Mapped[str] = mapped_column(String(40), doc="the --device it was started with: cpu, gpu:N, ...")
     queues: Mapped[list[str]] = mapped_column()
     hostname: Mapped[str] = mapped_column(String(255))
     pid: Mapped[int] = mapped_column(Integer)

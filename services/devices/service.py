@@ -1,18 +1,18 @@
 """Devices and workers: identity from a fingerprint, registration, heartbeats, liveness.
 
-A device's id is a short hash of the *stable* fields of the engine's fingerprint
-(`engine.backend.fingerprint`): the device class, CPU model and core counts, the BLAS library (with its
-thread count, which changes the numbers), and for a GPU its name, memory, compute capability, driver
-and CUDA runtime. Host names, the GPU's index on its host and interpreter details are left out, so
-identical machines share one device (and one queue `device.<id>`), which is what a benchmark wants:
-same hardware and software, same numbers.
+A device is its hardware plus its stack. Its id is a short hash of the *stable* fields of the engine's
+fingerprint (`engine.backend.fingerprint`): the device class, CPU model and core counts, the BLAS library
+(with its thread count, which changes the numbers), for a GPU its name, memory, compute capability, driver
+and CUDA runtime, and for a backend other than NumPy and CUDA its stack (backend, library version, driver
+and runtime). Host names, the GPU's index on its host and interpreter details are left out, so identical
+machines share one device (and one queue `device.<id>`), which is what a benchmark wants: same hardware
+and software, same numbers. Its vendor is the one its backend recorded (`Backend.vendor`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,37 +21,73 @@ from sqlalchemy import ColumnElement, case, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from engine.backends import backend_named
+from engine.backends.vendors import vendor_of_name as vendor_of
 from services.core.db import utcnow
 from services.core.queue import CONTROL_QUEUE
 from services.devices.models import Device, Worker
 
 DEVICE_ID_CHARS = 12
 
-# Order matters: the first pattern that matches the CPU model or GPU name names the vendor.
-_VENDOR_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("NVIDIA", re.compile(r"nvidia|geforce|quadro|tesla|titan|\b[ahlbv]\d{2,3}\b|\bgh200\b|\brtx\b", re.I)),
-    ("AMD", re.compile(r"\bamd\b|ryzen|epyc|threadripper|opteron|radeon|instinct|\bmi\d{2,3}", re.I)),
-    ("Intel", re.compile(r"intel|xeon|core\(tm\)|pentium|celeron|atom|\barc\b", re.I)),
-    ("Apple", re.compile(r"apple|\bm[1-4]\b", re.I)),
-    ("IBM", re.compile(r"\bibm\b|power\d|\bpower\b", re.I)),
-    ("Google", re.compile(r"\btpu\b|google", re.I)),
-    ("ARM", re.compile(r"\barm\b|aarch64|neoverse|cortex|graviton|ampere|mali|kunpeng", re.I)),
-)
+# Backends whose devices were registered before the fingerprint named its backend: their stack is left out
+# of the device's id, so a CPU or CUDA GPU keeps the id (and queue, and history) it had.
+LEGACY_BACKENDS = ("numpy", "cuda")
 
 
-def vendor_of(name: str) -> str:
-    """The vendor of a CPU model or GPU name ("Intel", "AMD", "NVIDIA", "ARM", ...), or "unknown"."""
-    for vendor, pattern in _VENDOR_PATTERNS:
-        if pattern.search(name or ""):
-            return vendor
-    return "unknown"
+def backend_part(fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """The fingerprint's `backend` block (engine.backend.fingerprint); for a fingerprint taken before the
+    registry, the one it would have had: `cuda` for a GPU, else `numpy`, with their library's version."""
+    part = fingerprint.get("backend")
+    if isinstance(part, dict) and part.get("name"):
+        return part
+    gpu = _gpu_part(fingerprint)
+    if gpu:
+        return {"name": "cuda", "library": "cupy", "library_version": gpu.get("cupy_version")}
+    return {"name": "numpy", "library": "numpy", "library_version": fingerprint.get("numpy_version")}
+
+
+def stack_name(fingerprint: dict[str, Any]) -> str:
+    """The stack in a few words: `numpy (numpy 2.4.6)`, `xla (jax 0.4.38)`."""
+    part = backend_part(fingerprint)
+    library = " ".join(str(v) for v in (part.get("library"), part.get("library_version")) if v)
+    return f"{part['name']} ({library})" if library else str(part["name"])
+
+
+def vendor_of_device(fingerprint: dict[str, Any], name: str) -> str:
+    """The hardware vendor: the one the backend recorded (`Backend.vendor`), else read from the name."""
+    recorded = backend_part(fingerprint).get("vendor")
+    return str(recorded) if recorded and recorded != "unknown" else vendor_of(name)
 
 
 def device_class_of(fingerprint: dict[str, Any]) -> str:
-    """ "gpu" if the fingerprint describes a GPU, else "cpu"."""
+    """The device's class: the first queue its backend's workers serve (`cpu` for NumPy, `gpu` for a CuPy
+    GPU, the backend's own word otherwise: `xla`); a backend this build does not register: `gpu` if the
+    fingerprint describes a GPU, else `cpu`."""
+    try:
+        return backend_named(str(backend_part(fingerprint)["name"])).queues[0]
+    except KeyError:
+        pass
     return (
         "gpu" if fingerprint.get("gpu") or str(fingerprint.get("device", "cpu")).startswith("gpu") else "cpu"
     )
+
+
+def queue_classes_of(fingerprint: dict[str, Any]) -> tuple[str, ...]:
+    """The queue classes a job aimed at this device may have been spelled for: its backend's queues (a
+    ROCm GPU: `gpu` and `rocm`)."""
+    try:
+        return backend_named(str(backend_part(fingerprint)["name"])).queues
+    except KeyError:
+        return (device_class_of(fingerprint),)
+
+
+def device_queue_classes(device: Device) -> tuple[str, ...]:
+    """The queue classes a job aimed at this device may be spelled for (`check_target`): its backend's
+    queues; a device registered before fingerprints named their backend: its class (a GPU's: and `cuda`)."""
+    fingerprint = device.fingerprint or {}
+    if isinstance(fingerprint.get("backend"), dict):
+        return queue_classes_of(fingerprint)
+    return ("gpu", "cuda") if device.device_class == "gpu" else (device.device_class,)
 
 
 def stable_fields(fingerprint: dict[str, Any]) -> dict[str, Any]:
@@ -72,6 +108,11 @@ def stable_fields(fingerprint: dict[str, Any]) -> dict[str, Any]:
         "blas": sorted(blas, key=lambda pool: json.dumps(pool, sort_keys=True)),
         "blas_env": fingerprint.get("blas_env") or {},
     }
+    part = backend_part(fingerprint)
+    if part["name"] not in LEGACY_BACKENDS:
+        # The same CPU through JAX or dpnp is another device: its own id, queue and history.
+        stack = ("name", "library_version", "driver_version", "runtime_version")
+        fields["stack"] = {key: part.get(key) for key in stack}
     gpu = fingerprint.get("gpu")
     if isinstance(gpu, dict):
         fields["gpu"] = {
@@ -107,7 +148,12 @@ def software_of(fingerprint: dict[str, Any]) -> dict[str, Any]:
         for pool in fingerprint.get("blas") or []
         if isinstance(pool, dict) and pool.get("user_api") == "blas"
     ]
+    part = backend_part(fingerprint)
     software = {
+        "backend": part.get("name"),
+        "library": " ".join(str(v) for v in (part.get("library"), part.get("library_version")) if v) or None,
+        "backend_driver": part.get("driver_version") if part.get("name") not in LEGACY_BACKENDS else None,
+        "backend_runtime": part.get("runtime_version") if part.get("name") not in LEGACY_BACKENDS else None,
         "python": fingerprint.get("python_version"),
         "numpy": fingerprint.get("numpy_version"),
         "blas": ", ".join(blas) or None,
@@ -130,7 +176,12 @@ def register_device(
     device_id = device_id_for(fingerprint)
     device_class = device_class_of(fingerprint)
     gpu = _gpu_part(fingerprint)
-    name = str(gpu.get("name") if device_class == "gpu" else fingerprint.get("cpu_model") or "unknown CPU")
+    hardware = backend_part(fingerprint).get("hardware")
+    name = str(
+        hardware
+        or (gpu.get("name") if device_class == "gpu" else fingerprint.get("cpu_model"))
+        or "unknown CPU"
+    )
     memory = int(gpu["total_memory_bytes"]) if gpu.get("total_memory_bytes") else memory_bytes
     device = session.get(Device, device_id)
     now = utcnow()
@@ -138,7 +189,7 @@ def register_device(
         device = Device(
             id=device_id,
             device_class=device_class,
-            vendor=vendor_of(name),
+            vendor=vendor_of_device(fingerprint, name),
             name=name,
             memory_bytes=memory,
             software=software_of(fingerprint),

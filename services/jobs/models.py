@@ -45,7 +45,7 @@ class Job(Base):
         String(16), index=True, doc="JobSpec.spec_hash(): without the device"
     )
     kind: Mapped[str] = mapped_column(String(32), index=True)
-    device: Mapped[str] = mapped_column(String(16), doc="the spec's device: cpu, gpu or gpu:N")
+    device: Mapped[str] = mapped_column(String(40), doc="the spec's device: cpu, gpu:N, xla:tpu:0, ...")
     device_class: Mapped[str] = mapped_column(String(8), doc="cpu or gpu")
     target_device_id: Mapped[str | None] = mapped_column(
         String(16), ForeignKey("devices.id"), doc="an exact device the job was aimed at, else None"

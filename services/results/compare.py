@@ -19,6 +19,9 @@
    (else why not), the highest load average seen, and the software stack of its newest run. The answer
    lists the stack fields that differ between the devices (`stack_differences`) and warns when runs on a
    loaded host are compared with quiet ones (`load_warning`).
+5. A device is hardware plus a stack: each row names its `hardware` (vendor and name, as the backend
+   recorded them) and its `backend` and `library`; rows of one hardware measured through several stacks
+   are listed side by side (`by_hardware`), and `hardware` in the answer groups them.
 """
 
 from __future__ import annotations
@@ -267,12 +270,17 @@ def compare(session: Session, filters: ResultFilter, baseline: str | None = None
         vendor = device.vendor if device else None
         entry = timeline.get((vendor or "").lower())
         achieved = item["median"] * flops_per_sample if flops_per_sample else None
+        stack = conditions.get(device_id, {}).get("stack") or (device.software if device else {}) or {}
         rows.append(
             {
                 "device_id": device_id,
                 "device_name": device.name if device else None,
                 "device_class": device.device_class if device else None,
                 "vendor": vendor,
+                # The hardware (the grouping key) and the stack that measured it, side by side.
+                "hardware": hardware_key(device) if device else None,
+                "backend": stack.get("backend"),
+                "library": stack.get("library"),
                 "samples_per_s": {
                     "median": item["median"],
                     "ci95": item["ci95"],
@@ -301,6 +309,7 @@ def compare(session: Session, filters: ResultFilter, baseline: str | None = None
                 },
             }
         )
+    rows, groups = by_hardware(rows)
     return {
         "spec_hash": spec_hash,
         "spec": spec,
@@ -312,9 +321,41 @@ def compare(session: Session, filters: ResultFilter, baseline: str | None = None
         "baseline_device_id": baseline_id,
         "baseline_name": devices[baseline_id].name if baseline_id in devices else baseline_id,
         "rows": rows,
+        "hardware": groups,
         "stack_differences": _differences({d: c["stack"] for d, c in conditions.items()}),
         "load_warning": _load_warning(rows),
     }
+
+
+def hardware_key(device: Device) -> str:
+    """What identifies a device's hardware across stacks: its vendor and name (the CPU model, the GPU
+    name), as the backends record them."""
+    return f"{device.vendor} {device.name}" if device.vendor not in ("", "unknown") else device.name
+
+
+def by_hardware(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The rows with each hardware's stacks side by side (hardware in the order of its fastest stack,
+    its stacks fastest first), and one group per hardware: its stacks and their medians."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:  # fastest first already
+        groups.setdefault(str(row["hardware"] or row["device_id"]), []).append(row)
+    summary = [
+        {
+            "hardware": key,
+            "vendor": members[0]["vendor"],
+            "stacks": [
+                {
+                    "device_id": row["device_id"],
+                    "backend": row["backend"],
+                    "library": row["library"],
+                    "samples_per_s": row["samples_per_s"]["median"],
+                }
+                for row in members
+            ],
+        }
+        for key, members in groups.items()
+    ]
+    return [row for members in groups.values() for row in members], summary
 
 
 def _load_warning(rows: list[dict[str, Any]]) -> str | None:

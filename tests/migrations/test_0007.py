@@ -35,7 +35,7 @@ def test_0007_adds_the_log_tables_whose_rows_go_with_their_job_and_downgrades_to
             }
             connection.execute(Job.__table__.insert(), [job])
 
-        upgrade_to_head(empty_database_url)
+        command.upgrade(alembic_config(empty_database_url), "0007")
 
         assert current_revision(empty_database_url) == "0007"
         line = {"job_id": JOB, "attempt": 1, "level": "INFO", "logger": "test", "message": "started"}

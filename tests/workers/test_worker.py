@@ -161,6 +161,30 @@ def test_a_job_aimed_at_a_device_without_a_worker_waits_in_that_devices_queue(
         jobs.cancel_job(session, job.id)
 
 
+def test_a_job_spelled_for_another_backend_waits_on_that_backends_queue_not_the_cpus(
+    cpu_worker: WorkerProcess, session_maker: sessionmaker[Session], service_settings: Settings
+) -> None:
+    # The same CPU, through XLA: a NumPy worker must not take it (its numbers would be NumPy's).
+    with session_maker() as session:
+        job = jobs.submit_job(session, tiny_spec(seed=6, device="xla:cpu:0"))
+        reference = jobs.submit_job(session, tiny_spec(seed=7))
+    assert (job.device_class, job.queue, reference.queue) == ("xla", "xla", "cpu")
+
+    assert wait_for_job(session_maker, reference.id).status == "succeeded"
+    client = redis.Redis.from_url(service_settings.broker_url)
+    try:
+        waiting_messages = client.lrange("xla", 0, -1)
+    finally:
+        client.close()
+    assert sum(job.id.encode() in message for message in waiting_messages) == 1
+    assert "xla" not in cpu_worker.queues
+    with session_maker() as session:
+        waiting = jobs.get_job(session, job.id)
+        assert waiting is not None
+        assert (waiting.status, waiting.attempts, waiting.worker_name) == ("queued", 0, None)
+        jobs.cancel_job(session, job.id)
+
+
 def test_a_job_that_cannot_run_is_marked_failed_with_a_readable_error(
     cpu_worker: WorkerProcess, session_maker: sessionmaker[Session]
 ) -> None:

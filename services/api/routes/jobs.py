@@ -14,12 +14,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
+from engine.spec import DEVICE_ACCEPTED
 from services.api.deps import MAX_OFFSET, TOTAL_CAP, ReadAccess, SessionDep, SubmitAccess
 from services.api.errors import unprocessable
 from services.api.group_commit import GroupCommit
 from services.api.json_body import StrictJSONRoute, printable
 from services.core.config import Settings
-from services.devices.service import get_device
+from services.devices.service import device_queue_classes, get_device
 from services.jobs import service
 from services.jobs.dataset_dirs import dataset_dirs_accepted, dataset_path_allowed
 from services.jobs.models import Job
@@ -70,7 +71,7 @@ class JobOut(BaseModel):
     id: str
     status: str
     kind: str
-    device: str = Field(description="the spec's device: cpu, gpu or gpu:N")
+    device: str = Field(description=f"the spec's device: {DEVICE_ACCEPTED}")
     device_class: str
     target_device_id: str | None
     queue: str
@@ -154,7 +155,7 @@ def check_target(session: Session, spec: JobSpec, target: str | None) -> None:
             "the id of a registered device (GET /api/v1/devices)",
             f"target: no registered device has id {target!r}",
         )
-    if device.device_class != spec.device_class:
+    if spec.device_class not in device_queue_classes(device):
         raise unprocessable(
             "target",
             "body",

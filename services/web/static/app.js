@@ -282,12 +282,17 @@ function renderCompare(doc, flags) {
 
   const table = $("compare-table");
   table.replaceChildren(el("thead", {}, el("tr", {},
-    ...["device", "vendor", "median samples/s", "95% CI", "ratio", "efficiency", "samples/J", "runs", "trials", "flag"]
+    ...["device", "stack", "vendor", "median samples/s", "95% CI", "ratio", "efficiency", "samples/J", "runs", "trials", "flag"]
       .map((h) => el("th", {}, h)))));
   const body = el("tbody");
+  // The API lists one hardware's stacks side by side; a row of the same hardware as the one above is marked.
+  let previous = null;
   for (const r of rows) {
-    body.append(el("tr", { "data-device-id": r.device_id },
-      el("td", {}, r.device_name || r.device_id, el("span", { class: "muted" }, ` ${r.device_id}`)),
+    const same = r.hardware !== null && r.hardware === previous;
+    previous = r.hardware;
+    body.append(el("tr", { "data-device-id": r.device_id, "data-hardware": r.hardware || "", class: same ? "same-hardware" : "" },
+      el("td", {}, same ? "〃 " : "", r.device_name || r.device_id, el("span", { class: "muted" }, ` ${r.device_id}`)),
+      el("td", { class: "stack" }, stackText(r.backend, r.library)),
       el("td", {}, r.vendor || "–"),
       el("td", { class: "num" }, fmt(r.samples_per_s.median, 4)),
       el("td", { class: "num" }, `${fmt(r.samples_per_s.ci95[0])} – ${fmt(r.samples_per_s.ci95[1])}`),
@@ -301,6 +306,16 @@ function renderCompare(doc, flags) {
       el("td", {}, flagBadge(flags[r.device_id]) || "")));
   }
   table.append(body);
+}
+
+// A device's stack in a few words: "xla · jax 0.4.38" (backend and library as its fingerprint recorded them).
+function stackText(backend, library) {
+  return [backend, library].filter((part) => part).join(" · ") || "–";
+}
+
+function deviceStack(device) {
+  const software = device.software || {};
+  return stackText(software.backend, software.library);
 }
 
 // --- timeline --------------------------------------------------------------------------------------------
@@ -380,7 +395,7 @@ async function loadTimeline() {
     return {
       xref: "paper", x: 1.01, y: row, xanchor: "left", showarrow: false, align: "left", font: { size: 10 },
       text: devices.length
-        ? devices.map((d) => `<b>${d.name}</b>: ${best[d.id] ? best[d.id].text : "no result yet"}`).join("<br>")
+        ? devices.map((d) => `<b>${d.name}</b> (${deviceStack(d)}): ${best[d.id] ? best[d.id].text : "no result yet"}`).join("<br>")
         : "<i>not measured here</i>",
     };
   });
@@ -408,14 +423,14 @@ async function loadTimeline() {
       el("p", { class: "muted" }, vendor.note),
       devices.length
         ? el("ul", {}, ...devices.map((d) => el("li", { "data-device-id": d.id },
-          `${d.name} (${d.device_class}, ${d.id})${d.live ? " · live" : ""}: `,
+          `${d.name} (${deviceStack(d)}, ${d.id})${d.live ? " · live" : ""}: `,
           el("strong", {}, best[d.id] ? best[d.id].text : "no result yet"))))
         : el("p", { class: "muted" }, "not measured here")));
   }
   if (measured.other) {
     list.append(el("div", { class: "vendor", "data-vendor": "other" }, el("h3", {}, "other vendors"),
       el("ul", {}, ...measured.other.map((d) => el("li", { "data-device-id": d.id },
-        `${d.name} (${d.vendor}, ${d.id}): `, el("strong", {}, best[d.id] ? best[d.id].text : "no result yet"))))));
+        `${d.name} (${d.vendor}, ${deviceStack(d)}, ${d.id}): `, el("strong", {}, best[d.id] ? best[d.id].text : "no result yet"))))));
   }
   list.append(el("div", { class: "vendor milestones" }, el("h3", {}, "Milestones"),
     el("ul", {}, ...timeline.milestones.map((m) => el("li", {}, el("strong", {}, `${m.year} `), m.event)))));

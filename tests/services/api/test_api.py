@@ -161,6 +161,27 @@ def test_a_refused_value_is_a_422_naming_field_value_and_range(
     assert field in response.json()["message"] and accepted in response.json()["message"]
 
 
+def test_a_float64_job_aimed_at_a_tpu_is_a_422_naming_the_dtype_the_device_and_what_is_accepted(
+    api: ApiServer,
+) -> None:
+    refusal = (
+        "float64 cannot run on device 'xla:tpu:0' (xla has no float64 on tpu); accepted: float32 on it, "
+        "or float64 on a device that has it (e.g. cpu)"
+    )
+    with api.client() as client:
+        refused = client.post("/api/v1/jobs", json={**spec_body(), "device": "xla:tpu:0", "dtype": "float64"})
+        # The same job in float32 is taken, and waits on the queue only XLA workers serve.
+        taken = client.post("/api/v1/jobs", json={**spec_body(), "device": "xla:tpu:0", "dtype": "float32"})
+        assert taken.status_code == 202, taken.text
+        client.post(f"/api/v1/jobs/{taken.json()['id']}/cancel")
+
+    assert refused.status_code == 422
+    (item,) = refused.json()["detail"]
+    assert (item["field"], item["value"], item["accepted"]) == ("dtype", "float64", refusal)
+    assert refused.json()["message"] == f"dtype: {refusal}"
+    assert (taken.json()["device_class"], taken.json()["queue"]) == ("xla", "xla")
+
+
 def test_an_unknown_field_and_an_unknown_target_are_named(api: ApiServer) -> None:
     with api.client() as client:
         unknown = client.post("/api/v1/jobs", json={"stepz": 5}).json()["detail"][0]

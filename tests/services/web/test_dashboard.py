@@ -104,6 +104,9 @@ def test_the_dashboard_charts_the_devices_of_jobs_that_ran(
     # Device comparison of the train job's spec: the worker's device is a bar and a row.
     page.select_option("#compare-filters select[name=spec_hash]", jobs_that_ran["train"]["spec_hash"])
     page.wait_for_selector(f"#compare-table tr[data-device-id='{device}']")
+    # The stack that measured it beside the hardware: this worker's NumPy.
+    stack = page.inner_text(f"#compare-table tr[data-device-id='{device}'] td.stack")
+    assert stack.startswith("numpy · numpy "), stack
     bars = page.evaluate("document.getElementById('compare-chart').data[0].x")
     assert any(device[:6] in name for name in bars), bars
     whiskers = page.evaluate("document.getElementById('compare-chart').data[0].error_y")
@@ -111,6 +114,7 @@ def test_the_dashboard_charts_the_devices_of_jobs_that_ran(
     # The timeline places the device under its vendor with its GEMM peak.
     entry = page.locator(f"#timeline-list li[data-device-id='{device}']")
     assert "GFLOP/s" in entry.inner_text()
+    assert "(numpy · numpy " in entry.inner_text()  # and names the stack
     annotations = page.evaluate(
         "document.getElementById('timeline-chart').layout.annotations.map(a => a.text)"
     )
