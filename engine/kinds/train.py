@@ -24,6 +24,7 @@ from engine.backend import (
     synchronize,
     take_rows,
 )
+from engine.backends import backend_of
 from engine.kinds.base import (
     DTYPE_BYTES,
     JobDiverged,
@@ -43,6 +44,7 @@ from engine.kinds.base import (
     optimizer_copies,
     optimizer_of,
 )
+from engine.spec import parse_device
 from engine.stats import AdaptiveRepeats, headline, summarize
 from engine.telemetry import TelemetrySource, WindowReading
 
@@ -362,6 +364,8 @@ def estimate_memory(spec: dict[str, Any]) -> MemoryEstimate:
     # A window's batches are gathered at once into buffers of the loop (features and labels).
     window = min(int(spec["timing"]["window"]), int(spec["steps"]))
     parts["batches"] = dataset_bytes(window * batch, input_shape, item)
+    device = parse_device(spec["device"])  # JAX adds its runtime and, on a CPU, its copies of the arrays
+    parts.update(backend_of(device).host_memory_parts(device, parts))
     return estimate(parts)
 
 

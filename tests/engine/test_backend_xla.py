@@ -24,10 +24,12 @@ from engine.backend import CPU, Device, fingerprint, resolve_device
 from engine.backends import backend_named
 from engine.datasets import load_dataset
 from engine.jobs import run_job
+from engine.kinds import kind_of
 from engine.kinds.base import JobError
 from engine.layers import Dropout
 from engine.networks import Network, build_network
 from engine.optimizers import make_optimizer
+from services.jobs.spec import JobSpec
 from tests.engine.conftest import randomize_params
 from tests.support.servers import CI
 
@@ -261,3 +263,14 @@ def test_a_train_job_on_xla_cpu_gives_the_cpu_job_s_document_and_accuracy(xla: D
 def test_kinds_that_change_arrays_in_place_are_refused_on_xla_naming_train(kind: str, xla: Device) -> None:
     with pytest.raises(JobError, match=rf"kind '{kind}' changes arrays in place.*accepted there: kind train"):
         run_job({"kind": kind, "device": "xla:cpu:0"})
+
+
+def test_a_train_job_s_memory_estimate_on_xla_cpu_bounds_its_measured_peak(xla: Device) -> None:
+    from harness.memory_peak import measure_peak
+
+    spec = {"kind": "train", "model": {"name": "two_layer_net"}, "dataset": "mnist5k", "steps": 60}
+    spec = JobSpec.model_validate({**spec, "device": "xla:cpu:0"}).engine_dict()
+    estimate = kind_of("train").estimate_memory(spec)
+    peak = measure_peak(spec, timeout_s=120).peak_bytes
+    assert estimate.parts["xla_runtime"] > 0 and estimate.parts["xla_arrays"] > 0
+    assert peak <= estimate.total_bytes <= 3 * peak + estimate.parts["runtime"], (peak, estimate.describe())
