@@ -87,7 +87,13 @@ def no_worker_warning(job: dict[str, Any], devices: list[dict[str, Any]]) -> str
     if target:
         serving = [d for d in devices if d["id"] == target and d.get("live")]
     else:
-        serving = [d for d in devices if d.get("device_class") == job.get("device_class") and d.get("live")]
+        # A class queue is served by the live workers that consume it (a GPU worker serves `gpu` and `cuda`).
+        queue = job.get("queue")
+        serving = [
+            d
+            for d in devices
+            if any(w.get("live") and queue in (w.get("queues") or []) for w in d.get("workers") or [])
+        ]
     if serving:
         return None
     wanted = f"device {target}" if target else f"a {job.get('device_class')} device"

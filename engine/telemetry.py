@@ -30,12 +30,13 @@ Sources, each used where the host has it (else its fields are `None` and `reason
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+
+from engine.backends.cupy_common import cupy_if_loaded, is_rocm_build
 
 POWERCAP_ROOT = Path("/sys/class/powercap")
 CPU_ROOT = Path("/sys/devices/system/cpu")
@@ -325,8 +326,8 @@ class AmdSmiDevice:
 
 def cupy_is_rocm() -> bool:
     """True when the CuPy already imported is its ROCm (HIP) build: the GPU is then AMD's."""
-    cupy = sys.modules.get("cupy")
-    return bool(cupy is not None and getattr(cupy.cuda.runtime, "is_hip", False))
+    cupy = cupy_if_loaded()
+    return cupy is not None and is_rocm_build(cupy)
 
 
 def open_gpu_meter(index: int) -> tuple[NvmlDevice | AmdSmiDevice | None, str | None, str]:

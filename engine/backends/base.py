@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+import numpy as np
+
 from engine.grammar import DeviceBackend, DeviceRef
 
 
@@ -55,6 +57,8 @@ class Device:
     @property
     def xp(self) -> ModuleType:
         """The array module of this device's backend."""
+        if self.backend == "numpy":  # the hot path: asked for in every layer's step
+            return np
         return _registry_backend(self.backend).xp(self)
 
     @property

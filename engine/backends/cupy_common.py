@@ -35,6 +35,9 @@ def is_rocm_build(cupy: ModuleType) -> bool:
     return bool(getattr(cupy.cuda.runtime, "is_hip", False))
 
 
+BUILD_NAMES = {"cuda": "CUDA", "rocm": "ROCm"}
+
+
 def build_backend_name(cupy: ModuleType) -> str:
     """`rocm` for CuPy's ROCm build, else `cuda`."""
     return "rocm" if is_rocm_build(cupy) else "cuda"
@@ -48,6 +51,10 @@ class CupyBackend(Backend):
     fork_safe = False
     build = "cuda"
     hardware_vendor = "NVIDIA"
+
+    def installed(self) -> bool:
+        """CuPy importable, and of this backend's build (a CUDA and a ROCm CuPy are different packages)."""
+        return super().installed() and self.library_version() is not None
 
     def import_library(self) -> ModuleType:
         try:
@@ -65,15 +72,15 @@ class CupyBackend(Backend):
         if ref.backend not in ("gpu", built):
             index = ref.index or 0
             raise DeviceError(
-                f"device {ref.name!r} was asked for, but the installed CuPy is its {built.upper()} build; "
-                f"use {built}:{index} or gpu:{index}"
+                f"device {ref.name!r} was asked for, but the installed CuPy is its {BUILD_NAMES[built]} "
+                f"build; use {built}:{index} or gpu:{index}"
             )
         index = ref.index or 0
         try:
             count = int(cupy.cuda.runtime.getDeviceCount())
         except Exception as exc:  # CUDARuntimeError when no driver/GPU is present
             raise DeviceError(
-                f"device {ref.name!r} was asked for, but {built.upper()} reports no usable GPU ({exc}); "
+                f"device {ref.name!r} was asked for, but {BUILD_NAMES[built]} reports no usable GPU ({exc}); "
                 "available: cpu"
             ) from None
         if not 0 <= index < count:

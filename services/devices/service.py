@@ -46,11 +46,27 @@ def backend_part(fingerprint: dict[str, Any]) -> dict[str, Any]:
     return {"name": "numpy", "library": "numpy", "library_version": fingerprint.get("numpy_version")}
 
 
-def stack_name(fingerprint: dict[str, Any]) -> str:
-    """The stack in a few words: `numpy (numpy 2.4.6)`, `xla (jax 0.4.38)`."""
+def backend_and_library(fingerprint: dict[str, Any]) -> tuple[str, str | None]:
+    """The stack as compare and the dashboard show it: (`xla`, `jax 0.4.38`), (`numpy`, `numpy 2.4.6`)."""
     part = backend_part(fingerprint)
     library = " ".join(str(v) for v in (part.get("library"), part.get("library_version")) if v)
-    return f"{part['name']} ({library})" if library else str(part["name"])
+    return str(part["name"]), library or None
+
+
+def stack_name(fingerprint: dict[str, Any]) -> str:
+    """The stack in a few words: `numpy (numpy 2.4.6)`, `xla (jax 0.4.38)`."""
+    backend, library = backend_and_library(fingerprint)
+    return f"{backend} ({library})" if library else backend
+
+
+def device_stack(device: Device) -> tuple[str, str | None]:
+    """A device's backend and library, the library's version as of its newest registration (`software`)."""
+    backend, library = backend_and_library(device.fingerprint or {})
+    software = device.software or {}
+    legacy = {"numpy": "numpy", "cuda": "cupy"}.get(backend)
+    if legacy and software.get(legacy):
+        return backend, f"{legacy} {software[legacy]}"
+    return backend, software.get("library") or library
 
 
 def vendor_of_device(fingerprint: dict[str, Any], name: str) -> str:
@@ -148,12 +164,15 @@ def software_of(fingerprint: dict[str, Any]) -> dict[str, Any]:
         for pool in fingerprint.get("blas") or []
         if isinstance(pool, dict) and pool.get("user_api") == "blas"
     ]
+    # NumPy's and CuPy's versions have always been here (`numpy`, `cupy`); another backend adds its own, so
+    # a history is cut where a device's stack changes and nowhere else.
     part = backend_part(fingerprint)
+    other = part.get("name") not in LEGACY_BACKENDS
     software = {
-        "backend": part.get("name"),
-        "library": " ".join(str(v) for v in (part.get("library"), part.get("library_version")) if v) or None,
-        "backend_driver": part.get("driver_version") if part.get("name") not in LEGACY_BACKENDS else None,
-        "backend_runtime": part.get("runtime_version") if part.get("name") not in LEGACY_BACKENDS else None,
+        "backend": part.get("name") if other else None,
+        "library": backend_and_library(fingerprint)[1] if other else None,
+        "backend_driver": part.get("driver_version") if other else None,
+        "backend_runtime": part.get("runtime_version") if other else None,
         "python": fingerprint.get("python_version"),
         "numpy": fingerprint.get("numpy_version"),
         "blas": ", ".join(blas) or None,

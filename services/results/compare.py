@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session
 
 from engine.stats import CI_METHOD, median_ci_ranks
 from services.devices.models import Device
+from services.devices.service import backend_and_library, device_stack
 from services.jobs.models import Job
 from services.results.calibration import Calibration, calibration_for, load_of, recalibrate_command
 from services.results.filters import ResultFilter
@@ -162,6 +163,7 @@ def _run_conditions(session: Session, spec_hash: str, device_ids: list[str]) -> 
         if load is not None:
             entry["loads"].append(load)
         entry["stack"] = stack_of(fingerprint)
+        entry["backend"], entry["library"] = backend_and_library(fingerprint or {})
         entry["cpu_count"] = ((metrics or {}).get("conditions") or {}).get("cpu_count")
     summary = {}
     for device_id, entry in found.items():
@@ -173,6 +175,8 @@ def _run_conditions(session: Session, spec_hash: str, device_ids: list[str]) -> 
             "load_max": max(loads) if loads else None,
             "loaded": bool(loads and cpu_count and max(loads) > cpu_count),
             "stack": entry["stack"],
+            "backend": entry["backend"],
+            "library": entry["library"],
         }
     return summary
 
@@ -266,11 +270,18 @@ def compare(session: Session, filters: ResultFilter, baseline: str | None = None
     rows = []
     for device_id, item in sorted(stats.items(), key=lambda kv: -kv[1]["median"]):
         device = devices.get(device_id)
-        # Device vendors are named as the seed names them (services.devices.service.vendor_of).
+        # Device vendors are named as the seed names them: the backend's `vendor`, recorded at registration.
         vendor = device.vendor if device else None
         entry = timeline.get((vendor or "").lower())
         achieved = item["median"] * flops_per_sample if flops_per_sample else None
-        stack = conditions.get(device_id, {}).get("stack") or (device.software if device else {}) or {}
+        condition = conditions.get(device_id, {})
+        backend, library = (
+            (condition["backend"], condition["library"])
+            if "backend" in condition
+            else device_stack(device)
+            if device
+            else (None, None)
+        )
         rows.append(
             {
                 "device_id": device_id,
@@ -279,8 +290,8 @@ def compare(session: Session, filters: ResultFilter, baseline: str | None = None
                 "vendor": vendor,
                 # The hardware (the grouping key) and the stack that measured it, side by side.
                 "hardware": hardware_key(device) if device else None,
-                "backend": stack.get("backend"),
-                "library": stack.get("library"),
+                "backend": backend,
+                "library": library,
                 "samples_per_s": {
                     "median": item["median"],
                     "ci95": item["ci95"],
@@ -291,7 +302,11 @@ def compare(session: Session, filters: ResultFilter, baseline: str | None = None
                 "ratio": item["median"] / base if base else None,
                 "achieved_flops_per_s": achieved,
                 **_efficiency(device_id, chosen["dtype"], achieved, *calibrations[device_id]),
-                **{k: v for k, v in conditions.get(device_id, {}).items() if k != "stack"},
+                **{
+                    k: v
+                    for k, v in conditions.get(device_id, {}).items()
+                    if k not in ("stack", "backend", "library")
+                },
                 "stack": conditions.get(device_id, {}).get("stack"),
                 "timeline": None
                 if entry is None

@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -265,3 +267,55 @@ def test_the_default_install_imports_numpy_and_no_optional_library() -> None:
         "assert not loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def _cupy_stand_in(*, hip: bool, gpus: int) -> Any:
+    """CuPy's runtime as `resolve` asks it: its build and its device count (no GPU here)."""
+    runtime = SimpleNamespace(is_hip=hip, getDeviceCount=lambda: gpus)
+    return SimpleNamespace(cuda=SimpleNamespace(runtime=runtime))
+
+
+@pytest.mark.parametrize(
+    ("hip", "text", "resolved"),
+    [
+        (False, "gpu:1", Device("gpu", 1, "cuda")),
+        (False, "cuda:1", Device("gpu", 1, "cuda")),
+        (True, "gpu:1", Device("gpu", 1, "rocm")),  # `gpu` is whichever GPU CuPy has
+        (True, "rocm:0", Device("gpu", 0, "rocm")),
+    ],
+)
+def test_a_gpu_spelling_resolves_to_the_backend_of_the_installed_cupy_build(
+    monkeypatch: pytest.MonkeyPatch, hip: bool, text: str, resolved: Device
+) -> None:
+    ref = parse_device(text)
+    monkeypatch.setattr(backend_of(ref), "import_library", lambda: _cupy_stand_in(hip=hip, gpus=2))
+    assert resolve_device(text) == resolved
+
+
+@pytest.mark.parametrize(
+    ("hip", "text", "message"),
+    [
+        (
+            True,
+            "cuda:1",
+            "device 'cuda:1' was asked for, but the installed CuPy is its ROCm build; use rocm:1 or gpu:1",
+        ),
+        (
+            False,
+            "rocm:0",
+            "device 'rocm:0' was asked for, but the installed CuPy is its CUDA build; use cuda:0 or gpu:0",
+        ),
+        (
+            False,
+            "cuda:2",
+            "device 'cuda:2' was asked for, but this machine has 2 GPU(s); available: cpu, gpu:0, gpu:1",
+        ),
+    ],
+)
+def test_a_gpu_spelling_for_the_other_build_or_a_missing_gpu_says_what_works(
+    monkeypatch: pytest.MonkeyPatch, hip: bool, text: str, message: str
+) -> None:
+    ref = parse_device(text)
+    monkeypatch.setattr(backend_of(ref), "import_library", lambda: _cupy_stand_in(hip=hip, gpus=2))
+    with pytest.raises(DeviceError, match=re.escape(message)):
+        resolve_device(text)

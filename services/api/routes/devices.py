@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from services.api.deps import ReadAccess, SessionDep, SettingsDep
-from services.devices.service import list_devices, workers_with_liveness
+from services.devices.service import device_stack, list_devices, workers_with_liveness
 from services.jobs.service import queued_job_counts
 
 router = APIRouter(prefix="/devices", tags=["devices"])
@@ -35,6 +35,8 @@ class DeviceOut(BaseModel):
     name: str
     device_class: str
     vendor: str
+    backend: str = Field(description="the backend that runs it: numpy, cuda, rocm, xla, ...")
+    library: str | None = Field(description="its array library and version: numpy 2.4.6, jax 0.4.38")
     memory_bytes: int | None
     software: dict[str, Any]
     fingerprint: dict[str, Any]
@@ -71,12 +73,15 @@ def device_views(session: Session, worker_dead_after_s: float) -> list[DeviceOut
     views = []
     for device in list_devices(session):
         mine = workers.get(device.id, [])
+        backend, library = device_stack(device)
         views.append(
             DeviceOut(
                 id=device.id,
                 name=device.name,
                 device_class=device.device_class,
                 vendor=device.vendor,
+                backend=backend,
+                library=library,
                 memory_bytes=device.memory_bytes,
                 software=device.software,
                 fingerprint=device.fingerprint,

@@ -314,8 +314,7 @@ function stackText(backend, library) {
 }
 
 function deviceStack(device) {
-  const software = device.software || {};
-  return stackText(software.backend, software.library);
+  return stackText(device.backend, device.library);
 }
 
 // --- timeline --------------------------------------------------------------------------------------------

@@ -99,15 +99,26 @@ def test_one_cpu_through_two_stacks_is_two_devices_listed_side_by_side(db_sessio
     ]
 
 
-def test_the_vendor_is_the_one_the_backend_recorded() -> None:
-    # A CPU whose model names no vendor, recorded by its backend as Apple's (an M-series Mac's arm64).
-    doc = {"cpu_model": "", "backend": {"name": "numpy", "vendor": "Apple", "hardware": "Apple M3"}}
-    assert software_of(doc)["backend"] == "numpy"
-    assert (
-        stack_name({"backend": {"name": "xla", "library": "jax", "library_version": "0.4.38"}})
-        == "xla (jax 0.4.38)"
+def test_software_names_a_stack_other_than_numpy_and_cuda_whose_versions_it_always_had() -> None:
+    xla = {
+        "backend": {"name": "xla", "library": "jax", "library_version": "0.4.38", "runtime_version": "0.4.38"}
+    }
+    assert {k: software_of(xla).get(k) for k in ("backend", "library", "backend_runtime")} == {
+        "backend": "xla",
+        "library": "jax 0.4.38",
+        "backend_runtime": "0.4.38",
+    }
+    # NumPy's stack: as before the registry (its version under `numpy`), so no history is cut by it.
+    numpy = {
+        "numpy_version": "2.4.6",
+        "backend": {"name": "numpy", "library": "numpy", "library_version": "2.4.6"},
+    }
+    assert software_of(numpy) == software_of({"numpy_version": "2.4.6"}) == {"numpy": "2.4.6"}
+    assert (stack_name(xla), stack_name(numpy), stack_name({"numpy_version": "2.4.6"})) == (
+        "xla (jax 0.4.38)",
+        "numpy (numpy 2.4.6)",
+        "numpy (numpy 2.4.6)",
     )
-    assert stack_name({"numpy_version": "2.4.6"}) == "numpy (numpy 2.4.6)"
 
 
 def test_a_device_registered_through_its_backend_takes_the_backends_vendor(db_session: Session) -> None:
