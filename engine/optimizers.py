@@ -113,12 +113,12 @@ class SGD(Optimizer):
 class Momentum(Optimizer):
     """v <- momentum * v - lr * dW;  W <- W + v."""
 
+    state_names = ("v",)
+
     def __init__(self, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 0.0) -> None:
         super().__init__(lr, weight_decay)
         self.momentum = momentum
         self.v: dict[str, Array] = {}
-
-    state_names = ("v",)
 
     def step(self, key: str, param: Array, grad: Array) -> Array:
         xp = get_array_module(param)
@@ -139,12 +139,12 @@ class Nesterov(Optimizer):
     per step (a first step of 2.71 lr dW instead of 1.9 lr dW at momentum 0.9).
     """
 
+    state_names = ("v",)
+
     def __init__(self, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 0.0) -> None:
         super().__init__(lr, weight_decay)
         self.momentum = momentum
         self.v: dict[str, Array] = {}
-
-    state_names = ("v",)
 
     def step(self, key: str, param: Array, grad: Array) -> Array:
         xp = get_array_module(param)
@@ -160,11 +160,11 @@ class Nesterov(Optimizer):
 class AdaGrad(Optimizer):
     """h <- h + dW^2;  W <- W - lr * dW / (sqrt(h) + 1e-7)."""
 
+    state_names = ("h",)
+
     def __init__(self, lr: float = 0.01, weight_decay: float = 0.0) -> None:
         super().__init__(lr, weight_decay)
         self.h: dict[str, Array] = {}
-
-    state_names = ("h",)
 
     def step(self, key: str, param: Array, grad: Array) -> Array:
         xp = get_array_module(param)
@@ -179,12 +179,12 @@ class AdaGrad(Optimizer):
 class RMSprop(Optimizer):
     """h <- decay_rate * h + (1 - decay_rate) * dW^2;  W <- W - lr * dW / (sqrt(h) + 1e-7)."""
 
+    state_names = ("h",)
+
     def __init__(self, lr: float = 0.01, decay_rate: float = 0.99, weight_decay: float = 0.0) -> None:
         super().__init__(lr, weight_decay)
         self.decay_rate = decay_rate
         self.h: dict[str, Array] = {}
-
-    state_names = ("h",)
 
     def step(self, key: str, param: Array, grad: Array) -> Array:
         xp = get_array_module(param)

@@ -79,6 +79,7 @@ def _with_out(function: Callable[..., Any]) -> Callable[..., Any]:
 class JaxNumpy:
     """The array module the layers see for JAX arrays: `jax.numpy`, with `out=` taken as above."""
 
+    __name__ = "jax.numpy"  # as a module's: code that asks `xp.__name__` (dpnp's branches) gets an answer
     #: Arrays of this module cannot be changed: scratch buffers are not worth keeping between calls.
     immutable = True
     random = _Random()
