@@ -182,7 +182,7 @@ class XlaBackend(Backend):
 
         fields = super().fingerprint_fields(device)
         jax_device = self.jax_device(device)
-        fields["runtime_version"] = f"jaxlib {jaxlib.__version__}"
+        fields["runtime_version"] = str(jaxlib.__version__)  # jaxlib: the XLA runtime that runs it
         fields["platform"] = str(jax_device.platform)
         fields["platform_version"] = str(jax_device.client.platform_version)
         fields["device_kind"] = str(jax_device.device_kind)
