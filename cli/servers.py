@@ -12,6 +12,7 @@ from types import FrameType
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from cli.app import app
 from cli.render import err_console
@@ -230,11 +231,23 @@ def up_command(
     exit_when_done: Annotated[
         bool, typer.Option("--exit-when-done", help="stop everything once no job is queued or running")
     ] = False,
+    stack: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="also start a worker per device of this installed stack (a backend of `bpbench worker "
+            "--list-devices`, e.g. xla, oneapi, rocm; `all`: every installed one); repeatable"
+        ),
+    ] = None,
 ) -> None:
     """Start the stack here (SQLite, embedded broker, API, a worker per device); run the standard suite."""
-    from cli.stack import run_stack
+    from cli.stack import StackError, run_stack, stack_workers
 
     if suite not in (None, "standard", "none"):
         err_console.print(f"[red]error:[/red] --suite {suite!r}: accepted: standard, none", highlight=False)
         raise typer.Exit(2)
-    run_stack(data_dir, host, port, suite, exit_when_done)
+    try:
+        extra_workers = stack_workers(stack or [])
+    except StackError as exc:
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    run_stack(data_dir, host, port, suite, exit_when_done, extra_workers)

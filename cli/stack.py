@@ -357,6 +357,45 @@ def usable_gpus() -> list[int]:
     return list(range(sum(1 for line in listing.stdout.splitlines() if line.startswith("GPU "))))
 
 
+# Stacks `up` starts anyway: NumPy (the `cpu` worker) and CUDA (one worker per GPU `nvidia-smi` lists).
+ALWAYS_STARTED = ("numpy", "cuda")
+
+
+def stack_workers(names: Sequence[str]) -> list[str]:
+    """The `--device` of one worker per device of each named stack (`all`: every installed stack that `up`
+    does not start anyway). A stack that is not registered, not installed or sees no device is a StackError
+    saying so, with what would be accepted or what to install."""
+    from engine.backends import BACKENDS, DeviceError, backend_named
+
+    optional = [b for b in BACKENDS if b.name not in ALWAYS_STARTED]
+    accepted = ", ".join(["all", *(b.name for b in optional)])
+    if "all" in names:
+        chosen = [b for b in optional if b.installed()]
+    else:
+        chosen = []
+        for name in dict.fromkeys(names):
+            if name in ALWAYS_STARTED:
+                continue
+            try:
+                backend = backend_named(name)
+            except KeyError:
+                raise StackError(f"--stack {name!r} is not a stack; accepted: {accepted}") from None
+            if not backend.installed():
+                missing = f"{backend.library} is not installed ({backend.install_hint()})"
+                raise StackError(f"--stack {name}: {missing}")
+            chosen.append(backend)
+    devices: list[str] = []
+    for backend in chosen:
+        try:
+            found = [info.spelling for info in backend.devices()]
+        except DeviceError as exc:
+            raise StackError(f"--stack {backend.name}: {exc}") from None
+        if not found and "all" not in names:
+            raise StackError(f"--stack {backend.name}: {backend.library} is installed but sees no device")
+        devices += found
+    return devices
+
+
 def ensure_token(settings: Settings) -> tuple[str, bool]:
     """The stack's admin token: BPBENCH_API_TOKEN, else DATA_DIR/api-token, else a new one saved there."""
     if settings.api_token:
@@ -503,7 +542,14 @@ def _fail_unserved(settings: Settings) -> None:
         )
 
 
-def run_stack(data_dir: Path | None, host: str, port: int, suite: str | None, exit_when_done: bool) -> None:
+def run_stack(
+    data_dir: Path | None,
+    host: str,
+    port: int,
+    suite: str | None,
+    exit_when_done: bool,
+    extra_workers: Sequence[str] = (),
+) -> None:
     """`bpbench up`: start the children, recover the previous run, run `suite`, serve until stopped.
 
     Raises `typer.Exit(1)` when the stack cannot start or loses a process (the reason on stderr)."""
@@ -542,10 +588,10 @@ def run_stack(data_dir: Path | None, host: str, port: int, suite: str | None, ex
             raise StackError(unreadable) from None
         # The deployed serving path (`bpbench api`): its processes, HTTP parser, event loop and GC tuning.
         supervisor.start("api", [*BPBENCH, "api", "--host", host, "--port", str(port)], env)
-        workers = ["cpu"] + [f"gpu:{i}" for i in usable_gpus()]
+        workers = ["cpu"] + [f"gpu:{i}" for i in usable_gpus()] + list(extra_workers)
         for device in workers:
             supervisor.start(
-                f"worker-{device.replace(':', '')}", [*BPBENCH, "worker", "--device", device], env
+                f"worker-{device.replace(':', '-')}", [*BPBENCH, "worker", "--device", device], env
             )
         # The reconciler requeues jobs of dead workers and republishes the ones the broker lost.
         supervisor.start("reconciler", [*BPBENCH, "reconciler"], env)
