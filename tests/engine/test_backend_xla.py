@@ -275,3 +275,14 @@ def test_a_train_job_s_memory_estimate_on_xla_cpu_bounds_its_measured_peak(xla: 
     peak = measure_peak(spec, timeout_s=120).peak_bytes
     assert estimate.parts["xla_runtime"] > 0 and estimate.parts["xla_arrays"] > 0
     assert peak <= estimate.total_bytes <= 3 * peak + estimate.parts["runtime"], (peak, estimate.describe())
+
+
+def test_jax_numpy_returns_what_numpy_would_have_written_into_out_and_leaves_out_alone(xla: Device) -> None:
+    xp = xla.xp
+    flags = xp.asarray(np.array([[True, False, True]]))
+    buffer = xp.zeros((2, 3), dtype="uint8")
+    got = xp.multiply(flags, 3, out=buffer, casting="unsafe")
+    want = np.multiply(np.array([[True, False, True]]), 3, out=np.zeros((2, 3), np.uint8), casting="unsafe")
+    assert str(got.dtype) == "uint8" and got.shape == (2, 3)
+    np.testing.assert_array_equal(np.asarray(got), want)
+    assert not np.asarray(buffer).any()  # a JAX array never changes: the result is the returned one
