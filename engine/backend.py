@@ -83,15 +83,19 @@ def check_float64(device: Device, dtype: str) -> None:
         )
 
 
-def get_array_module(*arrays: Any) -> ModuleType:
-    """numpy, cupy or dpnp, whichever the arrays belong to (numpy when neither was ever imported)."""
+def get_array_module(*arrays: Any) -> Any:
+    """numpy, cupy, dpnp or JAX's (`engine.backends.jax_numpy.xp`), whichever the arrays belong to (numpy
+    when none of the others was ever imported)."""
     loaded = sys.modules  # read inline, no helper calls: every layer asks this several times per step
     if "dpnp" in loaded and any(_is_dpnp_array(a) for a in arrays):
         return loaded["dpnp"]
+    jax = loaded.get("jax")
+    if jax is not None and any(isinstance(a, jax.Array) for a in arrays):  # tracers inside `jit` too
+        from engine.backends.jax_numpy import xp
+
+        return xp
     cupy = loaded.get("cupy")
-    if cupy is None:
-        return np
-    return cupy.get_array_module(*arrays)
+    return np if cupy is None else cupy.get_array_module(*arrays)
 
 
 def _is_cupy_array(x: Any) -> bool:
@@ -131,8 +135,41 @@ def resolve_dtype(dtype: str | np.dtype[Any] | None) -> np.dtype[Any]:
     return np.dtype(name)
 
 
+def _immutable(a: Any) -> bool:
+    # JAX's arrays (and tracers) are the ones with `.at`; NumPy's are asked first, at the cost of one check.
+    return not isinstance(a, np.ndarray) and hasattr(a, "at")
+
+
+def put(a: Any, index: Any, value: Any) -> Any:
+    """`a[index] = value`, returning the array to use from now on: `a` itself on NumPy/CuPy, a new array
+    on JAX (whose arrays cannot change). The engine writes into (part of) an array only through this,
+    `add_at` and `compute_into`, and always goes on with what they return."""
+    if _immutable(a):
+        return a.at[index].set(value)
+    a[index] = value
+    return a
+
+
+def add_at(a: Any, index: Any, value: Any) -> Any:
+    """`a[index] += value` (no index repeated), returning the array to use from now on (see `put`)."""
+    if _immutable(a):
+        return a.at[index].add(value)
+    a[index] += value
+    return a
+
+
+def compute_into(a: Any, index: Any, compute: Callable[..., Any], *args: Any) -> Any:
+    """`a[index] = compute(*args)`: on NumPy/CuPy through `compute(*args, out=a[index])` (no temporary),
+    on JAX as `put`. Returns the array to use from now on."""
+    if _immutable(a):
+        return a.at[index].set(compute(*args))
+    compute(*args, out=a[index])
+    return a
+
+
 def take_rows(a: Any, indices: Any, out: Any) -> Any:
-    """`a[indices]` along the first axis, written into `out` (no new array).
+    """`a[indices]` along the first axis, written into `out` (no new array; on JAX a new one: use the
+    returned array).
 
     NumPy's `take` copies through a temporary when `out` is given with its default bounds check; the
     indices here come from `integers(0, len(a))`, so clipping them changes nothing and writes directly.

@@ -8,6 +8,11 @@ Speed without losing the textbook's shape: outputs and input gradients are writt
 a layer allocates once per shape and reuses (`out=` everywhere, in place), so a training step makes
 almost no new arrays. The price: the array a layer returns is only valid until that layer runs again.
 `Network.predict` copies its result; call sites that keep a layer's output must copy it too.
+
+The same code runs on JAX, whose arrays cannot change (`engine.backends.jax_numpy`): every `out=` call's
+result is used (on NumPy it is the buffer itself), and writes into part of an array go through
+`engine.backend.put`/`add_at`/`compute_into`. A parameter `W` is the attribute `W` and its gradient the
+attribute `dW` (`params`/`grads` name the same arrays), which is how a jitted step binds and reads them.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.backend import get_array_module
+from engine.backend import add_at, compute_into, get_array_module, put
 from engine.blas_threads import matmul
 
 Array = Any  # numpy.ndarray or cupy.ndarray
@@ -26,8 +31,8 @@ _MAX_BUFFER_SHAPES = 16  # a few batch shapes (train, eval, last partial batch) 
 
 
 def lacks_numpy_forms(xp: Any) -> bool:
-    """Whether `xp` is dpnp, which lacks a few NumPy forms the layers use (each use says which); NumPy and
-    CuPy keep their own path, and NumPy's costs one identity test."""
+    """Whether `xp` is dpnp, which lacks a few NumPy forms the layers use (each use says which); NumPy,
+    CuPy and JAX's adapter keep their own path, and NumPy's costs one identity test."""
     return xp is not np and xp.__name__ == "dpnp"
 
 
@@ -53,8 +58,10 @@ class BufferOwner:
         if buf is None:
             if len(self._buffers) >= _MAX_BUFFER_SHAPES:
                 self._buffers.clear()  # many different batch shapes: start over rather than grow
-            buf = get_array_module(like).empty(shape, dtype=dtype)
-            self._buffers[key] = buf
+            xp = get_array_module(like)
+            buf = xp.empty(shape, dtype=dtype)
+            if not getattr(xp, "immutable", False):  # JAX's would only be a traced value kept past its step
+                self._buffers[key] = buf
         return buf
 
 
@@ -63,6 +70,8 @@ class Layer(BufferOwner):
 
     #: False for the first layer of a network: nobody uses the gradient of the input data.
     need_dx: bool = True
+    #: Attributes that training changes besides the parameters (running statistics, a generator).
+    state_names: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         super().__init__()
@@ -134,8 +143,7 @@ class Relu(Layer):
 
     def forward(self, x: Array, train: bool = True) -> Array:
         xp = get_array_module(x)
-        self.mask = self._buffer("mask", x.shape, x, dtype=bool)
-        xp.greater(x, 0, out=self.mask)
+        self.mask = xp.greater(x, 0, out=self._buffer("mask", x.shape, x, dtype=bool))
         out = x if self.in_place else self._buffer("out", x.shape, x)
         return xp.multiply(x, self.mask, out=out)
 
@@ -165,14 +173,12 @@ class Sigmoid(Layer):
         e = self._buffer("e", x.shape, x)
         s = self._buffer("s", x.shape, x)
         out = self._buffer("out", x.shape, x)
-        xp.copysign(x, -1.0, out=e)  # -|x| in one pass
-        xp.exp(e, out=e)  # in (0, 1]
-        xp.add(e, 1.0, out=s)
-        xp.reciprocal(s, out=s)  # sigmoid(|x|), in [0.5, 1]
-        if lacks_numpy_forms(xp):  # dpnp compares only into bool arrays; heaviside: the same 1/0 (NaN: NaN)
-            out = xp.heaviside(x, 1.0, out=out)
-        else:
-            xp.greater_equal(x, 0.0, out=out)
+        e = xp.copysign(x, -1.0, out=e)  # -|x| in one pass
+        e = xp.exp(e, out=e)  # in (0, 1]
+        s = xp.add(e, 1.0, out=s)
+        s = xp.reciprocal(s, out=s)  # sigmoid(|x|), in [0.5, 1]
+        # dpnp compares only into bool arrays; heaviside gives it the same 1/0 (NaN: NaN)
+        out = xp.heaviside(x, 1.0, out=out) if lacks_numpy_forms(xp) else xp.greater_equal(x, 0.0, out=out)
         out = maximum_in_place(xp, out, e)  # 1 where x >= 0, e where x < 0 (NaN stays NaN)
         out *= s
         self.e, self.s = e, s
@@ -181,7 +187,7 @@ class Sigmoid(Layer):
     def backward(self, dout: Array) -> Array:
         xp = get_array_module(dout)
         dx = self._buffer("dx", dout.shape, dout)
-        xp.multiply(self.s, self.s, out=dx)  # dy/dx = y (1 - y) = e s^2, exact in both tails
+        dx = xp.multiply(self.s, self.s, out=dx)  # dy/dx = y (1 - y) = e s^2, exact in both tails
         dx *= self.e
         dx *= dout
         return dx
@@ -202,8 +208,8 @@ class Tanh(Layer):
     def backward(self, dout: Array) -> Array:
         xp = get_array_module(dout)
         dx = self._buffer("dx", dout.shape, dout)
-        xp.multiply(self.out, self.out, out=dx)
-        xp.subtract(1.0, dx, out=dx)
+        dx = xp.multiply(self.out, self.out, out=dx)
+        dx = xp.subtract(1.0, dx, out=dx)
         dx *= dout
         return dx
 
@@ -231,19 +237,17 @@ class Affine(Layer):
         xp = get_array_module(x)
         self.x_shape = x.shape
         self.x = x.reshape(x.shape[0], -1)
-        out = self._buffer("out", (x.shape[0], self.W.shape[1]), x)
-        matmul(xp, self.x, self.W, out)
+        out = matmul(xp, self.x, self.W, self._buffer("out", (x.shape[0], self.W.shape[1]), x))
         out += self.b
         return out
 
     def backward(self, dout: Array) -> Array:
         xp = get_array_module(dout)
-        matmul(xp, self.x.T, dout, self.dW)
-        xp.sum(dout, axis=0, out=self.db)
+        self.dW = matmul(xp, self.x.T, dout, self.dW)
+        self.db = xp.sum(dout, axis=0, out=self.db)
         if not self.need_dx:
             return None  # the input layer: dx of the data is never used, skip a whole GEMM
-        dx = self._buffer("dx", self.x.shape, dout)
-        matmul(xp, dout, self.W.T, dx)
+        dx = matmul(xp, dout, self.W.T, self._buffer("dx", self.x.shape, dout))
         return dx.reshape(self.x_shape)
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -282,8 +286,10 @@ class SoftmaxWithLoss(BufferOwner):
     def _rows(self, n: int, like: Array) -> Array:
         rows = self._buffers.get(("rows", (n,), None))
         if rows is None:
-            rows = get_array_module(like).arange(n)
-            self._buffers[("rows", (n,), None)] = rows
+            xp = get_array_module(like)
+            rows = xp.arange(n)
+            if not getattr(xp, "immutable", False):
+                self._buffers[("rows", (n,), None)] = rows
         return rows
 
     def forward(self, x: Array, t: Array, compute_loss: bool = True) -> Array:
@@ -297,19 +303,23 @@ class SoftmaxWithLoss(BufferOwner):
         self.t = t
         # Scores transposed, classes x samples: the per-sample max and sum then run down columns,
         # which NumPy does several times faster than along rows of a few (10) classes.
-        s = self._buffer("scores_T", (k, n), x)
-        xp.copyto(s, x.T)
+        s = put(self._buffer("scores_T", (k, n), x), ..., x.T)
         s -= s.max(axis=0)  # shifted logits: exp cannot overflow
         if t.ndim == 1:
             self._target = s[t, self._rows(n, x)]
         else:
             self._target = (t.T * s).sum(axis=0)  # taken before s is overwritten by exp
-        xp.exp(s, out=s)
+        s = xp.exp(s, out=s)
         self._total = s.sum(axis=0)
         s /= self._total
         self.y = s.T
         self._loss = None
         return self.loss if compute_loss else None
+
+    def set_loss(self, loss: Array) -> None:
+        """Take `loss` as the last forward's (a compiled step computes it, `engine.jit_step`)."""
+        self._total = self._target = None
+        self._loss = loss
 
     @property
     def loss(self) -> Array:
@@ -341,10 +351,10 @@ class SoftmaxWithLoss(BufferOwner):
         scale = dout / n
         dx_t = self._buffer("dx_T", (k, n), y_t)
         if self.t.ndim == 1:
-            xp.multiply(y_t, scale, out=dx_t)
-            dx_t[self.t, self._rows(n, y_t)] -= scale  # subtracting the one-hot without building it
+            dx_t = xp.multiply(y_t, scale, out=dx_t)
+            dx_t = add_at(dx_t, (self.t, self._rows(n, y_t)), -scale)  # the one-hot, without building it
         else:
-            xp.multiply(y_t, self.t.sum(axis=1), out=dx_t)
+            dx_t = xp.multiply(y_t, self.t.sum(axis=1), out=dx_t)
             dx_t -= self.t.T
             dx_t *= scale
         if lacks_numpy_forms(xp):
@@ -364,6 +374,8 @@ class Dropout(Layer):
     Textbook semantics (no inverted scaling). `hold_mask = True` reuses the current mask instead of
     drawing a new one, which makes the network a fixed function for gradient checking.
     """
+
+    state_names = ("rng",)
 
     def __init__(self, ratio: float = 0.5, rng: Any = None) -> None:
         super().__init__()
@@ -401,6 +413,8 @@ class BatchNorm(Layer):
     running mean only (torch refuses such a batch). A 4-D input is normalised per sample position as in
     the textbook (flattened to (N, -1)).
     """
+
+    state_names = ("running_mean", "running_var")
 
     def __init__(self, gamma: Array, beta: Array, momentum: float = 0.9, eps: float = 1e-6) -> None:
         super().__init__()
@@ -442,8 +456,8 @@ class BatchNorm(Layer):
 
     def backward(self, dout: Array) -> Array:
         dout = dout.reshape(dout.shape[0], -1)
-        self.dbeta[...] = dout.sum(axis=0)
-        self.dgamma[...] = (self.xn * dout).sum(axis=0)
+        self.dbeta = put(self.dbeta, ..., dout.sum(axis=0))
+        self.dgamma = put(self.dgamma, ..., (self.xn * dout).sum(axis=0))
         dxn = self.gamma * dout
         dxc = dxn / self.std
         dstd = -((dxn * self.xc) / (self.std * self.std)).sum(axis=0)
@@ -462,9 +476,19 @@ def conv_output_size(size: int, filter_size: int, stride: int, pad: int) -> int:
     return (size + 2 * pad - filter_size) // stride + 1
 
 
+def _window_index(y: int, x: int, stride: int, out_h: int, out_w: int) -> tuple[slice, ...]:
+    """The index of the (N, C, out_h, out_w) elements at offset (y, x) of every window."""
+    return (
+        slice(None),
+        slice(None),
+        slice(y, y + stride * (out_h - 1) + 1, stride),
+        slice(x, x + stride * (out_w - 1) + 1, stride),
+    )
+
+
 def _window(img: Array, y: int, x: int, stride: int, out_h: int, out_w: int) -> Array:
     """The (N, C, out_h, out_w) view of the elements at offset (y, x) of every window: no copy."""
-    return img[:, :, y : y + stride * (out_h - 1) + 1 : stride, x : x + stride * (out_w - 1) + 1 : stride]
+    return img[_window_index(y, x, stride, out_h, out_w)]
 
 
 def unfold(x: Array, filter_h: int, filter_w: int, stride: int = 1, pad: int = 0, out: Array = None) -> Array:
@@ -482,8 +506,8 @@ def unfold(x: Array, filter_h: int, filter_w: int, stride: int = 1, pad: int = 0
     col = out.reshape(n, c, filter_h, filter_w, out_h, out_w)
     for y in range(filter_h):
         for xx in range(filter_w):
-            col[:, :, y, xx] = _window(img, y, xx, stride, out_h, out_w)
-    return out
+            col = put(col, (slice(None), slice(None), y, xx), _window(img, y, xx, stride, out_h, out_w))
+    return col.reshape(out.shape)
 
 
 def fold(
@@ -498,7 +522,7 @@ def fold(
     img = xp.zeros((n, c, h + 2 * pad + stride - 1, w + 2 * pad + stride - 1), dtype=col.dtype)
     for y in range(filter_h):
         for xx in range(filter_w):
-            _window(img, y, xx, stride, out_h, out_w)[...] += col[:, :, y, xx]
+            img = add_at(img, _window_index(y, xx, stride, out_h, out_w), col[:, :, y, xx])
     return img[:, :, pad : h + pad, pad : w + pad]
 
 
@@ -546,8 +570,7 @@ class Convolution(Layer):
         self.x_shape = x.shape
         col = self._buffer("col", (n, c * fh * fw, out_h * out_w), x)
         self.col = unfold(x, fh, fw, self.stride, self.pad, out=col)
-        out = self._buffer("out", (n, fn, out_h * out_w), x)
-        matmul(xp, self.W.reshape(fn, -1), self.col, out)
+        out = matmul(xp, self.W.reshape(fn, -1), self.col, self._buffer("out", (n, fn, out_h * out_w), x))
         out += self.b[:, None]
         return out.reshape(n, fn, out_h, out_w)
 
@@ -556,14 +579,13 @@ class Convolution(Layer):
         fn, c, fh, fw = self.W.shape
         n = dout.shape[0]
         dout = dout.reshape(n, fn, -1)
-        xp.sum(dout.sum(axis=0), axis=1, out=self.db)  # summing the batch first: one contiguous pass
+        self.db = xp.sum(dout.sum(axis=0), axis=1, out=self.db)  # the batch first: one contiguous pass
         per_sample = self._buffer("dW_per_sample", (n, fn, c * fh * fw), dout)
-        matmul(xp, dout, self.col.transpose(0, 2, 1), per_sample)
-        xp.sum(per_sample, axis=0, out=self.dW.reshape(fn, -1))
+        per_sample = matmul(xp, dout, self.col.transpose(0, 2, 1), per_sample)
+        self.dW = xp.sum(per_sample, axis=0, out=self.dW.reshape(fn, -1)).reshape(self.W.shape)
         if not self.need_dx:
             return None
-        dcol = self._buffer("dcol", self.col.shape, dout)
-        matmul(xp, self.W.reshape(fn, -1).T, dout, dcol)
+        dcol = matmul(xp, self.W.reshape(fn, -1).T, dout, self._buffer("dcol", self.col.shape, dout))
         return fold(dcol, self.x_shape, fh, fw, self.stride, self.pad)
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -611,10 +633,8 @@ class Pooling(Layer):
             return x
         n, c, h, w = x.shape
         p = self.pad
-        img = self._buffer("padded", (n, c, h + 2 * p, w + 2 * p), x)
-        img.fill(-get_array_module(x).inf)
-        img[:, :, p : p + h, p : p + w] = x
-        return img
+        img = put(self._buffer("padded", (n, c, h + 2 * p, w + 2 * p), x), ..., -get_array_module(x).inf)
+        return put(img, (slice(None), slice(None), slice(p, p + h), slice(p, p + w)), x)
 
     def forward(self, x: Array, train: bool = True) -> Array:
         xp = get_array_module(x)
@@ -624,29 +644,28 @@ class Pooling(Layer):
         self.x_shape = x.shape
         img = self._padded(x)
         shape = (n, c, out_h, out_w)
-        out = self._buffer("out", shape, x)
         offsets = [(y, xx) for y in range(self.pool_h) for xx in range(self.pool_w)]
-        xp.copyto(out, _window(img, 0, 0, self.stride, out_h, out_w))
+        out = put(self._buffer("out", shape, x), ..., _window(img, 0, 0, self.stride, out_h, out_w))
         if not train:
             for y, xx in offsets[1:]:
                 out = maximum_in_place(xp, out, _window(img, y, xx, self.stride, out_h, out_w))
             return out
         index_dtype = xp.uint8 if len(offsets) <= 255 else xp.int32
-        self.arg_max = arg_max = self._buffer("arg_max", shape, x, dtype=index_dtype)
-        arg_max.fill(0)
+        arg_max = put(self._buffer("arg_max", shape, x, dtype=index_dtype), ..., 0)
         greater = self._buffer("greater", shape, x, dtype=bool)
         offset_index = self._buffer("offset_index", shape, x, dtype=index_dtype)
         for k, (y, xx) in enumerate(offsets[1:], start=1):
             v = _window(img, y, xx, self.stride, out_h, out_w)
-            xp.greater(v, out, out=greater)  # strictly greater: the first maximum keeps its place
+            greater = xp.greater(v, out, out=greater)  # strictly greater: the first maximum keeps its place
             # k exceeds every offset seen so far, so max(arg_max, k * greater) sets k exactly where
             # greater holds: arithmetic, several times faster than a masked copy on a random mask.
             if lacks_numpy_forms(xp):  # dpnp takes no `casting=`: a scalar of the index dtype needs none
-                xp.multiply(greater, index_dtype(k), out=offset_index)
+                offset_index = xp.multiply(greater, index_dtype(k), out=offset_index)
             else:
-                xp.multiply(greater, k, out=offset_index, casting="unsafe")
-            maximum_in_place(xp, arg_max, offset_index)
+                offset_index = xp.multiply(greater, k, out=offset_index, casting="unsafe")
+            arg_max = maximum_in_place(xp, arg_max, offset_index)
             out = maximum_in_place(xp, out, v)
+        self.arg_max = arg_max
         return out
 
     def backward(self, dout: Array) -> Array:
@@ -657,18 +676,18 @@ class Pooling(Layer):
         tiles = not p and s >= self.pool_h and s >= self.pool_w  # every element in at most one window
         dx = self._buffer("dx", (n, c, h + 2 * p, w + 2 * p), dout)
         if not tiles or s * out_h != h or s * out_w != w or s != self.pool_h or s != self.pool_w:
-            dx.fill(0)  # some elements lie in no window (or in several): start from zero
+            dx = put(dx, ..., 0)  # some elements lie in no window (or in several): start from zero
         chosen = self._buffer("chosen", dout.shape, dout, dtype=bool)
         share = self._buffer("share", dout.shape, dout)
         for k in range(self.pool_h * self.pool_w):
             y, xx = divmod(k, self.pool_w)
-            target = _window(dx, y, xx, s, out_h, out_w)
-            xp.equal(self.arg_max, k, out=chosen)
+            target = _window_index(y, xx, s, out_h, out_w)
+            chosen = xp.equal(self.arg_max, k, out=chosen)
             if tiles:
-                xp.multiply(dout, chosen, out=target)
+                dx = compute_into(dx, target, xp.multiply, dout, chosen)
             else:
-                xp.multiply(dout, chosen, out=share)
-                target += share
+                share = xp.multiply(dout, chosen, out=share)
+                dx = add_at(dx, target, share)
         return dx[:, :, p : p + h, p : p + w] if p else dx
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:

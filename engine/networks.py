@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from engine.backend import CPU, Device, draw_as, get_array_module, random_generator, resolve_dtype
+from engine.backend import CPU, Device, draw_as, get_array_module, put, random_generator, resolve_dtype
 from engine.blas_threads import POOL as BLAS_POOL
 from engine.layers import (
     Affine,
@@ -66,6 +66,7 @@ class Network:
         self.layers: dict[str, Layer] = {}
         self.params: dict[str, Array] = {}
         self.grads: dict[str, Array] = {}
+        self._owners: dict[str, tuple[Layer, str]] = {}  # parameter name -> (its layer, the layer's key)
         counts: dict[str, int] = {}
         weight_index = 0
         batchnorm_index = 0
@@ -83,6 +84,7 @@ class Network:
             for key, value in layer.params.items():
                 self.params[f"{key}{suffix}"] = value
                 self.grads[f"{key}{suffix}"] = layer.grads[key]
+                self._owners[f"{key}{suffix}"] = (layer, key)
         self._sequence = list(self.layers.values())
         if self._sequence:
             self._sequence[0].need_dx = False  # nobody uses the gradient with respect to the data
@@ -93,6 +95,8 @@ class Network:
                 layer.in_place = True
         self.last_layer = SoftmaxWithLoss()
         self.xp = get_array_module(*self.params.values()) if self.params else device.xp
+        # JAX: the layers' arrays are replaced, not changed, so the dicts are refreshed from them.
+        self._immutable = bool(getattr(self.xp, "immutable", False))
 
     # --- inputs ---------------------------------------------------------------------------------------
     def _inputs(self, x: Any) -> Array:
@@ -143,6 +147,8 @@ class Network:
         finally:
             if sizing:
                 BLAS_POOL.end()
+        if self._immutable:
+            self.grads = {name: getattr(layer, "d" + key) for name, (layer, key) in self._owners.items()}
         return self.grads
 
     def train_step(self, x: Any, t: Any, optimizer: Any) -> None:
@@ -151,6 +157,47 @@ class Network:
         Returns nothing so that a GPU step needs no synchronisation; read `last_loss` when wanted.
         """
         optimizer.update(self.params, self.gradient(x, t))
+        if self._immutable:
+            self.bind(self.params)
+
+    def stepper(self, optimizer: Any) -> Callable[[Any, Any], Callable[[], Any]]:
+        """`step(x, t)`: one training step, returning a function that gives its loss (a device scalar).
+
+        `train_step` and the last layer's `pending_loss` here; where the array library compiles whole
+        steps (JAX: `engine.jit_step.CompiledStep`), the compiled step.
+        """
+        compile_step = getattr(self.xp, "compile_step", None)
+        if compile_step is not None:
+            return compile_step(self, optimizer)
+
+        def step(x: Any, t: Any) -> Callable[[], Any]:
+            self.train_step(x, t, optimizer)
+            return self.last_layer.pending_loss()
+
+        return step
+
+    # --- the arrays a functional (compiled) step passes in and out ----------------------------------
+    def bind(self, params: dict[str, Array]) -> None:
+        """Make `params` (name -> array) the network's parameters: the layers' own attributes and dicts."""
+        for name, value in params.items():
+            layer, key = self._owners[name]
+            setattr(layer, key, value)
+            layer.params[key] = value
+            self.params[name] = value
+
+    def state(self) -> dict[str, dict[str, Any]]:
+        """What training changes besides the parameters, by layer name: `Layer.state_names`."""
+        return {
+            name: {attr: getattr(layer, attr) for attr in layer.state_names}
+            for name, layer in self.layers.items()
+            if layer.state_names
+        }
+
+    def load_state(self, state: dict[str, dict[str, Any]]) -> None:
+        """Take `state()`'s values as the layers'."""
+        for name, values in state.items():
+            for attr, value in values.items():
+                setattr(self.layers[name], attr, value)
 
     @property
     def last_loss(self) -> float:
@@ -183,7 +230,7 @@ class Network:
         for key, value in params.items():
             if key not in self.params:
                 raise KeyError(f"unknown parameter {key!r}; this network has {', '.join(self.params)}")
-            self.params[key][...] = self.xp.asarray(value, dtype=self.dtype)
+            self.bind({key: put(self.params[key], ..., self.xp.asarray(value, dtype=self.dtype))})
 
     def set_hold_dropout_masks(self, hold: bool) -> None:
         """Freeze (or release) every Dropout layer's current mask, e.g. for a gradient check."""

@@ -3,6 +3,10 @@
 `update(params, grads)` takes the network's name -> array dicts. State (velocities, squared-gradient
 sums) is created on the first update, one array per parameter, shaped and placed like it.
 
+Every step returns the updated parameter and stores its state back: on NumPy the very arrays it was
+given, changed in place; on JAX (a jitted step, `engine.jit_step`) new ones. `state()`/`load_state()`
+hand that state to and from a functional step.
+
 L2 weight decay (`weight_decay` = lambda) adds lambda * W to the gradient of every weight matrix,
 i.e. the gradient of (lambda / 2) * sum(W**2) added to the loss. It applies to parameters whose
 name starts with "W" (Affine and Convolution weights), never to biases or BatchNorm's gamma/beta,
@@ -33,10 +37,29 @@ def decays(name: str) -> bool:
 class Optimizer:
     """Shared bookkeeping: the learning rate, weight decay and per-parameter scratch buffers."""
 
+    #: The attributes holding state kept between steps (dicts name -> array, or Adam's step count).
+    state_names: tuple[str, ...] = ()
+
     def __init__(self, lr: float = 0.01, weight_decay: float = 0.0) -> None:
         self.lr = lr
         self.weight_decay = weight_decay
         self._scratch: dict[str, Array] = {}
+
+    def state(self, params: dict[str, Array] | None = None) -> dict[str, Any]:
+        """The state kept between steps, by attribute name; with `params`, made for each first (zeros)."""
+        if params is not None:
+            for name in self.state_names:
+                store = getattr(self, name)
+                if isinstance(store, dict):
+                    for key, param in params.items():
+                        self._buffer(store, key, param)
+        return {name: _copy_dict(getattr(self, name)) for name in self.state_names}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Take `state()`'s arrays as this optimizer's (scratch buffers are dropped: a step remakes them)."""
+        for name, value in state.items():
+            setattr(self, name, _copy_dict(value))
+        self._scratch = {}
 
     def _buffer(self, store: dict[str, Array], key: str, like: Array) -> Array:
         buf = store.get(key)
@@ -50,25 +73,30 @@ class Optimizer:
         if self.weight_decay == 0.0 or not decays(key):
             return grad
         g = self._buffer(self._scratch, "wd:" + key, param)
-        get_array_module(param).multiply(param, self.weight_decay, out=g)
+        g = get_array_module(param).multiply(param, self.weight_decay, out=g)
         g += grad
         return g
 
     def update(self, params: dict[str, Array], grads: dict[str, Array]) -> None:
-        """Apply one step to every parameter in place."""
+        """One step of every parameter of `params` (in place on NumPy; new arrays in the dict on JAX)."""
         for key, param in params.items():
-            self.step(key, param, self._grad(key, param, grads[key]))
+            params[key] = self.step(key, param, self._grad(key, param, grads[key]))
 
-    def step(self, key: str, param: Array, grad: Array) -> None:
+    def step(self, key: str, param: Array, grad: Array) -> Array:
+        """The updated parameter (`param` itself, changed in place, on NumPy)."""
         raise NotImplementedError
+
+
+def _copy_dict(value: Any) -> Any:
+    return dict(value) if isinstance(value, dict) else value
 
 
 def _scaled_ratio(xp: Any, numerator: Array, squares: Array, lr: float, out: Array, spare: Array) -> Array:
     """lr * numerator / (sqrt(squares) + 1e-7) into `out`, in that order of operations (the plain
     expression's rounding, bit for bit), through two scratch buffers instead of temporary arrays."""
-    xp.sqrt(squares, out=spare)
+    spare = xp.sqrt(squares, out=spare)
     spare += EPS
-    xp.multiply(numerator, lr, out=out)
+    out = xp.multiply(numerator, lr, out=out)
     out /= spare
     return out
 
@@ -76,26 +104,30 @@ def _scaled_ratio(xp: Any, numerator: Array, squares: Array, lr: float, out: Arr
 class SGD(Optimizer):
     """W <- W - lr * dW."""
 
-    def step(self, key: str, param: Array, grad: Array) -> None:
+    def step(self, key: str, param: Array, grad: Array) -> Array:
         tmp = self._buffer(self._scratch, key, param)
-        get_array_module(param).multiply(grad, self.lr, out=tmp)  # no temporary array per step
-        param -= tmp
+        param -= get_array_module(param).multiply(grad, self.lr, out=tmp)  # no temporary array per step
+        return param
 
 
 class Momentum(Optimizer):
     """v <- momentum * v - lr * dW;  W <- W + v."""
+
+    state_names = ("v",)
 
     def __init__(self, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 0.0) -> None:
         super().__init__(lr, weight_decay)
         self.momentum = momentum
         self.v: dict[str, Array] = {}
 
-    def step(self, key: str, param: Array, grad: Array) -> None:
+    def step(self, key: str, param: Array, grad: Array) -> Array:
         xp = get_array_module(param)
         v, tmp = self._buffer(self.v, key, param), self._buffer(self._scratch, key, param)
         v *= self.momentum
         v -= xp.multiply(grad, self.lr, out=tmp)
+        self.v[key] = v
         param += v
+        return param
 
 
 class Nesterov(Optimizer):
@@ -107,52 +139,64 @@ class Nesterov(Optimizer):
     per step (a first step of 2.71 lr dW instead of 1.9 lr dW at momentum 0.9).
     """
 
+    state_names = ("v",)
+
     def __init__(self, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 0.0) -> None:
         super().__init__(lr, weight_decay)
         self.momentum = momentum
         self.v: dict[str, Array] = {}
 
-    def step(self, key: str, param: Array, grad: Array) -> None:
+    def step(self, key: str, param: Array, grad: Array) -> Array:
         xp = get_array_module(param)
         v, tmp = self._buffer(self.v, key, param), self._buffer(self._scratch, key, param)
         param += xp.multiply(v, self.momentum * self.momentum, out=tmp)  # the old v: it is updated below
         param -= xp.multiply(grad, (1 + self.momentum) * self.lr, out=tmp)
         v *= self.momentum
         v -= xp.multiply(grad, self.lr, out=tmp)
+        self.v[key] = v
+        return param
 
 
 class AdaGrad(Optimizer):
     """h <- h + dW^2;  W <- W - lr * dW / (sqrt(h) + 1e-7)."""
 
+    state_names = ("h",)
+
     def __init__(self, lr: float = 0.01, weight_decay: float = 0.0) -> None:
         super().__init__(lr, weight_decay)
         self.h: dict[str, Array] = {}
 
-    def step(self, key: str, param: Array, grad: Array) -> None:
+    def step(self, key: str, param: Array, grad: Array) -> Array:
         xp = get_array_module(param)
         h, tmp = self._buffer(self.h, key, param), self._buffer(self._scratch, key, param)
         spare = self._buffer(self._scratch, "spare:" + key, param)
         h += xp.multiply(grad, grad, out=tmp)
+        self.h[key] = h
         param -= _scaled_ratio(xp, grad, h, self.lr, tmp, spare)
+        return param
 
 
 class RMSprop(Optimizer):
     """h <- decay_rate * h + (1 - decay_rate) * dW^2;  W <- W - lr * dW / (sqrt(h) + 1e-7)."""
+
+    state_names = ("h",)
 
     def __init__(self, lr: float = 0.01, decay_rate: float = 0.99, weight_decay: float = 0.0) -> None:
         super().__init__(lr, weight_decay)
         self.decay_rate = decay_rate
         self.h: dict[str, Array] = {}
 
-    def step(self, key: str, param: Array, grad: Array) -> None:
+    def step(self, key: str, param: Array, grad: Array) -> Array:
         xp = get_array_module(param)
         h, tmp = self._buffer(self.h, key, param), self._buffer(self._scratch, key, param)
         spare = self._buffer(self._scratch, "spare:" + key, param)
         h *= self.decay_rate
-        xp.multiply(grad, 1 - self.decay_rate, out=tmp)
+        tmp = xp.multiply(grad, 1 - self.decay_rate, out=tmp)
         tmp *= grad
         h += tmp
+        self.h[key] = h
         param -= _scaled_ratio(xp, grad, h, self.lr, tmp, spare)
+        return param
 
 
 class Adam(Optimizer):
@@ -165,7 +209,12 @@ class Adam(Optimizer):
     the bias correction. `torch.optim.Adam` follows the paper's Algorithm 1 and adds eps after it, so the
     engine's eps acts like torch's eps / sqrt(1 - beta2^t): 3.2e-6 at the first step with beta2 = 0.999,
     1e-7 in the long run. The steps differ only where |dW| is not much larger than that.
+
+    In a jitted step the step count is state too: an array of the parameters' dtype (exact up to 2^24
+    steps in float32), so the bias correction is computed on the device.
     """
+
+    state_names = ("m", "v", "iter")
 
     def __init__(
         self, lr: float = 0.001, beta1: float = 0.9, beta2: float = 0.999, weight_decay: float = 0.0
@@ -177,26 +226,40 @@ class Adam(Optimizer):
         self.v: dict[str, Array] = {}
         self._lr_t = lr
 
+    def state(self, params: dict[str, Array] | None = None) -> dict[str, Any]:
+        if params is not None and isinstance(self.iter, int) and params:
+            like = next(iter(params.values()))  # a device scalar: the count is traced with the rest
+            self.iter = get_array_module(like).asarray(self.iter, dtype=like.dtype)
+        return super().state(params)
+
     def update(self, params: dict[str, Array], grads: dict[str, Array]) -> None:
         self.iter += 1  # one time step per update, shared by every parameter
-        self._lr_t = self.lr * math.sqrt(1.0 - self.beta2**self.iter) / (1.0 - self.beta1**self.iter)
+        correction = 1.0 - self.beta2**self.iter
+        root = (
+            math.sqrt(correction)
+            if isinstance(correction, float)
+            else get_array_module(correction).sqrt(correction)
+        )
+        self._lr_t = self.lr * root / (1.0 - self.beta1**self.iter)
         super().update(params, grads)
 
-    def step(self, key: str, param: Array, grad: Array) -> None:
+    def step(self, key: str, param: Array, grad: Array) -> Array:
         xp = get_array_module(param)
         m, v = self._buffer(self.m, key, param), self._buffer(self.v, key, param)
         tmp, spare = (
             self._buffer(self._scratch, key, param),
             self._buffer(self._scratch, "spare:" + key, param),
         )
-        xp.subtract(grad, m, out=tmp)
+        tmp = xp.subtract(grad, m, out=tmp)
         tmp *= 1 - self.beta1
         m += tmp
-        xp.multiply(grad, grad, out=tmp)
+        tmp = xp.multiply(grad, grad, out=tmp)
         tmp -= v
         tmp *= 1 - self.beta2
         v += tmp
+        self.m[key], self.v[key] = m, v
         param -= _scaled_ratio(xp, m, v, self._lr_t, tmp, spare)
+        return param
 
 
 OPTIMIZERS: dict[str, type[Optimizer]] = {

@@ -225,6 +225,12 @@ class Backend:
         process = psutil.Process()
         return lambda: {"host_rss_bytes": int(process.memory_info().rss)}
 
+    def host_memory_parts(self, ref: DeviceRef, parts: dict[str, int]) -> dict[str, int]:
+        """What this backend adds to the host's resident set of a job whose NumPy estimate has `parts`
+        (its library's runtime, its own copies of the job's arrays where they live in host memory).
+        Default: nothing (NumPy's arrays are the estimate's; a GPU's live in its own memory)."""
+        return {}
+
     def free_memory_bytes(self, device: str) -> tuple[int, str]:
         """Bytes free now on `device` (its spelling as this process sees it), and a name for messages.
         Default: the host's available RAM."""

@@ -76,7 +76,7 @@ def _measure_width(
     spec: dict[str, Any], width: int, x: Any, t: Any, reporter: Reporter
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, list[float]], str]:
     """One width: its row, its statistics, its trial series and why its repeats stopped."""
-    device, dtype, seed = device_of(spec), spec["dtype"], int(spec["seed"])
+    device, dtype, seed = device_of(spec, in_place=True), spec["dtype"], int(spec["seed"])
     small = {**spec["model"], "name": "mlp", "layers": [BVN_INPUT, width, BVN_CLASSES], "dropout": 0.0}
     network = build(small, (BVN_INPUT,), BVN_CLASSES, dtype, device, seed)
 
@@ -130,7 +130,7 @@ def _measure_width(
 
 def run(spec: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
     """Run a `backprop_vs_numerical` job; the result body."""
-    device, dtype = device_of(spec), spec["dtype"]
+    device, dtype = device_of(spec, in_place=True), spec["dtype"]
     widths = [int(w) for w in spec["bvn_widths"]]
     rng = np.random.default_rng(int(spec["seed"]))
     x = device.xp.asarray(draw_as(rng.random, (BVN_SAMPLES, BVN_INPUT), dtype))

@@ -115,14 +115,23 @@ class JobKind:
 # --- device, data and network --------------------------------------------------------------------------
 
 
-def device_of(spec: dict[str, Any]) -> Device:
+def device_of(spec: dict[str, Any], in_place: bool = False) -> Device:
     """The spec's device, or JobError naming what is available (or, for a float64 job on a device without
-    float64, what is accepted: the API refuses what the spelling tells, this checks the device itself)."""
+    float64, what is accepted: the API refuses what the spelling tells, this checks the device itself).
+
+    `in_place`: the kind changes arrays in place (a numerical gradient nudges one weight at a time, a GEMM
+    timing writes into its output); JAX's arrays cannot be changed, so such a kind is refused there.
+    """
     try:
         device = resolve_device(spec["device"])
         check_float64(device, str(spec.get("dtype", "float32")))
     except DeviceError as exc:
         raise JobError(str(exc)) from None
+    if in_place and getattr(device.xp, "immutable", False):
+        raise JobError(
+            f"kind {spec.get('kind')!r} changes arrays in place, which {device.name!r} ({device.backend}) "
+            "cannot; accepted there: kind train (its whole step compiled); this kind runs on cpu or a GPU"
+        )
     return device
 
 

@@ -75,7 +75,7 @@ class BlockedMatmul:
 
 def run(spec: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
     """Run a `gemm` job; the result body."""
-    device = device_of(spec)
+    device = device_of(spec, in_place=True)
     dtype = spec["dtype"]
     xp = device.xp
     rng = np.random.default_rng(int(spec["seed"]))

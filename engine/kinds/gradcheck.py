@@ -54,7 +54,7 @@ def checked_network(spec: dict[str, Any], dtype: str, device: Device) -> tuple[N
 
 def run(spec: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
     """Run a `gradcheck` job; the result body."""
-    device = device_of(spec)
+    device = device_of(spec, in_place=True)
     dtype = spec["dtype"]
     seed = int(spec["seed"])
     seed_everything(seed, device)

@@ -15,7 +15,16 @@ from typing import Any
 
 import numpy as np
 
-from engine.backend import Stopwatch, as_numpy, memory_probe, seed_everything, synchronize, take_rows
+from engine.backend import (
+    Stopwatch,
+    as_numpy,
+    get_array_module,
+    memory_probe,
+    seed_everything,
+    synchronize,
+    take_rows,
+)
+from engine.backends import backend_of
 from engine.kinds.base import (
     DTYPE_BYTES,
     JobDiverged,
@@ -35,6 +44,7 @@ from engine.kinds.base import (
     optimizer_copies,
     optimizer_of,
 )
+from engine.spec import parse_device
 from engine.stats import AdaptiveRepeats, headline, summarize
 from engine.telemetry import TelemetrySource, WindowReading
 
@@ -84,6 +94,8 @@ class TrainingLoop:
         seed_everything(seed, device)
         self.network = build(spec["model"], data.input_shape, data.n_classes, dtype, device, seed)
         self.optimizer = optimizer_of(spec)
+        # One training step: the network's own (NumPy, CuPy), or the whole step compiled (JAX).
+        self.step = self.network.stepper(self.optimizer)
         xp = device.xp
         self.x_train, self.t_train = xp.asarray(data.x_train), xp.asarray(data.t_train)
         self.x_test, self.t_test = xp.asarray(data.x_test), xp.asarray(data.t_test)
@@ -140,9 +152,8 @@ class TrainingLoop:
         indices = self.device.xp.asarray(
             self.batch_rng.integers(0, self.data.n_train, size=(chunk, self.batch_size))
         )
-        x, t = self.x_chunk[:chunk], self.t_chunk[:chunk]
-        take_rows(self.x_train, indices, out=x)
-        take_rows(self.t_train, indices, out=t)
+        x = take_rows(self.x_train, indices, out=self.x_chunk[:chunk])
+        t = take_rows(self.t_train, indices, out=self.t_chunk[:chunk])
         self.gather_time += time.perf_counter() - started
         return x, t
 
@@ -153,17 +164,18 @@ class TrainingLoop:
         keeps what its loss needs). A timed chunk is also read by the telemetry: counters before the
         first step and after the last (the device synchronised at both ends), nothing in between."""
         x, t = self.gather(chunk)
-        network, optimizer, done = self.network, self.optimizer, self.done
+        step, done = self.step, self.done
         check_stop = self.reporter.check_stop
         pending: list[Callable[[], Any]] = []
         synchronize(self.device)
         if timed:
             self.telemetry.begin()
         self.stopwatch.start()
-        for i in range(chunk):
+        for i, (x_i, t_i) in enumerate(
+            zip(x, t, strict=True)
+        ):  # JAX: one split of the chunk, not one per step
             check_stop(f"at step {done + i + 1}")
-            network.train_step(x[i], t[i], optimizer)
-            pending.append(network.last_layer.pending_loss())  # `last_loss` would compute it now
+            pending.append(step(x_i, t_i))  # the loss is computed after the window (or by the compiled step)
         seconds = self.stopwatch.stop()
         if timed:
             self.readings.append(self.telemetry.end())
@@ -181,10 +193,8 @@ class TrainingLoop:
 
     def record_losses(self, losses: list[Any], first_step: int) -> None:
         """Move a chunk's losses to the host (one sync), check them, keep the sampled points."""
-        if self.device.is_gpu:
-            values = as_numpy(self.device.xp.stack(losses))
-        else:
-            values = np.array([float(v) for v in losses])
+        xp = get_array_module(*losses)  # a GPU's or JAX's scalars: one transfer
+        values = np.array([float(v) for v in losses]) if xp is np else as_numpy(xp.stack(losses))
         bad = np.flatnonzero(~np.isfinite(values))
         if bad.size:
             raise JobDiverged(first_step + int(bad[0]), float(values[bad[0]]))
@@ -358,6 +368,8 @@ def estimate_memory(spec: dict[str, Any]) -> MemoryEstimate:
     # A window's batches are gathered at once into buffers of the loop (features and labels).
     window = min(int(spec["timing"]["window"]), int(spec["steps"]))
     parts["batches"] = dataset_bytes(window * batch, input_shape, item)
+    device = parse_device(spec["device"])  # JAX adds its runtime and, on a CPU, its copies of the arrays
+    parts.update(backend_of(device).host_memory_parts(device, parts))
     return estimate(parts)
 
 

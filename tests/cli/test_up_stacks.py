@@ -55,6 +55,6 @@ def test_up_with_the_xla_stack_registers_this_cpu_through_numpy_and_through_xla(
     with Session(engine) as session:
         devices = session.query(Device).all()
     engine.dispose()
-    assert sorted(d.fingerprint["backend"]["backend"] for d in devices) == ["numpy", "xla"]
+    assert sorted(d.fingerprint["backend"]["name"] for d in devices) == ["numpy", "xla"]
     # One CPU, two stacks: the same hardware name and vendor on both rows.
     assert len({(d.name, d.vendor) for d in devices}) == 1

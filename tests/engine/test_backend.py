@@ -221,7 +221,7 @@ def test_seeded_training_runs_are_identical() -> None:
         np.testing.assert_array_equal(value, params_b[key])
 
 
-def test_the_cpu_path_never_imports_cupy() -> None:
+def test_the_cpu_path_never_imports_cupy_or_jax() -> None:
     code = (
         "import sys, numpy as np\n"
         "from engine.backend import resolve_device, fingerprint\n"
@@ -232,6 +232,7 @@ def test_the_cpu_path_never_imports_cupy() -> None:
         "net.train_step(np.ones((2, 4)), np.array([0, 1]), make_optimizer({'name': 'adam'}))\n"
         "fingerprint(resolve_device('cpu'))\n"
         "assert 'cupy' not in sys.modules, 'cupy was imported'\n"
+        "assert 'jax' not in sys.modules, 'jax was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
 
