@@ -20,7 +20,8 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 SCHEMA_FILE = Path(__file__).resolve().parents[1] / "data" / "compose-spec.json"
 ENV_EXAMPLE = ROOT / ".env.example"
 GPU_WORKERS = ("worker-gpu-0", "worker-gpu-1")
-BPBENCH_SERVICES = ("migrate", "api", "worker-cpu", *GPU_WORKERS, "reconciler", "beat")
+VENDOR_WORKERS = ("worker-rocm-0", "worker-intel-gpu-0", "worker-oneapi-cpu", "worker-xla-cpu")
+BPBENCH_SERVICES = ("migrate", "api", "worker-cpu", *GPU_WORKERS, *VENDOR_WORKERS, "reconciler", "beat")
 
 
 @pytest.fixture(scope="module")
@@ -59,11 +60,19 @@ def test_stack_has_every_service_of_the_deployment(compose: dict[str, Any]) -> N
         "worker-cpu",
         "worker-gpu-0",
         "worker-gpu-1",
+        *VENDOR_WORKERS,
         "reconciler",
         "beat",
         "flower",
     }
-    assert all(compose["services"][name]["profiles"] == ["gpu"] for name in GPU_WORKERS)
+    assert all(compose["services"][name]["profiles"] == ["gpu", "nvidia"] for name in GPU_WORKERS)
+    profiles = {name: compose["services"][name]["profiles"] for name in VENDOR_WORKERS}
+    assert profiles == {
+        "worker-rocm-0": ["amd"],
+        "worker-intel-gpu-0": ["intel"],
+        "worker-oneapi-cpu": ["stacks"],
+        "worker-xla-cpu": ["stacks"],
+    }
     assert compose["services"]["flower"]["profiles"] == ["monitoring"]
 
 
@@ -138,12 +147,38 @@ def test_every_service_command_is_a_bpbench_command(compose: dict[str, Any]) -> 
         assert command[1] in commands, f"service {name} runs `bpbench {command[1]}`, which does not exist"
 
 
-def test_dockerfile_has_cpu_and_gpu_targets() -> None:
+def test_dockerfile_has_a_target_per_stack() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     stages = re.findall(r"^FROM\s+(\S+)\s+AS\s+(\w+)", dockerfile, flags=re.M)
-    assert [stage for _, stage in stages] == ["build", "cpu", "gpu"]
-    gpu_base = dict((stage, image) for image, stage in stages)["gpu"]
-    assert gpu_base.startswith("nvidia/cuda:") and "runtime" in gpu_base
-    # The base is CUDA 12: CuPy for CUDA 12 (the `gpu` extra is CuPy for CUDA 13, one CuPy per environment).
-    assert gpu_base.startswith("nvidia/cuda:12.")
+    assert [stage for _, stage in stages] == ["build", "cpu", "cuda", "gpu", "rocm", "oneapi", "xla"]
+    base = {stage: image for image, stage in stages}
+    # The NVIDIA base is CUDA 12: CuPy for CUDA 12 (the `gpu` extra is CuPy for CUDA 13, one CuPy per environment).
+    assert base["cuda"].startswith("nvidia/cuda:12.") and "runtime" in base["cuda"]
+    assert base["gpu"] == "cuda"  # the older target name, kept for existing compose files
     assert '"bpbench[gpu-cuda12,digits]"' in dockerfile
+    assert base["rocm"].startswith("rocm/") and '"bpbench[rocm,digits]"' in dockerfile
+    assert '"bpbench[oneapi,digits]"' in dockerfile
+    assert "ARG BPBENCH_EXTRAS=xla,digits" in dockerfile
+
+
+def test_every_extra_a_stage_installs_is_an_extra_of_the_project() -> None:
+    import tomllib
+
+    extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    named = set(re.findall(r"bpbench\[([a-z0-9,-]+)\]", dockerfile)) | set(
+        re.findall(r"BPBENCH_EXTRAS=([a-z0-9,-]+)", dockerfile)
+    )
+    named |= {"xla-tpu,digits"}  # the TPU workers' build argument (docker-compose.worker.yml)
+    used = {extra for group in named for extra in group.split(",")}
+    assert used - extras == set()
+
+
+def test_every_worker_device_is_a_device_of_the_engine_grammar(compose: dict[str, Any]) -> None:
+    from engine.spec import parse_device
+
+    for name, service in compose["services"].items():
+        command = service.get("command", [])
+        if "--device" in command:
+            device = command[command.index("--device") + 1]
+            assert parse_device(device).name == device, name

@@ -40,6 +40,15 @@ MAIN_FILE = ROOT / "docker-compose.yml"
 SCHEMA_FILE = Path(__file__).resolve().parents[1] / "data" / "compose-spec.json"
 DEPLOY_GUIDE = ROOT / "docs" / "deploy.md"
 GPU_WORKERS = ("worker-gpu-0", "worker-gpu-1")
+VENDOR_WORKERS = (
+    "worker-rocm-0",
+    "worker-rocm-1",
+    "worker-intel-gpu-0",
+    "worker-tpu-0",
+    "worker-tpu-1",
+    "worker-oneapi-cpu",
+    "worker-xla-cpu",
+)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +77,7 @@ def test_worker_file_is_valid_against_the_compose_specification(worker_compose: 
 
 def test_worker_file_runs_workers_only_and_waits_on_nothing(worker_compose: dict[str, Any]) -> None:
     services = worker_compose["services"]
-    assert set(services) == {"worker-cpu", *GPU_WORKERS}
+    assert set(services) == {"worker-cpu", *GPU_WORKERS, *VENDOR_WORKERS}
     assert [name for name, service in services.items() if "depends_on" in service] == []
     assert [name for name, service in services.items() if "ports" in service] == []
 
@@ -76,7 +85,7 @@ def test_worker_file_runs_workers_only_and_waits_on_nothing(worker_compose: dict
 def test_worker_file_variables_are_settings_and_the_urls_are_required(worker_compose: dict[str, Any]) -> None:
     known = {f"BPBENCH_{name.upper()}" for name in Settings.model_fields}
     for name, service in worker_compose["services"].items():
-        assert set(service["environment"]) <= known, name
+        assert {key for key in service["environment"] if key.startswith("BPBENCH_")} <= known, name
         with pytest.raises(ValueError, match="required variable BPBENCH_DATABASE_URL"):
             environment(worker_compose, name, {"BPBENCH_BROKER_URL": "redis://central:6379/0"})
         with pytest.raises(ValueError, match="required variable BPBENCH_BROKER_URL"):
@@ -108,8 +117,46 @@ def test_each_gpu_worker_reserves_its_own_gpu(worker_compose: dict[str, Any]) ->
         command = service["command"]
         assert command[:4] == ["bpbench", "worker", "--device", "gpu:0"]
         assert command[command.index("--name") + 1].startswith(f"gpu{index}@")
-        assert (service["profiles"], service["build"]["target"]) == (["gpu"], "gpu")
+        assert (service["profiles"], service["build"]["target"]) == (["gpu", "nvidia"], "gpu")
     assert reserved == [["0"], ["1"]]
+
+
+def test_each_amd_worker_sees_one_gpu_of_its_own_as_rocm_0(worker_compose: dict[str, Any]) -> None:
+    visible = []
+    for index, name in enumerate(("worker-rocm-0", "worker-rocm-1")):
+        service = worker_compose["services"][name]
+        assert (service["profiles"], service["build"]["target"]) == (["amd"], "rocm")
+        assert service["devices"] == ["/dev/kfd", "/dev/dri"]
+        assert set(service["group_add"]) == {"video", "render"}
+        visible.append(service["environment"]["HIP_VISIBLE_DEVICES"])
+        command = service["command"]
+        assert command[:4] == ["bpbench", "worker", "--device", "rocm:0"]
+        assert command[command.index("--name") + 1].startswith(f"rocm{index}@")
+    assert visible == ["0", "1"]
+
+
+def test_each_tpu_worker_is_bounded_to_one_chip_with_its_own_port(worker_compose: dict[str, Any]) -> None:
+    chips, ports = [], []
+    for name in ("worker-tpu-0", "worker-tpu-1"):
+        service = worker_compose["services"][name]
+        env = service["environment"]
+        assert (service["profiles"], service["build"]["target"]) == (["tpu"], "xla")
+        assert service["build"]["args"]["BPBENCH_EXTRAS"].split(",")[0] == "xla-tpu"
+        assert (env["TPU_CHIPS_PER_PROCESS_BOUNDS"], env["TPU_PROCESS_BOUNDS"]) == ("1,1,1", "1,1,1")
+        assert env["TPU_MESH_CONTROLLER_ADDRESS"] == f"localhost:{env['TPU_MESH_CONTROLLER_PORT']}"
+        chips.append(env["TPU_VISIBLE_CHIPS"])
+        ports.append(env["TPU_MESH_CONTROLLER_PORT"])
+        assert service["command"][:4] == ["bpbench", "worker", "--device", "xla:tpu:0"]
+    assert chips == ["0", "1"] and len(set(ports)) == 2
+
+
+def test_every_worker_device_is_a_device_of_the_engine_grammar(worker_compose: dict[str, Any]) -> None:
+    from engine.spec import parse_device
+
+    for name, service in worker_compose["services"].items():
+        command = service["command"]
+        device = command[command.index("--device") + 1]
+        assert parse_device(device).name == device, name
 
 
 def test_main_stack_publishes_the_ports_the_deploy_guide_opens() -> None:
