@@ -132,9 +132,13 @@ class OneapiBackend(Backend):
         try:
             wanted = dpctl.SyclDevice(ref.selector)
         except Exception:  # SyclDeviceCreationError: no such device on this host
-            listed = (
-                ", ".join(available) or "none (is a SYCL runtime installed? pip install 'bpbench[oneapi]')"
-            )
+            none = "none (is a SYCL runtime installed? pip install 'bpbench[oneapi]')"
+            listed = ", ".join(available) or none
+            runtime = Path(sys.prefix) / "lib" / "libintelocl.so"
+            if not available and ICD_VARIABLE not in os.environ and runtime.is_file():
+                # dpctl was imported before this backend could point the loader at the pip runtime.
+                early = "dpctl was imported before bpbench's oneapi backend"
+                listed += f"; {early}: set {ICD_VARIABLE}={runtime}"
             raise DeviceError(
                 f"device {ref.name!r} was asked for, but this host's SYCL runtime has no such device; "
                 f"available: {listed}"
