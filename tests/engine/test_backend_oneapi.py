@@ -173,16 +173,14 @@ def test_a_fresh_process_finds_the_opencl_cpu_device_without_a_manual_step(oneap
 
 def test_dpnp_imported_before_the_backend_is_refused_with_the_variable_to_set(oneapi: Device) -> None:
     env = {k: v for k, v in os.environ.items() if k not in (ICD_VARIABLE, "ONEAPI_DEVICE_SELECTOR")}
-    code = (
-        "import dpnp\n"
-        "from engine.backend import resolve_device\n"
-        f"resolve_device({DEVICE!r})\n"
-    )
+    code = f"import dpnp\nfrom engine.backend import resolve_device\nresolve_device({DEVICE!r})\n"
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
     runtime = Path(sys.prefix) / "lib" / "libintelocl.so"
     assert done.returncode == 1
-    assert done.stderr.strip().splitlines()[-1].endswith(
-        f"dpctl was imported before bpbench's oneapi backend: set {ICD_VARIABLE}={runtime}"
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .endswith(f"dpctl was imported before bpbench's oneapi backend: set {ICD_VARIABLE}={runtime}")
     )
 
 
