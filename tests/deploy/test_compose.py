@@ -152,7 +152,8 @@ def test_dockerfile_has_a_target_per_stack() -> None:
     stages = re.findall(r"^FROM\s+(\S+)\s+AS\s+(\w+)", dockerfile, flags=re.M)
     assert [stage for _, stage in stages] == ["build", "cpu", "cuda", "gpu", "rocm", "oneapi", "xla"]
     base = {stage: image for image, stage in stages}
-    # The NVIDIA base is CUDA 12: CuPy for CUDA 12 (the `gpu` extra is CuPy for CUDA 13, one CuPy per environment).
+    # The NVIDIA base is CUDA 12: CuPy for CUDA 12 (the `gpu` extra is CuPy for CUDA 13; one CuPy per
+    # environment).
     assert base["cuda"].startswith("nvidia/cuda:12.") and "runtime" in base["cuda"]
     assert base["gpu"] == "cuda"  # the older target name, kept for existing compose files
     assert '"bpbench[gpu-cuda12,digits]"' in dockerfile
