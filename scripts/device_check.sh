@@ -2,7 +2,8 @@
 # The accelerator check: every check that needs the accelerator, in one call of under 8 minutes, on a host with
 # no internet (today's image: an NVIDIA H100/H200 with CuPy for CUDA 13 and PyTorch, no JAX; a ROCm host with
 # CuPy's ROCm build; a TPU or GPU host with JAX), each step timed in the output and in $OUT/steps.txt:
-#   1. `pytest -m gpu` (the engine on CuPy, and a GPU worker running a job end to end), under a hard timeout;
+#   1. `pytest -m gpu` (the engine on CuPy, and a GPU worker running a job end to end), under a hard timeout,
+#      the engine tests' GPU named as the stack found (BPBENCH_TEST_GPU: `gpu:0`, or `rocm:0` on ROCm);
 #   2. the `parity` job kind on the GPU CuPy has, float32 and float64 (`gpu:0` on CUDA, `rocm:0` on ROCm):
 #      every preset's gradients against the NumPy float64 reference, one summary line per dtype;
 #   3. where JAX has a GPU or TPU platform: the parity kind on `xla:<platform>:0` and a short training run
@@ -126,7 +127,10 @@ else
   per_test_s=$((pytest_limit > 60 ? pytest_limit - 30 : 0))  # one hung test ends, not all (0: off)
   echo "at most ${pytest_limit} s"
   # Into a file, not a pipe: a process the tests leave behind would hold a pipe open and the check would wait.
-  DEVICE_CHECK_RUN=$run_id timeout --kill-after=10 "$pytest_limit" \
+  # BPBENCH_TEST_GPU: the engine tests' GPU in the spelling of the stack found (`rocm:0` on ROCm).
+  test_gpu=gpu
+  [ "$gpu_stack" = none ] || test_gpu=$gpu_device
+  BPBENCH_TEST_GPU=$test_gpu DEVICE_CHECK_RUN=$run_id timeout --kill-after=10 "$pytest_limit" \
     "$PY" -m pytest -m gpu -p no:cacheprovider -q -rs -o addopts="" --timeout="$per_test_s" \
     --junitxml="$OUT/pytest_gpu.xml" tests >"$OUT/pytest_gpu.txt" 2>&1
   pytest_status=$?

@@ -110,7 +110,7 @@ def parity_summary(path: Path, device: str) -> tuple[str, bool]:
         metrics, presets = result["metrics"], result["metrics"]["presets"]
         stack = result["fingerprint"]["backend"]["name"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        return f"parity on {device}: no result document ({one_line(exc)})", False
+        return f"parity on {device}: no result document in {path.name} ({one_line(exc)})", False
     failed = [name for name, preset in presets.items() if not preset["passed"]]
     within = len(presets) - len(failed)
     verdict = "passed" if presets and not failed else f"FAILED ({', '.join(failed) or 'no preset'})"
@@ -127,7 +127,7 @@ def train_summary(path: Path, device: str) -> str:
         metrics: dict[str, Any] = json.loads(path.read_text())["metrics"]
         rate, accuracy = metrics["samples_per_s"]["median"], metrics["test_accuracy"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        return f"training on {device}: no result document ({one_line(exc)})"
+        return f"training on {device}: no result document in {path.name} ({one_line(exc)})"
     return f"training on {device}: {rate:,.0f} samples/s (median), test accuracy {accuracy:.4f}"
 
 

@@ -101,6 +101,18 @@ def test_holds_the_gpu_in_a_session_of_its_own_and_hangs() -> None:
     time.sleep(600)
 """
 
+TELLS_ITS_GPU = """
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.mark.gpu
+def test_writes_the_gpu_it_is_told_to_use() -> None:
+    (Path(__file__).parent / "told.txt").write_text(os.environ.get("BPBENCH_TEST_GPU", "(unset)"))
+"""
+
 # Stands in for `python3 -m pip download ... -d DEST NAME==VERSION...`: one empty wheel per pin.
 PIP_DOWNLOAD_STAND_IN = """#!/usr/bin/env bash
 dest=""; pins=()
@@ -307,6 +319,31 @@ def test_on_a_rocm_build_of_cupy_the_check_uses_rocm_0_and_describes_rocm(tmp_pa
     assert done.returncode == 1
 
 
+def test_on_a_rocm_build_the_gpu_tests_are_told_rocm_0_and_a_parity_run_that_fails_fails_the_check(
+    tmp_path: Path,
+) -> None:
+    tests = tmp_path / "tells_its_gpu"
+    tests.mkdir()
+    (tests / "test_tell.py").write_text(TELLS_ITS_GPU)
+    out = tmp_path / "out"
+    env = stand_ins(tmp_path, cupy=ROCM)
+
+    done = run_check(checkout_of_links(tmp_path, tests=tests), out, PARITY_TIMEOUT_S="60", **env)
+
+    assert (tests / "told.txt").read_text() == "rocm:0"
+    # The stand-in has no GPU code: each parity run ends without a result, and says so in its line.
+    summaries = [
+        line for line in (out / "parity_gpu.txt").read_text().splitlines() if line.startswith("parity")
+    ]
+    assert [line.split(" (")[0] for line in summaries] == [
+        "parity on rocm:0: no result document in parity_gpu_float32.json",
+        "parity on rocm:0: no result document in parity_gpu_float64.json",
+    ], summaries
+    assert steps_of(out)["pytest -m gpu"] == "passed"
+    assert steps_of(out)["parity on the GPU"] == "failed"
+    assert done.returncode == 1
+
+
 @pytest.mark.parametrize(
     ("build", "expected"),
     [
@@ -384,7 +421,9 @@ def test_a_missing_parity_document_fails_the_summary(tmp_path: Path) -> None:
     done = probe("parity", str(tmp_path / "parity_gpu_float32.json"), "gpu:0")
 
     assert done.returncode == 1
-    assert done.stdout.startswith("parity on gpu:0: no result document (FileNotFoundError: ")
+    assert done.stdout.startswith(
+        "parity on gpu:0: no result document in parity_gpu_float32.json (FileNotFoundError: "
+    )
 
 
 def test_gpu_tests_past_their_time_are_stopped_with_what_they_left_in_other_sessions(tmp_path: Path) -> None:
