@@ -4,6 +4,7 @@ PyTorch as the reference the optimizers and BatchNorm are compared with."""
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
 
 import numpy as np
@@ -18,11 +19,16 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(12345)
 
 
+# The spelling the GPU tests resolve: scripts/device_check.sh names the stack it found (`rocm:0` under
+# CuPy's ROCm build); `gpu` is whichever GPU CuPy has.
+GPU_SPELLING = os.environ.get("BPBENCH_TEST_GPU", "gpu")
+
+
 @pytest.fixture
 def gpu() -> Device:
-    """gpu:0, or a skip when CuPy or a CUDA GPU is missing (these tests run under `pytest -m gpu`)."""
+    """The GPU `BPBENCH_TEST_GPU` names (default `gpu`), or a skip where CuPy or a GPU is missing."""
     try:
-        return resolve_device("gpu")
+        return resolve_device(GPU_SPELLING)
     except DeviceError as exc:
         pytest.skip(f"no GPU: {exc}")
 
