@@ -227,7 +227,7 @@ function renderCompare(doc, flags) {
     `spec ${doc.spec_hash}: ${doc.spec && doc.spec.kind} ${model} on ${spec.dataset}, batch ${spec.batch_size}, ` +
     `${spec.dtype}, ${spec.steps} steps · baseline ${labels[doc.baseline_device_id] || doc.baseline_name} · CI: ${doc.ci_method}`;
   const differences = Object.entries(doc.stack_differences || {}).map(([field, values]) =>
-    `${field} differs: ${Object.entries(values).map(([d, v]) => `${labels[d] || d} ${v}`).join(", ")}`);
+    `${field} differs: ${Object.entries(values).map(([d, v]) => `${labels[d] || d} ${v ?? "–"}`).join(", ")}`);
   $("compare-note").textContent = [doc.note, doc.load_warning, ...differences].filter(Boolean).join(" · ");
   const form = $("compare-filters");
   fillSelect(form.elements.spec_hash,

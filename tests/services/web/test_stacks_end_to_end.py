@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from engine.backends.numpy_backend import cpu_model, host_cpu_vendor
 from engine.backends.vendors import vendor_of_cpuinfo
 from tests.services.web.test_dashboard import JOB_TIMEOUT_S, Console, signed_in  # noqa: F401 (fixture)
 from tests.support import apiserver
@@ -58,23 +59,27 @@ def _require_stacks() -> None:
 
 
 def _host_vendor() -> str:
-    """The vendor the registry must name for this host's CPU, read from /proc/cpuinfo here."""
+    """The vendor the registry must name for this host's CPU: its CPUID vendor, read from /proc/cpuinfo
+    here (an x86 host); a host without one (aarch64) is named by its model and architecture."""
     with open("/proc/cpuinfo", encoding="utf-8") as fh:
-        return vendor_of_cpuinfo(fh.read())
+        found = vendor_of_cpuinfo(fh.read())
+    return found if found != "unknown" else host_cpu_vendor()
 
 
 @pytest.fixture
 def stack_workers(
-    worker_factory: Callable[..., WorkerProcess], monkeypatch: pytest.MonkeyPatch
+    cpu_worker: WorkerProcess, worker_factory: Callable[..., WorkerProcess], monkeypatch: pytest.MonkeyPatch
 ) -> dict[str, WorkerProcess]:
-    """One real worker per stack, started side by side; device spelling -> worker."""
+    """One real worker per stack: the session's CPU worker (the only one on the `cpu` queue) and a oneapi
+    and an xla worker started side by side; device spelling -> worker."""
     _require_stacks()
     # Neither variable in the workers' environment: the oneapi worker finds the pip runtime and pins itself.
     monkeypatch.delenv("OCL_ICD_FILENAMES", raising=False)
     monkeypatch.delenv("ONEAPI_DEVICE_SELECTOR", raising=False)
-    with ThreadPoolExecutor(len(STACKS)) as pool:
-        started = {device: pool.submit(worker_factory, device=device) for device in STACKS}
-        return {device: future.result() for device, future in started.items()}
+    others = [device for device in STACKS if device != "cpu"]
+    with ThreadPoolExecutor(len(others)) as pool:
+        started = {device: pool.submit(worker_factory, device=device) for device in others}
+        return {"cpu": cpu_worker} | {device: future.result() for device, future in started.items()}
 
 
 def _submit(client: Any, body: dict[str, Any]) -> str:
@@ -133,7 +138,7 @@ def test_this_cpu_is_one_hardware_through_three_stacks_in_compare_and_on_the_das
     vendor = _host_vendor()
     ids_by_device = {device: worker.device_id for device, worker in stack_workers.items()}
     assert len(set(ids_by_device.values())) == 3  # hardware plus stack: three devices
-    hardware_name = devices[ids_by_device["cpu"]]["name"]
+    hardware_name = cpu_model()  # /proc/cpuinfo's model name, whichever stack measured it
     hardware = f"{vendor} {hardware_name}"
     rows = {row["device_id"]: row for row in compared["rows"]}
     assert set(rows) == set(ids_by_device.values())
@@ -176,6 +181,10 @@ def test_this_cpu_is_one_hardware_through_three_stacks_in_compare_and_on_the_das
     assert bars == [f"{labels[row['device_id']]} ({row['device_id'][:6]})" for row in compared["rows"]]
     baseline = labels[compared["baseline_device_id"]]
     assert f" · baseline {baseline} · " in page.inner_text("#compare-spec")
+    # The stacks' differences name each stack, and a field a stack does not record is a dash, not "null".
+    note = page.inner_text("#compare-note")
+    assert "backend differs: " in note and "null" not in note, note
+    assert all(f"{label} " in note for label in labels.values()), note
     # The timeline: each stack's device under the vendor's row, named with its stack.
     vendor_row = page.locator(f"#timeline-list div.vendor[data-vendor='{vendor}']")
     notes = dict(
