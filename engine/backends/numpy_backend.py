@@ -17,16 +17,27 @@ from engine.grammar import DeviceBackend, DeviceRef
 
 
 @functools.cache
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo, else what the platform says)."""
+def _cpuinfo() -> str:
+    """/proc/cpuinfo's text ("" where there is none)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+            return fh.read()
     except OSError:
-        pass
+        return ""
+
+
+@functools.cache
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo, else what the platform says)."""
+    for line in _cpuinfo().splitlines():
+        if line.lower().startswith("model name"):
+            return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
+
+
+def host_cpu_vendor() -> str:
+    """The vendor of this host's CPU, as every backend of a CPU device names it (`cpu_vendor`)."""
+    return cpu_vendor(cpu_model(), platform.machine(), platform.system(), _cpuinfo())
 
 
 class NumpyBackend(Backend):
@@ -60,7 +71,7 @@ class NumpyBackend(Backend):
         return True
 
     def vendor(self, device: Device) -> str:
-        return cpu_vendor(cpu_model(), platform.machine(), platform.system())
+        return host_cpu_vendor()
 
     def xp(self, device: Device) -> ModuleType:
         return np

@@ -26,7 +26,6 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import os
-import platform as host
 import sys
 import time
 from collections.abc import Callable, MutableMapping
@@ -35,8 +34,8 @@ from types import ModuleType
 from typing import Any
 
 from engine.backends.base import Backend, Device, DeviceError, DeviceInfo, Timer
-from engine.backends.numpy_backend import cpu_model
-from engine.backends.vendors import cpu_vendor, vendor_of_name
+from engine.backends.numpy_backend import host_cpu_vendor
+from engine.backends.vendors import vendor_of_name
 from engine.grammar import DeviceBackend, DeviceRef
 
 ICD_VARIABLE = "OCL_ICD_FILENAMES"
@@ -180,7 +179,7 @@ class OneapiBackend(Backend):
         """A CPU device is this host's CPU (the runtime names itself, Intel, whatever the CPU is); a GPU
         is named by its own vendor string."""
         if selector_parts(device.selector)[1] == "cpu":
-            return cpu_vendor(cpu_model(), host.machine(), host.system())
+            return host_cpu_vendor()
         sycl = self.sycl_device(device)
         return vendor_of_name(f"{sycl.vendor} {sycl.name}")
 

@@ -20,6 +20,19 @@ _VENDOR_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
 )
 
 
+# x86's CPUID vendor strings, as /proc/cpuinfo's `vendor_id` shows them, and the vendors they name.
+CPUID_VENDORS = {"GenuineIntel": "Intel", "AuthenticAMD": "AMD"}
+
+
+def vendor_of_cpuinfo(cpuinfo: str) -> str:
+    """The vendor named by the `vendor_id` line of /proc/cpuinfo's text (x86 only), or "unknown"."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "vendor_id":
+            return CPUID_VENDORS.get(value.strip(), "unknown")
+    return "unknown"
+
+
 def vendor_of_name(name: str) -> str:
     """The vendor of a CPU model or GPU name ("Intel", "AMD", "NVIDIA", "ARM", ...), or "unknown"."""
     for vendor, pattern in _VENDOR_PATTERNS:
@@ -28,12 +41,13 @@ def vendor_of_name(name: str) -> str:
     return "unknown"
 
 
-def cpu_vendor(model: str, machine: str = "", system: str = "") -> str:
-    """The vendor of this host's CPU: from its model name, else its architecture (an Apple Silicon Mac
-    reports arm64 under Darwin; other aarch64 hosts are ARM designs)."""
-    found = vendor_of_name(model)
-    if found != "unknown":
-        return found
+def cpu_vendor(model: str, machine: str = "", system: str = "", cpuinfo: str = "") -> str:
+    """The vendor of this host's CPU: from its CPUID vendor in /proc/cpuinfo's text, else its model name,
+    else its architecture (an Apple Silicon Mac reports arm64 under Darwin; other aarch64 hosts are ARM
+    designs)."""
+    for found in (vendor_of_cpuinfo(cpuinfo), vendor_of_name(model)):
+        if found != "unknown":
+            return found
     if machine.lower() in ("arm64", "aarch64"):
         return "Apple" if system == "Darwin" else "ARM"
     return "unknown"

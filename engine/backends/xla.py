@@ -13,14 +13,12 @@ Resolving a device also makes it JAX's default device, where every array of the 
 
 from __future__ import annotations
 
-import platform as host
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
 from engine.backends.base import Backend, Device, DeviceError, DeviceInfo
-from engine.backends.numpy_backend import cpu_model
-from engine.backends.vendors import cpu_vendor
+from engine.backends.numpy_backend import cpu_model, host_cpu_vendor
 from engine.grammar import DeviceBackend, DeviceRef
 
 PLATFORMS = ("cpu", "gpu", "cuda", "rocm", "tpu")
@@ -112,7 +110,7 @@ class XlaBackend(Backend):
     def vendor(self, device: Device) -> str:
         platform = platform_of(device.selector)
         if platform == "cpu":
-            return cpu_vendor(cpu_model(), host.machine(), host.system())
+            return host_cpu_vendor()
         if platform == "gpu":  # JAX's own word for whichever GPU its jaxlib plugin drives
             kind = str(self.jax_device(device).client.platform).lower()
             return "AMD" if kind == "rocm" else "NVIDIA"

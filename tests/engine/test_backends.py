@@ -15,7 +15,7 @@ from engine.backend import Device, DeviceError, check_float64, resolve_device
 from engine.backends import BACKENDS, Backend, backend_named, backend_of, grammar_words
 from engine.backends.cuda import CudaBackend
 from engine.backends.rocm import RocmBackend
-from engine.backends.vendors import cpu_vendor, vendor_of_name
+from engine.backends.vendors import cpu_vendor, vendor_of_cpuinfo, vendor_of_name
 from engine.grammar import MAX_DEVICE_CHARS, DeviceBackend, DeviceGrammar, DeviceRef, DeviceSpellingError
 from engine.spec import DEVICE_CLASSES, default_gemm_sizes, float64_refusal, hardware_kind, parse_device
 
@@ -214,6 +214,33 @@ def test_a_pinned_worker_sees_only_its_gpu_as_device_0(
 )
 def test_hardware_vendors_are_named_as_the_timelines_rows(name: str, vendor: str) -> None:
     assert vendor_of_name(name) == vendor
+
+
+def test_a_cpu_is_named_first_by_its_cpuid_vendor_since_a_virtual_cpus_model_names_none() -> None:
+    guest = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: QEMU Virtual CPU version 2.5+\n"
+    assert vendor_of_name("QEMU Virtual CPU version 2.5+") == "unknown"
+    assert cpu_vendor("QEMU Virtual CPU version 2.5+", "x86_64", "Linux", guest) == "AMD"
+    intel = "vendor_id\t: GenuineIntel\nmodel name\t: Common KVM processor\n"
+    assert (vendor_of_cpuinfo(intel), vendor_of_cpuinfo("vendor_id\t: HygonGenuine\n")) == (
+        "Intel",
+        "unknown",
+    )
+    # aarch64's /proc/cpuinfo has no vendor_id: the model name and the architecture decide, as before.
+    arm = "processor\t: 0\nCPU implementer\t: 0x41\n"
+    assert (vendor_of_cpuinfo(arm), cpu_vendor("", "aarch64", "Linux", arm)) == ("unknown", "ARM")
+
+
+def test_every_backend_of_this_hosts_cpu_names_the_vendor_its_cpuinfo_names() -> None:
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists() or vendor_of_cpuinfo(cpuinfo.read_text()) == "unknown":
+        pytest.skip("this host's /proc/cpuinfo names no x86 CPUID vendor")
+    cpus = [
+        Device("cpu", None, "numpy"),
+        Device("cpu", 0, "oneapi", selector="opencl:cpu:0"),
+        Device("cpu", 0, "xla", selector="cpu:0"),
+    ]
+    vendors = [backend_named(device.backend).vendor(device) for device in cpus]
+    assert vendors == [vendor_of_cpuinfo(cpuinfo.read_text())] * 3
 
 
 def test_a_cpu_without_a_vendor_in_its_name_is_named_by_its_architecture() -> None:

@@ -209,25 +209,35 @@ function fillSelect(select, options, selected) {
   }
 }
 
+// Each compare row's name: its device's, and its stack where the comparison holds that hardware through
+// several stacks (one CPU through numpy, oneapi and xla: three rows of one name otherwise).
+function compareLabels(doc) {
+  const stacks = Object.fromEntries(doc.hardware.map((group) => [group.hardware, group.stacks.length]));
+  return Object.fromEntries(doc.rows.map((r) => {
+    const name = r.device_name || r.device_id;
+    return [r.device_id, stacks[r.hardware || r.device_id] > 1 && r.backend ? `${name} · ${r.backend}` : name];
+  }));
+}
+
 function renderCompare(doc, flags) {
   const spec = doc.spec || {};
+  const labels = compareLabels(doc);
   const model = spec.model ? `${spec.model.name} ${(spec.model.layers || []).join("-")}` : "";
   $("compare-spec").textContent =
     `spec ${doc.spec_hash}: ${doc.spec && doc.spec.kind} ${model} on ${spec.dataset}, batch ${spec.batch_size}, ` +
-    `${spec.dtype}, ${spec.steps} steps · baseline ${doc.baseline_name} · CI: ${doc.ci_method}`;
-  const deviceNames = Object.fromEntries(doc.rows.map((r) => [r.device_id, r.device_name || r.device_id]));
+    `${spec.dtype}, ${spec.steps} steps · baseline ${labels[doc.baseline_device_id] || doc.baseline_name} · CI: ${doc.ci_method}`;
   const differences = Object.entries(doc.stack_differences || {}).map(([field, values]) =>
-    `${field} differs: ${Object.entries(values).map(([d, v]) => `${deviceNames[d] || d} ${v}`).join(", ")}`);
+    `${field} differs: ${Object.entries(values).map(([d, v]) => `${labels[d] || d} ${v ?? "–"}`).join(", ")}`);
   $("compare-note").textContent = [doc.note, doc.load_warning, ...differences].filter(Boolean).join(" · ");
   const form = $("compare-filters");
   fillSelect(form.elements.spec_hash,
     doc.candidates.map((c) => [c.spec_hash, `${c.spec_hash} · ${c.model || c.kind} b${c.batch_size} ${c.dtype} (${c.results})`]),
     compareFilters().spec_hash);
-  fillSelect(form.elements.baseline, doc.rows.map((r) => [r.device_id, r.device_name || r.device_id]),
+  fillSelect(form.elements.baseline, doc.rows.map((r) => [r.device_id, labels[r.device_id]]),
     compareFilters().baseline);
 
   const rows = doc.rows;
-  const names = rows.map((r) => `${r.device_name || r.device_id} (${r.device_id.slice(0, 6)})`);
+  const names = rows.map((r) => `${labels[r.device_id]} (${r.device_id.slice(0, 6)})`);
   const medians = rows.map((r) => r.samples_per_s.median);
   const colours = rows.map((r) => {
     const flag = flags[r.device_id] && flags[r.device_id].flag;
@@ -253,6 +263,7 @@ function renderCompare(doc, flags) {
     hovertemplate: "%{x}<br>%{y:.4s} samples/s<extra></extra>",
   }], {
     title: { text: "median samples/s (95% CI whiskers), ×ratio to the baseline" },
+    xaxis: { automargin: true },  // the whole name under each bar: a stack may be all that tells two apart
     yaxis: { title: { text: "samples/s" }, rangemode: "tozero" },
   });
   // A flagged efficiency (over 100%: the calibration was disturbed) is not drawn: its bar would mislead.
@@ -277,7 +288,7 @@ function renderCompare(doc, flags) {
   } else {
     emptyChart("efficiency-chart", "Efficiency needs a gemm calibration at sizes ≥ 1024 of the same dtype and stack on the device (run the standard suite).");
   }
-  const notes = rows.filter((r) => r.efficiency_flag).map((r) => el("li", { class: "efficiency-flag" }, `${r.device_name || r.device_id}: ${r.efficiency_flag}`));
+  const notes = rows.filter((r) => r.efficiency_flag).map((r) => el("li", { class: "efficiency-flag" }, `${labels[r.device_id]}: ${r.efficiency_flag}`));
   $("efficiency-flags").replaceChildren(...notes);
 
   const table = $("compare-table");
