@@ -171,8 +171,12 @@ def test_a_fresh_process_finds_the_opencl_cpu_device_without_a_manual_step(oneap
     assert DEVICE in done.stdout
 
 
-def test_dpnp_imported_before_the_backend_is_refused_with_the_variable_to_set(oneapi: Device) -> None:
+def test_dpnp_imported_before_the_backend_is_refused_with_the_variable_to_set(
+    oneapi: Device, tmp_path: Path
+) -> None:
     env = {k: v for k, v in os.environ.items() if k not in (ICD_VARIABLE, "ONEAPI_DEVICE_SELECTOR")}
+    # No system-wide OpenCL runtime either (a host with pocl's ICD would offer its device instead).
+    env["OCL_ICD_VENDORS"] = str(tmp_path)
     code = f"import dpnp\nfrom engine.backend import resolve_device\nresolve_device({DEVICE!r})\n"
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
     runtime = Path(sys.prefix) / "lib" / "libintelocl.so"
