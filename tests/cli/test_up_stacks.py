@@ -7,7 +7,6 @@ Real `bpbench up` processes (embedded broker, SQLite) on data directories of the
 from __future__ import annotations
 
 import importlib.util
-import os
 
 import pytest
 from sqlalchemy.orm import Session
@@ -16,6 +15,7 @@ from cli.stack import stack_workers
 from services.core.db import make_engine
 from services.devices.models import Device
 from tests.cli.test_up_faults import run_up
+from tests.support.needs import require_module
 
 
 def test_a_stack_that_is_not_registered_is_refused_in_one_line_with_the_accepted_names(tmp_path) -> None:
@@ -39,15 +39,8 @@ def test_the_stacks_up_always_starts_are_not_started_twice() -> None:
     assert stack_workers(["numpy", "cuda"]) == []
 
 
-def _require_jax() -> None:
-    if importlib.util.find_spec("jax") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("JAX is not installed (CI installs the xla extra: .ci/run)")
-        pytest.skip("JAX is not installed (pip install 'bpbench[xla]')")
-
-
 def test_up_with_the_xla_stack_registers_this_cpu_through_numpy_and_through_xla(tmp_path) -> None:
-    _require_jax()
+    require_module("jax", "the xla extra: pip install 'bpbench[xla]'")
     data_dir = tmp_path / "data"
     result = run_up(data_dir, "--stack", "xla", timeout_s=180)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -3,7 +3,6 @@ PyTorch as the reference the optimizers and BatchNorm are compared with."""
 
 from __future__ import annotations
 
-import importlib
 import os
 from typing import Any
 
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 
 from engine.backend import Device, DeviceError, resolve_device
-from tests.support.servers import CI
+from tests.support.needs import require_module
 
 
 @pytest.fixture
@@ -35,14 +34,8 @@ def gpu() -> Device:
 
 @pytest.fixture(scope="session")
 def torch() -> Any:
-    """The `torch` module (pinned in the dev extra); a skip without it, a failure under CI=true."""
-    try:
-        return importlib.import_module("torch")
-    except ImportError as exc:
-        message = f"PyTorch is needed as the reference implementation: {exc}"
-        if CI:
-            pytest.fail(f"{message} (CI=true: a missing reference is a failure, not a skip)")
-        pytest.skip(message)
+    """The `torch` module (pinned in the dev extra): the reference implementation."""
+    return require_module("torch", "the dev extra: pip install -e '.[dev]'")
 
 
 def randomize_params(network: Any, rng: np.random.Generator) -> None:

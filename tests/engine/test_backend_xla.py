@@ -32,7 +32,7 @@ from engine.networks import Network, build_network
 from engine.optimizers import make_optimizer
 from services.jobs.spec import JobSpec
 from tests.engine.conftest import randomize_params
-from tests.support.servers import CI
+from tests.support.needs import require_module
 
 FLOAT64_BOUND = 1e-7
 FLOAT32_BOUND = 2e-4
@@ -41,13 +41,7 @@ FLOAT32_BOUND = 2e-4
 @pytest.fixture(scope="module")
 def jax() -> Any:
     """The `jax` module; a skip without it, a failure under CI=true."""
-    try:
-        return importlib.import_module("jax")
-    except ImportError as exc:
-        message = f"JAX is needed for the xla backend's tests (pip install 'bpbench[xla]'): {exc}"
-        if CI:
-            pytest.fail(f"{message} (CI=true: a missing backend is a failure, not a skip)")
-        pytest.skip(message)
+    return require_module("jax", "the xla backend's library: pip install 'bpbench[xla]'")
 
 
 @pytest.fixture
