@@ -155,6 +155,9 @@ class OpenclArray:
     def __len__(self) -> int:
         return self.shape[0]
 
+    def __iter__(self) -> Any:
+        return (self[i] for i in range(self.shape[0]))
+
     @property
     def is_contiguous(self) -> bool:
         return all(
@@ -264,6 +267,8 @@ class OpenclArray:
                 shape.append(max(0, (stop - start + step - 1) // step) if step > 0 else 0)
                 strides.append(stride * step)
             elif isinstance(part, (int, np.integer)):
+                if not -n <= int(part) < n:
+                    raise IndexError(f"index {int(part)} is out of bounds for axis {axis - 1} with size {n}")
                 offset += (int(part) % n) * stride
             else:
                 raise IndexError(f"the opencl backend has no index of type {type(part).__name__}")
