@@ -88,7 +88,9 @@ def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(strides))
 
 
-def _broadcast_strides(shape: tuple[int, ...], strides: tuple[int, ...], to: tuple[int, ...]) -> tuple[int, ...]:
+def _broadcast_strides(
+    shape: tuple[int, ...], strides: tuple[int, ...], to: tuple[int, ...]
+) -> tuple[int, ...]:
     """Strides reading an array of `shape` as one of shape `to` (NumPy's broadcasting; 0 where repeated)."""
     if len(shape) > len(to):
         raise ValueError(f"operands could not be broadcast together with shapes {shape} {to}")
@@ -161,7 +163,9 @@ class OpenclArray:
     @property
     def is_contiguous(self) -> bool:
         return all(
-            s == c for n, s, c in zip(self.shape, self.strides, _contiguous_strides(self.shape), strict=True) if n > 1
+            s == c
+            for n, s, c in zip(self.shape, self.strides, _contiguous_strides(self.shape), strict=True)
+            if n > 1
         )
 
     def __repr__(self) -> str:
@@ -178,7 +182,7 @@ class OpenclArray:
         cl.enqueue_copy(
             self.module.queue,
             flat,
-            view.storage.base_data,
+            view.storage.base_data,  # type: ignore[arg-type]
             src_offset=view.storage.offset + view.offset * view.dtype.itemsize,
         )
         return flat.reshape(self.shape)
@@ -208,13 +212,15 @@ class OpenclArray:
         return OpenclArray(self.module, self.storage, shape, strides, offset)
 
     @property
-    def T(self) -> OpenclArray:  # noqa: N802  (NumPy's name)
+    def T(self) -> OpenclArray:
         return self._view(self.shape[::-1], self.strides[::-1], self.offset)
 
     def transpose(self, *axes: int) -> OpenclArray:
         order = tuple(axes[0]) if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
         order = order or tuple(reversed(range(self.ndim)))
-        return self._view(tuple(self.shape[a] for a in order), tuple(self.strides[a] for a in order), self.offset)
+        return self._view(
+            tuple(self.shape[a] for a in order), tuple(self.strides[a] for a in order), self.offset
+        )
 
     def reshape(self, *shape: Any) -> OpenclArray:
         wanted = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
@@ -331,7 +337,7 @@ class OpenclArray:
     def __neg__(self) -> OpenclArray:
         return self.module._elementwise("negative", (self,))
 
-    def __gt__(self, other: Any) -> OpenclArray:  # type: ignore[override]
+    def __gt__(self, other: Any) -> OpenclArray:
         return self._binary("greater", other)
 
     def __ge__(self, other: Any) -> OpenclArray:
@@ -467,7 +473,7 @@ class OpenclNumpy:
             raise ValueError(f"the opencl backend has no dtype {host.dtype}")
         out = self.empty(host.shape, host.dtype)
         if host.size:
-            cl.enqueue_copy(self.queue, out.storage.base_data, host, dst_offset=out.storage.offset)
+            cl.enqueue_copy(self.queue, out.storage.base_data, host, dst_offset=out.storage.offset)  # type: ignore[arg-type]
         return out
 
     array = asarray
@@ -509,8 +515,8 @@ class OpenclNumpy:
             out = self.empty(shape, result)
         if out.size == 0:
             return out
-        T = c_type(compute)  # noqa: N806
-        layout = []
+        T = c_type(compute)
+        layout: list[tuple[str, tuple[int, ...]] | None] = []
         for v in operands:
             if isinstance(v, OpenclArray):
                 layout.append((v.dtype.str, _broadcast_strides(v.shape, v.strides, shape)))
@@ -521,7 +527,10 @@ class OpenclNumpy:
         if kernel is None:
             kernel = self._elementwise_kernel(op, T, out, shape, operands, layout)
             self._kernels[key] = kernel
-        args: list[Any] = [out.storage.base_data, np.int64(out.offset + out.storage.offset // out.dtype.itemsize)]
+        args: list[Any] = [
+            out.storage.base_data,
+            np.int64(out.offset + out.storage.offset // out.dtype.itemsize),
+        ]
         for v in operands:
             if isinstance(v, OpenclArray):
                 args += [v.storage.base_data, np.int64(v.offset + v.storage.offset // v.dtype.itemsize)]
@@ -531,7 +540,13 @@ class OpenclNumpy:
         return out
 
     def _elementwise_kernel(
-        self, op: str, T: str, out: OpenclArray, shape: tuple[int, ...], operands: tuple[Any, ...], layout: list[Any]
+        self,
+        op: str,
+        T: str,
+        out: OpenclArray,
+        shape: tuple[int, ...],
+        operands: tuple[Any, ...],
+        layout: list[Any],
     ) -> Any:
         names = "ab"
         params = [f"__global {c_type(out.dtype)} *out", "long out_off"]
@@ -554,7 +569,9 @@ class OpenclNumpy:
         """
         return cl.Program(self.context, source).build().ew
 
-    add, subtract, multiply, divide, power = (_ufunc(o) for o in ("add", "subtract", "multiply", "divide", "power"))
+    add, subtract, multiply, divide, power = (
+        _ufunc(o) for o in ("add", "subtract", "multiply", "divide", "power")
+    )
     true_divide = divide
     maximum, minimum, copysign = (_ufunc(o) for o in ("maximum", "minimum", "copysign"))
     greater, greater_equal, less, less_equal, equal, not_equal = (
@@ -566,7 +583,9 @@ class OpenclNumpy:
 
     # --- reductions ----------------------------------------------------------------------------------
 
-    def _reduce(self, op: str, a: OpenclArray, axis: int | None, dtype: Any, out: OpenclArray | None) -> OpenclArray:
+    def _reduce(
+        self, op: str, a: OpenclArray, axis: int | None, dtype: Any, out: OpenclArray | None
+    ) -> OpenclArray:
         """`op` (sum, max, argmax) of `a` along `axis` (None: all), one work-item per result."""
         if axis is None:
             a = a.reshape(-1)
@@ -586,7 +605,7 @@ class OpenclNumpy:
             out = self.empty(shape, result)
         elif out.shape != shape:
             raise ValueError(f"output shape {out.shape} does not match the reduction's {shape}")
-        T = c_type(result if op != "argmax" else a.dtype)  # noqa: N806
+        T = c_type(result if op != "argmax" else a.dtype)
         key = ("reduce", op, T, a.dtype.str, out.dtype.str, a.shape, a.strides, axis, out.strides)
         kernel = self._kernels.get(key)
         if kernel is None:
@@ -651,7 +670,9 @@ class OpenclNumpy:
 
     # --- indexing ------------------------------------------------------------------------------------
 
-    def take(self, a: OpenclArray, indices: Any, axis: int = 0, out: OpenclArray | None = None) -> OpenclArray:
+    def take(
+        self, a: OpenclArray, indices: Any, axis: int = 0, out: OpenclArray | None = None
+    ) -> OpenclArray:
         """Rows of `a` (axis 0) at `indices`, into `out`."""
         if axis != 0:
             raise ValueError(f"the opencl backend takes along axis 0 only, got axis={axis}")
@@ -664,7 +685,7 @@ class OpenclNumpy:
         key = ("take", a.dtype.str, indices.dtype.str, rows.strides, shape, target.strides)
         kernel = self._kernels.get(key)
         if kernel is None:
-            T = c_type(a.dtype)  # noqa: N806
+            T = c_type(a.dtype)
             source = f"""
             {"#pragma OPENCL EXTENSION cl_khr_fp64 : enable" if T == "double" else ""}
             __kernel void take(__global {T} *out, long out_off, __global const {T} *a_p, long a_off,
@@ -696,14 +717,18 @@ class OpenclNumpy:
             raise IndexError("the opencl backend indexes a 2-d array by two index arrays only")
         rows, cols = (self.asarray(i) for i in index)
         if rows.shape != cols.shape or rows.ndim != 1:
-            raise IndexError(f"index arrays of shapes {rows.shape} and {cols.shape}: two 1-d of one length expected")
+            raise IndexError(
+                f"index arrays of shapes {rows.shape} and {cols.shape}: two 1-d of one length expected"
+            )
         return rows, cols
 
-    def _pair_kernel(self, name: str, a: OpenclArray, rows: OpenclArray, cols: OpenclArray, statement: str) -> Any:
+    def _pair_kernel(
+        self, name: str, a: OpenclArray, rows: OpenclArray, cols: OpenclArray, statement: str
+    ) -> Any:
         key = (name, a.dtype.str, rows.dtype.str, cols.dtype.str, a.strides)
         kernel = self._kernels.get(key)
         if kernel is None:
-            T = c_type(a.dtype)  # noqa: N806
+            T = c_type(a.dtype)
             source = f"""
             {"#pragma OPENCL EXTENSION cl_khr_fp64 : enable" if T == "double" else ""}
             __kernel void pair(__global {T} *v, long v_off, __global {T} *a_p, long a_off,
@@ -724,7 +749,15 @@ class OpenclNumpy:
         out = self.empty(rows.shape, a.dtype)
         if out.size:
             kernel = self._pair_kernel("gather", a, rows, cols, "v[v_off + i] = a_p[at];")
-            kernel(self.queue, (out.size,), None, *self._pointer(out), *self._pointer(a), *self._pointer(rows), *self._pointer(cols))
+            kernel(
+                self.queue,
+                (out.size,),
+                None,
+                *self._pointer(out),
+                *self._pointer(a),
+                *self._pointer(rows),
+                *self._pointer(cols),
+            )
         return out
 
     def _scatter(self, a: OpenclArray, index: tuple[Any, ...], value: Any) -> None:
@@ -733,7 +766,15 @@ class OpenclNumpy:
         values = self._elementwise("copy", (value,), a.dtype, out=self.empty(rows.shape, a.dtype))
         if values.size:
             kernel = self._pair_kernel("scatter", a, rows, cols, "a_p[at] = v[v_off + i];")
-            kernel(self.queue, (values.size,), None, *self._pointer(values), *self._pointer(a), *self._pointer(rows), *self._pointer(cols))
+            kernel(
+                self.queue,
+                (values.size,),
+                None,
+                *self._pointer(values),
+                *self._pointer(a),
+                *self._pointer(rows),
+                *self._pointer(cols),
+            )
 
     # --- matrix products -----------------------------------------------------------------------------
 
@@ -761,7 +802,7 @@ class OpenclNumpy:
         if out is None:
             out = self.empty(shape, np.result_type(a.dtype, b.dtype))
         c = out.reshape(shape) if out.shape != shape else out
-        if c.strides[1] != 1 and n > 1 or not c.is_contiguous:
+        if not c.is_contiguous:
             raise ValueError("matmul writes into a contiguous out only")
         a2, a_transposed, a_ld = self._gemm_operand(a2)
         b2, b_transposed, b_ld = self._gemm_operand(b2)
