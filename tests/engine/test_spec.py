@@ -77,8 +77,8 @@ def test_the_published_device_pattern_and_message_are_the_registrys_words_in_ord
         r"|xla:(?:cpu|gpu|cuda|rocm|tpu):\d{1,2}|opencl:\d{1,2}:\d{1,2})$"
     )
     assert DEVICE_ACCEPTED == (
-        "cpu, gpu, gpu:N, cuda:N, rocm:N, oneapi:<SYCL filter>, xla:<platform>:<N> or opencl:<platform>:<device> "
-        "(N = 0..99)"
+        "cpu, gpu, gpu:N, cuda:N, rocm:N, oneapi:<SYCL filter>, xla:<platform>:<N> or "
+        "opencl:<platform>:<device> (N = 0..99)"
     )
 
 
