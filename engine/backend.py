@@ -84,11 +84,17 @@ def check_float64(device: Device, dtype: str) -> None:
 
 
 def get_array_module(*arrays: Any) -> Any:
-    """numpy, cupy, dpnp or JAX's (`engine.backends.jax_numpy.xp`), whichever the arrays belong to (numpy
-    when none of the others was ever imported)."""
+    """numpy, cupy, dpnp, JAX's (`engine.backends.jax_numpy.xp`) or an OpenCL queue's
+    (`engine.backends.opencl_numpy`), whichever the arrays belong to (numpy when none of the others was
+    ever imported)."""
     loaded = sys.modules  # read inline, no helper calls: every layer asks this several times per step
     if "dpnp" in loaded and any(_is_dpnp_array(a) for a in arrays):
         return loaded["dpnp"]
+    opencl = loaded.get("engine.backends.opencl_numpy")
+    if opencl is not None:
+        found = next((a for a in arrays if isinstance(a, opencl.OpenclArray)), None)
+        if found is not None:
+            return found.module  # the array module of the queue the array lives on
     jax = loaded.get("jax")
     if jax is not None and any(isinstance(a, jax.Array) for a in arrays):  # tracers inside `jit` too
         from engine.backends.jax_numpy import xp

@@ -20,6 +20,7 @@ from engine.backends.base import Backend, Device, DeviceError, DeviceInfo
 from engine.backends.cuda import CudaBackend
 from engine.backends.numpy_backend import NumpyBackend
 from engine.backends.oneapi import OneapiBackend
+from engine.backends.opencl import OpenclBackend
 from engine.backends.rocm import RocmBackend
 from engine.backends.xla import XlaBackend
 from engine.grammar import DeviceBackend, DeviceGrammar, DeviceRef
@@ -42,6 +43,7 @@ BACKENDS: tuple[Backend, ...] = (
     RocmBackend(),
     OneapiBackend(),
     XlaBackend(),
+    OpenclBackend(),
 )
 
 _BY_NAME: dict[str, Backend] = {backend.name: backend for backend in BACKENDS}

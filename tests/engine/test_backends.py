@@ -23,14 +23,15 @@ ROOT = Path(__file__).resolve().parents[2]
 OPTIONAL_LIBRARIES = ("cupy", "jax", "jaxlib", "dpnp", "dpctl", "pyopencl")
 
 
-def test_the_registry_lists_numpy_first_then_cuda_rocm_oneapi_and_xla() -> None:
-    assert [backend.name for backend in BACKENDS] == ["numpy", "cuda", "rocm", "oneapi", "xla"]
+def test_the_registry_lists_numpy_first_then_cuda_rocm_oneapi_xla_and_opencl() -> None:
+    assert [backend.name for backend in BACKENDS] == ["numpy", "cuda", "rocm", "oneapi", "xla", "opencl"]
     assert [(b.name, b.extra) for b in BACKENDS] == [
         ("numpy", None),
         ("cuda", "gpu"),
         ("rocm", "rocm"),
         ("oneapi", "oneapi"),
         ("xla", "xla"),
+        ("opencl", "opencl"),
     ]
 
 
@@ -41,8 +42,9 @@ def test_each_backend_serves_its_class_queue_and_its_own() -> None:
         "rocm": ("gpu", "rocm"),
         "oneapi": ("oneapi",),
         "xla": ("xla",),
+        "opencl": ("opencl",),
     }
-    assert DEVICE_CLASSES == ("cpu", "gpu", "cuda", "rocm", "oneapi", "xla")
+    assert DEVICE_CLASSES == ("cpu", "gpu", "cuda", "rocm", "oneapi", "xla", "opencl")
 
 
 @pytest.mark.parametrize(
@@ -292,9 +294,10 @@ def test_the_default_install_imports_numpy_and_no_optional_library() -> None:
         "for b in BACKENDS:\n"
         "    b.installed(); b.library_version(); b.queues; b.install_hint()\n"
         "    for w in b.words: b.float64_by_spelling(parse_device(w.name + ':0' if not w.bare else w.name))"
-        " if w.name not in ('xla', 'oneapi') else None\n"
+        " if w.name not in ('xla', 'oneapi', 'opencl') else None\n"
         "float64_refusal('oneapi:level_zero:gpu:0', 'float64')\n"
         "float64_refusal('xla:tpu:0', 'float64')\n"
+        "float64_refusal('opencl:0:0', 'float64')\n"
         f"loaded = sorted(set({OPTIONAL_LIBRARIES!r}) & set(sys.modules))\n"
         "assert not loaded, loaded\n"
     )

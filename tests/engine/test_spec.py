@@ -74,10 +74,11 @@ def test_the_published_device_pattern_and_message_are_the_registrys_words_in_ord
     assert DEVICE_PATTERN.pattern == (
         r"^(cpu|gpu|gpu:\d{1,2}|cuda:\d{1,2}|rocm:\d{1,2}"
         r"|oneapi:(?:(?:opencl|level_zero|cuda|hip):)?(?:cpu|gpu|accelerator)(?::\d{1,2})?"
-        r"|xla:(?:cpu|gpu|cuda|rocm|tpu):\d{1,2})$"
+        r"|xla:(?:cpu|gpu|cuda|rocm|tpu):\d{1,2}|opencl:\d{1,2}:\d{1,2})$"
     )
     assert DEVICE_ACCEPTED == (
-        "cpu, gpu, gpu:N, cuda:N, rocm:N, oneapi:<SYCL filter> or xla:<platform>:<N> (N = 0..99)"
+        "cpu, gpu, gpu:N, cuda:N, rocm:N, oneapi:<SYCL filter>, xla:<platform>:<N> or "
+        "opencl:<platform>:<device> (N = 0..99)"
     )
 
 

@@ -120,8 +120,8 @@ def test_a_misspelt_device_is_refused_with_the_grammars_words() -> None:
     with pytest.raises(ValidationError) as refused:
         JobSpec.model_validate({"device": "gpu:100"})
     assert refused.value.errors()[0]["msg"] == (
-        "Value error, device must be cpu, gpu, gpu:N, cuda:N, rocm:N, oneapi:<SYCL filter> or "
-        "xla:<platform>:<N> (N = 0..99), "
+        "Value error, device must be cpu, gpu, gpu:N, cuda:N, rocm:N, oneapi:<SYCL filter>, "
+        "xla:<platform>:<N> or opencl:<platform>:<device> (N = 0..99), "
         "got 'gpu:100'"
     )
     assert JobSpec.model_validate({"device": "gpu:7"}).device_class == "gpu"
