@@ -49,6 +49,7 @@ from services.core.queue import CONTROL_QUEUE, RUN_JOB_TASK, TICK_TASK, make_cel
 from services.devices.models import Worker
 from services.jobs import service as jobs
 from tests.support.jobs import tiny_spec, wait_for_job, wait_until
+from tests.support.needs import require_module
 from tests.support.servers import CI, claimed_redis_database
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -393,6 +394,73 @@ def test_worker_gpu_service_without_a_gpu_refuses_with_a_readable_error(
     assert "--device gpu:0 cannot be served" in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("service_name", "library"), [("worker-oneapi-cpu", "dpnp"), ("worker-xla-cpu", "jax")]
+)
+def test_worker_of_another_cpu_stack_runs_a_job_of_its_device_and_stops_cleanly(
+    compose: dict[str, Any], local_servers: LocalServers, tmp_path: Path, service_name: str, library: str
+) -> None:
+    require_module(library, "CI installs the oneapi and xla extras")
+    command = compose["services"][service_name]["command"]
+    device = command[command.index("--device") + 1]
+    argv = local_program(command)
+    env = service_env(compose, service_name, local_servers, tmp_path, **FAST_LOOPS)
+    env = {k: v for k, v in env.items() if k not in ("OCL_ICD_FILENAMES", "ONEAPI_DEVICE_SELECTOR")}
+    engine = make_engine(local_servers.database_url)
+    maker = sessionmaker(bind=engine, expire_on_commit=False)
+    client = make_celery(
+        Settings(database_url=local_servers.database_url, broker_url=env["BPBENCH_BROKER_URL"])
+    )
+    try:
+        with running_service(service_name, argv, env, tmp_path) as service:
+
+            def registered() -> Worker | None:
+                service.check_running()
+                with maker() as session:
+                    return (
+                        session.query(Worker)
+                        .filter(Worker.pid == service.process.pid, Worker.stopped_at.is_(None))
+                        .one_or_none()
+                    )
+
+            worker = wait_until(registered, START_TIMEOUT_S, f"the {device} worker", interval_s=0.3)
+            # Its stack's own queue, which no NumPy worker serves.
+            assert (worker.device, worker.queues[0]) == (device, device.split(":")[0])
+            with maker() as session:
+                job = jobs.create_job(session, tiny_spec(seed=62, device=device))
+                session.commit()
+            assert job.queue == device.split(":")[0]
+            client.send_task(RUN_JOB_TASK, args=[job.id], queue=job.queue, routing_key=job.queue)
+            done = wait_for_job(maker, job.id)
+            assert (done.status, done.worker_name) == ("succeeded", worker.name), done.error
+            assert service.terminate() == 0, service.log()
+    finally:
+        client.close()
+        engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("service_name", "refusal"),
+    [
+        ("worker-rocm-0", "--device rocm:0 cannot be served (GPU 0 is rocm:0 under HIP_VISIBLE_DEVICES=0)"),
+        ("worker-intel-gpu-0", "--device oneapi:level_zero:gpu:0 cannot be served"),
+    ],
+)
+def test_worker_of_a_gpu_this_host_lacks_refuses_in_one_line(
+    compose: dict[str, Any], local_servers: LocalServers, tmp_path: Path, service_name: str, refusal: str
+) -> None:
+    command = [
+        interpolate(arg, local_servers.variables) for arg in compose["services"][service_name]["command"]
+    ]
+    env = service_env(compose, service_name, local_servers, tmp_path)
+    done = subprocess.run(
+        local_program(command), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert refusal in line
+
+
 def test_reconciler_service_publishes_a_job_that_was_never_published_and_stops_cleanly(
     compose: dict[str, Any], local_servers: LocalServers, tmp_path: Path
 ) -> None:
@@ -561,6 +629,10 @@ def test_every_bpbench_service_of_compose_is_run_here(compose: dict[str, Any]) -
         "worker-cpu",
         "worker-gpu-0",
         "worker-gpu-1",
+        "worker-rocm-0",
+        "worker-intel-gpu-0",
+        "worker-oneapi-cpu",
+        "worker-xla-cpu",
         "reconciler",
         "beat",
         "redis",

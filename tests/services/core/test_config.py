@@ -140,7 +140,9 @@ def test_the_celery_configuration_delivers_at_least_once_one_message_at_a_time()
     assert (config["task_acks_late"], config["task_reject_on_worker_lost"]) == (True, True)
     assert config["worker_prefetch_multiplier"] == 1
     assert (config["task_serializer"], config["accept_content"]) == ("json", ["json"])
-    assert [queue.name for queue in config["task_queues"]] == ["cpu", "gpu"]
+    # The class queues, then one per backend word of the registry (a job spelled xla:cpu:0 waits on `xla`).
+    queues = [queue.name for queue in config["task_queues"]]
+    assert queues == ["cpu", "gpu", "cuda", "rocm", "oneapi", "xla", "opencl"]
 
 
 def test_a_job_goes_to_its_class_queue_or_to_the_one_device_it_names() -> None:
