@@ -1,12 +1,13 @@
 """This machine's CPU through every stack installed here, end to end: a real worker per stack (`cpu`,
-`oneapi:opencl:cpu:0`, `xla:cpu:0`) runs the same train job submitted over the HTTP API; the real
-`/api/v1/compare` lists the CPU as one hardware measured through three stacks under the host's vendor, and
-the dashboard in real headless Chromium shows the three stacks in its compare table and under the vendor's
-row of its timeline.
+`oneapi:opencl:cpu:0`, `xla:cpu:0`, `opencl:0:0`) runs the same train job submitted over the HTTP API; the
+real `/api/v1/compare` lists the CPU as one hardware measured through four stacks under the host's vendor,
+and the dashboard in real headless Chromium shows the four stacks in its compare table and under the
+vendor's row of its timeline.
 
-A missing dpnp or JAX skips, except under CI=true (CI installs both), where it fails. One database only:
-the compare queries and their grouping run on both databases in tests/services/results/test_compare*.py;
-what is tested here is the stacks end to end, and a second database would double the time for nothing.
+A missing dpnp, JAX or PyOpenCL skips, except under CI=true (CI installs them), where it fails. One
+database only: the compare queries and their grouping run on both databases in
+tests/services/results/test_compare*.py; what is tested here is the stacks end to end, and a second
+database would double the time for nothing.
 """
 
 from __future__ import annotations
@@ -39,12 +40,13 @@ STACKS = {
     "cpu": ("numpy", "numpy"),
     "oneapi:opencl:cpu:0": ("oneapi", "dpnp"),
     "xla:cpu:0": ("xla", "jax"),
+    "opencl:0:0": ("opencl", "pyopencl"),  # pocl's CPU device (Debian's pocl-opencl-icd in CI)
 }
-EXTRAS = {"dpnp": "oneapi", "jax": "xla"}
+EXTRAS = {"dpnp": "oneapi", "jax": "xla", "pyopencl": "opencl"}
 
 
 def _require_stacks() -> None:
-    """Skip (or under CI=true fail) unless dpnp and JAX are both installed."""
+    """Skip (or under CI=true fail) unless every stack's library is installed."""
     missing = [
         f"{module} (the {extra} extra)"
         for module, extra in EXTRAS.items()
@@ -52,7 +54,7 @@ def _require_stacks() -> None:
     ]
     if not missing:
         return
-    needs.missing(f"not installed: {', '.join(missing)}; pip install -e '.[oneapi,xla]'")
+    needs.missing(f"not installed: {', '.join(missing)}; pip install -e '.[oneapi,xla,opencl]'")
 
 
 def _host_vendor() -> str:
@@ -99,7 +101,7 @@ def _succeeded(client: Any, job_ids: list[str], workers: dict[str, WorkerProcess
     return docs
 
 
-def test_this_cpu_is_one_hardware_through_three_stacks_in_compare_and_on_the_dashboard(
+def test_this_cpu_is_one_hardware_through_every_stack_in_compare_and_on_the_dashboard(
     stack_workers: dict[str, WorkerProcess],
     api: ApiServer,
     signed_in: tuple[Any, Console],  # noqa: F811
@@ -134,7 +136,7 @@ def test_this_cpu_is_one_hardware_through_three_stacks_in_compare_and_on_the_das
 
     vendor = _host_vendor()
     ids_by_device = {device: worker.device_id for device, worker in stack_workers.items()}
-    assert len(set(ids_by_device.values())) == 3  # hardware plus stack: three devices
+    assert len(set(ids_by_device.values())) == len(STACKS)  # hardware plus stack: a device per stack
     hardware_name = cpu_model()  # /proc/cpuinfo's model name, whichever stack measured it
     hardware = f"{vendor} {hardware_name}"
     rows = {row["device_id"]: row for row in compared["rows"]}
@@ -145,7 +147,7 @@ def test_this_cpu_is_one_hardware_through_three_stacks_in_compare_and_on_the_das
         assert (row["backend"], row["library"]) == (backend, devices[row["device_id"]]["library"])
         assert row["library"].startswith(f"{library} "), (device, row["library"])  # and its version
         assert row["samples_per_s"]["median"] > 0 and row["runs"] == 1, (device, row)
-    # One hardware group: this CPU, its three stacks fastest first.
+    # One hardware group: this CPU, its stacks fastest first.
     [group] = compared["hardware"]
     assert (group["hardware"], group["vendor"]) == (hardware, vendor)
     medians = [stack["samples_per_s"] for stack in group["stacks"]]
@@ -157,18 +159,19 @@ def test_this_cpu_is_one_hardware_through_three_stacks_in_compare_and_on_the_das
     page, console = signed_in
     page.reload()  # the workers registered and the jobs finished after the page first loaded
     page.wait_for_selector("body[data-ready='true']")
-    # The compare table: the three stacks of this CPU, side by side under one hardware.
+    # The compare table: the stacks of this CPU, side by side under one hardware.
     page.select_option("#compare-filters select[name=spec_hash]", compared["spec_hash"])
     for device_id in ids_by_device.values():
         page.wait_for_selector(f"#compare-table tr[data-device-id='{device_id}']")
     table = page.locator("#compare-table tbody tr")
-    assert table.count() == 3
-    assert {table.nth(i).get_attribute("data-hardware") for i in range(3)} == {hardware}
-    assert [table.nth(i).get_attribute("class") for i in range(3)] == ["", "same-hardware", "same-hardware"]
+    assert table.count() == len(STACKS)
+    assert {table.nth(i).get_attribute("data-hardware") for i in range(len(STACKS))} == {hardware}
+    classes = [table.nth(i).get_attribute("class") for i in range(len(STACKS))]
+    assert classes == ["", *["same-hardware"] * (len(STACKS) - 1)]
     for device_id, row in rows.items():
         cells = page.locator(f"#compare-table tr[data-device-id='{device_id}'] td").all_inner_texts()
         assert cells[1:3] == [f"{row['backend']} · {row['library']}", vendor], cells
-    # Wherever the comparison names a device, one CPU's three stacks are told apart by the stack.
+    # Wherever the comparison names a device, one CPU's stacks are told apart by the stack.
     labels = {device_id: f"{hardware_name} · {row['backend']}" for device_id, row in rows.items()}
     options = page.eval_on_selector_all(
         "#compare-filters select[name=baseline] option", "options => options.map(o => [o.value, o.text])"
