@@ -16,6 +16,8 @@ same cycled batches of mnist5k:
 - `engine xla`: the same engine code on `xla:cpu:0`, the whole step compiled by `jax.jit`
   (`Network.stepper`, as the train job runs it; bench_xla.py's runner).
 - `jax by hand`: the same model in JAX's idiom (`value_and_grad`, `tree.map`, one `jax.jit`; bench_xla.py's).
+- `engine opencl`: the same engine code on `opencl:0:0` (pocl's CPU device here): PyOpenCL, products by
+  CLBlast, the engine's own elementwise and reduction kernels.
 
 Each contestant runs `--steps` steps per trial, after one untimed trial; a dpnp trial ends with a wait on
 the device's queue, so the clock covers the work and not only its submission. Trials are interleaved,
@@ -149,6 +151,9 @@ def main() -> None:
             "jax by hand": jax_runner(widths, xs, ts),
         }
         versions.append(f"jax {jax.__version__}")
+    if importlib.util.find_spec("pyopencl") is not None:
+        contestants["engine opencl"] = engine_step("opencl:0:0")  # no hand-written OpenCL step to pair
+        versions.append(f"pyopencl {sys.modules['pyopencl'].VERSION_TEXT}")
     rates = measure(contestants, args.steps, args.rounds)
     medians = {name: statistics.median(values) for name, values in rates.items()}
     print(f"{platform.processor() or platform.machine()}, {', '.join(versions)}")
