@@ -46,7 +46,10 @@ def test_a_worker_device_names_its_backend_pin_and_pool(
 def test_a_misspelt_worker_device_lists_every_registered_spelling() -> None:
     with pytest.raises(
         WorkerConfigError,
-        match=r"--device must be cpu, gpu, gpu:N, cuda:N, rocm:N, oneapi:<SYCL filter> or xla:",
+        match=(
+            r"--device must be cpu, gpu, gpu:N, cuda:N, rocm:N, oneapi:<SYCL filter>, xla:<platform>:<N> "
+            r"or opencl:<platform>:<device> \(N = 0\.\.99\), got 'tpu:0'"
+        ),
     ):
         parse_device("tpu:0")
 
@@ -59,6 +62,7 @@ def test_a_misspelt_worker_device_lists_every_registered_spelling() -> None:
         ("rocm", ["gpu", "rocm"]),
         ("oneapi", ["oneapi"]),
         ("xla", ["xla"]),
+        ("opencl", ["opencl"]),
     ],
 )
 def test_a_worker_serves_the_queues_of_the_backend_that_resolved_its_device(
