@@ -18,6 +18,9 @@ same cycled batches of mnist5k:
 - `jax by hand`: the same model in JAX's idiom (`value_and_grad`, `tree.map`, one `jax.jit`; bench_xla.py's).
 - `engine opencl`: the same engine code on `opencl:0:0` (pocl's CPU device here): PyOpenCL, products by
   CLBlast, the engine's own elementwise and reduction kernels.
+- `opencl by hand`: the same model in PyOpenCL's idiom: buffers made once, CLBlast's GEMM with transposes as
+  flags, and five small kernels of its own (bias and ReLU, the softmax gradient per row, column sums, ReLU's
+  backward, the SGD update).
 
 Each contestant runs `--steps` steps per trial, after one untimed trial; a dpnp trial ends with a wait on
 the device's queue, so the clock covers the work and not only its submission. Trials are interleaved,
@@ -36,6 +39,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -113,6 +117,89 @@ def dpnp_by_hand() -> Callable[[int], None]:
     return run
 
 
+OPENCL_KERNELS = """
+__kernel void bias_relu(__global float *h, __global float *a, __global const float *b, int n) {
+    int i = get_global_id(0);
+    float v = h[i] + b[i % n];
+    h[i] = v;
+    a[i] = v > 0.0f ? v : 0.0f;
+}
+__kernel void softmax_grad(__global float *s, __global const float *b, __global const int *t, int k,
+                           float scale) {
+    int r = get_global_id(0);
+    __global float *row = s + r * k;
+    float m = -INFINITY, sum = 0.0f;
+    for (int j = 0; j < k; j++) { row[j] += b[j]; m = fmax(m, row[j]); }
+    for (int j = 0; j < k; j++) { row[j] = exp(row[j] - m); sum += row[j]; }
+    for (int j = 0; j < k; j++) row[j] = (row[j] / sum - (j == t[r] ? 1.0f : 0.0f)) * scale;
+}
+__kernel void column_sums(__global const float *x, __global float *out, int rows, int cols) {
+    int j = get_global_id(0);
+    float acc = 0.0f;
+    for (int i = 0; i < rows; i++) acc += x[i * cols + j];
+    out[j] = acc;
+}
+__kernel void relu_back(__global float *d, __global const float *h) {
+    int i = get_global_id(0);
+    if (h[i] <= 0.0f) d[i] = 0.0f;
+}
+__kernel void sgd(__global float *w, __global const float *g, float lr) {
+    int i = get_global_id(0);
+    w[i] -= lr * g[i];
+}
+"""
+
+
+def opencl_by_hand() -> Callable[[int], None]:
+    """The same model in PyOpenCL's own idiom: `pyopencl.array` buffers made once, CLBlast's GEMM for the
+    products (transposes as flags), and the five small kernels an OpenCL programmer writes for the rest."""
+    import pyclblast
+    import pyopencl as cl
+    import pyopencl.array as cla
+
+    context = cl.Context([cl.get_platforms()[0].get_devices()[0]])
+    queue = cl.CommandQueue(context)
+    program = cl.Program(context, OPENCL_KERNELS).build()
+    # Each kernel retrieved once: `program.name` makes a new kernel object on every access.
+    names = ("bias_relu", "softmax_grad", "column_sums", "relu_back", "sgd")
+    kernels = SimpleNamespace(**{name: cl.Kernel(program, name) for name in names})
+    rng = np.random.default_rng(0)
+    f32 = np.float32
+    w1 = cla.to_device(queue, (0.01 * rng.standard_normal((784, 50))).astype(f32))
+    w2 = cla.to_device(queue, (0.01 * rng.standard_normal((50, 10))).astype(f32))
+    b1, b2 = cla.zeros(queue, 50, f32), cla.zeros(queue, 10, f32)
+    h, a, da = (cla.empty(queue, (BATCH, 50), f32) for _ in range(3))
+    s = cla.empty(queue, (BATCH, 10), f32)
+    dw1, dw2 = cla.empty(queue, (784, 50), f32), cla.empty(queue, (50, 10), f32)
+    db1, db2 = cla.empty(queue, 50, f32), cla.empty(queue, 10, f32)
+    pool = [(cla.to_device(queue, x), cla.to_device(queue, t.astype(np.int32))) for x, t in batches(np)]
+
+    def run_kernel(kernel: Any, size: int, *args: Any) -> None:
+        kernel.set_args(*args)
+        cl.enqueue_nd_range_kernel(queue, kernel, (size,), None)
+
+    def step(x: Any, t: Any) -> None:
+        pyclblast.gemm(queue, BATCH, 50, 784, x, w1, h, a_ld=784, b_ld=50, c_ld=50)
+        run_kernel(kernels.bias_relu, BATCH * 50, h.data, a.data, b1.data, np.int32(50))
+        pyclblast.gemm(queue, BATCH, 10, 50, a, w2, s, a_ld=50, b_ld=10, c_ld=10)
+        run_kernel(kernels.softmax_grad, BATCH, s.data, b2.data, t.data, np.int32(10), f32(1 / BATCH))
+        pyclblast.gemm(queue, 50, 10, BATCH, a, s, dw2, a_ld=50, b_ld=10, c_ld=10, a_transp=True)
+        run_kernel(kernels.column_sums, 10, s.data, db2.data, np.int32(BATCH), np.int32(10))
+        pyclblast.gemm(queue, BATCH, 50, 10, s, w2, da, a_ld=10, b_ld=10, c_ld=50, b_transp=True)
+        run_kernel(kernels.relu_back, BATCH * 50, da.data, h.data)
+        pyclblast.gemm(queue, 784, 50, BATCH, x, da, dw1, a_ld=784, b_ld=50, c_ld=50, a_transp=True)
+        run_kernel(kernels.column_sums, 50, da.data, db1.data, np.int32(BATCH), np.int32(50))
+        for w, g in ((w1, dw1), (b1, db1), (w2, dw2), (b2, db2)):
+            run_kernel(kernels.sgd, w.size, w.data, g.data, f32(LR))
+
+    def run(steps: int) -> None:
+        for i in range(steps):
+            step(*pool[i % POOL])
+        queue.finish()
+
+    return run
+
+
 def measure(contestants: dict[str, Callable[[int], None]], steps: int, rounds: int) -> dict[str, list[float]]:
     """Samples/s of each trial, interleaved with a rotating order, after one untimed trial each."""
     for run in contestants.values():
@@ -152,7 +239,8 @@ def main() -> None:
         }
         versions.append(f"jax {jax.__version__}")
     if importlib.util.find_spec("pyopencl") is not None:
-        contestants["engine opencl"] = engine_step("opencl:0:0")  # no hand-written OpenCL step to pair
+        contestants["engine opencl"] = engine_step("opencl:0:0")
+        contestants["opencl by hand"] = opencl_by_hand()
         versions.append(f"pyopencl {sys.modules['pyopencl'].VERSION_TEXT}")
     rates = measure(contestants, args.steps, args.rounds)
     medians = {name: statistics.median(values) for name, values in rates.items()}
@@ -164,7 +252,7 @@ def main() -> None:
         print(f"  {name:14s} {median:12,.0f} samples/s   (trials {spread}; {ratio_numpy:.3f}x engine numpy)")
     ratios = {
         stack: medians[f"engine {stack}"] / medians[f"{hand} by hand"]
-        for stack, hand in (("oneapi", "dpnp"), ("xla", "jax"))
+        for stack, hand in (("oneapi", "dpnp"), ("xla", "jax"), ("opencl", "opencl"))
         if f"engine {stack}" in medians
     }
     for stack, ratio in ratios.items():
