@@ -39,7 +39,7 @@ from services.devices.models import Worker
 from services.jobs.models import FINAL_STATUSES, Job
 from services.results.models import Result
 from tests.support.jobs import wait_until
-from tests.support.servers import CI
+from tests.support.needs import missing
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,10 +48,7 @@ def require_tool(name: str) -> str:
     """The path of an executable; skip the test without it (fail under CI=true)."""
     path = shutil.which(name)
     if path is None:
-        message = f"{name} is not on PATH"
-        if CI:
-            pytest.fail(f"{message} (CI=true: a missing tool is a failure, not a skip)")
-        pytest.skip(message)
+        missing(f"{name} is not on PATH")
     return path
 
 
@@ -509,10 +506,7 @@ def network_namespace(stack: Stack) -> NetNamespace:
     require_tool("ip")
     probe = f"bpbp{uuid.uuid4().hex[:6]}"
     if os.geteuid() != 0 or _ip("netns", "add", probe, check=False).returncode != 0:
-        message = "network namespaces need root (ip netns add was refused)"
-        if CI:
-            pytest.fail(f"{message} (CI=true: a missing capability is a failure, not a skip)")
-        pytest.skip(message)
+        missing("network namespaces need root (ip netns add was refused)")
     _ip("netns", "del", probe, check=False)
     used = _ip("-4", "addr").stdout
     for _ in range(50):

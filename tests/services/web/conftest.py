@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.servers import CI
+from tests.support.needs import missing
 
 CHROMIUM = os.environ.get("BPBENCH_CHROMIUM", "/usr/bin/chromium")
 # No sandbox (containers, root), no GPU, and no background traffic: the machines may have no internet.
@@ -32,21 +32,15 @@ CHROMIUM_ARGS = [
 SCREENSHOTS = Path(__file__).resolve().parents[3] / "test-artifacts" / "screenshots"
 
 
-def _unavailable(reason: str) -> None:
-    if CI:
-        pytest.fail(f"{reason} (CI=true: the browser tests must run)")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Any]:
     """One headless Chromium for the whole test session."""
     if not Path(CHROMIUM).exists():
-        _unavailable(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set BPBENCH_CHROMIUM)")
+        missing(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set BPBENCH_CHROMIUM)")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        _unavailable("the playwright package is not installed (pip install -e '.[dev]')")
+        missing("the playwright package is not installed (pip install -e '.[dev]')")
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=120_000)
         yield chromium
