@@ -88,7 +88,7 @@ def get_array_module(*arrays: Any) -> Any:
     (`engine.backends.opencl_numpy`), whichever the arrays belong to (numpy when none of the others was
     ever imported)."""
     loaded = sys.modules  # read inline, no helper calls: every layer asks this several times per step
-    if "dpnp" in loaded and any(_is_dpnp_array(a) for a in arrays):
+    if "dpnp" in loaded and any(_library_of(a) == "dpnp" for a in arrays):
         return loaded["dpnp"]
     opencl = loaded.get("engine.backends.opencl_numpy")
     if opencl is not None:
@@ -104,21 +104,17 @@ def get_array_module(*arrays: Any) -> Any:
     return np if cupy is None else cupy.get_array_module(*arrays)
 
 
-def _is_cupy_array(x: Any) -> bool:
-    # Checked by module name so that asking never imports CuPy.
-    return type(x).__module__.split(".")[0] == "cupy"
-
-
-def _is_dpnp_array(x: Any) -> bool:
-    # By module name too (dpnp.dpnp_array.dpnp_array), so that asking never imports dpnp.
-    return type(x).__module__.split(".")[0] == "dpnp"
+def _library_of(x: Any) -> str:
+    """The top-level package of `x`'s type (`cupy`, `dpnp`, `numpy`): asked by name, so that asking never
+    imports CuPy or dpnp."""
+    return type(x).__module__.split(".")[0]
 
 
 def as_numpy(x: Any) -> np.ndarray:
     """A NumPy copy of a CuPy or dpnp array; NumPy arrays and scalars pass through unchanged."""
-    if _is_cupy_array(x):
+    if _library_of(x) == "cupy":
         return x.get()
-    if _is_dpnp_array(x):
+    if _library_of(x) == "dpnp":
         return x.asnumpy()
     return np.asarray(x)
 
