@@ -11,6 +11,12 @@ Each round runs, in rotating order: the train job as `bpbench run --json` runs i
 batches gathered beforehand: the same network, data and batch size) and PyTorch's step on the same
 architecture and batches (`bench_engine_vs_torch.torch_runner`). The loop's overhead is 1 - job / bare,
 as a share of a step; ratios are medians of the per-round ratios. The load average is printed around it.
+
+Two throughputs measured minutes apart on a shared guest differ by more than 5% on their own, so the loop's
+own cost is also measured directly, in the same rounds: the job's `TrainingLoop.train_chunk` (its stopwatch,
+cancel check, loss bookkeeping: everything inside a timed window but the step) driving a step that does
+nothing, in microseconds per step, against the bare step's microseconds. That share does not depend on two
+noisy rates agreeing.
 """
 
 from __future__ import annotations
@@ -32,9 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_engine_vs_torch import POOL, torch_runner
 
 from engine.datasets import load_dataset
-from engine.jobs import run_job
+from engine.jobs import _Progress, run_job
+from engine.kinds.train import TrainingLoop
 from engine.networks import build_network
 from engine.optimizers import SGD
+from engine.spec import resolve_spec
 from services.jobs.spec import JobSpec
 
 
@@ -76,6 +84,20 @@ def bare_runner(spec: dict[str, Any], xs: list[np.ndarray], ts: list[np.ndarray]
     return run
 
 
+def loop_alone_us(spec: dict[str, Any], windows: int) -> float:
+    """Microseconds per step of the job's timed window around a step that does nothing: the median over
+    `windows` windows of `TrainingLoop.train_chunk`, with a cancel check and progress callback installed as
+    a worker installs them (both answer at once)."""
+    loop = TrainingLoop(resolve_spec(spec), _Progress(lambda fraction, message: None, lambda: False))
+
+    def noop(x: Any, t: Any) -> Callable[[], float]:
+        return lambda: 0.0
+
+    loop.step = noop
+    per_step = [loop.train_chunk(loop.window)[0] / loop.window for _ in range(windows)]
+    return statistics.median(per_step) * 1e6
+
+
 def main() -> None:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
@@ -101,11 +123,13 @@ def main() -> None:
     }
     load_before = os.getloadavg()
     rates: dict[str, list[float]] = {name: [] for name in contestants}
+    loops: list[float] = []
     order = list(contestants)
     for r in range(args.rounds):
         for name in order[r % len(order) :] + order[: r % len(order)]:
             time.sleep(args.gap)
             rates[name].append(contestants[name]())
+        loops.append(loop_alone_us(spec, windows=200))
     load_after = os.getloadavg()
 
     def paired(a: str, b: str) -> float:
@@ -118,6 +142,12 @@ def main() -> None:
         print(f"  {name:6} median {statistics.median(values):10.0f} samples/s  {[round(v) for v in values]}")
     job_bare = paired("job", "bare")
     print(f"job / bare {job_bare:.3f} (loop overhead {1 - job_bare:.1%} of a step)")
+    loop_us = statistics.median(loops)
+    step_us = batch / statistics.median(rates["bare"]) * 1e6
+    print(
+        f"the loop alone: {loop_us:.2f} us per step (rounds {[round(v, 2) for v in loops]}), the bare step "
+        f"{step_us:.1f} us: the loop's own share of a step {loop_us / (loop_us + step_us):.2%}"
+    )
     print(f"job / torch {paired('job', 'torch'):.2f}; bare / torch {paired('bare', 'torch'):.2f}")
 
 
