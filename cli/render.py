@@ -385,8 +385,13 @@ def timeline_tables(doc: dict[str, Any]) -> list[Table]:
     return [vendors, milestones]
 
 
+def yes_no(value: Any) -> str:
+    """`yes`, `no`, or `-` when not recorded."""
+    return "yes" if value is True else "no" if value is False else "-"
+
+
 def devices_table(devices: Sequence[dict[str, Any]]) -> Table:
-    """Registered devices: id, name, class, vendor, BLAS threads, memory, live, queue, queued jobs."""
+    """Registered devices: id, name, class, vendor, BLAS threads, memory, float64, live, queue, queued."""
     columns = [
         Column("id"),
         Column("name", 6),
@@ -394,6 +399,7 @@ def devices_table(devices: Sequence[dict[str, Any]]) -> Table:
         Column("vendor", 2),
         Column("BLAS threads", 5, "right"),
         Column("memory", 3, "right"),
+        Column("float64", 3),
         Column("live"),
         Column("queue", 1),
         Column("queued", 3, "right"),
@@ -410,6 +416,7 @@ def devices_table(devices: Sequence[dict[str, Any]]) -> Table:
                 str(device.get("vendor") or "-"),
                 blas_threads(device),
                 f"{memory / 2**30:.1f} GiB" if isinstance(memory, int | float) else "-",
+                yes_no(device.get("float64")),
                 "yes" if device.get("live") else "no",
                 str(device.get("queue")),
                 str(device.get("queued_jobs", "-")),

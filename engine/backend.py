@@ -28,7 +28,7 @@ from engine.backends import BACKENDS, backend_named, backend_of
 from engine.backends.base import Backend, Device, DeviceError, DeviceInfo, Timer
 from engine.backends.cupy_common import cupy_if_loaded
 from engine.backends.numpy_backend import cpu_model
-from engine.spec import DEVICE_SPELLINGS, DTYPES, DeviceSpellingError, parse_device
+from engine.spec import DEVICE_SPELLINGS, DTYPES, FLOAT64_ACCEPTED, DeviceSpellingError, parse_device
 
 __all__ = ["BACKENDS", "Backend", "Device", "DeviceError", "DeviceInfo", "backend_named"]
 
@@ -75,11 +75,12 @@ def resolve_device(spec: str | Device = "cpu") -> Device:
 
 def check_float64(device: Device, dtype: str) -> None:
     """DeviceError when a float64 job is aimed at a device without float64 (the worker's check at run
-    time; the API refuses what the spelling alone tells, `engine.spec.float64_refusal`)."""
+    time; the API refuses what the spelling alone tells, `engine.spec.float64_refusal`, and what the
+    devices registered for it tell)."""
     if dtype == "float64" and not backend_for(device).supports_float64(device):
         raise DeviceError(
             f"dtype float64 cannot run on device {device.name!r} ({device.backend} has no float64 there); "
-            "accepted: float32 on it, or float64 on a device that has it (e.g. cpu)"
+            f"accepted: {FLOAT64_ACCEPTED}"
         )
 
 

@@ -7,7 +7,8 @@ API and the dashboard read them from here. Pure Python: nothing here touches an 
 - `DEFAULT_SPEC`: the fully populated spec a job gets when it says nothing (`JobSpec().engine_dict()`).
 - The one device grammar: `parse_device(text) -> DeviceRef`, built by `DeviceGrammar` (engine/grammar.py)
   from the words of the registered backends (engine/backends): a backend's words are written in its module
-  only. `float64_refusal(device, dtype)`: what the spelling alone says about float64.
+  only. `float64_refusal(device, dtype)`: what the spelling alone says about float64; `float64_refused`:
+  the text of a float64 refusal at submission. `backends_taking(device)`: the stacks a spelling may run on.
 - Model resolution: the default layers and init of each model (`resolve_model`), the input a model asks
   of its data set and the convnet's square-image reading of a flat input (`model_input`, `image_shape`).
 - `count_parameters(layers)`: the weights and biases of a dense stack (the API's parameter bound).
@@ -21,7 +22,7 @@ import itertools
 import math
 from typing import Any
 
-from engine.backends import backend_of, registry_grammar
+from engine.backends import BACKENDS, backend_of, registry_grammar
 from engine.grammar import DeviceBackend as DeviceBackend  # the grammar's parts, re-exported
 from engine.grammar import DeviceGrammar as DeviceGrammar
 from engine.grammar import DeviceRef as DeviceRef
@@ -119,6 +120,21 @@ def hardware_kind(ref: DeviceRef) -> str:
     return backend_of(ref).hardware_kind(ref)
 
 
+# What a float64 job refused on a device could be instead.
+FLOAT64_ACCEPTED = "float32 on it, or float64 on a device that has it (e.g. cpu)"
+
+
+def backends_taking(device: str) -> tuple[str, ...]:
+    """The backends whose workers may take a job spelled `device`: those serving its queue class, in the
+    registry's order (`cpu`: numpy; `gpu`: cuda and rocm, whichever GPU CuPy has; `xla:cpu:0`: xla); none
+    for text that is no device."""
+    try:
+        device_class = parse_device(device).device_class
+    except DeviceSpellingError:
+        return ()
+    return tuple(backend.name for backend in BACKENDS if device_class in backend.queues)
+
+
 def float64_refusal(device: str, dtype: str) -> str | None:
     """Why a job of `dtype` cannot run on `device`, where the spelling alone says (the API has no
     accelerator libraries); None when it can, or when only the device itself can tell (the worker checks)."""
@@ -130,10 +146,13 @@ def float64_refusal(device: str, dtype: str) -> str | None:
         return None  # the device itself is refused where it is checked
     if backend_of(ref).float64_by_spelling(ref) is not False:
         return None
-    return (
-        f"float64 cannot run on device {device!r} ({backend_of(ref).name} has no float64 on "
-        f"{hardware_kind(ref)}); accepted: float32 on it, or float64 on a device that has it (e.g. cpu)"
-    )
+    return float64_refused(device, f"{backend_of(ref).name} has no float64 on {hardware_kind(ref)}")
+
+
+def float64_refused(device: str, why: str) -> str:
+    """The refusal of a float64 job on `device` at submission, `why` being what says it has none (its
+    spelling, or the devices registered for it); the worker's own check names the same way out."""
+    return f"float64 cannot run on device {device!r} ({why}); accepted: {FLOAT64_ACCEPTED}"
 
 
 def default_gemm_sizes(device: str) -> list[int]:

@@ -23,11 +23,14 @@ from sqlalchemy.orm import Session
 
 from engine.backends import backend_named
 from engine.backends.vendors import vendor_of_name as vendor_of
+from engine.spec import DEVICE_PATTERN, float64_refused
 from services.core.db import utcnow
 from services.core.queue import CONTROL_QUEUE
 from services.devices.models import Device, Worker
 
 DEVICE_ID_CHARS = 12
+# The devices a float64 refusal names at most (the rest are counted).
+FLOAT64_NAMED = 4
 
 # Backends whose devices were registered before the fingerprint named its backend: their stack is left out
 # of the device's id, so a CPU or CUDA GPU keeps the id (and queue, and history) it had.
@@ -69,6 +72,14 @@ def device_stack(device: Device) -> tuple[str, str | None]:
     return backend, software.get("library") or library
 
 
+def device_float64(device: Device) -> bool | None:
+    """Whether the device computes in float64, as its worker's fingerprint recorded it (`backend.float64`);
+    None for a fingerprint taken before the backend block said."""
+    recorded = (device.fingerprint or {}).get("backend")
+    value = recorded.get("float64") if isinstance(recorded, dict) else None
+    return value if isinstance(value, bool) else None
+
+
 def vendor_of_device(fingerprint: dict[str, Any], name: str) -> str:
     """The hardware vendor: the one the backend recorded (`Backend.vendor`), else read from the name."""
     recorded = backend_part(fingerprint).get("vendor")
@@ -95,6 +106,16 @@ def queue_classes_of(fingerprint: dict[str, Any]) -> tuple[str, ...]:
         return backend_named(str(backend_part(fingerprint)["name"])).queues
     except KeyError:
         return (device_class_of(fingerprint),)
+
+
+def device_spelling(device: Device) -> str:
+    """A spelling of the device grammar for jobs aimed at this device by its id (a suite's, a schedule's):
+    its class where the class is a spelling (`cpu`, `gpu`), else the one its fingerprint was taken on
+    (`xla:cpu:0`, `opencl:0:0`: `xla` alone is no device)."""
+    for spelling in (device.device_class, (device.fingerprint or {}).get("device")):
+        if isinstance(spelling, str) and DEVICE_PATTERN.fullmatch(spelling):
+            return spelling
+    return device.device_class  # refused where the spec is made, naming what is accepted
 
 
 def device_queue_classes(device: Device) -> tuple[str, ...]:
@@ -353,6 +374,39 @@ def devices_by_id(session: Session, device_ids: Collection[str]) -> dict[str, De
     if not device_ids:
         return {}
     return {d.id: d for d in session.scalars(select(Device).where(Device.id.in_(list(device_ids))))}
+
+
+def devices_taking(session: Session, device_class: str, *, target: str | None = None) -> list[Device]:
+    """The registered devices a job of this queue class may run on: its target alone when it names one,
+    else every device whose workers consume the class's queue (a job spelled `opencl:0:0` waits on
+    `opencl` and any OpenCL worker takes it, whatever its own numbers)."""
+    if target is not None:
+        found = get_device(session, target)
+        return [found] if found is not None else []
+    return [device for device in list_devices(session) if device_class in device_queue_classes(device)]
+
+
+def float64_refusal_of_registered(
+    session: Session, device: str, device_class: str, dtype: str, *, target: str | None = None
+) -> str | None:
+    """Why a `dtype` job spelled `device` cannot run on any registered device that may take it
+    (`devices_taking`); None when one of them does float64, when one has not said, or when none is
+    registered yet: then only a worker can tell, and it checks at run time (`engine.backend.check_float64`).
+    """
+    if dtype != "float64":
+        return None
+    candidates = devices_taking(session, device_class, target=target)
+    if not candidates or any(device_float64(found) is not False for found in candidates):
+        return None
+    named = ", ".join(f"{found.name} ({found.id})" for found in candidates[:FLOAT64_NAMED])
+    if len(candidates) > FLOAT64_NAMED:
+        named += f" and {len(candidates) - FLOAT64_NAMED} more"
+    why = (
+        f"its target {named} has no float64"
+        if target is not None
+        else f"no registered device that takes {device_class} jobs has float64: {named}"
+    )
+    return float64_refused(device, why)
 
 
 def list_workers(session: Session, *, device_id: str | None = None) -> list[Worker]:

@@ -4,6 +4,9 @@
 textbook's 784-50-10 net on mnist5k, a large MLP on synthetic data (where a GPU pulls ahead), the textbook's
 simple_convnet, a gradient check of backprop against numerical differentiation, and the cost of both methods
 as the network grows. Sizes are chosen so the whole suite finishes within 3 minutes on a 2-core CPU.
+
+`runnable_suite` leaves out what a device is known not to run (the float64 gradient check where the device
+has no float64) and says why.
 """
 
 from __future__ import annotations
@@ -11,6 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy.orm import Session
+
+from services.devices.service import float64_refusal_of_registered
 from services.jobs.spec import JobSpec
 
 # A quick but stable timing recipe: the suite measures throughput, it does not hunt for the last percent.
@@ -131,3 +137,21 @@ SUITES: dict[str, Callable[[str], list[tuple[str, JobSpec]]]] = {
     "standard": standard_suite,
     "smoke": smoke_suite,
 }
+
+
+def runnable_suite(
+    session: Session, name: str, spec_device: str, target: str | None
+) -> tuple[list[tuple[str, JobSpec]], list[str]]:
+    """The suite's entries for one place (a spelling, or a registered device `target` spelled so), and why
+    each entry left out was: a float64 entry where every registered device that would take it has no
+    float64 (submitted, it could only fail on the worker)."""
+    kept, left_out = [], []
+    for item, spec in SUITES[name](spec_device):
+        refusal = float64_refusal_of_registered(
+            session, spec.device, spec.device_class, spec.dtype, target=target
+        )
+        if refusal is None:
+            kept.append((item, spec))
+        else:
+            left_out.append(f"{item} on {target or spec_device}: {refusal}")
+    return kept, left_out

@@ -11,6 +11,7 @@ time>`), raised once per run.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -21,11 +22,14 @@ from sqlalchemy.orm import Session
 from services.alerts.service import Event
 from services.core.db import utcnow
 from services.devices.models import Device
+from services.devices.service import device_spelling
 from services.jobs import service as jobs
 from services.jobs.models import Job
 from services.jobs.spec import DEVICE_PATTERN
-from services.jobs.suites import SUITES
+from services.jobs.suites import SUITES, runnable_suite
 from services.schedules.models import Schedule
+
+log = logging.getLogger(__name__)
 
 MIN_EVERY_S = 60.0
 MAX_EVERY_S = 366 * 24 * 3600.0
@@ -71,7 +75,7 @@ def remove_schedule(session: Session, schedule_id: str) -> bool:
 
 def _spec_device_and_target(session: Session, target: str) -> tuple[str, str | None]:
     device = session.get(Device, target)
-    return (device.device_class, device.id) if device is not None else (target, None)
+    return (device_spelling(device), device.id) if device is not None else (target, None)
 
 
 def run_due(session: Session, *, now: datetime | None = None) -> list[tuple[Schedule, list[Job]]]:
@@ -94,10 +98,10 @@ def run_due(session: Session, *, now: datetime | None = None) -> list[tuple[Sche
         if claimed.rowcount != 1:  # type: ignore[attr-defined]
             continue  # another tick took it
         spec_device, device_id = _spec_device_and_target(session, schedule.target)
-        submitted = [
-            jobs.submit_job(session, spec, target_device_id=device_id)
-            for _, spec in SUITES[schedule.suite](spec_device)
-        ]
+        items, left_out = runnable_suite(session, schedule.suite, spec_device, device_id)
+        for reason in left_out:
+            log.info("schedule %s left out %s", schedule.id[:8], reason)
+        submitted = [jobs.submit_job(session, spec, target_device_id=device_id) for _, spec in items]
         session.execute(
             update(Schedule)
             .where(Schedule.id == schedule.id)

@@ -104,6 +104,11 @@ def test_seeded_runs_give_the_same_losses() -> None:
             "error: mnist: /nonexistent is not a directory",
         ),
         (["nowhere.json"], "error: spec file nowhere.json: no such file"),
+        (
+            ["--device", "xla:tpu:0", "--dtype", "float64"],
+            "error: --dtype \"float64\": float64 cannot run on device 'xla:tpu:0' (xla has no float64 on "
+            "tpu); accepted: float32 on it, or float64 on a device that has it (e.g. cpu)",
+        ),
     ],
 )
 def test_bad_input_is_one_line_on_stderr_with_exit_code_2(args: list[str], expected: str) -> None:

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from services.api.deps import ReadAccess, SessionDep, SettingsDep
-from services.devices.service import device_stack, list_devices, workers_with_liveness
+from services.devices.service import device_float64, device_stack, list_devices, workers_with_liveness
 from services.jobs.service import queued_job_counts
 
 router = APIRouter(prefix="/devices", tags=["devices"])
@@ -37,6 +37,10 @@ class DeviceOut(BaseModel):
     vendor: str
     backend: str = Field(description="the backend that runs it: numpy, cuda, rocm, xla, ...")
     library: str | None = Field(description="its array library and version: numpy 2.4.6, jax 0.4.38")
+    float64: bool | None = Field(
+        description="whether it computes in float64, as its worker found (a float64 job for a device "
+        "that has none is refused at submission); null: not recorded"
+    )
     memory_bytes: int | None
     software: dict[str, Any]
     fingerprint: dict[str, Any]
@@ -82,6 +86,7 @@ def device_views(session: Session, worker_dead_after_s: float) -> list[DeviceOut
                 vendor=device.vendor,
                 backend=backend,
                 library=library,
+                float64=device_float64(device),
                 memory_bytes=device.memory_bytes,
                 software=device.software,
                 fingerprint=device.fingerprint,

@@ -9,18 +9,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
-from pydantic import AliasChoices, BaseModel, Field, field_validator
+from pydantic import AliasChoices, BaseModel, Field, computed_field, field_validator
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from engine.spec import DEVICE_ACCEPTED
+from engine.spec import DEVICE_ACCEPTED, backends_taking
 from services.api.deps import MAX_OFFSET, TOTAL_CAP, ReadAccess, SessionDep, SubmitAccess
 from services.api.errors import unprocessable
 from services.api.group_commit import GroupCommit
 from services.api.json_body import StrictJSONRoute, printable
 from services.core.config import Settings
-from services.devices.service import device_queue_classes, get_device
+from services.devices.service import device_queue_classes, float64_refusal_of_registered, get_device
 from services.jobs import service
 from services.jobs.dataset_dirs import dataset_dirs_accepted, dataset_path_allowed
 from services.jobs.models import Job
@@ -91,6 +91,15 @@ class JobOut(BaseModel):
     duration_s: float | None
     result: ResultSummary | None = None
     suite_item: str | None = Field(None, description="the suite entry this job runs, for suite submissions")
+
+    @computed_field(  # type: ignore[prop-decorator]
+        description="the backends whose workers may take it, by its device's spelling (cpu: numpy; gpu: "
+        "cuda, rocm; xla:cpu:0: xla); the stack of the device that ran it is that device's "
+        "(GET /api/v1/devices)"
+    )
+    @property
+    def backends(self) -> list[str]:
+        return list(backends_taking(self.device))
 
     @field_validator("spec", "progress_message", "error", "worker", mode="after")
     @classmethod
@@ -165,6 +174,16 @@ def check_target(session: Session, spec: JobSpec, target: str | None) -> None:
         )
 
 
+def check_float64(session: Session, spec: JobSpec, target: str | None) -> None:
+    """422 naming `dtype` when every registered device that may take the float64 job lacks float64 (what
+    its spelling alone says, a TPU's, the spec refused already)."""
+    refusal = float64_refusal_of_registered(
+        session, spec.device, spec.device_class, spec.dtype, target=target
+    )
+    if refusal is not None:
+        raise unprocessable("dtype", "body", spec.dtype, refusal, f"dtype: {refusal}")
+
+
 def check_memory(spec: JobSpec, cap_bytes: int) -> None:
     """422 when the job's estimated memory (services/jobs/resources.py) is over the server's cap."""
     try:
@@ -194,9 +213,10 @@ def check_dataset_path(spec: JobSpec, dataset_dirs: list[Path]) -> None:
     )
 
 
-def _check_target_in_database(factory: sessionmaker[Session], spec: JobSpec, target: str) -> None:
+def _check_in_database(factory: sessionmaker[Session], spec: JobSpec, target: str | None) -> None:
     with factory() as session:
         check_target(session, spec, target)
+        check_float64(session, spec, target)
 
 
 def submitted_job_json(row: dict[str, Any], published_at: datetime | None) -> bytes:
@@ -230,9 +250,10 @@ async def submit_job(submission: JobSubmission, request: Request) -> Response:
     spec = submission.job_spec()
     settings: Settings = request.app.state.settings
     check_dataset_path(spec, settings.dataset_dirs)
-    if submission.target is not None:
+    # Only a target or a float64 job needs the database: a plain float32 job goes straight to the batch.
+    if submission.target is not None or spec.dtype == "float64":
         factory = request.app.state.session_factory
-        await run_in_threadpool(_check_target_in_database, factory, spec, submission.target)
+        await run_in_threadpool(_check_in_database, factory, spec, submission.target)
     # A job no worker could hold is refused here, not found out by a worker running out of memory.
     check_memory(spec, settings.max_job_memory_bytes)
     row = service.job_row(spec, target_device_id=submission.target)

@@ -14,10 +14,16 @@ from services.api.errors import unprocessable
 from services.api.json_body import StrictJSONRoute
 from services.api.routes.jobs import JobOut, job_out
 from services.core.queue import device_queue
-from services.devices.service import get_device, list_devices, live_device_ids, served_queues
+from services.devices.service import (
+    device_spelling,
+    get_device,
+    list_devices,
+    live_device_ids,
+    served_queues,
+)
 from services.jobs import service
 from services.jobs.spec import DEVICE_PATTERN, Text
-from services.jobs.suites import SUITES
+from services.jobs.suites import runnable_suite
 
 router = APIRouter(prefix="/suites", tags=["suites"], route_class=StrictJSONRoute)
 
@@ -39,6 +45,10 @@ class SuiteOut(BaseModel):
     suite: str
     targets: list[str]
     jobs: list[JobOut]
+    left_out: list[str] = Field(
+        default_factory=list,
+        description="entries not submitted, each with why: a float64 one where the device has no float64",
+    )
 
 
 def _resolve_targets(
@@ -53,12 +63,12 @@ def _resolve_targets(
                 status_code=status.HTTP_409_CONFLICT,
                 detail="no live worker: start one (`bpbench worker --device cpu`) or list devices or classes",
             )
-        return [(device.device_class, device.id) for device in devices]
+        return [(device_spelling(device), device.id) for device in devices]
     targets: list[tuple[str, str | None]] = []
     for index, entry in enumerate(dict.fromkeys(requested)):
         device = get_device(session, entry)
         if device is not None:
-            targets.append((device.device_class, device.id))
+            targets.append((device_spelling(device), device.id))
         elif DEVICE_PATTERN.fullmatch(entry):
             targets.append((entry, None))
         else:
@@ -97,8 +107,16 @@ def submit_suite(request: SuiteRequest, session: SessionDep, settings: SettingsD
             "or leave them out; nothing was submitted",
         )
     jobs: list[JobOut] = []
+    left_out: list[str] = []
     for spec_device, target in targets:
-        for item, spec in SUITES[request.name](spec_device):
+        items, refused = runnable_suite(session, request.name, spec_device, target)
+        left_out += refused
+        for item, spec in items:
             job = service.submit_job(session, spec, target_device_id=target)
             jobs.append(job_out(session, job, with_result=False, suite_item=item))
-    return SuiteOut(suite=request.name, targets=[target or device for device, target in targets], jobs=jobs)
+    return SuiteOut(
+        suite=request.name,
+        targets=[target or device for device, target in targets],
+        jobs=jobs,
+        left_out=left_out,
+    )

@@ -455,6 +455,14 @@ function durationOf(job) {
   return null;
 }
 
+// A job's stack, as the compare table writes it: the stack of the device that ran it, else the backends
+// its device's spelling may run on (`numpy` for cpu, `xla` for xla:cpu:0, `cuda or rocm` for gpu).
+function jobStack(job) {
+  const device = job.device_id && state.devices[job.device_id];
+  if (device) return deviceStack(device);
+  return (job.backends || []).join(" or ") || "–";
+}
+
 const JOBS_PER_PAGE = 25;
 
 function jobsQuery() {
@@ -484,6 +492,7 @@ async function loadJobs() {
       el("td", { title: job.progress_message || "" },
         el("progress", { max: "100", value: String(percent) }), ` ${percent}%`),
       el("td", {}, job.device_id ? deviceLabel(job.device_id) : job.device),
+      el("td", { class: "stack" }, jobStack(job)),
       el("td", {}, job.worker || "–"),
       el("td", { class: "num" }, fmtSeconds(durationOf(job))),
       el("td", {}, fmtTime(job.created_at))));
@@ -810,9 +819,11 @@ function renderDevices(devices) {
       el("td", { class: "memory" }, gib(d.memory_bytes)),
       el("td", { class: "software small" }, software || "–"),
       el("td", { class: "workers" }, live.length ? `${live.length}: ${live.join(", ")}` : "none"),
-      el("td", { class: "queued" }, String(d.queued_jobs))));
+      el("td", { class: "queued" }, String(d.queued_jobs)),
+      // Whether a float64 job can run here: one aimed only at devices without it is refused at submission.
+      el("td", { class: "float64" }, d.float64 === true ? "yes" : d.float64 === false ? "no" : "–")));
   }
-  if (!devices.length) body.append(el("tr", {}, el("td", { colspan: "7", class: "muted" }, "no device registered yet: start a worker")));
+  if (!devices.length) body.append(el("tr", {}, el("td", { colspan: "8", class: "muted" }, "no device registered yet: start a worker")));
 }
 
 async function route() {

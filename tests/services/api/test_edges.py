@@ -129,7 +129,8 @@ def test_a_submitted_job_document_has_the_row_and_nothing_a_worker_sets(db_sessi
     row = jobs.job_row(tiny_spec())
     published = utcnow()
     doc = json.loads(submitted_job_json(row, published))
-    assert list(doc) == list(JobOut.model_fields)
+    assert list(doc) == [*JobOut.model_fields, *JobOut.model_computed_fields]
+    assert doc["backends"] == ["numpy"]  # what its spelling, `cpu`, runs on
     assert (doc["id"], doc["status"], doc["queue"], doc["spec_hash"]) == (
         row["id"],
         "queued",

@@ -66,6 +66,26 @@ def test_a_due_schedule_submits_its_suite_once_and_moves_to_its_next_time(
     assert remove_schedule(db_session, schedule.id) and list_schedules(db_session) == []
 
 
+def test_a_scheduled_suite_on_a_device_without_float64_leaves_the_gradient_check_out(
+    db_session: Session, service_settings: Settings
+) -> None:
+    mali = register_device(
+        db_session,
+        {
+            "device": "opencl:0:0",
+            "cpu_model": f"Scheduled board {uuid.uuid4().hex[:8]}",
+            "backend": {"name": "opencl", "hardware": "Mali-G78 MP24", "float64": False},
+        },
+    )
+    create_schedule(db_session, suite="smoke", target=mali.id, every_s=3600)
+    ((_, submitted),) = run_due(db_session)
+    # Spelt as its worker's fingerprint was (`opencl` alone is no device), and without the float64 entry.
+    expected = [spec for _, spec in SUITES["smoke"]("opencl:0:0") if spec.dtype == "float32"]
+    assert [job.spec_hash for job in submitted] == [spec.spec_hash() for spec in expected]
+    assert len(submitted) == 5
+    assert {(job.device, job.queue) for job in submitted} == {("opencl:0:0", mali.queue)}
+
+
 def test_a_run_without_a_succeeded_job_for_a_period_is_missing_data(
     db_session: Session, service_settings: Settings
 ) -> None:

@@ -305,6 +305,7 @@ def test_the_devices_menu_item_opens_the_device_list(
     assert f"numpy {device['software']['numpy']}" in cells[4]
     assert cells[5].startswith("1: ") and cpu_worker.name in cells[5]
     assert cells[6] == str(device["queued_jobs"])
+    assert (device["float64"], cells[7]) == (True, "yes")  # NumPy on a CPU computes in float64
     assert row.get_attribute("data-live") == "true"
     screenshot(page, "devices")
     assert console.errors == []
