@@ -117,6 +117,34 @@ def _offset_expression(name: str, shape: tuple[int, ...], strides: tuple[int, ..
     return " + ".join(terms)
 
 
+class _Kernel:
+    """A compiled kernel and the arguments it was last enqueued with.
+
+    OpenCL keeps a kernel's arguments from one enqueue to the next, and setting a scalar one costs about
+    6 us on pocl (a buffer 0.1 us, the enqueue 3 us), more than the small kernels themselves: so only the
+    arguments that changed are set. The buffers last passed stay referenced until replaced.
+    """
+
+    def __init__(self, program: Any, name: str) -> None:
+        self.kernel = cl.Kernel(program, name)  # once: `program.name` makes a new kernel on every access
+        self.last: list[Any] = [None] * self.kernel.num_args
+
+    def __call__(self, queue: cl.CommandQueue, size: int, args: Sequence[Any]) -> None:
+        kernel, last = self.kernel, self.last
+        for i, value in enumerate(args):
+            held = last[i]
+            if value is not held and (held is None or type(value) is not type(held) or value != held):
+                kernel.set_arg(i, value)
+                last[i] = value
+        cl.enqueue_nd_range_kernel(queue, kernel, (size,), None)
+
+
+def _build(context: cl.Context, source: str, name: str) -> _Kernel:
+    """The kernel `name` of `source`, compiled with NumPy's rounding: no contraction of a * b + c into
+    one fused multiply-add, which OpenCL C otherwise allows."""
+    return _Kernel(cl.Program(context, "#pragma OPENCL FP_CONTRACT OFF\n" + source).build(), name)
+
+
 class OpenclArray:
     """A strided view of OpenCL storage with the part of `numpy.ndarray` the engine uses."""
 
@@ -135,12 +163,9 @@ class OpenclArray:
         self.shape = tuple(int(n) for n in shape)
         self.strides = _contiguous_strides(self.shape) if strides is None else tuple(strides)
         self.offset = int(offset)
+        self.dtype: np.dtype[Any] = storage.dtype  # kept, not asked: every operation's key reads it
 
     # --- what an ndarray tells -----------------------------------------------------------------------
-
-    @property
-    def dtype(self) -> np.dtype[Any]:
-        return np.dtype(self.storage.dtype)
 
     @property
     def ndim(self) -> int:
@@ -428,7 +453,8 @@ class OpenclNumpy:
         self.queue = queue
         self.context = queue.context
         self.random = _HostRandom(self)
-        self._kernels: dict[Any, Any] = {}
+        self._kernels: dict[Any, _Kernel] = {}  # compiled, by what their source depends on
+        self._plans: dict[Any, Any] = {}  # `_elementwise`'s, by call signature
 
     def __repr__(self) -> str:
         return f"<array module opencl.numpy on {self.queue.device.name}>"
@@ -489,6 +515,10 @@ class OpenclNumpy:
 
     # --- elementwise ---------------------------------------------------------------------------------
 
+    def _pointer(self, a: OpenclArray) -> tuple[Any, np.int64]:
+        """A kernel's two arguments for `a`: its storage's buffer and its first element's offset."""
+        return a.storage.base_data, np.int64(a.offset + a.storage.offset // a.dtype.itemsize)
+
     def _operand(self, value: Any) -> Any:
         if isinstance(value, (OpenclArray, int, float, bool, np.generic)):
             return value
@@ -498,8 +528,45 @@ class OpenclNumpy:
         self, op: str, operands: tuple[Any, ...], dtype: Any = None, out: OpenclArray | None = None
     ) -> OpenclArray:
         """`op` of the operands (arrays broadcast as NumPy's, Python and NumPy scalars) written into `out`
-        (or a new array); `dtype` is the computing type (default NumPy's result type)."""
-        operands = tuple(self._operand(v) for v in operands)
+        (or a new array); `dtype` is the computing type (default NumPy's result type).
+
+        What a call compiles to depends only on its signature (the operation, each operand's dtype, shape
+        and strides or scalar type, and `out`'s), so the kernel, result shape and dtype are kept per
+        signature (`_plans`): a repeated call builds its key, sets the changed arguments and enqueues.
+        Python scalars are weak (NumPy 2's rule), so their type, not their value, decides the result.
+        """
+        key: list[Any] = [op, dtype, None if out is None else (out.dtype, out.shape, out.strides)]
+        for v in operands:
+            if isinstance(v, OpenclArray):
+                key.append((v.dtype, v.shape, v.strides))
+            elif isinstance(v, (bool, int, float)):
+                key.append(type(v))
+            elif isinstance(v, np.generic):
+                key.append(v.dtype)
+            else:  # host data: on the device first
+                return self._elementwise(op, tuple(self._operand(v) for v in operands), dtype, out)
+        signature = tuple(key)
+        plan = self._plans.get(signature)
+        if plan is None:
+            plan = self._plans[signature] = self._elementwise_plan(op, operands, dtype, out)
+        kernel, shape, result, scalar = plan
+        if out is None:
+            out = self.empty(shape, result)
+        if kernel is None:  # nothing to compute
+            return out
+        args = list(self._pointer(out))
+        for v in operands:
+            if isinstance(v, OpenclArray):
+                args += self._pointer(v)
+            else:
+                args.append(scalar(v))
+        kernel(self.queue, out.size, args)
+        return out
+
+    def _elementwise_plan(
+        self, op: str, operands: tuple[Any, ...], dtype: Any, out: OpenclArray | None
+    ) -> tuple[_Kernel | None, tuple[int, ...], np.dtype[Any], Any]:
+        """(kernel, result shape, result dtype, the scalars' type) of one signature of `_elementwise`."""
         arrays = [v for v in operands if isinstance(v, OpenclArray)]
         shape = np.broadcast_shapes(*(a.shape for a in arrays)) if arrays else ()
         if out is not None:
@@ -511,10 +578,11 @@ class OpenclNumpy:
             promoted = np.result_type(promoted, np.float64) if promoted.itemsize > 2 else np.dtype(np.float32)
         compute = np.dtype(dtype) if dtype is not None and op == "copy" else promoted
         result = np.dtype(np.bool_) if op in _COMPARISONS else compute
-        if out is None:
-            out = self.empty(shape, result)
-        if out.size == 0:
-            return out
+        if out is not None:
+            result = out.dtype  # cast on store, as NumPy's `out=` (a comparison into floats: 1.0 and 0.0)
+        if math.prod(shape) == 0:
+            return None, shape, result, compute.type
+        out_strides = out.strides if out is not None else _contiguous_strides(shape)
         T = c_type(compute)
         layout: list[tuple[str, tuple[int, ...]] | None] = []
         for v in operands:
@@ -522,34 +590,25 @@ class OpenclNumpy:
                 layout.append((v.dtype.str, _broadcast_strides(v.shape, v.strides, shape)))
             else:
                 layout.append(None)
-        key = ("ew", op, T, out.dtype.str, shape, out.strides, tuple(layout))
+        key = ("ew", op, T, result.str, shape, out_strides, tuple(layout))
         kernel = self._kernels.get(key)
         if kernel is None:
-            kernel = self._elementwise_kernel(op, T, out, shape, operands, layout)
+            kernel = self._elementwise_kernel(op, T, result, out_strides, shape, operands, layout)
             self._kernels[key] = kernel
-        args: list[Any] = [
-            out.storage.base_data,
-            np.int64(out.offset + out.storage.offset // out.dtype.itemsize),
-        ]
-        for v in operands:
-            if isinstance(v, OpenclArray):
-                args += [v.storage.base_data, np.int64(v.offset + v.storage.offset // v.dtype.itemsize)]
-            else:
-                args.append(np.dtype(compute).type(v))
-        kernel(self.queue, (out.size,), None, *args)
-        return out
+        return kernel, shape, result, compute.type
 
     def _elementwise_kernel(
         self,
         op: str,
         T: str,
-        out: OpenclArray,
+        result: np.dtype[Any],
+        out_strides: tuple[int, ...],
         shape: tuple[int, ...],
         operands: tuple[Any, ...],
         layout: list[Any],
-    ) -> Any:
+    ) -> _Kernel:
         names = "ab"
-        params = [f"__global {c_type(out.dtype)} *out", "long out_off"]
+        params = [f"__global {c_type(result)} *out", "long out_off"]
         reads = []
         for name, v, found in zip(names, operands, layout, strict=False):
             if found is None:
@@ -564,10 +623,10 @@ class OpenclNumpy:
         __kernel void ew({", ".join(params)}) {{
             long i = get_global_id(0);
             {" ".join(reads)}
-            out[{_offset_expression("out", shape, out.strides)}] = ({c_type(out.dtype)})({expression});
+            out[{_offset_expression("out", shape, out_strides)}] = ({c_type(result)})({expression});
         }}
         """
-        return cl.Program(self.context, source).build().ew
+        return _build(self.context, source, "ew")
 
     add, subtract, multiply, divide, power = (
         _ufunc(o) for o in ("add", "subtract", "multiply", "divide", "power")
@@ -638,17 +697,9 @@ class OpenclNumpy:
                 {body}
             }}
             """
-            kernel = cl.Program(self.context, source).build().reduce
+            kernel = _build(self.context, source, "reduce")
             self._kernels[key] = kernel
-        kernel(
-            self.queue,
-            (max(out.size, 1),),
-            None,
-            out.storage.base_data,
-            np.int64(out.offset + out.storage.offset // out.dtype.itemsize),
-            a.storage.base_data,
-            np.int64(a.offset + a.storage.offset // a.dtype.itemsize),
-        )
+        kernel(self.queue, max(out.size, 1), (*self._pointer(out), *self._pointer(a)))
         return out
 
     def sum(self, a: Any, axis: int | None = None, dtype: Any = None, out: Any = None) -> OpenclArray:
@@ -696,21 +747,15 @@ class OpenclNumpy:
                     a_p[a_off + (long)idx[idx_off + row] * {rows.strides[0]} + col * {rows.strides[1]}];
             }}
             """
-            kernel = cl.Program(self.context, source).build().take
+            kernel = _build(self.context, source, "take")
             self._kernels[key] = kernel
         if target.size:
             kernel(
                 self.queue,
-                (target.size,),
-                None,
-                *self._pointer(target),
-                *self._pointer(rows),
-                *self._pointer(indices),
+                target.size,
+                (*self._pointer(target), *self._pointer(rows), *self._pointer(indices)),
             )
         return out
-
-    def _pointer(self, a: OpenclArray) -> tuple[Any, np.int64]:
-        return a.storage.base_data, np.int64(a.offset + a.storage.offset // a.dtype.itemsize)
 
     def _pairs(self, a: OpenclArray, index: tuple[Any, ...]) -> tuple[OpenclArray, OpenclArray]:
         if a.ndim != 2 or len(index) != 2:
@@ -724,7 +769,7 @@ class OpenclNumpy:
 
     def _pair_kernel(
         self, name: str, a: OpenclArray, rows: OpenclArray, cols: OpenclArray, statement: str
-    ) -> Any:
+    ) -> _Kernel:
         key = (name, a.dtype.str, rows.dtype.str, cols.dtype.str, a.strides)
         kernel = self._kernels.get(key)
         if kernel is None:
@@ -739,7 +784,7 @@ class OpenclNumpy:
                 {statement}
             }}
             """
-            kernel = cl.Program(self.context, source).build().pair
+            kernel = _build(self.context, source, "pair")
             self._kernels[key] = kernel
         return kernel
 
@@ -749,15 +794,8 @@ class OpenclNumpy:
         out = self.empty(rows.shape, a.dtype)
         if out.size:
             kernel = self._pair_kernel("gather", a, rows, cols, "v[v_off + i] = a_p[at];")
-            kernel(
-                self.queue,
-                (out.size,),
-                None,
-                *self._pointer(out),
-                *self._pointer(a),
-                *self._pointer(rows),
-                *self._pointer(cols),
-            )
+            pointers = (*self._pointer(out), *self._pointer(a), *self._pointer(rows), *self._pointer(cols))
+            kernel(self.queue, out.size, pointers)
         return out
 
     def _scatter(self, a: OpenclArray, index: tuple[Any, ...], value: Any) -> None:
@@ -766,15 +804,8 @@ class OpenclNumpy:
         values = self._elementwise("copy", (value,), a.dtype, out=self.empty(rows.shape, a.dtype))
         if values.size:
             kernel = self._pair_kernel("scatter", a, rows, cols, "a_p[at] = v[v_off + i];")
-            kernel(
-                self.queue,
-                (values.size,),
-                None,
-                *self._pointer(values),
-                *self._pointer(a),
-                *self._pointer(rows),
-                *self._pointer(cols),
-            )
+            pointers = (*self._pointer(values), *self._pointer(a), *self._pointer(rows), *self._pointer(cols))
+            kernel(self.queue, values.size, pointers)
 
     # --- matrix products -----------------------------------------------------------------------------
 
