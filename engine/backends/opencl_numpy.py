@@ -727,7 +727,7 @@ class OpenclNumpy:
         """Rows of `a` (axis 0) at `indices`, into `out`."""
         if axis != 0:
             raise ValueError(f"the opencl backend takes along axis 0 only, got axis={axis}")
-        indices = self.asarray(indices)
+        indices = self._contiguous(self.asarray(indices))
         rows = a.reshape(a.shape[0], -1)
         shape = (indices.size, rows.shape[1])
         if out is None:
@@ -757,10 +757,14 @@ class OpenclNumpy:
             )
         return out
 
+    def _contiguous(self, a: OpenclArray) -> OpenclArray:
+        """`a`, or a contiguous copy of it: the index kernels read their indices in order."""
+        return a if a.is_contiguous else a.copy()
+
     def _pairs(self, a: OpenclArray, index: tuple[Any, ...]) -> tuple[OpenclArray, OpenclArray]:
         if a.ndim != 2 or len(index) != 2:
             raise IndexError("the opencl backend indexes a 2-d array by two index arrays only")
-        rows, cols = (self.asarray(i) for i in index)
+        rows, cols = (self._contiguous(self.asarray(i)) for i in index)
         if rows.shape != cols.shape or rows.ndim != 1:
             raise IndexError(
                 f"index arrays of shapes {rows.shape} and {cols.shape}: two 1-d of one length expected"
@@ -806,6 +810,166 @@ class OpenclNumpy:
             kernel = self._pair_kernel("scatter", a, rows, cols, "a_p[at] = v[v_off + i];")
             pointers = (*self._pointer(values), *self._pointer(a), *self._pointer(rows), *self._pointer(cols))
             kernel(self.queue, values.size, pointers)
+
+    # --- fused chains ------------------------------------------------------------------------------------
+    # One kernel for a chain of operations the engine's layers and SGD issue every step, where the chain's
+    # own launches and intermediate arrays cost more than its arithmetic. Each computes exactly what its
+    # plain chain computes, in the same order and rounding (the kernels do not contract a * b + c); the
+    # engine asks for them by name (`engine.layers.fused_form`), and NumPy has none.
+
+    def _fp64(self, *dtypes: np.dtype[Any]) -> str:
+        return "#pragma OPENCL EXTENSION cl_khr_fp64 : enable" if np.dtype(np.float64) in dtypes else ""
+
+    def fused_relu(self, x: OpenclArray, mask: OpenclArray, out: OpenclArray) -> OpenclArray:
+        """`mask[...] = x > 0; out[...] = x * mask` (ReLU's forward, `out` may be `x`): `out`."""
+        if not (x.shape == mask.shape == out.shape) or mask.dtype != np.bool_:
+            raise ValueError(f"fused_relu: x {x.shape}, mask {mask.shape} {mask.dtype}, out {out.shape}")
+        if x.size == 0:
+            return out
+        key = ("relu", x.dtype.str, out.dtype.str, x.shape, x.strides, mask.strides, out.strides)
+        kernel = self._kernels.get(key)
+        if kernel is None:
+            T, S = c_type(x.dtype), c_type(out.dtype)
+            source = f"""
+            {self._fp64(x.dtype, out.dtype)}
+            __kernel void relu(__global uchar *mask, long mask_off, __global {S} *out, long out_off,
+                               __global const {T} *x, long x_off) {{
+                long i = get_global_id(0);
+                {T} v = x[{_offset_expression("x", x.shape, x.strides)}];
+                uchar m = v > ({T})0;
+                mask[{_offset_expression("mask", x.shape, mask.strides)}] = m;
+                out[{_offset_expression("out", x.shape, out.strides)}] = ({S})(v * ({T})m);
+            }}
+            """
+            kernel = self._kernels[key] = _build(self.context, source, "relu")
+        kernel(self.queue, x.size, (*self._pointer(mask), *self._pointer(out), *self._pointer(x)))
+        return out
+
+    def fused_softmax_cross_entropy(
+        self, x: OpenclArray, t: OpenclArray, out: OpenclArray
+    ) -> tuple[OpenclArray, OpenclArray, OpenclArray]:
+        """Softmax of the (N, K) scores `x` into the (K, N) `out`, with what the loss needs, for integer
+        labels `t` (N,). The chain, per sample n: s = x[n] - max(x[n]); target = s[t[n]]; e = exp(s);
+        total = e[0] + e[1] + ... (in that order); out[:, n] = e / total. Returns (out, target, total),
+        the last two fresh (N,) arrays (a later call does not overwrite them: a pending loss keeps them)."""
+        n, k = x.shape
+        if out.shape != (k, n) or t.shape != (n,) or t.dtype.kind not in "iu":
+            raise ValueError(
+                f"fused_softmax_cross_entropy: x {x.shape}, labels {t.shape} {t.dtype}, out {out.shape}"
+            )
+        stats = self.empty((2, n), x.dtype)  # target, total
+        key = ("softmax", x.dtype.str, t.dtype.str, x.shape, x.strides, t.strides, out.strides)
+        kernel = self._kernels.get(key)
+        if kernel is None:
+            T, L = c_type(x.dtype), c_type(t.dtype)
+            (xn, xk), (sk, sn) = x.strides, out.strides
+            source = f"""
+            {self._fp64(x.dtype)}
+            __kernel void softmax(__global {T} *s, long s_off, __global {T} *stats, long stats_off,
+                                  __global const {T} *x, long x_off, __global const {L} *t, long t_off) {{
+                long n = get_global_id(0);
+                __global const {T} *row = x + x_off + n * {xn};
+                __global {T} *column = s + s_off + n * {sn};
+                {T} m = -INFINITY;
+                for (long k = 0; k < {k}; ++k) {{ {T} v = row[k * {xk}]; m = (isnan(v) || v > m) ? v : m; }}
+                {T} total = 0;
+                for (long k = 0; k < {k}; ++k) {{
+                    {T} e = exp(({T})(row[k * {xk}] - m));
+                    column[k * {sk}] = e;
+                    total = total + e;
+                }}
+                stats[stats_off + n] = row[(long)t[t_off + n * {t.strides[0]}] * {xk}] - m;
+                stats[stats_off + {n} + n] = total;
+                for (long k = 0; k < {k}; ++k) column[k * {sk}] = column[k * {sk}] / total;
+            }}
+            """
+            kernel = self._kernels[key] = _build(self.context, source, "softmax")
+        if n:
+            pointers = (*self._pointer(out), *self._pointer(stats), *self._pointer(x), *self._pointer(t))
+            kernel(self.queue, n, pointers)
+        return out, stats[0], stats[1]
+
+    def fused_softmax_cross_entropy_backward(
+        self, y_t: OpenclArray, t: OpenclArray, scale: float, out: OpenclArray
+    ) -> OpenclArray:
+        """The gradient of the mean cross-entropy for integer labels, in the (K, N) layout of the softmax
+        `y_t`: `out[...] = y_t * scale; out[t, arange(N)] += -scale` (scale = dout / N): `out`."""
+        k, n = y_t.shape
+        if out.shape != (k, n) or t.shape != (n,) or t.dtype.kind not in "iu":
+            raise ValueError(
+                f"fused_softmax_cross_entropy_backward: y {y_t.shape}, labels {t.shape} {t.dtype}, "
+                f"out {out.shape}"
+            )
+        key = ("softmax_backward", y_t.dtype.str, t.dtype.str, y_t.shape, y_t.strides, t.strides, out.strides)
+        kernel = self._kernels.get(key)
+        if kernel is None:
+            T, L = c_type(y_t.dtype), c_type(t.dtype)
+            source = f"""
+            {self._fp64(y_t.dtype)}
+            __kernel void softmax_backward(__global {T} *out, long out_off, __global const {T} *y,
+                                           long y_off, __global const {L} *t, long t_off, {T} scale,
+                                           {T} negative) {{
+                long i = get_global_id(0), k = i / {n}, n = i % {n};
+                {T} v = y[y_off + k * {y_t.strides[0]} + n * {y_t.strides[1]}] * scale;
+                if (k == (long)t[t_off + n * {t.strides[0]}]) v = v + negative;
+                out[out_off + k * {out.strides[0]} + n * {out.strides[1]}] = v;
+            }}
+            """
+            kernel = self._kernels[key] = _build(self.context, source, "softmax_backward")
+        if out.size:
+            T_ = y_t.dtype.type
+            args = (*self._pointer(out), *self._pointer(y_t), *self._pointer(t), T_(scale), T_(-scale))
+            kernel(self.queue, out.size, args)
+        return out
+
+    def fused_sgd(self, params: Sequence[OpenclArray], grads: Sequence[OpenclArray], lr: float) -> None:
+        """`param -= grad * lr` for every pair, in place, in one kernel for all the contiguous pairs of one
+        dtype (each element: param - (grad * lr), two roundings, as the plain update's)."""
+        pairs = list(zip(params, grads, strict=True))
+        if not pairs:
+            return
+        dtype = pairs[0][0].dtype
+        together = [
+            (p, g)
+            for p, g in pairs
+            if p.dtype == g.dtype == dtype and p.shape == g.shape and p.is_contiguous and g.is_contiguous
+        ]
+        for p, g in pairs:
+            if not any(p is q for q, _ in together):
+                self._elementwise("subtract", (p, self._elementwise("multiply", (g, lr))), out=p)
+        together = [(p, g) for p, g in together if p.size]
+        if not together:
+            return
+        sizes = tuple(p.size for p, _ in together)
+        key = ("sgd", dtype.str, sizes)
+        kernel = self._kernels.get(key)
+        if kernel is None:
+            T = c_type(dtype)
+            params_c, branches, end = [f"{T} lr"], [], 0
+            for j, size in enumerate(sizes):
+                params_c += [
+                    f"__global {T} *p{j}",
+                    f"long p{j}_off",
+                    f"__global const {T} *g{j}",
+                    f"long g{j}_off",
+                ]
+                branches.append(
+                    f"if (i < {end + size}) {{ long e = i - {end}; "
+                    f"p{j}[p{j}_off + e] = p{j}[p{j}_off + e] - g{j}[g{j}_off + e] * lr; return; }}"
+                )
+                end += size
+            source = f"""
+            {self._fp64(dtype)}
+            __kernel void sgd({", ".join(params_c)}) {{
+                long i = get_global_id(0);
+                {" ".join(branches)}
+            }}
+            """
+            kernel = self._kernels[key] = _build(self.context, source, "sgd")
+        args: list[Any] = [dtype.type(lr)]
+        for p, g in together:
+            args += [*self._pointer(p), *self._pointer(g)]
+        kernel(self.queue, sum(sizes), args)
 
     # --- matrix products -----------------------------------------------------------------------------
 
