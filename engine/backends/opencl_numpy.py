@@ -108,6 +108,8 @@ def _broadcast_strides(
 
 def _offset_expression(name: str, shape: tuple[int, ...], strides: tuple[int, ...]) -> str:
     """C for the element offset of `name` at flat index `i` of the result's `shape` (strides baked in)."""
+    if strides == _contiguous_strides(shape):  # row-major: no division per element
+        return f"{name}_off + i"
     terms = [f"{name}_off"]
     inner = 1
     for n, stride in reversed(list(zip(shape, strides, strict=True))):
@@ -129,14 +131,16 @@ class _Kernel:
         self.kernel = cl.Kernel(program, name)  # once: `program.name` makes a new kernel on every access
         self.last: list[Any] = [None] * self.kernel.num_args
 
-    def __call__(self, queue: cl.CommandQueue, size: int, args: Sequence[Any]) -> None:
+    def __call__(
+        self, queue: cl.CommandQueue, size: int, args: Sequence[Any], group: int | None = None
+    ) -> None:
         kernel, last = self.kernel, self.last
         for i, value in enumerate(args):
             held = last[i]
             if value is not held and (held is None or type(value) is not type(held) or value != held):
                 kernel.set_arg(i, value)
                 last[i] = value
-        cl.enqueue_nd_range_kernel(queue, kernel, (size,), None)
+        cl.enqueue_nd_range_kernel(queue, kernel, (size,), None if group is None else (group,))
 
 
 def _build(context: cl.Context, source: str, name: str) -> _Kernel:
@@ -940,12 +944,18 @@ class OpenclNumpy:
         together = [(p, g) for p, g in together if p.size]
         if not together:
             return
+        # One work-group never spans two parameters: each parameter starts at a multiple of the group size,
+        # so the branch on the group is the same for all its items and pocl vectorizes every branch.
+        group = 64
         sizes = tuple(p.size for p, _ in together)
+        starts = [0]
+        for size in sizes:
+            starts.append(starts[-1] + -(-size // group) * group)
         key = ("sgd", dtype.str, sizes)
         kernel = self._kernels.get(key)
         if kernel is None:
             T = c_type(dtype)
-            params_c, branches, end = [f"{T} lr"], [], 0
+            params_c, branches = [f"{T} lr"], []
             for j, size in enumerate(sizes):
                 params_c += [
                     f"__global {T} *p{j}",
@@ -954,14 +964,13 @@ class OpenclNumpy:
                     f"long g{j}_off",
                 ]
                 branches.append(
-                    f"if (i < {end + size}) {{ long e = i - {end}; "
+                    f"if (group < {starts[j + 1] // group}) {{ long e = i - {starts[j]}; if (e < {size}) "
                     f"p{j}[p{j}_off + e] = p{j}[p{j}_off + e] - g{j}[g{j}_off + e] * lr; return; }}"
                 )
-                end += size
             source = f"""
             {self._fp64(dtype)}
             __kernel void sgd({", ".join(params_c)}) {{
-                long i = get_global_id(0);
+                long i = get_global_id(0), group = get_group_id(0);
                 {" ".join(branches)}
             }}
             """
@@ -969,7 +978,7 @@ class OpenclNumpy:
         args: list[Any] = [dtype.type(lr)]
         for p, g in together:
             args += [*self._pointer(p), *self._pointer(g)]
-        kernel(self.queue, sum(sizes), args)
+        kernel(self.queue, starts[-1], args, group)
 
     # --- matrix products -----------------------------------------------------------------------------
 
