@@ -993,8 +993,9 @@ class OpenclNumpy:
             if out is None:
                 rows, cols = a.shape[-2], b.shape[-1]
                 out = self.empty((batch, rows, cols), np.result_type(a.dtype, b.dtype))
-            for i in range(batch):
-                self.matmul(a[i] if a.ndim == 3 else a, b[i] if b.ndim == 3 else b, out=out[i])
+            if not self._strided_batch(a, b, out, batch):
+                for i in range(batch):
+                    self.matmul(a[i] if a.ndim == 3 else a, b[i] if b.ndim == 3 else b, out=out[i])
             return out
         vector_left, vector_right = a.ndim == 1, b.ndim == 1
         a2 = a.reshape(1, -1) if vector_left else a
@@ -1031,15 +1032,70 @@ class OpenclNumpy:
             return out.reshape(())
         return out
 
+    def _strided_batch(self, a: OpenclArray, b: OpenclArray, out: OpenclArray, batch: int) -> bool:
+        """The stack of products `out[i] = a[i] @ b[i]` (a 2-d operand the same in every product) as one
+        call of CLBlast's strided batched GEMM, where every product's operands have one layout a fixed
+        stride apart; False, and nothing done, where they do not (the caller runs one GEMM each)."""
+        import pyclblast
+
+        a0, b0 = (x[0] if x.ndim == 3 else x for x in (a, b))
+        dtypes = {a.dtype, b.dtype, out.dtype}
+        if (
+            batch < 2
+            or len(dtypes) != 1
+            or a.dtype.kind != "f"
+            or a0.ndim != 2
+            or b0.ndim != 2
+            or a0.shape[1] != b0.shape[0]
+            or out.shape != (batch, a0.shape[0], b0.shape[1])
+            or not out.is_contiguous
+            or any(x.ndim == 3 and x.shape[0] != batch for x in (a, b))
+        ):
+            return False
+        a_layout, b_layout = self._gemm_layout(a0), self._gemm_layout(b0)
+        if a_layout is None or b_layout is None or 0 in out.shape or a0.shape[1] == 0:
+            return False
+        (m, k), n = a0.shape, b0.shape[1]
+        pyclblast.gemmStridedBatched(
+            self.queue,
+            m,
+            n,
+            k,
+            batch,
+            a.storage,
+            b.storage,
+            out.storage,
+            a_ld=a_layout[1],
+            b_ld=b_layout[1],
+            c_ld=max(n, 1),
+            a_stride=a.strides[0] if a.ndim == 3 else 0,
+            b_stride=b.strides[0] if b.ndim == 3 else 0,
+            c_stride=m * n,
+            a_transp=a_layout[0],
+            b_transp=b_layout[0],
+            a_offset=a.offset,
+            b_offset=b.offset,
+            c_offset=out.offset,
+        )
+        return True
+
+    def _gemm_layout(self, a: OpenclArray) -> tuple[bool, int] | None:
+        """(transposed?, leading dimension) of a 2-d operand that is row-major or the transpose of a
+        row-major matrix, as GEMM reads it from its storage; None for any other layout."""
+        rows, cols = a.shape
+        if (a.strides[1] == 1 or cols == 1) and a.strides[0] >= max(cols, 1):
+            return False, max(a.strides[0], cols, 1)
+        if (a.strides[0] == 1 or rows == 1) and a.strides[1] >= max(rows, 1):
+            return True, max(a.strides[1], rows, 1)
+        return None
+
     def _gemm_operand(self, a: OpenclArray) -> tuple[OpenclArray, bool, int]:
         """(storage view, transposed?, leading dimension) of a 2-d operand, copied only if it is neither
         row-major nor the transpose of a row-major matrix."""
-        rows, cols = a.shape
-        if (a.strides[1] == 1 or cols == 1) and a.strides[0] >= max(cols, 1):
-            return a, False, max(a.strides[0], cols, 1)
-        if (a.strides[0] == 1 or rows == 1) and a.strides[1] >= max(rows, 1):
-            return a, True, max(a.strides[1], rows, 1)
-        return self._gemm_operand(a.copy())
+        layout = self._gemm_layout(a)
+        if layout is None:
+            return self._gemm_operand(a.copy())
+        return a, *layout
 
 
 def is_opencl_array(a: Any) -> bool:

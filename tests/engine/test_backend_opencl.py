@@ -297,3 +297,21 @@ def test_training_steps_with_the_fused_chains_equal_the_plain_ones(
     assert fused_loss == plain_loss
     for key, value in plain_params.items():
         np.testing.assert_array_equal(fused_params[key], value, err_msg=key)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_stack_of_products_matches_numpy_in_each_layout_the_convolution_uses(
+    opencl: Device, dtype: str
+) -> None:
+    xp: Any = opencl.xp
+    rng = np.random.default_rng(9)
+    w, col, dout = (rng.standard_normal(s).astype(dtype) for s in ((4, 6), (5, 6, 7), (5, 4, 7)))
+    dw, dcol, dd = xp.asarray(w), xp.asarray(col), xp.asarray(dout)
+    cases = [
+        (xp.matmul(dw, dcol), w @ col),  # forward: one 2-d operand for every product
+        (xp.matmul(dd, dcol.transpose(0, 2, 1)), dout @ col.transpose(0, 2, 1)),  # transposed slices
+        (xp.matmul(dw.T, dd), w.T @ dout),
+        (xp.matmul(dd[1:4], dcol[1:4].transpose(0, 2, 1)), dout[1:4] @ col[1:4].transpose(0, 2, 1)),  # offset
+    ]
+    for found, expected in cases:
+        np.testing.assert_allclose(np.asarray(found), expected, rtol=1e-5, atol=1e-5)
