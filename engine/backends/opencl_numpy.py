@@ -191,11 +191,14 @@ class OpenclArray:
 
     @property
     def is_contiguous(self) -> bool:
-        return all(
-            s == c
-            for n, s, c in zip(self.shape, self.strides, _contiguous_strides(self.shape), strict=True)
-            if n > 1
-        )
+        found = self.__dict__.get("_contiguous")
+        if found is None:  # asked every step of the same arrays, whose shape and strides never change
+            found = self._contiguous = all(
+                s == c
+                for n, s, c in zip(self.shape, self.strides, _contiguous_strides(self.shape), strict=True)
+                if n > 1
+            )
+        return found
 
     def __repr__(self) -> str:
         return f"OpenclArray({self.get()!r})"
@@ -933,15 +936,13 @@ class OpenclNumpy:
         if not pairs:
             return
         dtype = pairs[0][0].dtype
-        together = [
-            (p, g)
-            for p, g in pairs
-            if p.dtype == g.dtype == dtype and p.shape == g.shape and p.is_contiguous and g.is_contiguous
-        ]
+        together = []
         for p, g in pairs:
-            if not any(p is q for q, _ in together):
+            if p.dtype == g.dtype == dtype and p.shape == g.shape and p.is_contiguous and g.is_contiguous:
+                if p.size:
+                    together.append((p, g))
+            else:
                 self._elementwise("subtract", (p, self._elementwise("multiply", (g, lr))), out=p)
-        together = [(p, g) for p, g in together if p.size]
         if not together:
             return
         # One work-group never spans two parameters: each parameter starts at a multiple of the group size,
