@@ -10,7 +10,14 @@ Kernels: every elementwise function is one kernel written here for its operation
 strides (compiled once, kept), with the offsets and scalars as arguments, so broadcasting and transposed
 operands cost no copy. Matrix products are CLBlast's GEMM (`pyclblast.gemm`), a transposed operand passed
 as a flag on its storage. Reductions along an axis are one work-item per result running down that axis, in
-NumPy's summation order for the short axes the layers reduce (pairwise summation differs below 1e-7).
+NumPy's summation order for the short axes the layers reduce (pairwise summation differs below 1e-7). A
+stack of products is one strided batched GEMM where its slices share a layout.
+
+Launch cost decides a small net's step here, not arithmetic: a kernel keeps the arguments it was last
+enqueued with and only changed ones are set (a scalar argument costs ~6 us on pocl), an elementwise call's
+plan is kept by its signature, and the chains the engine issues every step (ReLU's forward, the softmax
+cross-entropy's forward and backward, SGD over all parameters) are one kernel each (`fused_*`, asked for
+through `engine.layers.fused_form`), each computing exactly what its plain chain computes.
 
 Importing this module imports PyOpenCL; nothing on the NumPy path imports it (`engine.backend` looks for
 these arrays only once it is loaded).
