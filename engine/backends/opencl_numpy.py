@@ -473,6 +473,12 @@ class OpenclNumpy:
     def __repr__(self) -> str:
         return f"<array module opencl.numpy on {self.queue.device.name}>"
 
+    def forget_arguments(self) -> None:
+        """Drop every kernel's hold on the buffers it was last enqueued with (after a job: its arrays can
+        then be freed); the next call of a kernel sets all its arguments."""
+        for kernel in self._kernels.values():
+            kernel.last = [None] * len(kernel.last)
+
     # --- making arrays -------------------------------------------------------------------------------
 
     def empty(self, shape: Any, dtype: Any = np.float64) -> OpenclArray:

@@ -315,3 +315,20 @@ def test_a_stack_of_products_matches_numpy_in_each_layout_the_convolution_uses(
     ]
     for found, expected in cases:
         np.testing.assert_allclose(np.asarray(found), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_releasing_memory_lets_go_of_the_buffers_kernels_last_ran_on(opencl: Device) -> None:
+    from engine.backend import release_memory
+
+    xp: Any = opencl.xp
+    a = xp.asarray(np.arange(6, dtype=np.float32))
+    np.testing.assert_array_equal(np.asarray(xp.multiply(a, 2.0)), np.arange(6) * 2)
+    buffer = a.storage.base_data
+
+    def held() -> bool:
+        return any(value is buffer for kernel in xp._kernels.values() for value in kernel.last)
+
+    assert held()  # the multiply kernel keeps its last arguments, this buffer among them
+    release_memory()
+    assert not held()
+    np.testing.assert_array_equal(np.asarray(xp.multiply(a, 3.0)), np.arange(6) * 3)  # arguments set again
