@@ -36,6 +36,14 @@ def lacks_numpy_forms(xp: Any) -> bool:
     return xp is not np and xp.__name__ == "dpnp"
 
 
+def fused_form(xp: Any, name: str) -> Callable[..., Any] | None:
+    """The array module's one-kernel form of a chain of operations the engine issues every step (`relu`,
+    `softmax_cross_entropy`, `softmax_cross_entropy_backward`, `sgd`: `xp.fused_<name>`), or None: NumPy,
+    CuPy, dpnp and JAX run the plain chain. Where a module has one (`engine.backends.opencl_numpy`, whose
+    launches cost more than these chains' arithmetic), it computes exactly what the chain computes."""
+    return None if xp is np else getattr(xp, "fused_" + name, None)
+
+
 def maximum_in_place(xp: Any, a: Array, b: Array) -> Array:
     """a = maximum(a, b), elementwise, into a itself."""
     if lacks_numpy_forms(xp):  # dpnp has no in-place maximum (out= aliasing a raises)
@@ -143,8 +151,13 @@ class Relu(Layer):
 
     def forward(self, x: Array, train: bool = True) -> Array:
         xp = get_array_module(x)
-        self.mask = xp.greater(x, 0, out=self._buffer("mask", x.shape, x, dtype=bool))
+        mask = self._buffer("mask", x.shape, x, dtype=bool)
         out = x if self.in_place else self._buffer("out", x.shape, x)
+        relu = fused_form(xp, "relu")
+        if relu is not None:
+            self.mask = mask
+            return relu(x, mask, out)
+        self.mask = xp.greater(x, 0, out=mask)
         return xp.multiply(x, self.mask, out=out)
 
     def backward(self, dout: Array) -> Array:
@@ -303,6 +316,12 @@ class SoftmaxWithLoss(BufferOwner):
         self.t = t
         # Scores transposed, classes x samples: the per-sample max and sum then run down columns,
         # which NumPy does several times faster than along rows of a few (10) classes.
+        fused = fused_form(xp, "softmax_cross_entropy") if t.ndim == 1 else None
+        if fused is not None:  # the chain below in one kernel
+            s, self._target, self._total = fused(x, t, out=self._buffer("scores_T", (k, n), x))
+            self.y = s.T
+            self._loss = None
+            return self.loss if compute_loss else None
         s = put(self._buffer("scores_T", (k, n), x), ..., x.T)
         s -= s.max(axis=0)  # shifted logits: exp cannot overflow
         if t.ndim == 1:
@@ -350,7 +369,10 @@ class SoftmaxWithLoss(BufferOwner):
         k, n = y_t.shape
         scale = dout / n
         dx_t = self._buffer("dx_T", (k, n), y_t)
-        if self.t.ndim == 1:
+        fused = fused_form(xp, "softmax_cross_entropy_backward") if self.t.ndim == 1 else None
+        if fused is not None:  # the two lines below in one kernel
+            dx_t = fused(y_t, self.t, scale, out=dx_t)
+        elif self.t.ndim == 1:
             dx_t = xp.multiply(y_t, scale, out=dx_t)
             dx_t = add_at(dx_t, (self.t, self._rows(n, y_t)), -scale)  # the one-hot, without building it
         else:

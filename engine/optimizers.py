@@ -24,7 +24,7 @@ import math
 from typing import Any
 
 from engine.backend import get_array_module
-from engine.layers import Array
+from engine.layers import Array, fused_form
 
 EPS = 1e-7  # the textbook's guard against dividing by sqrt(0)
 
@@ -103,6 +103,15 @@ def _scaled_ratio(xp: Any, numerator: Array, squares: Array, lr: float, out: Arr
 
 class SGD(Optimizer):
     """W <- W - lr * dW."""
+
+    def update(self, params: dict[str, Array], grads: dict[str, Array]) -> None:
+        xp = get_array_module(*params.values()) if params else None
+        fused = fused_form(xp, "sgd")
+        if fused is None:
+            super().update(params, grads)
+            return
+        # every parameter in one kernel where the array module has one (the same roundings as `step`)
+        fused(list(params.values()), [self._grad(key, p, grads[key]) for key, p in params.items()], self.lr)
 
     def step(self, key: str, param: Array, grad: Array) -> Array:
         tmp = self._buffer(self._scratch, key, param)

@@ -13,7 +13,6 @@ itself the vendor of an AMD CPU as readily as of an Intel one).
 
 from __future__ import annotations
 
-import functools
 import importlib
 import importlib.metadata
 import platform as host
@@ -29,6 +28,8 @@ from engine.grammar import DeviceBackend, DeviceRef
 # job peaked at 361 MiB on pocl's CPU device while pocl compiled its kernels (a cold cache), 229 MiB with
 # them cached, against NumPy's 82 MiB (measured here, pyopencl 2026.1.4, pocl 3.1).
 RUNTIME_BYTES = 320 * 2**20
+
+_MODULES: dict[str, Any] = {}  # selector -> its array module: one command queue per device for the process
 
 
 def numbers_of(selector: str | None) -> tuple[int, int]:
@@ -117,15 +118,23 @@ class OpenclBackend(Backend):
     def xp(self, device: Device) -> ModuleType:
         return self.array_module(device.selector or "0:0")
 
-    @functools.cache  # noqa: B019  (one queue per device for the process: the backends live as long)
     def array_module(self, selector: str) -> Any:
-        """The array module of the device's one command queue (made on first use)."""
-        cl = self.import_library()
-        self.import_clblast()
-        from engine.backends.opencl_numpy import OpenclNumpy
+        """The array module of the device's one command queue (made on first use, kept for the process)."""
+        module = _MODULES.get(selector)
+        if module is None:
+            cl = self.import_library()
+            self.import_clblast()
+            from engine.backends.opencl_numpy import OpenclNumpy
 
-        found = self.cl_device(Device("accelerator", None, self.name, selector))
-        return OpenclNumpy(cl.CommandQueue(cl.Context([found])))
+            found = self.cl_device(Device("accelerator", None, self.name, selector))
+            module = _MODULES[selector] = OpenclNumpy(cl.CommandQueue(cl.Context([found])))
+        return module
+
+    def release_memory(self) -> None:
+        """Let go of the buffers each kernel was last enqueued with (a kernel keeps its last arguments,
+        `engine.backends.opencl_numpy`), so a finished job's arrays are freed; the kernels stay compiled."""
+        for module in _MODULES.values():
+            module.forget_arguments()
 
     def import_clblast(self) -> ModuleType:
         """pyclblast, which does the matrix products; missing, a DeviceError naming the extra."""

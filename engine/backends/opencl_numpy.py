@@ -10,7 +10,14 @@ Kernels: every elementwise function is one kernel written here for its operation
 strides (compiled once, kept), with the offsets and scalars as arguments, so broadcasting and transposed
 operands cost no copy. Matrix products are CLBlast's GEMM (`pyclblast.gemm`), a transposed operand passed
 as a flag on its storage. Reductions along an axis are one work-item per result running down that axis, in
-NumPy's summation order for the short axes the layers reduce (pairwise summation differs below 1e-7).
+NumPy's summation order for the short axes the layers reduce (pairwise summation differs below 1e-7). A
+stack of products is one strided batched GEMM where its slices share a layout.
+
+Launch cost decides a small net's step here, not arithmetic: a kernel keeps the arguments it was last
+enqueued with and only changed ones are set (a scalar argument costs ~6 us on pocl), an elementwise call's
+plan is kept by its signature, and the chains the engine issues every step (ReLU's forward, the softmax
+cross-entropy's forward and backward, SGD over all parameters) are one kernel each (`fused_*`, asked for
+through `engine.layers.fused_form`), each computing exactly what its plain chain computes.
 
 Importing this module imports PyOpenCL; nothing on the NumPy path imports it (`engine.backend` looks for
 these arrays only once it is loaded).
@@ -108,6 +115,8 @@ def _broadcast_strides(
 
 def _offset_expression(name: str, shape: tuple[int, ...], strides: tuple[int, ...]) -> str:
     """C for the element offset of `name` at flat index `i` of the result's `shape` (strides baked in)."""
+    if strides == _contiguous_strides(shape):  # row-major: no division per element
+        return f"{name}_off + i"
     terms = [f"{name}_off"]
     inner = 1
     for n, stride in reversed(list(zip(shape, strides, strict=True))):
@@ -115,6 +124,36 @@ def _offset_expression(name: str, shape: tuple[int, ...], strides: tuple[int, ..
             terms.append(f"((i / {inner}) % {n}) * {stride}")
         inner *= n
     return " + ".join(terms)
+
+
+class _Kernel:
+    """A compiled kernel and the arguments it was last enqueued with.
+
+    OpenCL keeps a kernel's arguments from one enqueue to the next, and setting a scalar one costs about
+    6 us on pocl (a buffer 0.1 us, the enqueue 3 us), more than the small kernels themselves: so only the
+    arguments that changed are set. The buffers last passed stay referenced until replaced.
+    """
+
+    def __init__(self, program: Any, name: str) -> None:
+        self.kernel = cl.Kernel(program, name)  # once: `program.name` makes a new kernel on every access
+        self.last: list[Any] = [None] * self.kernel.num_args
+
+    def __call__(
+        self, queue: cl.CommandQueue, size: int, args: Sequence[Any], group: int | None = None
+    ) -> None:
+        kernel, last = self.kernel, self.last
+        for i, value in enumerate(args):
+            held = last[i]
+            if value is not held and (held is None or type(value) is not type(held) or value != held):
+                kernel.set_arg(i, value)
+                last[i] = value
+        cl.enqueue_nd_range_kernel(queue, kernel, (size,), None if group is None else (group,))
+
+
+def _build(context: cl.Context, source: str, name: str) -> _Kernel:
+    """The kernel `name` of `source`, compiled with NumPy's rounding: no contraction of a * b + c into
+    one fused multiply-add, which OpenCL C otherwise allows."""
+    return _Kernel(cl.Program(context, "#pragma OPENCL FP_CONTRACT OFF\n" + source).build(), name)
 
 
 class OpenclArray:
@@ -135,12 +174,9 @@ class OpenclArray:
         self.shape = tuple(int(n) for n in shape)
         self.strides = _contiguous_strides(self.shape) if strides is None else tuple(strides)
         self.offset = int(offset)
+        self.dtype: np.dtype[Any] = storage.dtype  # kept, not asked: every operation's key reads it
 
     # --- what an ndarray tells -----------------------------------------------------------------------
-
-    @property
-    def dtype(self) -> np.dtype[Any]:
-        return np.dtype(self.storage.dtype)
 
     @property
     def ndim(self) -> int:
@@ -162,11 +198,14 @@ class OpenclArray:
 
     @property
     def is_contiguous(self) -> bool:
-        return all(
-            s == c
-            for n, s, c in zip(self.shape, self.strides, _contiguous_strides(self.shape), strict=True)
-            if n > 1
-        )
+        found = self.__dict__.get("_contiguous")
+        if found is None:  # asked every step of the same arrays, whose shape and strides never change
+            found = self._contiguous = all(
+                s == c
+                for n, s, c in zip(self.shape, self.strides, _contiguous_strides(self.shape), strict=True)
+                if n > 1
+            )
+        return found
 
     def __repr__(self) -> str:
         return f"OpenclArray({self.get()!r})"
@@ -428,10 +467,17 @@ class OpenclNumpy:
         self.queue = queue
         self.context = queue.context
         self.random = _HostRandom(self)
-        self._kernels: dict[Any, Any] = {}
+        self._kernels: dict[Any, _Kernel] = {}  # compiled, by what their source depends on
+        self._plans: dict[Any, Any] = {}  # `_elementwise`'s, by call signature
 
     def __repr__(self) -> str:
         return f"<array module opencl.numpy on {self.queue.device.name}>"
+
+    def forget_arguments(self) -> None:
+        """Drop every kernel's hold on the buffers it was last enqueued with (after a job: its arrays can
+        then be freed); the next call of a kernel sets all its arguments."""
+        for kernel in self._kernels.values():
+            kernel.last = [None] * len(kernel.last)
 
     # --- making arrays -------------------------------------------------------------------------------
 
@@ -489,6 +535,10 @@ class OpenclNumpy:
 
     # --- elementwise ---------------------------------------------------------------------------------
 
+    def _pointer(self, a: OpenclArray) -> tuple[Any, np.int64]:
+        """A kernel's two arguments for `a`: its storage's buffer and its first element's offset."""
+        return a.storage.base_data, np.int64(a.offset + a.storage.offset // a.dtype.itemsize)
+
     def _operand(self, value: Any) -> Any:
         if isinstance(value, (OpenclArray, int, float, bool, np.generic)):
             return value
@@ -498,8 +548,45 @@ class OpenclNumpy:
         self, op: str, operands: tuple[Any, ...], dtype: Any = None, out: OpenclArray | None = None
     ) -> OpenclArray:
         """`op` of the operands (arrays broadcast as NumPy's, Python and NumPy scalars) written into `out`
-        (or a new array); `dtype` is the computing type (default NumPy's result type)."""
-        operands = tuple(self._operand(v) for v in operands)
+        (or a new array); `dtype` is the computing type (default NumPy's result type).
+
+        What a call compiles to depends only on its signature (the operation, each operand's dtype, shape
+        and strides or scalar type, and `out`'s), so the kernel, result shape and dtype are kept per
+        signature (`_plans`): a repeated call builds its key, sets the changed arguments and enqueues.
+        Python scalars are weak (NumPy 2's rule), so their type, not their value, decides the result.
+        """
+        key: list[Any] = [op, dtype, None if out is None else (out.dtype, out.shape, out.strides)]
+        for v in operands:
+            if isinstance(v, OpenclArray):
+                key.append((v.dtype, v.shape, v.strides))
+            elif isinstance(v, (bool, int, float)):
+                key.append(type(v))
+            elif isinstance(v, np.generic):
+                key.append(v.dtype)
+            else:  # host data: on the device first
+                return self._elementwise(op, tuple(self._operand(v) for v in operands), dtype, out)
+        signature = tuple(key)
+        plan = self._plans.get(signature)
+        if plan is None:
+            plan = self._plans[signature] = self._elementwise_plan(op, operands, dtype, out)
+        kernel, shape, result, scalar = plan
+        if out is None:
+            out = self.empty(shape, result)
+        if kernel is None:  # nothing to compute
+            return out
+        args = list(self._pointer(out))
+        for v in operands:
+            if isinstance(v, OpenclArray):
+                args += self._pointer(v)
+            else:
+                args.append(scalar(v))
+        kernel(self.queue, out.size, args)
+        return out
+
+    def _elementwise_plan(
+        self, op: str, operands: tuple[Any, ...], dtype: Any, out: OpenclArray | None
+    ) -> tuple[_Kernel | None, tuple[int, ...], np.dtype[Any], Any]:
+        """(kernel, result shape, result dtype, the scalars' type) of one signature of `_elementwise`."""
         arrays = [v for v in operands if isinstance(v, OpenclArray)]
         shape = np.broadcast_shapes(*(a.shape for a in arrays)) if arrays else ()
         if out is not None:
@@ -511,10 +598,11 @@ class OpenclNumpy:
             promoted = np.result_type(promoted, np.float64) if promoted.itemsize > 2 else np.dtype(np.float32)
         compute = np.dtype(dtype) if dtype is not None and op == "copy" else promoted
         result = np.dtype(np.bool_) if op in _COMPARISONS else compute
-        if out is None:
-            out = self.empty(shape, result)
-        if out.size == 0:
-            return out
+        if out is not None:
+            result = out.dtype  # cast on store, as NumPy's `out=` (a comparison into floats: 1.0 and 0.0)
+        if math.prod(shape) == 0:
+            return None, shape, result, compute.type
+        out_strides = out.strides if out is not None else _contiguous_strides(shape)
         T = c_type(compute)
         layout: list[tuple[str, tuple[int, ...]] | None] = []
         for v in operands:
@@ -522,34 +610,25 @@ class OpenclNumpy:
                 layout.append((v.dtype.str, _broadcast_strides(v.shape, v.strides, shape)))
             else:
                 layout.append(None)
-        key = ("ew", op, T, out.dtype.str, shape, out.strides, tuple(layout))
+        key = ("ew", op, T, result.str, shape, out_strides, tuple(layout))
         kernel = self._kernels.get(key)
         if kernel is None:
-            kernel = self._elementwise_kernel(op, T, out, shape, operands, layout)
+            kernel = self._elementwise_kernel(op, T, result, out_strides, shape, operands, layout)
             self._kernels[key] = kernel
-        args: list[Any] = [
-            out.storage.base_data,
-            np.int64(out.offset + out.storage.offset // out.dtype.itemsize),
-        ]
-        for v in operands:
-            if isinstance(v, OpenclArray):
-                args += [v.storage.base_data, np.int64(v.offset + v.storage.offset // v.dtype.itemsize)]
-            else:
-                args.append(np.dtype(compute).type(v))
-        kernel(self.queue, (out.size,), None, *args)
-        return out
+        return kernel, shape, result, compute.type
 
     def _elementwise_kernel(
         self,
         op: str,
         T: str,
-        out: OpenclArray,
+        result: np.dtype[Any],
+        out_strides: tuple[int, ...],
         shape: tuple[int, ...],
         operands: tuple[Any, ...],
         layout: list[Any],
-    ) -> Any:
+    ) -> _Kernel:
         names = "ab"
-        params = [f"__global {c_type(out.dtype)} *out", "long out_off"]
+        params = [f"__global {c_type(result)} *out", "long out_off"]
         reads = []
         for name, v, found in zip(names, operands, layout, strict=False):
             if found is None:
@@ -564,10 +643,10 @@ class OpenclNumpy:
         __kernel void ew({", ".join(params)}) {{
             long i = get_global_id(0);
             {" ".join(reads)}
-            out[{_offset_expression("out", shape, out.strides)}] = ({c_type(out.dtype)})({expression});
+            out[{_offset_expression("out", shape, out_strides)}] = ({c_type(result)})({expression});
         }}
         """
-        return cl.Program(self.context, source).build().ew
+        return _build(self.context, source, "ew")
 
     add, subtract, multiply, divide, power = (
         _ufunc(o) for o in ("add", "subtract", "multiply", "divide", "power")
@@ -638,17 +717,9 @@ class OpenclNumpy:
                 {body}
             }}
             """
-            kernel = cl.Program(self.context, source).build().reduce
+            kernel = _build(self.context, source, "reduce")
             self._kernels[key] = kernel
-        kernel(
-            self.queue,
-            (max(out.size, 1),),
-            None,
-            out.storage.base_data,
-            np.int64(out.offset + out.storage.offset // out.dtype.itemsize),
-            a.storage.base_data,
-            np.int64(a.offset + a.storage.offset // a.dtype.itemsize),
-        )
+        kernel(self.queue, max(out.size, 1), (*self._pointer(out), *self._pointer(a)))
         return out
 
     def sum(self, a: Any, axis: int | None = None, dtype: Any = None, out: Any = None) -> OpenclArray:
@@ -676,7 +747,7 @@ class OpenclNumpy:
         """Rows of `a` (axis 0) at `indices`, into `out`."""
         if axis != 0:
             raise ValueError(f"the opencl backend takes along axis 0 only, got axis={axis}")
-        indices = self.asarray(indices)
+        indices = self._contiguous(self.asarray(indices))
         rows = a.reshape(a.shape[0], -1)
         shape = (indices.size, rows.shape[1])
         if out is None:
@@ -696,26 +767,24 @@ class OpenclNumpy:
                     a_p[a_off + (long)idx[idx_off + row] * {rows.strides[0]} + col * {rows.strides[1]}];
             }}
             """
-            kernel = cl.Program(self.context, source).build().take
+            kernel = _build(self.context, source, "take")
             self._kernels[key] = kernel
         if target.size:
             kernel(
                 self.queue,
-                (target.size,),
-                None,
-                *self._pointer(target),
-                *self._pointer(rows),
-                *self._pointer(indices),
+                target.size,
+                (*self._pointer(target), *self._pointer(rows), *self._pointer(indices)),
             )
         return out
 
-    def _pointer(self, a: OpenclArray) -> tuple[Any, np.int64]:
-        return a.storage.base_data, np.int64(a.offset + a.storage.offset // a.dtype.itemsize)
+    def _contiguous(self, a: OpenclArray) -> OpenclArray:
+        """`a`, or a contiguous copy of it: the index kernels read their indices in order."""
+        return a if a.is_contiguous else a.copy()
 
     def _pairs(self, a: OpenclArray, index: tuple[Any, ...]) -> tuple[OpenclArray, OpenclArray]:
         if a.ndim != 2 or len(index) != 2:
             raise IndexError("the opencl backend indexes a 2-d array by two index arrays only")
-        rows, cols = (self.asarray(i) for i in index)
+        rows, cols = (self._contiguous(self.asarray(i)) for i in index)
         if rows.shape != cols.shape or rows.ndim != 1:
             raise IndexError(
                 f"index arrays of shapes {rows.shape} and {cols.shape}: two 1-d of one length expected"
@@ -724,7 +793,7 @@ class OpenclNumpy:
 
     def _pair_kernel(
         self, name: str, a: OpenclArray, rows: OpenclArray, cols: OpenclArray, statement: str
-    ) -> Any:
+    ) -> _Kernel:
         key = (name, a.dtype.str, rows.dtype.str, cols.dtype.str, a.strides)
         kernel = self._kernels.get(key)
         if kernel is None:
@@ -739,7 +808,7 @@ class OpenclNumpy:
                 {statement}
             }}
             """
-            kernel = cl.Program(self.context, source).build().pair
+            kernel = _build(self.context, source, "pair")
             self._kernels[key] = kernel
         return kernel
 
@@ -749,15 +818,8 @@ class OpenclNumpy:
         out = self.empty(rows.shape, a.dtype)
         if out.size:
             kernel = self._pair_kernel("gather", a, rows, cols, "v[v_off + i] = a_p[at];")
-            kernel(
-                self.queue,
-                (out.size,),
-                None,
-                *self._pointer(out),
-                *self._pointer(a),
-                *self._pointer(rows),
-                *self._pointer(cols),
-            )
+            pointers = (*self._pointer(out), *self._pointer(a), *self._pointer(rows), *self._pointer(cols))
+            kernel(self.queue, out.size, pointers)
         return out
 
     def _scatter(self, a: OpenclArray, index: tuple[Any, ...], value: Any) -> None:
@@ -766,15 +828,171 @@ class OpenclNumpy:
         values = self._elementwise("copy", (value,), a.dtype, out=self.empty(rows.shape, a.dtype))
         if values.size:
             kernel = self._pair_kernel("scatter", a, rows, cols, "a_p[at] = v[v_off + i];")
-            kernel(
-                self.queue,
-                (values.size,),
-                None,
-                *self._pointer(values),
-                *self._pointer(a),
-                *self._pointer(rows),
-                *self._pointer(cols),
+            pointers = (*self._pointer(values), *self._pointer(a), *self._pointer(rows), *self._pointer(cols))
+            kernel(self.queue, values.size, pointers)
+
+    # --- fused chains ------------------------------------------------------------------------------------
+    # One kernel for a chain of operations the engine's layers and SGD issue every step, where the chain's
+    # own launches and intermediate arrays cost more than its arithmetic. Each computes exactly what its
+    # plain chain computes, in the same order and rounding (the kernels do not contract a * b + c); the
+    # engine asks for them by name (`engine.layers.fused_form`), and NumPy has none.
+
+    def _fp64(self, *dtypes: np.dtype[Any]) -> str:
+        return "#pragma OPENCL EXTENSION cl_khr_fp64 : enable" if np.dtype(np.float64) in dtypes else ""
+
+    def fused_relu(self, x: OpenclArray, mask: OpenclArray, out: OpenclArray) -> OpenclArray:
+        """`mask[...] = x > 0; out[...] = x * mask` (ReLU's forward, `out` may be `x`): `out`."""
+        if not (x.shape == mask.shape == out.shape) or mask.dtype != np.bool_:
+            raise ValueError(f"fused_relu: x {x.shape}, mask {mask.shape} {mask.dtype}, out {out.shape}")
+        if x.size == 0:
+            return out
+        key = ("relu", x.dtype.str, out.dtype.str, x.shape, x.strides, mask.strides, out.strides)
+        kernel = self._kernels.get(key)
+        if kernel is None:
+            T, S = c_type(x.dtype), c_type(out.dtype)
+            source = f"""
+            {self._fp64(x.dtype, out.dtype)}
+            __kernel void relu(__global uchar *mask, long mask_off, __global {S} *out, long out_off,
+                               __global const {T} *x, long x_off) {{
+                long i = get_global_id(0);
+                {T} v = x[{_offset_expression("x", x.shape, x.strides)}];
+                uchar m = v > ({T})0;
+                mask[{_offset_expression("mask", x.shape, mask.strides)}] = m;
+                out[{_offset_expression("out", x.shape, out.strides)}] = ({S})(v * ({T})m);
+            }}
+            """
+            kernel = self._kernels[key] = _build(self.context, source, "relu")
+        kernel(self.queue, x.size, (*self._pointer(mask), *self._pointer(out), *self._pointer(x)))
+        return out
+
+    def fused_softmax_cross_entropy(
+        self, x: OpenclArray, t: OpenclArray, out: OpenclArray
+    ) -> tuple[OpenclArray, OpenclArray, OpenclArray]:
+        """Softmax of the (N, K) scores `x` into the (K, N) `out`, with what the loss needs, for integer
+        labels `t` (N,). The chain, per sample n: s = x[n] - max(x[n]); target = s[t[n]]; e = exp(s);
+        total = e[0] + e[1] + ... (in that order); out[:, n] = e / total. Returns (out, target, total),
+        the last two fresh (N,) arrays (a later call does not overwrite them: a pending loss keeps them)."""
+        n, k = x.shape
+        if out.shape != (k, n) or t.shape != (n,) or t.dtype.kind not in "iu":
+            raise ValueError(
+                f"fused_softmax_cross_entropy: x {x.shape}, labels {t.shape} {t.dtype}, out {out.shape}"
             )
+        stats = self.empty((2, n), x.dtype)  # target, total
+        key = ("softmax", x.dtype.str, t.dtype.str, x.shape, x.strides, t.strides, out.strides)
+        kernel = self._kernels.get(key)
+        if kernel is None:
+            T, L = c_type(x.dtype), c_type(t.dtype)
+            (xn, xk), (sk, sn) = x.strides, out.strides
+            source = f"""
+            {self._fp64(x.dtype)}
+            __kernel void softmax(__global {T} *s, long s_off, __global {T} *stats, long stats_off,
+                                  __global const {T} *x, long x_off, __global const {L} *t, long t_off) {{
+                long n = get_global_id(0);
+                __global const {T} *row = x + x_off + n * {xn};
+                __global {T} *column = s + s_off + n * {sn};
+                {T} m = -INFINITY;
+                for (long k = 0; k < {k}; ++k) {{ {T} v = row[k * {xk}]; m = (isnan(v) || v > m) ? v : m; }}
+                {T} total = 0;
+                for (long k = 0; k < {k}; ++k) {{
+                    {T} e = exp(({T})(row[k * {xk}] - m));
+                    column[k * {sk}] = e;
+                    total = total + e;
+                }}
+                stats[stats_off + n] = row[(long)t[t_off + n * {t.strides[0]}] * {xk}] - m;
+                stats[stats_off + {n} + n] = total;
+                for (long k = 0; k < {k}; ++k) column[k * {sk}] = column[k * {sk}] / total;
+            }}
+            """
+            kernel = self._kernels[key] = _build(self.context, source, "softmax")
+        if n:
+            pointers = (*self._pointer(out), *self._pointer(stats), *self._pointer(x), *self._pointer(t))
+            kernel(self.queue, n, pointers)
+        return out, stats[0], stats[1]
+
+    def fused_softmax_cross_entropy_backward(
+        self, y_t: OpenclArray, t: OpenclArray, scale: float, out: OpenclArray
+    ) -> OpenclArray:
+        """The gradient of the mean cross-entropy for integer labels, in the (K, N) layout of the softmax
+        `y_t`: `out[...] = y_t * scale; out[t, arange(N)] += -scale` (scale = dout / N): `out`."""
+        k, n = y_t.shape
+        if out.shape != (k, n) or t.shape != (n,) or t.dtype.kind not in "iu":
+            raise ValueError(
+                f"fused_softmax_cross_entropy_backward: y {y_t.shape}, labels {t.shape} {t.dtype}, "
+                f"out {out.shape}"
+            )
+        key = ("softmax_backward", y_t.dtype.str, t.dtype.str, y_t.shape, y_t.strides, t.strides, out.strides)
+        kernel = self._kernels.get(key)
+        if kernel is None:
+            T, L = c_type(y_t.dtype), c_type(t.dtype)
+            source = f"""
+            {self._fp64(y_t.dtype)}
+            __kernel void softmax_backward(__global {T} *out, long out_off, __global const {T} *y,
+                                           long y_off, __global const {L} *t, long t_off, {T} scale,
+                                           {T} negative) {{
+                long i = get_global_id(0), k = i / {n}, n = i % {n};
+                {T} v = y[y_off + k * {y_t.strides[0]} + n * {y_t.strides[1]}] * scale;
+                if (k == (long)t[t_off + n * {t.strides[0]}]) v = v + negative;
+                out[out_off + k * {out.strides[0]} + n * {out.strides[1]}] = v;
+            }}
+            """
+            kernel = self._kernels[key] = _build(self.context, source, "softmax_backward")
+        if out.size:
+            T_ = y_t.dtype.type
+            args = (*self._pointer(out), *self._pointer(y_t), *self._pointer(t), T_(scale), T_(-scale))
+            kernel(self.queue, out.size, args)
+        return out
+
+    def fused_sgd(self, params: Sequence[OpenclArray], grads: Sequence[OpenclArray], lr: float) -> None:
+        """`param -= grad * lr` for every pair, in place, in one kernel for all the contiguous pairs of one
+        dtype (each element: param - (grad * lr), two roundings, as the plain update's)."""
+        pairs = list(zip(params, grads, strict=True))
+        if not pairs:
+            return
+        dtype = pairs[0][0].dtype
+        together = []
+        for p, g in pairs:
+            if p.dtype == g.dtype == dtype and p.shape == g.shape and p.is_contiguous and g.is_contiguous:
+                if p.size:
+                    together.append((p, g))
+            else:
+                self._elementwise("subtract", (p, self._elementwise("multiply", (g, lr))), out=p)
+        if not together:
+            return
+        # One work-group never spans two parameters: each parameter starts at a multiple of the group size,
+        # so the branch on the group is the same for all its items and pocl vectorizes every branch.
+        group = 64
+        sizes = tuple(p.size for p, _ in together)
+        starts = [0]
+        for size in sizes:
+            starts.append(starts[-1] + -(-size // group) * group)
+        key = ("sgd", dtype.str, sizes)
+        kernel = self._kernels.get(key)
+        if kernel is None:
+            T = c_type(dtype)
+            params_c, branches = [f"{T} lr"], []
+            for j, size in enumerate(sizes):
+                params_c += [
+                    f"__global {T} *p{j}",
+                    f"long p{j}_off",
+                    f"__global const {T} *g{j}",
+                    f"long g{j}_off",
+                ]
+                branches.append(
+                    f"if (group < {starts[j + 1] // group}) {{ long e = i - {starts[j]}; if (e < {size}) "
+                    f"p{j}[p{j}_off + e] = p{j}[p{j}_off + e] - g{j}[g{j}_off + e] * lr; return; }}"
+                )
+            source = f"""
+            {self._fp64(dtype)}
+            __kernel void sgd({", ".join(params_c)}) {{
+                long i = get_global_id(0), group = get_group_id(0);
+                {" ".join(branches)}
+            }}
+            """
+            kernel = self._kernels[key] = _build(self.context, source, "sgd")
+        args: list[Any] = [dtype.type(lr)]
+        for p, g in together:
+            args += [*self._pointer(p), *self._pointer(g)]
+        kernel(self.queue, starts[-1], args, group)
 
     # --- matrix products -----------------------------------------------------------------------------
 
@@ -789,8 +1007,9 @@ class OpenclNumpy:
             if out is None:
                 rows, cols = a.shape[-2], b.shape[-1]
                 out = self.empty((batch, rows, cols), np.result_type(a.dtype, b.dtype))
-            for i in range(batch):
-                self.matmul(a[i] if a.ndim == 3 else a, b[i] if b.ndim == 3 else b, out=out[i])
+            if not self._strided_batch(a, b, out, batch):
+                for i in range(batch):
+                    self.matmul(a[i] if a.ndim == 3 else a, b[i] if b.ndim == 3 else b, out=out[i])
             return out
         vector_left, vector_right = a.ndim == 1, b.ndim == 1
         a2 = a.reshape(1, -1) if vector_left else a
@@ -827,15 +1046,70 @@ class OpenclNumpy:
             return out.reshape(())
         return out
 
+    def _strided_batch(self, a: OpenclArray, b: OpenclArray, out: OpenclArray, batch: int) -> bool:
+        """The stack of products `out[i] = a[i] @ b[i]` (a 2-d operand the same in every product) as one
+        call of CLBlast's strided batched GEMM, where every product's operands have one layout a fixed
+        stride apart; False, and nothing done, where they do not (the caller runs one GEMM each)."""
+        import pyclblast
+
+        a0, b0 = (x[0] if x.ndim == 3 else x for x in (a, b))
+        dtypes = {a.dtype, b.dtype, out.dtype}
+        if (
+            batch < 2
+            or len(dtypes) != 1
+            or a.dtype.kind != "f"
+            or a0.ndim != 2
+            or b0.ndim != 2
+            or a0.shape[1] != b0.shape[0]
+            or out.shape != (batch, a0.shape[0], b0.shape[1])
+            or not out.is_contiguous
+            or any(x.ndim == 3 and x.shape[0] != batch for x in (a, b))
+        ):
+            return False
+        a_layout, b_layout = self._gemm_layout(a0), self._gemm_layout(b0)
+        if a_layout is None or b_layout is None or 0 in out.shape or a0.shape[1] == 0:
+            return False
+        (m, k), n = a0.shape, b0.shape[1]
+        pyclblast.gemmStridedBatched(
+            self.queue,
+            m,
+            n,
+            k,
+            batch,
+            a.storage,
+            b.storage,
+            out.storage,
+            a_ld=a_layout[1],
+            b_ld=b_layout[1],
+            c_ld=max(n, 1),
+            a_stride=a.strides[0] if a.ndim == 3 else 0,
+            b_stride=b.strides[0] if b.ndim == 3 else 0,
+            c_stride=m * n,
+            a_transp=a_layout[0],
+            b_transp=b_layout[0],
+            a_offset=a.offset,
+            b_offset=b.offset,
+            c_offset=out.offset,
+        )
+        return True
+
+    def _gemm_layout(self, a: OpenclArray) -> tuple[bool, int] | None:
+        """(transposed?, leading dimension) of a 2-d operand that is row-major or the transpose of a
+        row-major matrix, as GEMM reads it from its storage; None for any other layout."""
+        rows, cols = a.shape
+        if (a.strides[1] == 1 or cols == 1) and a.strides[0] >= max(cols, 1):
+            return False, max(a.strides[0], cols, 1)
+        if (a.strides[0] == 1 or rows == 1) and a.strides[1] >= max(rows, 1):
+            return True, max(a.strides[1], rows, 1)
+        return None
+
     def _gemm_operand(self, a: OpenclArray) -> tuple[OpenclArray, bool, int]:
         """(storage view, transposed?, leading dimension) of a 2-d operand, copied only if it is neither
         row-major nor the transpose of a row-major matrix."""
-        rows, cols = a.shape
-        if (a.strides[1] == 1 or cols == 1) and a.strides[0] >= max(cols, 1):
-            return a, False, max(a.strides[0], cols, 1)
-        if (a.strides[0] == 1 or rows == 1) and a.strides[1] >= max(rows, 1):
-            return a, True, max(a.strides[1], rows, 1)
-        return self._gemm_operand(a.copy())
+        layout = self._gemm_layout(a)
+        if layout is None:
+            return self._gemm_operand(a.copy())
+        return a, *layout
 
 
 def is_opencl_array(a: Any) -> bool:
