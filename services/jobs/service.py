@@ -65,10 +65,13 @@ def _single_statement(session: Session) -> None:
         session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
 
 
-def job_row(spec: JobSpec, *, target_device_id: str | None = None) -> dict[str, Any]:
-    """The column values of a new `queued` job for `spec`, id and timestamps included (nothing is written)."""
+def job_row(
+    spec: JobSpec, *, target_device_id: str | None = None, engine_doc: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The column values of a new `queued` job for `spec`, id and timestamps included (nothing is written);
+    `engine_doc`: the spec's `engine_dict()`, for a caller that has it already."""
     now = utcnow()
-    engine_doc = spec.engine_dict()
+    engine_doc = engine_doc if engine_doc is not None else spec.engine_dict()
     return {
         "id": new_job_id(),
         "spec": engine_doc,

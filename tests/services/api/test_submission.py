@@ -248,12 +248,14 @@ def test_a_submission_the_database_cannot_store_is_a_503_and_nothing_is_accepted
 def test_a_submissions_spec_is_the_validated_spec_without_its_target() -> None:
     body = {**tiny_spec(steps=7, optimizer={"name": "adam", "lr": 0.01}).model_dump(), "target": "abc"}
     submission = JobSubmission.model_validate(body)
-    spec = submission.job_spec()
     validated = tiny_spec(steps=7, optimizer={"name": "adam", "lr": 0.01})
 
-    assert spec.engine_dict() == validated.engine_dict()
-    assert spec.spec_hash() == validated.spec_hash()
-    assert "target" not in spec.engine_dict()
+    assert submission.engine_dict() == validated.engine_dict()
+    assert submission.spec_hash() == validated.spec_hash()
+    assert "target" not in submission.engine_dict()
+    row = jobs.job_row(submission, target_device_id="abc", engine_doc=submission.engine_dict())
+    assert (row["spec"], row["spec_hash"]) == (validated.engine_dict(), validated.spec_hash())
+    assert row["target_device_id"] == "abc"
 
 
 # --- token cache ----------------------------------------------------------------------------------------
