@@ -25,7 +25,7 @@ import httpx
 import psutil
 import pytest
 import redis
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -442,6 +442,29 @@ def test_submit_job_rows_commits_publishes_and_records_in_one_call(
     found = stored(session_maker, [row["id"] for row in rows])
     assert outcome.published == 3 and outcome.published_at is not None
     assert {job.published_at for job in found} == {outcome.published_at}
+    assert {row["id"] for row in rows} <= queued_job_ids(service_settings.broker_url)
+
+
+def test_a_batch_is_inserted_published_and_recorded_over_one_database_connection(
+    service_settings: Settings, session_maker: sessionmaker[Session]
+) -> None:
+    engine = session_maker.kw["bind"]
+    checkouts: list[int] = []
+
+    def count_checkout(*_: Any) -> None:
+        checkouts.append(1)
+
+    event.listen(engine, "checkout", count_checkout)
+    try:
+        rows = gpu_rows(4)
+        with session_maker() as session:
+            outcome = jobs.submit_job_rows(session, rows)
+    finally:
+        event.remove(engine, "checkout", count_checkout)
+    found = stored(session_maker, [row["id"] for row in rows])
+
+    assert (outcome.published, len(checkouts)) == (4, 1)
+    assert [job.published_at for job in found] == [outcome.published_at] * 4
     assert {row["id"] for row in rows} <= queued_job_ids(service_settings.broker_url)
 
 
