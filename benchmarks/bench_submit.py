@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/bench_submit.py --rounds 3 --profile       # the API as deployed
     .venv/bin/python benchmarks/bench_submit.py --variant "1 worker:--workers 1" \\
         --variant "no token cache:BPBENCH_TOKEN_CACHE_TTL_S=0"                # A/B of levers, same run
+    git archive main engine services cli workers harness migrations alembic.ini | tar -x -C /tmp/before
+    .venv/bin/python benchmarks/bench_submit.py --variant "before:code=/tmp/before"  # another commit's code
 
 On a fresh PostgreSQL database and a claimed Redis database (benchmarks/service_stack.py), the API runs as
 deployed (`bpbench api`: migrates, then uvicorn, with its default number of processes) with no worker, so
@@ -268,16 +270,20 @@ class Variant:
     name: str
     env: dict[str, str] = field(default_factory=dict)
     args: list[str] = field(default_factory=list)
+    code: Path | None = None
     rounds: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def parse(cls, text: str) -> Variant:
-        """`NAME:ARG...`: `KEY=VALUE` args go to the environment, the others to `bpbench api`."""
+        """`NAME:ARG...`: `code=DIR` runs that copy of the code (see `running_api`), `KEY=VALUE` args go to
+        the environment, the others to `bpbench api`."""
         name, _, rest = text.partition(":")
         variant = cls(name.strip() or text)
         for arg in shlex.split(rest):
             key, sep, value = arg.partition("=")
-            if sep and key.isupper() and not key.startswith("-"):
+            if key == "code" and sep:
+                variant.code = Path(value).resolve()
+            elif sep and key.isupper() and not key.startswith("-"):
                 variant.env[key] = value
             else:
                 variant.args.append(arg)
@@ -499,7 +505,7 @@ def main() -> None:
         apis = []
         for variant in variants:
             env = {**backing.env(**extra), **variant.env}
-            apis.append(stack.enter_context(running_api(env, data_dir / "logs", variant.args)))
+            apis.append(stack.enter_context(running_api(env, data_dir / "logs", variant.args, variant.code)))
         for api in apis:
             runs.append(warm_up(args.client, api, args.concurrency, database_url))
         for index in range(args.rounds):

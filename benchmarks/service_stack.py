@@ -184,14 +184,16 @@ class Service:
             self.process.wait(timeout=5)
 
 
-def _spawn(name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> Service:
+def _spawn(
+    name: str, argv: list[str], env: dict[str, str], log_dir: Path, cwd: Path = PROJECT_ROOT
+) -> Service:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             argv,
             env=env,
-            cwd=PROJECT_ROOT,
+            cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -201,14 +203,22 @@ def _spawn(name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> Se
 
 
 @contextlib.contextmanager
-def running_api(env: dict[str, str], log_dir: Path, args: Sequence[str] = ()) -> Iterator[Service]:
+def running_api(
+    env: dict[str, str], log_dir: Path, args: Sequence[str] = (), code: Path | None = None
+) -> Iterator[Service]:
     """The API as deployed: `bpbench api --host 127.0.0.1 --port <free> ARGS` (it migrates, then serves with
-    uvicorn, `--workers N` processes), once `/readyz` answers 200."""
+    uvicorn, `--workers N` processes), once `/readyz` answers 200.
+
+    `code`: another copy of the project's code to run (`git archive <commit> | tar -x -C DIR`), for a
+    before/after in one run: first on PYTHONPATH and the working directory (uvicorn's spawned processes
+    import from there), with this environment's installed packages."""
     import httpx
 
     port = free_port()
     argv = [*bpbench_command(), "api", "--host", "127.0.0.1", "--port", str(port), *args]
-    service = _spawn(f"api-{port}", argv, env, log_dir)
+    if code is not None:
+        env = {**env, "PYTHONPATH": str(code)}
+    service = _spawn(f"api-{port}", argv, env, log_dir, cwd=code or PROJECT_ROOT)
     service.url = f"http://127.0.0.1:{port}"
     try:
 
