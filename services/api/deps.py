@@ -19,7 +19,8 @@ from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
+from fastapi.security.base import SecurityBase
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
@@ -28,8 +29,6 @@ from services.api.errors import unprocessable
 from services.api.limits import RateLimiter
 from services.auth.service import TokenCache, TokenIdentity, authenticate, grants, hash_token
 from services.core.config import Settings
-
-_bearer = HTTPBearer(auto_error=False, description="an API token (`bpbench up` prints one)")
 
 
 async def get_settings_dep(request: Request) -> Settings:
@@ -50,7 +49,6 @@ def get_session(request: Request) -> Iterator[Session]:
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 SessionDep = Annotated[Session, Depends(get_session)]
-Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
 # Largest `offset` of a paged list: above any real table, and far below the 64-bit integers SQLite and
@@ -65,12 +63,17 @@ UNLIMITED_PATHS = frozenset({"/healthz", "/readyz"})
 _UNSET = object()
 
 
+def bearer_token(request: Request) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, or None (no header, another scheme)."""
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    value = value.strip()
+    return value if scheme.lower() == "bearer" and value else None
+
+
 def presented_token(request: Request) -> str | None:
     """The token the request carries: the `Authorization: Bearer` header, else the sign-in cookie."""
-    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return token_from_cookie(request)
+    token = bearer_token(request)
+    return token if token is not None else token_from_cookie(request)
 
 
 def _look_up_token(factory: sessionmaker[Session], raw: str) -> TokenIdentity | None:
@@ -192,34 +195,49 @@ def _unauthorized(message: str) -> HTTPException:
     )
 
 
-def require_scope(scope: str, *, public_when_read_open: bool = False) -> Any:
-    """A dependency that lets the request through only with a token granting `scope`."""
+class ScopeCheck(SecurityBase):
+    """A dependency that lets the request through only with a token granting `scope`.
 
-    async def check(request: Request, credentials: Credentials) -> TokenIdentity | None:
+    It is itself the OpenAPI security scheme (`HTTPBearer`), so a route that needs a token documents it and
+    resolves one dependency, not a scheme object plus a check that depends on it (each level of FastAPI's
+    dependency solving costs more than the check).
+    """
+
+    def __init__(self, scope: str, *, public_when_read_open: bool = False) -> None:
+        self.model = HTTPBearerModel(description="an API token (`bpbench up` prints one)")
+        self.scheme_name = "HTTPBearer"
+        self.scope = scope
+        self.public_when_read_open = public_when_read_open
+
+    async def __call__(self, request: Request) -> TokenIdentity | None:
         settings: Settings = request.app.state.settings
-        if public_when_read_open and settings.public_read:
+        if self.public_when_read_open and settings.public_read:
             return None
         # The bearer header, else the dashboard's HttpOnly sign-in cookie (whose writes need the CSRF header).
-        raw = credentials.credentials if credentials is not None else token_from_cookie(request)
-        if credentials is None and raw is not None and not csrf_checked(request):
+        header_token = bearer_token(request)
+        raw = header_token if header_token is not None else token_from_cookie(request)
+        if header_token is None and raw is not None and not csrf_checked(request):
             raise HTTPException(
                 status_code=status.HTTP_403_FORBIDDEN,
                 detail=f"a write signed in by cookie needs the header {CSRF_HEADER}: {CSRF_VALUE} (CSRF)",
             )
         if raw is None:
-            raise _unauthorized(f"this endpoint needs a bearer token with the {scope!r} scope")
+            raise _unauthorized(f"this endpoint needs a bearer token with the {self.scope!r} scope")
         token = await request_token(request)
         if token is None:
             raise _unauthorized("the bearer token is not valid (unknown or revoked)")
-        if not grants(token, scope):
+        if not grants(token, self.scope):
             raise HTTPException(
                 status_code=status.HTTP_403_FORBIDDEN,
                 detail=f"token {token.name!r} has the scopes {', '.join(token.scopes)}; "
-                f"this endpoint needs {scope!r}",
+                f"this endpoint needs {self.scope!r}",
             )
         return token
 
-    return Depends(check)
+
+def require_scope(scope: str, *, public_when_read_open: bool = False) -> Any:
+    """A dependency that lets the request through only with a token granting `scope` (`ScopeCheck`)."""
+    return Depends(ScopeCheck(scope, public_when_read_open=public_when_read_open))
 
 
 ReadAccess = require_scope("read", public_when_read_open=True)

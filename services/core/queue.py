@@ -66,7 +66,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "visibility_timeout": settings.broker_visibility_timeout_s,
             "socket_timeout": 30,
             "socket_connect_timeout": 10,
-            "retry_on_timeout": True,
+            # Not `retry_on_timeout`: with it kombu will not pipeline a batch of publishes (a replayed
+            # pipeline may duplicate messages); a timed-out command fails, and the publisher's retry policy,
+            # the worker's reconnect and the reconciler take over.
             "health_check_interval": 25,
         },
         "task_serializer": "json",
@@ -168,25 +170,38 @@ def publish_job(job_id: str, queue: str, *, time_limit_s: float | None = None) -
 def publish_jobs(jobs: Sequence[tuple[str, str, float | None]]) -> tuple[int, Exception | None]:
     """Send `bpbench.run_job` for each `(job_id, queue, time_limit_s)`, in order, over one producer.
 
-    One producer (one broker connection) serves the whole batch instead of one pool checkout per message.
-    Stops at the first failure (the broker is most likely down: the rest would only wait on it too) and
-    returns how many were sent and that error; the rows must already be committed.
+    The messages are Celery's own (`send_task`, as `publish_job` sends them). One producer serves the whole
+    batch, each queue is declared once per batch instead of once per message, and on Redis kombu's publish
+    batch (`Producer.batch`) sends all the messages in one pipeline instead of one client and one round
+    trip each (other transports publish each message at once). Returns how many messages surely reached
+    the broker and the error that stopped the rest; the rows must already be committed. Publishing stops at
+    the first failure (the broker is most likely down); a failed pipeline counts as none sent, though some
+    may have arrived (a second message for a job is harmless: the worker's claim is conditional).
     """
     sent = 0
     app = get_celery_app()
+    batched = False
     try:
         with app.producer_or_acquire() as producer:
-            for job_id, queue, time_limit_s in jobs:
-                app.send_task(
-                    RUN_JOB_TASK,
-                    args=[job_id],
-                    task_id=job_id,
-                    producer=producer,
-                    **_send_options(queue, time_limit_s),
-                )
-                sent += 1
+            batched = producer.supports_batch_publish
+            with producer.batch():
+                declared: set[str] = set()
+                for job_id, queue, time_limit_s in jobs:
+                    if queue not in declared:
+                        # What `send_task` declares for each message, once (kombu caches it per connection).
+                        producer.maybe_declare(app.amqp.queues[queue], retry=True)
+                        declared.add(queue)
+                    app.send_task(
+                        RUN_JOB_TASK,
+                        args=[job_id],
+                        task_id=job_id,
+                        producer=producer,
+                        declare=[],
+                        **_send_options(queue, time_limit_s),
+                    )
+                    sent += 1
     except Exception as exc:  # kombu/redis/amqp raise many kinds; the caller logs it
-        return sent, exc
+        return (0 if batched else sent), exc
     return sent, None
 
 

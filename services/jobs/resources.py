@@ -12,6 +12,8 @@ an out-of-memory kill half-way (which the reconciler would then retry, uselessly
 
 from __future__ import annotations
 
+from typing import Any
+
 from engine.kinds import estimate_memory
 from engine.kinds.base import MemoryEstimate as MemoryEstimate
 from engine.kinds.base import mib
@@ -24,22 +26,27 @@ class JobTooLarge(ValueError):
     """The job's estimated memory exceeds what is allowed or available; the message gives both figures."""
 
 
-def estimate_job_memory(spec: JobSpec, *, read_dataset_files: bool = False) -> MemoryEstimate:
-    """The estimated peak memory of running `spec`, by its kind.
+def estimate_job_memory(
+    spec: JobSpec, *, read_dataset_files: bool = False, engine_doc: dict[str, Any] | None = None
+) -> MemoryEstimate:
+    """The estimated peak memory of running `spec`, by its kind (`engine_doc`: its `engine_dict()`, for a
+    caller that has it already; it is not changed).
 
     By default nothing is read from the file system: a set named by `dataset_path` counts at its published
     size (at submission the answer must not depend on what exists, and the API may not see the workers'
     files). The worker passes `read_dataset_files=True`: then `mnist` counts what its files' headers declare.
     """
-    document = spec.engine_dict()
+    document = dict(engine_doc) if engine_doc is not None else spec.engine_dict()
     if not read_dataset_files:
         document["dataset_path"] = None
     return estimate_memory(document)
 
 
-def check_memory_cap(spec: JobSpec, cap_bytes: int, who: str = "this server") -> MemoryEstimate:
+def check_memory_cap(
+    spec: JobSpec, cap_bytes: int, who: str = "this server", *, engine_doc: dict[str, Any] | None = None
+) -> MemoryEstimate:
     """The estimate, or `JobTooLarge` if it exceeds the cap (`who` applies it: the server at submission)."""
-    estimate = estimate_job_memory(spec)
+    estimate = estimate_job_memory(spec, engine_doc=engine_doc)
     if estimate.total_bytes > cap_bytes:
         raise JobTooLarge(
             f"the job needs an estimated {estimate.describe()}; {who} accepts at most {mib(cap_bytes)} "

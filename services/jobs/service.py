@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -65,10 +65,13 @@ def _single_statement(session: Session) -> None:
         session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
 
 
-def job_row(spec: JobSpec, *, target_device_id: str | None = None) -> dict[str, Any]:
-    """The column values of a new `queued` job for `spec`, id and timestamps included (nothing is written)."""
+def job_row(
+    spec: JobSpec, *, target_device_id: str | None = None, engine_doc: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The column values of a new `queued` job for `spec`, id and timestamps included (nothing is written);
+    `engine_doc`: the spec's `engine_dict()`, for a caller that has it already."""
     now = utcnow()
-    engine_doc = spec.engine_dict()
+    engine_doc = engine_doc if engine_doc is not None else spec.engine_dict()
     return {
         "id": new_job_id(),
         "spec": engine_doc,
@@ -151,9 +154,7 @@ def insert_job_rows(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     VALUES (...), (...) RETURNING id`), so it stores every row or none; its error is raised."""
     if not rows:
         return
-    stored = _autocommit(session).execute(insert(_JOBS).returning(_JOBS.c.id), list(rows)).all()
-    if len(stored) != len(rows):  # never seen: the statement is all or nothing
-        raise RuntimeError(f"{len(stored)} of {len(rows)} job rows stored")
+    _insert_rows(_autocommit(session), rows)
     with contextlib.suppress(SQLAlchemyError):
         session.commit()  # nothing left to commit: ends the session's use of the connection
 
@@ -163,6 +164,34 @@ def publish_job_rows(session: Session, rows: Sequence[dict[str, Any]]) -> Submit
     (autocommit: `session` must not have begun a transaction). Raises nothing: a broker failure leaves the
     unsent jobs queued and unpublished, and a failed UPDATE leaves sent jobs with `published_at` unset; the
     reconciler publishes both later (a second message for a job is harmless: the claim is conditional)."""
+    outcome = _publish_rows(lambda: _autocommit(session), rows)
+    with contextlib.suppress(SQLAlchemyError):
+        session.commit()
+    return outcome
+
+
+def submit_job_rows(session: Session, rows: Sequence[dict[str, Any]]) -> SubmittedBatch:
+    """`insert_job_rows` then `publish_job_rows` over one connection (one pool checkout, one pre-ping):
+    what `services/api/group_commit.py` runs for each batch. Raises only what the INSERT raised (then
+    nothing of the batch is stored)."""
+    if not rows:
+        return SubmittedBatch(published=0, published_at=None)
+    connection = _autocommit(session)
+    try:
+        _insert_rows(connection, rows)
+        return _publish_rows(lambda: connection, rows)
+    finally:
+        with contextlib.suppress(SQLAlchemyError):
+            session.commit()  # nothing left to commit: gives the connection back to the pool
+
+
+def _insert_rows(connection: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    stored = connection.execute(insert(_JOBS).returning(_JOBS.c.id), list(rows)).all()
+    if len(stored) != len(rows):  # never seen: the statement is all or nothing
+        raise RuntimeError(f"{len(stored)} of {len(rows)} job rows stored")
+
+
+def _publish_rows(connection: Callable[[], Connection], rows: Sequence[dict[str, Any]]) -> SubmittedBatch:
     sent, error = publish_jobs([(row["id"], row["queue"], row["time_limit_s"]) for row in rows])
     if error is not None:
         log.warning("%d job(s) are queued but could not be published yet: %s", len(rows) - sent, error)
@@ -170,7 +199,7 @@ def publish_job_rows(session: Session, rows: Sequence[dict[str, Any]]) -> Submit
         return SubmittedBatch(published=0, published_at=None)
     now = utcnow()
     try:
-        _autocommit(session).execute(
+        connection().execute(
             update(_JOBS)
             .where(_JOBS.c.id.in_([row["id"] for row in rows[:sent]]))
             .values(published_at=now, updated_at=now)
@@ -178,16 +207,7 @@ def publish_job_rows(session: Session, rows: Sequence[dict[str, Any]]) -> Submit
     except SQLAlchemyError as exc:
         log.warning("%d job(s) were published but their published_at was not recorded: %s", sent, exc)
         return SubmittedBatch(published=0, published_at=None)
-    with contextlib.suppress(SQLAlchemyError):
-        session.commit()
     return SubmittedBatch(published=sent, published_at=now)
-
-
-def submit_job_rows(session: Session, rows: Sequence[dict[str, Any]]) -> SubmittedBatch:
-    """`insert_job_rows` then `publish_job_rows`: what `services/api/group_commit.py` runs for each batch.
-    Raises only what the INSERT raised (then nothing of the batch is stored)."""
-    insert_job_rows(session, rows)
-    return publish_job_rows(session, rows)
 
 
 def get_job(session: Session, job_id: str) -> Job | None:

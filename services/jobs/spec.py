@@ -261,7 +261,9 @@ class JobSpec(StrictModel):
 
     def engine_dict(self) -> dict[str, Any]:
         """The fully populated plain dict the engine takes."""
-        doc = self.model_dump(mode="json")
+        return self._resolved(self.model_dump(mode="json"))
+
+    def _resolved(self, doc: dict[str, Any]) -> dict[str, Any]:
         doc["model"]["layers"] = self.model.resolved_layers()
         doc["model"]["init"] = self.model.resolved_init()
         return doc

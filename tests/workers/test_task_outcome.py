@@ -7,6 +7,7 @@ real Redis: the tests read Redis's own lists and its `unacked` hash.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
@@ -20,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.core.config import Settings
 from services.core.db import utcnow
-from services.core.queue import RUN_JOB_TASK, publish_job, publish_jobs
+from services.core.queue import RUN_JOB_TASK, get_celery_app, publish_job, publish_jobs
 from services.devices import service as devices
 from services.jobs import service as jobs
 from services.jobs.models import Job
@@ -84,6 +85,41 @@ def test_publishing_a_job_sends_its_job_id_as_the_task_id(broker: redis.Redis, q
 
     assert (sent, error) == (2, None)
     assert _task_ids(broker, queue_name) == [(RUN_JOB_TASK, job_id) for job_id in [one, *batch]]
+
+
+def _without_ids(raw: bytes, job_id: str) -> dict[str, object]:
+    """A Redis message as JSON with its job id (task id, root id, correlation id, argsrepr, body) and its
+    per-publication fields (delivery tag, origin) blanked, to compare the shape of two messages."""
+    text = raw.decode().replace(job_id, "JOB")
+    message = json.loads(text)
+    message["properties"]["delivery_tag"] = "TAG"
+    message["headers"]["origin"] = "ORIGIN"
+    body = json.loads(base64.b64decode(message["body"]).decode().replace(job_id, "JOB"))
+    message["body"] = body
+    return message
+
+
+def test_a_batch_is_published_in_one_pipeline_with_the_messages_a_single_publish_sends(
+    broker: redis.Redis, queue_name: str
+) -> None:
+    single, batch = str(uuid.uuid4()), [str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())]
+    app = get_celery_app()
+    with app.producer_or_acquire() as producer:
+        pipelined = producer.supports_batch_publish  # kombu pipelines a batch only when retries are off
+
+    publish_job(single, queue_name, time_limit_s=60.0)
+    sent, error = publish_jobs([(job_id, queue_name, 60.0) for job_id in batch])
+    raw = list(reversed(broker.lrange(queue_name, 0, -1)))
+
+    assert pipelined is True
+    assert (sent, error) == (3, None)
+    shapes = [_without_ids(message, job_id) for message, job_id in zip(raw, [single, *batch], strict=True)]
+    assert shapes[1:] == [shapes[0]] * 3
+    assert shapes[0]["body"] == [
+        ["JOB"],
+        {},
+        {"callbacks": None, "errbacks": None, "chain": None, "chord": None},
+    ]
 
 
 def test_a_requeued_job_is_republished_under_the_same_task_id(

@@ -47,11 +47,10 @@ class JobSubmission(JobSpec):
         description="exact device id; default: any worker of the spec's class",
     )
 
-    def job_spec(self) -> JobSpec:
-        """The spec alone, without the routing field (built from the values already validated: no second
-        validation of the whole spec)."""
-        values = {name: getattr(self, name) for name in JobSpec.model_fields}
-        return JobSpec.model_construct(_fields_set=self.model_fields_set - {"target"}, **values)
+    def engine_dict(self) -> dict[str, Any]:
+        """The spec's engine dict, without the routing field: a submission is used as its own validated
+        spec (no copy, no second validation)."""
+        return self._resolved(self.model_dump(mode="json", exclude={"target"}))
 
 
 class ResultSummary(BaseModel):
@@ -184,15 +183,16 @@ def check_float64(session: Session, spec: JobSpec, target: str | None) -> None:
         raise unprocessable("dtype", "body", spec.dtype, refusal, f"dtype: {refusal}")
 
 
-def check_memory(spec: JobSpec, cap_bytes: int) -> None:
-    """422 when the job's estimated memory (services/jobs/resources.py) is over the server's cap."""
+def check_memory(spec: JobSpec, cap_bytes: int, engine_doc: dict[str, Any] | None = None) -> None:
+    """422 when the job's estimated memory (services/jobs/resources.py) is over the server's cap
+    (`engine_doc`: the spec's `engine_dict()`, when the caller has it)."""
     try:
-        check_memory_cap(spec, cap_bytes)
+        check_memory_cap(spec, cap_bytes, engine_doc=engine_doc)
     except JobTooLarge as exc:
         raise unprocessable(
             "spec",
             "body",
-            estimate_job_memory(spec).total_bytes,
+            estimate_job_memory(spec, engine_doc=engine_doc).total_bytes,
             f"an estimated memory of at most {cap_bytes} bytes (BPBENCH_MAX_JOB_MEMORY_BYTES)",
             str(exc),
         ) from None
@@ -247,7 +247,8 @@ async def submit_job(submission: JobSubmission, request: Request) -> Response:
     `queued` with `published_at` unset; the reconciler publishes it later. If the database cannot store it
     the answer is 503 with `Retry-After`, and nothing was accepted.
     """
-    spec = submission.job_spec()
+    spec: JobSpec = submission  # the validated spec itself; its engine dict leaves `target` out
+    engine_doc = submission.engine_dict()  # once: the memory estimate and the row both read it
     settings: Settings = request.app.state.settings
     check_dataset_path(spec, settings.dataset_dirs)
     # Only a target or a float64 job needs the database: a plain float32 job goes straight to the batch.
@@ -255,8 +256,8 @@ async def submit_job(submission: JobSubmission, request: Request) -> Response:
         factory = request.app.state.session_factory
         await run_in_threadpool(_check_in_database, factory, spec, submission.target)
     # A job no worker could hold is refused here, not found out by a worker running out of memory.
-    check_memory(spec, settings.max_job_memory_bytes)
-    row = service.job_row(spec, target_device_id=submission.target)
+    check_memory(spec, settings.max_job_memory_bytes, engine_doc)
+    row = service.job_row(spec, target_device_id=submission.target, engine_doc=engine_doc)
     committer: GroupCommit = request.app.state.group_commit
     try:
         published_at = await committer.submit(row)

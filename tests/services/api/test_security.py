@@ -433,6 +433,8 @@ def test_secrets_are_redacted_from_log_text() -> None:
     assert redact_secrets("amqp://guest:guest@127.0.0.1:5672//") == "amqp://guest:***@127.0.0.1:5672//"
     assert redact_secrets("token bpb_Zx9-_aaaa leaked") == "token bpb_*** leaked"
     assert redact_secrets("plain text, 3 jobs") == "plain text, 3 jobs"
+    # Upper case too (the quick pre-scan that skips plain lines is case-blind like the patterns).
+    assert redact_secrets("x-auth: BEARER s3cr3t PASSWORD=hunter2") == "x-auth: BEARER *** PASSWORD=***"
     assert redact_secrets("token=%s password=%(pw)s") == "token=%s password=%(pw)s"
 
 

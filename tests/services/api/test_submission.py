@@ -25,7 +25,7 @@ import httpx
 import psutil
 import pytest
 import redis
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -248,12 +248,14 @@ def test_a_submission_the_database_cannot_store_is_a_503_and_nothing_is_accepted
 def test_a_submissions_spec_is_the_validated_spec_without_its_target() -> None:
     body = {**tiny_spec(steps=7, optimizer={"name": "adam", "lr": 0.01}).model_dump(), "target": "abc"}
     submission = JobSubmission.model_validate(body)
-    spec = submission.job_spec()
     validated = tiny_spec(steps=7, optimizer={"name": "adam", "lr": 0.01})
 
-    assert spec.engine_dict() == validated.engine_dict()
-    assert spec.spec_hash() == validated.spec_hash()
-    assert "target" not in spec.engine_dict()
+    assert submission.engine_dict() == validated.engine_dict()
+    assert submission.spec_hash() == validated.spec_hash()
+    assert "target" not in submission.engine_dict()
+    row = jobs.job_row(submission, target_device_id="abc", engine_doc=submission.engine_dict())
+    assert (row["spec"], row["spec_hash"]) == (validated.engine_dict(), validated.spec_hash())
+    assert row["target_device_id"] == "abc"
 
 
 # --- token cache ----------------------------------------------------------------------------------------
@@ -440,6 +442,29 @@ def test_submit_job_rows_commits_publishes_and_records_in_one_call(
     found = stored(session_maker, [row["id"] for row in rows])
     assert outcome.published == 3 and outcome.published_at is not None
     assert {job.published_at for job in found} == {outcome.published_at}
+    assert {row["id"] for row in rows} <= queued_job_ids(service_settings.broker_url)
+
+
+def test_a_batch_is_inserted_published_and_recorded_over_one_database_connection(
+    service_settings: Settings, session_maker: sessionmaker[Session]
+) -> None:
+    engine = session_maker.kw["bind"]
+    checkouts: list[int] = []
+
+    def count_checkout(*_: Any) -> None:
+        checkouts.append(1)
+
+    event.listen(engine, "checkout", count_checkout)
+    try:
+        rows = gpu_rows(4)
+        with session_maker() as session:
+            outcome = jobs.submit_job_rows(session, rows)
+    finally:
+        event.remove(engine, "checkout", count_checkout)
+    found = stored(session_maker, [row["id"] for row in rows])
+
+    assert (outcome.published, len(checkouts)) == (4, 1)
+    assert [job.published_at for job in found] == [outcome.published_at] * 4
     assert {row["id"] for row in rows} <= queued_job_ids(service_settings.broker_url)
 
 
