@@ -14,7 +14,11 @@ Sources, each used where the host has it (else its fields are `None` and `reason
   distributions: that is reported as the reason.
 - CPU clock: the current frequency per CPU (`cpufreq/scaling_cur_freq`, else `/proc/cpuinfo`) against the
   nominal one (`cpufreq/base_frequency`, else `cpuinfo_max_freq`); a window whose mean clock is under
-  `SLOW_CLOCK_SHARE` (75%, nvbench's rule) of nominal is marked.
+  `SLOW_CLOCK_SHARE` (75%, nvbench's rule) of nominal is marked. The cpufreq files are found once per
+  source. A host without cpufreq (most virtual machines) has no nominal clock, so no window can be marked
+  slow there; its `/proc/cpuinfo` clock is read at most once per `CPUINFO_INTERVAL_S` and reused between
+  (reading and parsing it took ~60 us, and the step after it ran ~35 us slower: on a 10-step window of
+  the textbook net that was 1-4% of the job's figure).
 - Host load: the 1-minute load average before and after; a window where it exceeds the CPU count (more
   runnable tasks than cores, so the job's threads shared them with something else) is marked.
 - NVIDIA GPUs: NVML (`nvidia-ml-py`): total energy counter (mJ), power draw, SM and memory clocks,
@@ -42,6 +46,7 @@ POWERCAP_ROOT = Path("/sys/class/powercap")
 CPU_ROOT = Path("/sys/devices/system/cpu")
 PROC_CPUINFO = Path("/proc/cpuinfo")
 SLOW_CLOCK_SHARE = 0.75
+CPUINFO_INTERVAL_S = 1.0  # /proc/cpuinfo's clock (hosts without cpufreq) is read at most this often
 
 
 @dataclass(frozen=True)
@@ -130,23 +135,34 @@ def _read_khz(file: Path) -> float | None:
         return None
 
 
-def cpu_clock_mhz(cpu_root: Path = CPU_ROOT, cpuinfo: Path = PROC_CPUINFO) -> float | None:
-    """The mean current clock over the CPUs (cpufreq when the host exposes it, else /proc/cpuinfo)."""
-    values = [
-        v
-        for v in (_read_khz(d / "cpufreq" / "scaling_cur_freq") for d in cpu_root.glob("cpu[0-9]*"))
-        if v is not None
-    ]
-    if not values:
-        try:
-            values = [
-                float(line.split(":", 1)[1])
-                for line in cpuinfo.read_text().splitlines()
-                if line.startswith("cpu MHz")
-            ]
-        except (OSError, ValueError):
-            values = []
+def cpufreq_files(cpu_root: Path = CPU_ROOT) -> list[Path]:
+    """Each CPU's current-clock file (`cpufreq/scaling_cur_freq`) where the host exposes one."""
+    return [f for f in sorted(cpu_root.glob("cpu[0-9]*/cpufreq/scaling_cur_freq")) if f.is_file()]
+
+
+def cpuinfo_clock_mhz(cpuinfo: Path = PROC_CPUINFO) -> float | None:
+    """The mean of /proc/cpuinfo's `cpu MHz` lines, or None."""
+    try:
+        values = [
+            float(line.split(":", 1)[1])
+            for line in cpuinfo.read_text().splitlines()
+            if line.startswith("cpu MHz")
+        ]
+    except (OSError, ValueError):
+        values = []
     return sum(values) / len(values) if values else None
+
+
+def cpu_clock_mhz(
+    cpu_root: Path = CPU_ROOT, cpuinfo: Path = PROC_CPUINFO, files: list[Path] | None = None
+) -> float | None:
+    """The mean current clock over the CPUs (cpufreq when the host exposes it, else /proc/cpuinfo);
+    `files`: the cpufreq files already found (`cpufreq_files`)."""
+    found = cpufreq_files(cpu_root) if files is None else files
+    values = [v for v in (_read_khz(f) for f in found) if v is not None]
+    if not values:
+        return cpuinfo_clock_mhz(cpuinfo)
+    return sum(values) / len(values)
 
 
 def nominal_clock_mhz(cpu_root: Path = CPU_ROOT) -> float | None:
@@ -363,6 +379,8 @@ class TelemetrySource:
         self._loadavg = loadavg
         self._cpu_root = cpu_root
         self._cpuinfo = cpuinfo
+        self._clock_files = cpufreq_files(cpu_root)  # found once: a glob per window cost ~100 us
+        self._cpuinfo_clock: tuple[float, float | None] | None = None  # (read at, MHz) without cpufreq
         self._busy_limit = os.cpu_count() or 1  # more runnable tasks than cores: the job shared them
         self.nominal_clock_mhz = nominal_clock_mhz(cpu_root)
         self._gpu: GpuMeter | None = None
@@ -386,6 +404,15 @@ class TelemetrySource:
         gpu_energy = self._gpu.energy_mj() if self._gpu is not None else None
         self._start = (self._clock(), load, energies, gpu_energy)
 
+    def _cpu_clock(self) -> float | None:
+        """The CPUs' mean clock now: cpufreq's files each window; /proc/cpuinfo at most once a second."""
+        if self._clock_files:
+            return cpu_clock_mhz(files=self._clock_files)
+        now = self._clock()
+        if self._cpuinfo_clock is None or now - self._cpuinfo_clock[0] >= CPUINFO_INTERVAL_S:
+            self._cpuinfo_clock = (now, cpuinfo_clock_mhz(self._cpuinfo))
+        return self._cpuinfo_clock[1]
+
     def end(self) -> WindowReading:
         """Read them again at the end of the window; the reading and its marks."""
         if self._start is None:
@@ -407,7 +434,7 @@ class TelemetrySource:
             energy_j = (self._gpu.energy_mj() - gpu_energy) / 1000.0
             gpu = self._gpu.sample()
         load_after = self._loadavg()[0]
-        clock = cpu_clock_mhz(self._cpu_root, self._cpuinfo) if self._gpu is None else None
+        clock = self._cpu_clock() if self._gpu is None else None
         marks = []
         if gpu.get("throttle_reasons"):
             marks.append("gpu throttled: " + ", ".join(gpu["throttle_reasons"]))

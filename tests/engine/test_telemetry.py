@@ -129,6 +129,42 @@ def test_clock_falls_back_to_proc_cpuinfo_and_nominal_to_max_freq(tmp_path: Path
     assert nominal_clock_mhz(tmp_path / "nothing") is None
 
 
+def test_a_cpufreq_clock_is_read_every_window_from_the_files_found_at_the_start(tmp_path: Path) -> None:
+    cpus = _cpus(tmp_path / "cpu", [2_000_000, 2_200_000], base_khz=3_000_000)
+    source = TelemetrySource(powercap_root=tmp_path / "none", cpu_root=cpus, loadavg=lambda: (0.0, 0, 0))
+    source.begin()
+    assert source.end().clock_mhz == pytest.approx(2100.0)
+    (cpus / "cpu0" / "cpufreq" / "scaling_cur_freq").write_text("2600000\n")
+    source.begin()
+    reading = source.end()
+    assert reading.clock_mhz == pytest.approx(2400.0)
+    assert reading.marks == ()  # 2400 of 3000 MHz: above 75%
+
+
+def test_without_cpufreq_the_proc_cpuinfo_clock_is_read_at_most_once_a_second(tmp_path: Path) -> None:
+    """Reading and parsing /proc/cpuinfo around every short window slowed the window's next step."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\ncpu MHz\t\t: 2400.0\n")
+    clock = Clock()
+    source = TelemetrySource(
+        powercap_root=tmp_path / "none",
+        cpu_root=tmp_path / "no-sysfs",
+        cpuinfo=cpuinfo,
+        clock=clock,
+        loadavg=lambda: (0.0, 0, 0),
+    )
+    readings = []
+    for seconds, mhz in ((0.0, None), (0.4, 1800.0), (0.7, 1700.0)):
+        clock.now += seconds
+        if mhz is not None:
+            cpuinfo.write_text(f"processor\t: 0\ncpu MHz\t\t: {mhz}\n")
+        source.begin()
+        readings.append(source.end().clock_mhz)
+    # 0.0 s and 0.4 s: the first reading serves; 1.1 s after it, the file is read again.
+    assert readings == [pytest.approx(2400.0), pytest.approx(2400.0), pytest.approx(1700.0)]
+    assert source.nominal_clock_mhz is None
+
+
 def test_throttle_reasons_name_heat_and_power_not_idle() -> None:
     assert throttle_reasons(0x1 | 0x4 | 0x40) == ["sw_power_cap", "hw_thermal_slowdown"]
     assert throttle_reasons(0x1) == []  # GPU idle is not throttling
