@@ -100,6 +100,18 @@ def rabbitmq_broker_url(rabbitmq_url: str) -> Iterator[str]:
         yield url
 
 
+# Test files that run after every other in their process. Once pocl has run kernels through PyOpenCL, Intel's
+# OpenCL runtime cannot allocate in that process (engine.backends.oneapi refuses it); with `--dist loadfile`
+# a process takes files in collection order, so the oneapi tests always come first in any process that runs
+# both.
+RUN_LAST = ("tests/engine/test_backend_opencl.py",)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # A stable sort: every other test keeps its place.
+    items.sort(key=lambda item: item.nodeid.split("::", 1)[0] in RUN_LAST)
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Run every test that needs `broker_url` on Redis; those marked `every_broker` on each of BROKERS."""
     if "broker_url" not in metafunc.fixturenames:

@@ -126,6 +126,18 @@ class OneapiBackend(Backend):
     # --- devices -------------------------------------------------------------------------------------
 
     def resolve(self, ref: DeviceRef) -> Device:
+        from engine.backends.opencl import OpenclBackend
+
+        used = OpenclBackend.queues_made()
+        if used:
+            # Seen here: after pocl ran kernels through PyOpenCL, dpnp's first allocation on Intel's OpenCL
+            # runtime failed (USMAllocationError) or the process crashed.
+            raise DeviceError(
+                f"device {ref.name!r} cannot run in a process that has run OpenCL work through PyOpenCL "
+                f"(on {', '.join('opencl:' + s for s in used)}): Intel's OpenCL runtime then fails to "
+                "allocate; "
+                "run oneapi jobs in a process of their own (a worker per device, or `bpbench run`, is one)"
+            )
         dpctl = self.dpctl()
         available = [f"oneapi:{d.filter_string}" for d in dpctl.get_devices()]
         try:

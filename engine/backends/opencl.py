@@ -130,6 +130,11 @@ class OpenclBackend(Backend):
             module = _MODULES[selector] = OpenclNumpy(cl.CommandQueue(cl.Context([found])))
         return module
 
+    @staticmethod
+    def queues_made() -> list[str]:
+        """The devices (selectors) this process has made a command queue on, i.e. run OpenCL work on."""
+        return sorted(_MODULES)
+
     def release_memory(self) -> None:
         """Let go of the buffers each kernel was last enqueued with (a kernel keeps its last arguments,
         `engine.backends.opencl_numpy`), so a finished job's arrays are freed; the kernels stay compiled."""

@@ -40,7 +40,7 @@ from engine.kinds import estimate_memory
 from engine.layers import maximum_in_place
 from engine.spec import float64_refusal, hardware_kind, parse_device, resolve_spec
 from harness.memory_peak import measure_peak
-from tests.support.needs import missing
+from tests.support.needs import missing, require_module
 
 ROOT = Path(__file__).resolve().parents[2]
 DEVICE = "oneapi:opencl:cpu:0"
@@ -132,6 +132,29 @@ def test_a_pinned_process_still_finds_the_opencl_cpu_device(oneapi: Device) -> N
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
     )
     assert done.stdout.strip() == DEVICE
+
+
+def test_a_process_that_ran_opencl_work_refuses_the_oneapi_device_in_one_line(oneapi: Device) -> None:
+    """After pocl ran kernels through PyOpenCL, Intel's runtime failed to allocate (USMAllocationError) or
+    crashed in the same process: refused up front, naming what to do."""
+    require_module("pyopencl", "pip install 'bpbench[opencl]' (needs libclblast-dev)")
+    code = (
+        "from engine.backend import DeviceError, resolve_device\n"
+        "from engine.jobs import run_job\n"
+        "run_job({'kind': 'train', 'steps': 5, 'dataset': 'synthetic', 'device': 'opencl:0:0'})\n"
+        "try:\n"
+        f"    resolve_device({DEVICE!r})\n"
+        "except DeviceError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True, timeout=300
+    )
+    assert done.stdout.strip() == (
+        f"device {DEVICE!r} cannot run in a process that has run OpenCL work through PyOpenCL (on "
+        "opencl:0:0): Intel's OpenCL runtime then fails to allocate; run oneapi jobs in a process of their "
+        "own (a worker per device, or `bpbench run`, is one)"
+    )
 
 
 def test_a_oneapi_jobs_estimate_adds_the_runtime_its_library_holds() -> None:
