@@ -100,16 +100,20 @@ def rabbitmq_broker_url(rabbitmq_url: str) -> Iterator[str]:
         yield url
 
 
-# Test files that run after every other in their process. Once pocl has run kernels through PyOpenCL, Intel's
-# OpenCL runtime cannot allocate in that process (engine.backends.oneapi refuses it); with `--dist loadfile`
-# a process takes files in collection order, so the oneapi tests always come first in any process that runs
-# both.
+# Once pocl has run kernels through PyOpenCL, Intel's OpenCL runtime cannot allocate in that process
+# (engine.backends.oneapi refuses it), and several files may run OpenCL work. With `--dist loadfile`
+# each process takes files in collection order, so the oneapi tests go first (the first file of the
+# process that takes them) and the opencl tests last.
+RUN_FIRST = ("tests/engine/test_backend_oneapi.py",)
 RUN_LAST = ("tests/engine/test_backend_opencl.py",)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # A stable sort: every other test keeps its place.
-    items.sort(key=lambda item: item.nodeid.split("::", 1)[0] in RUN_LAST)
+    def place(item: pytest.Item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        return 0 if path in RUN_FIRST else 2 if path in RUN_LAST else 1
+
+    items.sort(key=place)  # stable: every other test keeps its place
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
