@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -130,7 +130,7 @@ def submit_job(session: Session, spec: JobSpec, *, target_device_id: str | None 
 
 @dataclass(frozen=True)
 class SubmittedBatch:
-    """What `publish_job_rows` did: every row is committed; the first `published` were published at
+    """What `submit_job_rows` did: every row is committed; the first `published` were published at
     `published_at` (the rest stay queued with `published_at` unset, for the reconciler)."""
 
     published: int
@@ -159,27 +159,19 @@ def insert_job_rows(session: Session, rows: Sequence[dict[str, Any]]) -> None:
         session.commit()  # nothing left to commit: ends the session's use of the connection
 
 
-def publish_job_rows(session: Session, rows: Sequence[dict[str, Any]]) -> SubmittedBatch:
-    """Publish committed job rows over one producer, then record `published_at` of those sent in one UPDATE
-    (autocommit: `session` must not have begun a transaction). Raises nothing: a broker failure leaves the
+def submit_job_rows(session: Session, rows: Sequence[dict[str, Any]]) -> SubmittedBatch:
+    """Group commit of `job_row`s as `insert_job_rows` stores them, then their messages over one producer and
+    `published_at` of those sent in one UPDATE, all over one connection (one pool checkout, one pre-ping):
+    what `services/api/group_commit.py` runs for each batch (`session` must not have begun a transaction).
+    Raises only what the INSERT raised (then nothing of the batch is stored). A broker failure leaves the
     unsent jobs queued and unpublished, and a failed UPDATE leaves sent jobs with `published_at` unset; the
     reconciler publishes both later (a second message for a job is harmless: the claim is conditional)."""
-    outcome = _publish_rows(lambda: _autocommit(session), rows)
-    with contextlib.suppress(SQLAlchemyError):
-        session.commit()
-    return outcome
-
-
-def submit_job_rows(session: Session, rows: Sequence[dict[str, Any]]) -> SubmittedBatch:
-    """`insert_job_rows` then `publish_job_rows` over one connection (one pool checkout, one pre-ping):
-    what `services/api/group_commit.py` runs for each batch. Raises only what the INSERT raised (then
-    nothing of the batch is stored)."""
     if not rows:
         return SubmittedBatch(published=0, published_at=None)
     connection = _autocommit(session)
     try:
         _insert_rows(connection, rows)
-        return _publish_rows(lambda: connection, rows)
+        return _publish_rows(connection, rows)
     finally:
         with contextlib.suppress(SQLAlchemyError):
             session.commit()  # nothing left to commit: gives the connection back to the pool
@@ -191,7 +183,7 @@ def _insert_rows(connection: Connection, rows: Sequence[dict[str, Any]]) -> None
         raise RuntimeError(f"{len(stored)} of {len(rows)} job rows stored")
 
 
-def _publish_rows(connection: Callable[[], Connection], rows: Sequence[dict[str, Any]]) -> SubmittedBatch:
+def _publish_rows(connection: Connection, rows: Sequence[dict[str, Any]]) -> SubmittedBatch:
     sent, error = publish_jobs([(row["id"], row["queue"], row["time_limit_s"]) for row in rows])
     if error is not None:
         log.warning("%d job(s) are queued but could not be published yet: %s", len(rows) - sent, error)
@@ -199,7 +191,7 @@ def _publish_rows(connection: Callable[[], Connection], rows: Sequence[dict[str,
         return SubmittedBatch(published=0, published_at=None)
     now = utcnow()
     try:
-        connection().execute(
+        connection.execute(
             update(_JOBS)
             .where(_JOBS.c.id.in_([row["id"] for row in rows[:sent]]))
             .values(published_at=now, updated_at=now)
