@@ -139,7 +139,7 @@ class OneapiBackend(Backend):
                 "run oneapi jobs in a process of their own (a worker per device, or `bpbench run`, is one)"
             )
         dpctl = self.dpctl()
-        available = [f"oneapi:{d.filter_string}" for d in dpctl.get_devices()]
+        available = [f"oneapi:{d.filter_string}" for d in self._usable_devices()]
         try:
             wanted = dpctl.SyclDevice(ref.selector)
         except Exception:  # SyclDeviceCreationError: no such device on this host
@@ -154,6 +154,11 @@ class OneapiBackend(Backend):
                 f"device {ref.name!r} was asked for, but this host's SYCL runtime has no such device; "
                 f"available: {listed}"
             ) from None
+        if not wanted.has_aspect_usm_device_allocations:
+            raise DeviceError(
+                f"device {ref.name!r} is {wanted.name} on {wanted.sycl_platform.name}, where dpnp cannot "
+                f"allocate (no USM device allocations); available: {', '.join(available) or 'none'}"
+            )
         default = dpctl.select_default_device()
         if wanted != default:
             raise DeviceError(
@@ -165,9 +170,14 @@ class OneapiBackend(Backend):
         _, device_type, number = selector_parts(selector)
         return Device(device_type, number, self.name, selector=selector)
 
+    def _usable_devices(self) -> list[Any]:
+        """dpctl's devices that dpnp can allocate on (USM device allocations). The SYCL runtime's OpenCL
+        adapter also lists other OpenCL platforms' devices (pocl's CPU device, seen here), which have none."""
+        return [d for d in self.dpctl().get_devices() if d.has_aspect_usm_device_allocations]
+
     def devices(self) -> list[DeviceInfo]:
         found = []
-        for sycl in self.dpctl().get_devices():
+        for sycl in self._usable_devices():
             selector = str(sycl.filter_string)
             device = Device(str(sycl.device_type.name), None, self.name, selector=selector)
             found.append(

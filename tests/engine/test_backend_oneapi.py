@@ -217,6 +217,26 @@ def test_the_device_lists_this_cpu_with_float64_and_its_vendor(oneapi: Device) -
     assert resolve_device("oneapi:cpu") == oneapi  # a short filter resolves to the device's full one
 
 
+def test_only_devices_dpnp_can_allocate_on_are_listed_and_the_others_refused(oneapi: Device) -> None:
+    """The SYCL runtime also lists other OpenCL platforms' devices (pocl's, where CI installs it); dpnp
+    cannot allocate on them, and a worker for one failed to start under `bpbench up --stack all`."""
+    import dpctl
+
+    listed = {d.spelling for d in backend_named("oneapi").devices()}
+    seen = {f"oneapi:{d.filter_string}": d for d in dpctl.get_devices()}
+    assert listed == {name for name, d in seen.items() if d.has_aspect_usm_device_allocations}
+    assert DEVICE in listed
+    for name, device in seen.items():
+        if name not in listed:
+            refusal = (
+                f"device {name!r} is {device.name} on {device.sycl_platform.name}, where dpnp cannot "
+                f"allocate (no USM device allocations); available: {', '.join(sorted(listed))}"
+            )
+            with pytest.raises(DeviceError) as refused:
+                resolve_device(name)
+            assert str(refused.value) == refusal
+
+
 def test_an_absent_device_is_refused_with_what_is_available(oneapi: Device) -> None:
     with pytest.raises(DeviceError, match=f"has no such device; available: {DEVICE}"):
         resolve_device("oneapi:opencl:cpu:7")
