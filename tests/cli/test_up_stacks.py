@@ -7,6 +7,8 @@ Real `bpbench up` processes (embedded broker, SQLite) on data directories of the
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 
 import pytest
 from sqlalchemy.orm import Session
@@ -51,3 +53,22 @@ def test_up_with_the_xla_stack_registers_this_cpu_through_numpy_and_through_xla(
     assert sorted(d.fingerprint["backend"]["name"] for d in devices) == ["numpy", "xla"]
     # One CPU, two stacks: the same hardware name and vendor on both rows.
     assert len({(d.name, d.vendor) for d in devices}) == 1
+
+
+def test_every_oneapi_worker_up_would_start_can_serve_its_device() -> None:
+    """The SYCL runtime also lists pocl's CPU device where it is installed (CI installs it); dpnp cannot
+    allocate there, and `bpbench up --stack all` failed starting a worker for it. Each device is resolved
+    in a fresh process, as its worker would."""
+    require_module("dpnp", "the oneapi extra: pip install 'bpbench[oneapi]'")
+    code = (
+        "from cli.stack import stack_workers\n"
+        "from engine.backend import resolve_device\n"
+        "devices = stack_workers(['oneapi'])\n"
+        "print(' '.join(resolve_device(d).name for d in devices))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    served = done.stdout.split()
+    assert "oneapi:opencl:cpu:0" in served
+    assert all(name.startswith("oneapi:") for name in served)
