@@ -101,19 +101,40 @@ def rabbitmq_broker_url(rabbitmq_url: str) -> Iterator[str]:
 
 
 # Once pocl has run kernels through PyOpenCL, Intel's OpenCL runtime cannot allocate in that process
-# (engine.backends.oneapi refuses it), and several files may run OpenCL work. With `--dist loadfile`
-# each process takes files in collection order, so the oneapi tests go first (the first file of the
-# process that takes them) and the opencl tests last.
+# (engine.backends.oneapi refuses it), and several files run OpenCL work in-process. So the oneapi tests
+# must be the first file of whichever process takes them. pytest-xdist's `--dist loadfile` hands out
+# files in the order of its work queue, and by default it re-sorts that queue by the number of tests per
+# file (which put the oneapi file behind OpenCL work in CI); here that re-sorting is off and the collection
+# order below is the work queue: the oneapi file first, then the files with a `slow` test (so no
+# minutes-long test is left for the end while the other process idles), then the rest by their number of
+# tests, largest first, as xdist would.
 RUN_FIRST = ("tests/engine/test_backend_oneapi.py",)
-RUN_LAST = ("tests/engine/test_backend_opencl.py",)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config.option, "loadscopereorder"):  # pytest-xdist is installed
+        config.option.loadscopereorder = False
+
+
+def file_of(item: pytest.Item) -> str:
+    return item.nodeid.split("::", 1)[0]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    def place(item: pytest.Item) -> int:
-        path = item.nodeid.split("::", 1)[0]
-        return 0 if path in RUN_FIRST else 2 if path in RUN_LAST else 1
+    tests: dict[str, int] = {}
+    slow: set[str] = set()
+    for item in items:
+        path = file_of(item)
+        tests[path] = tests.get(path, 0) + 1
+        if item.get_closest_marker("slow") is not None:
+            slow.add(path)
 
-    items.sort(key=place)  # stable: every other test keeps its place
+    def place(item: pytest.Item) -> tuple[int, int, int]:
+        path = file_of(item)
+        return (0 if path in RUN_FIRST else 1, 0 if path in slow else 1, -tests[path])
+
+    items.sort(key=place)  # stable: within a file the tests keep their order
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -111,6 +111,7 @@ def test_a_damaged_append_only_file_gives_one_line_with_what_to_do(tmp_path: Pat
     assert "redis-check-aof" not in done.stdout + done.stderr
 
 
+@pytest.mark.slow
 def test_an_up_killed_with_sigkill_takes_its_children_along_and_a_new_up_serves_the_same_directory(
     tmp_path: Path,
 ) -> None:
@@ -150,6 +151,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_exit_when_done_fails_a_gpu_job_on_a_host_without_a_gpu_instead_of_waiting_forever(
     tmp_path: Path,
 ) -> None:

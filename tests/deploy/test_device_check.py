@@ -209,6 +209,7 @@ def test_gpu_benchmark_explains_its_options() -> None:
     assert "textbook,dezero_mlp,large" in done.stdout  # DeZero's MLP(1000, 10) and the large MLP among them
 
 
+@pytest.mark.slow
 def test_the_check_without_an_accelerator_skips_every_gpu_step_with_its_reason_and_fails(
     tmp_path: Path,
 ) -> None:
@@ -248,6 +249,7 @@ def test_the_check_without_an_accelerator_skips_every_gpu_step_with_its_reason_a
     assert "-- pytest -m gpu: passed in " in done.stdout  # each step's time, in the output too
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_JAX, reason="JAX is not installed (the xla extra)")
 def test_the_xla_step_runs_parity_and_training_on_the_platform_it_looks_for(tmp_path: Path) -> None:
     out = tmp_path / "out"

@@ -30,6 +30,7 @@ KILL_AFTER = 50
 RECONCILER = {"BPBENCH_QUEUED_REPUBLISH_AFTER_S": "5", "BPBENCH_RECONCILE_INTERVAL_S": "1"}
 
 
+@pytest.mark.slow
 def test_every_job_accepted_around_an_api_restart_reaches_a_final_state(
     stack: Stack, request: pytest.FixtureRequest
 ) -> None:

@@ -20,6 +20,7 @@ BEFORE, DURING = 30, 10
 RECONCILER = {"BPBENCH_QUEUED_REPUBLISH_AFTER_S": "5", "BPBENCH_RECONCILE_INTERVAL_S": "1"}
 
 
+@pytest.mark.slow
 def test_jobs_queued_when_the_broker_stops_all_finish_after_it_starts_again(
     stack: Stack, request: pytest.FixtureRequest
 ) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from services.jobs import service as jobs
 from services.jobs.models import Job
 from tests.faults.conftest import (
@@ -35,6 +37,7 @@ def _job(stack: Stack, job_id: str) -> Job:
         return job
 
 
+@pytest.mark.slow
 def test_a_worker_cut_off_mid_job_is_replaced_and_writes_no_duplicate_when_it_returns(stack: Stack) -> None:
     ns = network_namespace(stack)
     database = private_postgres(stack, listen=("127.0.0.1", ns.host_ip), trust_from=(ns.network,))

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from services.jobs.models import Job
 from tests.faults.conftest import (
     ApiProcess,
@@ -32,6 +34,7 @@ def _status(stack: Stack, job_id: str) -> str:
         return job.status if job is not None else "missing"
 
 
+@pytest.mark.slow
 def test_the_api_and_workers_recover_from_a_postgres_restart_by_themselves(stack: Stack) -> None:
     database = private_postgres(stack)
     private_redis(stack)

@@ -96,6 +96,7 @@ def test_a_second_worker_with_the_name_of_a_live_one_is_refused_in_one_line(serv
     assert still is not None and still.pid == holder.pid
 
 
+@pytest.mark.slow
 def test_sigstop_of_the_worker_main_process_leaves_its_running_job_to_the_pool_child(servers: Stack) -> None:
     stack = servers
     timings = {"BPBENCH_WORKER_DEAD_AFTER_S": str(DEAD_AFTER_S), "BPBENCH_RECONCILE_INTERVAL_S": "1"}

@@ -54,6 +54,7 @@ def two_workers(stack: Stack, request: pytest.FixtureRequest) -> Stack:
     return stack
 
 
+@pytest.mark.slow
 def test_a_job_whose_worker_is_sigkilled_finishes_on_another_worker_with_one_result(
     two_workers: Stack,
 ) -> None:
@@ -78,6 +79,7 @@ def test_a_job_whose_worker_is_sigkilled_finishes_on_another_worker_with_one_res
     print(f"\nfault 1 (worker SIGKILL): re-run after {rerun_after_s:.1f} s, 1 result, 0 duplicates")
 
 
+@pytest.mark.slow
 def test_a_job_whose_pool_process_is_killed_while_its_worker_lives_runs_again(two_workers: Stack) -> None:
     # The worker's main process keeps beating; only the job's own heartbeat (in the pool child) stops.
     stack = two_workers

@@ -3,7 +3,8 @@ over real HTTP on both databases; `bpbench submit` prints that refusal as one li
 
 The module's API runs on a database of its own, so the devices that may take a job are exactly the ones
 registered here (the session's shared database collects other tests' OpenCL and XLA devices). Its broker is
-unreachable: an accepted job stays queued and no worker of the session takes a job of this database.
+a Redis database of its own that no worker consumes: an accepted job stays queued, and no worker of the
+session takes a job of this database.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from services.core.db import make_engine
 from services.core.migrate import upgrade_to_head
 from services.devices.models import Device
 from services.devices.service import register_device, register_worker
-from tests.support.apiserver import ADMIN_TOKEN, ApiServer, free_port, running_api
+from tests.support.apiserver import ADMIN_TOKEN, ApiServer, running_api
 from tests.support.cli import bpbench, one_line_error, user_env
 from tests.support.jobs import tiny_spec
-from tests.support.servers import DATABASE_BACKENDS, empty_database
+from tests.support.servers import DATABASE_BACKENDS, claimed_redis_database, empty_database
 
 ACCEPTED = "float32 on it, or float64 on a device that has it (e.g. cpu)"
 
@@ -100,13 +101,12 @@ def fleet(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
                     pid=1,
                 )
 
-        settings = Settings(
-            database_url=database_url,
-            broker_url=f"redis://127.0.0.1:{free_port()}/0",
-            data_dir=tmp / "data",
-        )
-        with running_api(settings, tmp, ADMIN_TOKEN, ready_path="/healthz") as api:
-            yield Fleet(api, mali, arc, oneapi_cpu, cpu, start_mali_worker)
+        # (An unreachable broker would do as well, but each accepted job then waits out the publisher's
+        # retries: 6 s a job.)
+        with claimed_redis_database() as broker_url:
+            settings = Settings(database_url=database_url, broker_url=broker_url, data_dir=tmp / "data")
+            with running_api(settings, tmp, ADMIN_TOKEN, ready_path="/healthz") as api:
+                yield Fleet(api, mali, arc, oneapi_cpu, cpu, start_mali_worker)
         engine.dispose()
 
 

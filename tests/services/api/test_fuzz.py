@@ -78,6 +78,7 @@ def input_class(case: dict[str, Any]) -> str:
     return f"{phase}: {mode} data in {', '.join(components) or 'no parameters'}"
 
 
+@pytest.mark.slow
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     fuzzed_api: ApiServer, tmp_path: Path
 ) -> None:

@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.services.api.test_fuzz import fuzzed_api, read_interactions  # noqa: F401  (the fuzzed API fixture)
 from tests.support.apiserver import PROJECT_ROOT, ApiServer
 
@@ -51,6 +53,7 @@ def strictly_json(text: str) -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_hostile_json_bodies_get_no_server_error_and_only_json_answers(
     fuzzed_api: ApiServer,  # noqa: F811
     tmp_path: Path,

@@ -101,6 +101,7 @@ def _succeeded(client: Any, job_ids: list[str], workers: dict[str, WorkerProcess
     return docs
 
 
+@pytest.mark.slow
 def test_this_cpu_is_one_hardware_through_every_stack_in_compare_and_on_the_dashboard(
     stack_workers: dict[str, WorkerProcess],
     api: ApiServer,
