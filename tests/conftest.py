@@ -17,6 +17,7 @@ per broker (restrict with `BPBENCH_TEST_BROKERS=redis` or `=rabbitmq`).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -106,7 +107,7 @@ def rabbitmq_broker_url(rabbitmq_url: str) -> Iterator[str]:
 # files in the order of its work queue, and by default it re-sorts that queue by the number of tests per
 # file (which put the oneapi file behind OpenCL work in CI); here that re-sorting is off and the collection
 # order below is the work queue: the oneapi file first, then the files with a `slow` test (so no
-# minutes-long test is left for the end while the other process idles), then the rest by their number of
+# minutes-long test is left for the end while the other processes idle), then the rest by their number of
 # tests, largest first, as xdist would.
 RUN_FIRST = ("tests/engine/test_backend_oneapi.py",)
 
@@ -122,13 +123,8 @@ def file_of(item: pytest.Item) -> str:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    tests: dict[str, int] = {}
-    slow: set[str] = set()
-    for item in items:
-        path = file_of(item)
-        tests[path] = tests.get(path, 0) + 1
-        if item.get_closest_marker("slow") is not None:
-            slow.add(path)
+    tests = Counter(file_of(item) for item in items)
+    slow = {file_of(item) for item in items if item.get_closest_marker("slow") is not None}
 
     def place(item: pytest.Item) -> tuple[int, int, int]:
         path = file_of(item)
