@@ -8,7 +8,8 @@ The other commit's `engine/` is extracted with `git archive` into a temporary fo
 `engine_before` (its `engine.` imports rewritten), so both engines train the same configuration of
 bench_engine_vs_torch.py on the same batches, round by round in rotating order, with the GEMM-bound limit
 (the step's matrix products alone) in the same rounds for the fully connected nets. Reported per
-contestant: median samples/s of the wall clock and of this process's CPU time (load-robust at 1 thread).
+contestant: median samples/s of the wall clock and of this process's CPU time (load-robust at 1 thread),
+and for each ratio also its paired form: the median of the per-round ratios.
 """
 
 from __future__ import annotations
@@ -63,6 +64,11 @@ def before_runner(widths: list[int], batch: int, xs: Any, ts: Any, config: str) 
     return run
 
 
+def paired(wall: dict[str, list[float]], a: str, b: str) -> float:
+    """The median over rounds of a's rate over b's in the same round (each round's noise cancels)."""
+    return statistics.median(x / y for x, y in zip(wall[a], wall[b], strict=True))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -73,16 +79,29 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--seconds", type=float, default=0.4)
     parser.add_argument("--gap", type=float, default=0.1)
+    parser.add_argument(
+        "--grain",
+        type=int,
+        nargs=2,
+        metavar=("A", "B"),
+        default=None,
+        help="WORK_PER_THREAD of A and of B (e.g. `--before HEAD --grain 4194304 16777216`: the grain alone)",
+    )
     args = parser.parse_args()
     if args.threads:
         threadpool_limits(args.threads, user_api="blas")
     tmp = Path(tempfile.mkdtemp(prefix="ab-engine-"))
     extract_engine(args.before, tmp)
     sys.path.insert(0, str(tmp))
+    if args.grain:
+        importlib.import_module("engine.blas_threads").WORK_PER_THREAD = args.grain[0]
+        importlib.import_module("engine_before.blas_threads").WORK_PER_THREAD = args.grain[1]
     rev = subprocess.run(
         ["git", "rev-parse", "--short", args.before], cwd=ROOT, check=True, capture_output=True, text=True
     ).stdout.strip()
     print(f"B = engine of {args.before} ({rev}); A = this checkout; threads {args.threads or 'BLAS default'}")
+    if args.grain:
+        print(f"WORK_PER_THREAD: A {args.grain[0]}, B {args.grain[1]}")
     print(f"load average before {os.getloadavg()}")
     for config in args.configs.split(","):
         widths, batch = CONFIGS[config]
@@ -116,13 +135,15 @@ def main() -> None:
         for key in runners:
             print(f"  {key:11} {w[key]:10.0f} {c[key]:10.0f}")
         print(
-            f"  A / B: wall {w['A (this)'] / w['B (before)']:.3f}, CPU {c['A (this)'] / c['B (before)']:.3f}"
+            f"  A / B: wall {w['A (this)'] / w['B (before)']:.3f}, "
+            f"CPU {c['A (this)'] / c['B (before)']:.3f}, "
+            f"paired {paired(wall, 'A (this)', 'B (before)'):.3f}"
         )
         if "gemm limit" in runners:
             for key in ("A (this)", "B (before)"):
                 print(
                     f"  {key} / GEMM limit: wall {w[key] / w['gemm limit']:.3f}, "
-                    f"CPU {c[key] / c['gemm limit']:.3f}"
+                    f"CPU {c[key] / c['gemm limit']:.3f}, paired {paired(wall, key, 'gemm limit'):.3f}"
                 )
     print(f"load average after {os.getloadavg()}")
 

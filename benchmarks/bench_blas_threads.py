@@ -27,8 +27,13 @@ from threadpoolctl import ThreadpoolController, threadpool_limits
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.blas_threads import POOL, WORK_PER_THREAD
+from engine.openblas import OPENBLAS
 
 SHAPES = [  # (m, k, n): textbook 784-50-10 at batch 100, the convnet's Affine, the large MLP at 1024
+    (100, 100, 50),  # 0.5M, 1M, 1.6M, 2M: around WORK_PER_THREAD
+    (100, 200, 50),
+    (64, 784, 32),
+    (100, 400, 50),
     (100, 784, 50),
     (784, 100, 50),
     (100, 50, 10),
@@ -93,7 +98,7 @@ def main() -> None:
             pass
 
     POOL.begin()
-    setter = POOL._setters[0]
+    setter = OPENBLAS.setters[0]
     print(f"\nper call (us): threadpool_limits context manager {per_call_us(with_limits, 300):.1f}; ")
     print(f"  controller set_num_threads {per_call_us(lambda: lib.set_num_threads(args.threads)):.2f}; ")
     print(f"  openblas_set_num_threads (engine.blas_threads) {per_call_us(lambda: setter(args.threads)):.2f}")

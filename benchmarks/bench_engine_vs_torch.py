@@ -301,6 +301,11 @@ def measure(
         "gemm_gflops": flops * med["gemm"] / batch / 1e9,
         "engine_gflops": flops * med["engine"] / batch / 1e9,
         "engine_of_gemm_limit": med["engine"] / med["gemm"],
+        "engine_of_gemm_limit_paired": (
+            statistics.median(e / g for e, g in zip(trials["engine"], trials["gemm"], strict=True))
+            if "gemm" in trials
+            else float("nan")
+        ),
         "torch_gemm_gflops": flops * med["torch_gemm"] / batch / 1e9,
         "torch_of_gemm_limit": med["torch"] / med["torch_gemm"],
     }
@@ -405,7 +410,7 @@ def main() -> None:
     print(f"CPU busy before start: {busy_before:.0f}%; load average before {load_before}, after {load_after}")
     print(
         f"{'config':9} {'batch':>5} {'engine':>9} {'torch':>9} {'numpy':>9} {'eng/torch':>9} {'paired':>6} "
-        f"{'np/torch':>8} {'eng/np':>6} {'GEMM GF/s':>9} {'eng/limit':>9} "
+        f"{'np/torch':>8} {'eng/np':>6} {'GEMM GF/s':>9} {'eng/limit':>9} {'paired':>6} "
         f"{'torch GF/s':>10} {'torch/limit':>11}"
     )
     for r in results:
@@ -414,6 +419,7 @@ def main() -> None:
             f"{r['config']:9} {r['batch']:5d} {s['engine']:9.0f} {s['torch']:9.0f} {s['numpy']:9.0f} "
             f"{r['engine_vs_torch']:9.2f} {r['engine_vs_torch_paired']:6.2f} {r['numpy_vs_torch']:8.2f} "
             f"{r['engine_vs_numpy']:6.2f} {r['gemm_gflops']:9.1f} {r['engine_of_gemm_limit']:9.2f} "
+            f"{r['engine_of_gemm_limit_paired']:6.2f} "
             f"{r['torch_gemm_gflops']:10.1f} {r['torch_of_gemm_limit']:11.2f}"
         )
     print("samples per CPU-second of this process (engine / torch / numpy; engine/torch):")

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from engine.backend import add_at, compute_into, get_array_module, put
-from engine.blas_threads import matmul
+from engine.blas_threads import affine, column_sums, matmul
 
 Array = Any  # numpy.ndarray or cupy.ndarray
 
@@ -250,18 +250,26 @@ class Affine(Layer):
         xp = get_array_module(x)
         self.x_shape = x.shape
         self.x = x.reshape(x.shape[0], -1)
-        out = matmul(xp, self.x, self.W, self._buffer("out", (x.shape[0], self.W.shape[1]), x))
-        out += self.b
-        return out
+        return affine(xp, self.x, self.W, self.b, self._buffer("out", (x.shape[0], self.W.shape[1]), x))
 
     def backward(self, dout: Array) -> Array:
         xp = get_array_module(dout)
         self.dW = matmul(xp, self.x.T, dout, self.dW)
-        self.db = xp.sum(dout, axis=0, out=self.db)
+        self.db = column_sums(xp, dout, self._ones(dout), self.db)
         if not self.need_dx:
             return None  # the input layer: dx of the data is never used, skip a whole GEMM
         dx = matmul(xp, dout, self.W.T, self._buffer("dx", self.x.shape, dout))
         return dx.reshape(self.x_shape)
+
+    def _ones(self, dout: Array) -> Array:
+        """A vector of ones, one per sample: summing the batch as a product (`column_sums`)."""
+        if get_array_module(dout) is not np:
+            return None
+        ones = self._buffers.get(("ones", (dout.shape[0],), dout.dtype))
+        if ones is None:
+            ones = self._buffer("ones", (dout.shape[0],), dout)
+            ones.fill(1)
+        return ones
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         return (int(self.W.shape[1]),)

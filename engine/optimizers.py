@@ -25,6 +25,7 @@ from typing import Any
 
 from engine.backend import get_array_module
 from engine.layers import Array, fused_form
+from engine.openblas import axpy
 
 EPS = 1e-7  # the textbook's guard against dividing by sqrt(0)
 
@@ -114,6 +115,8 @@ class SGD(Optimizer):
         fused(list(params.values()), [self._grad(key, p, grads[key]) for key, p in params.items()], self.lr)
 
     def step(self, key: str, param: Array, grad: Array) -> Array:
+        if axpy(-self.lr, grad, param):  # NumPy on OpenBLAS: one pass on the BLAS threads (engine.openblas)
+            return param
         tmp = self._buffer(self._scratch, key, param)
         param -= get_array_module(param).multiply(grad, self.lr, out=tmp)  # no temporary array per step
         return param

@@ -29,7 +29,7 @@ def operands(m: int, k: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 @pytest.mark.usefixtures("two_threads")
 def test_a_small_product_runs_on_one_thread_and_a_large_one_on_the_ceiling() -> None:
-    small, large = operands(100, 784, 50), operands(256, 256, 2 * WORK_PER_THREAD // (256 * 256))
+    small, large = operands(100, 100, 50), operands(256, 256, 2 * WORK_PER_THREAD // (256 * 256))
     with sized_products():
         matmul(np, *small)
         assert openblas_threads() == {1}
@@ -58,7 +58,7 @@ def test_a_training_step_leaves_the_thread_count_as_it_found_it() -> None:
 
 @pytest.mark.usefixtures("two_threads")
 def test_a_nested_block_keeps_the_outer_ceiling() -> None:
-    small, large = operands(100, 784, 50), operands(256, 256, 2 * WORK_PER_THREAD // (256 * 256))
+    small, large = operands(100, 100, 50), operands(256, 256, 2 * WORK_PER_THREAD // (256 * 256))
     with sized_products():
         matmul(np, *small)
         with sized_products():
@@ -68,9 +68,12 @@ def test_a_nested_block_keeps_the_outer_ceiling() -> None:
     assert not POOL.active and openblas_threads() == {2}
 
 
-def test_a_sized_product_computes_the_plain_product_on_as_many_threads() -> None:
-    a, b, out = operands(100, 784, 50)
+@pytest.mark.parametrize("shape", [(100, 100, 50), (100, 784, 50)])
+def test_a_sized_product_computes_the_plain_product_on_as_many_threads(shape: tuple[int, int, int]) -> None:
+    a, b, out = operands(*shape)
     with sized_products():
         matmul(np, a, b, out)
-    with threadpool_limits(limits=1, user_api="blas"):  # the count sizing chose: same summation order
+        chosen = POOL.current
+    assert chosen == min(POOL.ceiling, max(1, shape[0] * shape[1] * shape[2] // WORK_PER_THREAD))
+    with threadpool_limits(limits=chosen, user_api="blas"):  # the count sizing chose: same summation order
         np.testing.assert_array_equal(out, np.matmul(a, b))
