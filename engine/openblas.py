@@ -35,10 +35,11 @@ import numpy as np
 
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112  # CBLAS enums
 
-#: Below this many values the routines decline: NumPy's passes over arrays that small run in cache in a
-#: few microseconds, about the cost of the call, and a BLAS routine above its own threshold (10,000
-#: values for AXPY) would wake the pool's threads for nothing (benchmarks/README.md, 4 Dec 2026).
-MIN_VALUES = 1 << 16
+#: Below this many values the routines decline. Measured on a quiet 2-CPU host (bench_openblas_passes.py,
+#: benchmarks/README.md): at 1024 x 1024 the AXPY takes 0.35-0.52 of NumPy's SGD update and the GEMV
+#: 0.64-1.04 of the column sum; at 256 x 256 both are even with NumPy while the pool's threads are awake
+#: and 1.6-1.8 times slower when they must be woken; at 100 x 50 the call costs more than NumPy's pass.
+MIN_VALUES = 1 << 18
 _REAL = {np.dtype(np.float32): ("s", ctypes.c_float), np.dtype(np.float64): ("d", ctypes.c_double)}
 
 
