@@ -5,6 +5,12 @@ passes the worker's fit check under the cgroup's first limit; once the job runs,
 below what the job is about to allocate (as a neighbour taking memory would), and the kernel's OOM killer
 ends the pool process. The worker's main process sees it die and fails the job on its first attempt,
 instead of the reconciler's "stopped sending heartbeats" three attempts later.
+
+The limit comes down while the job is provably on one of its small sizes: the worker writes every size's
+progress message ("gemm N x N", written before N's matrices are drawn), and the test reads the message again
+after lowering the limit. (A first version lowered it once the job was "running": the small sizes took about
+half a second, and on a loaded CI host the test read the usage after the 4096 matrices were drawn, so no
+limit was crossed and the job ran its 4096 products for over two minutes.)
 """
 
 from __future__ import annotations
@@ -22,23 +28,26 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.core.config import Settings
 from services.core.queue import RUN_JOB_TASK, make_celery
 from services.jobs import service as jobs
+from services.jobs.models import Job
 from services.jobs.resources import estimate_job_memory
 from services.jobs.spec import JobSpec
-from tests.support.jobs import wait_for_job
+from tests.support.jobs import wait_for_job, wait_until
 from tests.support.servers import CI, claimed_redis_database
 from tests.support.workers import start_worker
 
 MIB = 2**20
 FIRST_LIMIT = 1200 * MIB  # room for the estimate beside the worker's own processes
 ROOM_LEFT = 96 * MIB  # what the lowered limit leaves above the group's usage: less than the big matrices
-# Three sizes timed for seconds first, then 4096 x 4096 float64: 384 MiB of matrices, estimated 672 MiB.
+SMALL_SIZES = list(range(256, 705, 32))  # 15 sizes of at most 11.3 MiB of matrices, about 0.15 s each
+BIG = 4096  # then 4096 x 4096 float64: 384 MiB of matrices, estimated 672 MiB
 OOM_JOB = JobSpec(
     kind="gemm",
     device="cpu",
     dtype="float64",
-    gemm_sizes=[256, 512, 768, 4096],
+    gemm_sizes=[*SMALL_SIZES, BIG],
     timing={"warmup": 1, "window": 10, "min_repeats": 8, "max_repeats": 8, "target_cv": 0.5},
 )
+SMALL_MESSAGES = {f"gemm {n}x{n}" for n in SMALL_SIZES}
 
 
 @dataclass(frozen=True)
@@ -81,6 +90,12 @@ def memory_cgroup() -> Iterator[MemoryCgroup]:
         time.sleep(0.2)
 
 
+def progress_message(session_maker: sessionmaker[Session], job_id: str) -> str | None:
+    with session_maker() as session:
+        job = session.get(Job, job_id)
+        return job.progress_message if job is not None else None
+
+
 def test_a_job_killed_by_the_oom_killer_fails_at_once_saying_killed_for_memory(
     memory_cgroup: MemoryCgroup,
     service_settings: Settings,
@@ -92,7 +107,11 @@ def test_a_job_killed_by_the_oom_killer_fails_at_once_saying_killed_for_memory(
     # A broker of its own: the session's shared worker serves the same device's queues on the shared one.
     with claimed_redis_database() as private_broker:
         worker = start_worker(
-            service_settings.database_url, private_broker, tmp_path, wrapper=["sh", "-c", enter, "sh"]
+            service_settings.database_url,
+            private_broker,
+            tmp_path,
+            wrapper=["sh", "-c", enter, "sh"],
+            env={"BPBENCH_PROGRESS_INTERVAL_S": "0.001"},  # every size's message reaches the database
         )
         try:
             assert estimate < FIRST_LIMIT - memory_cgroup.usage(), "the fit check would refuse the job"
@@ -104,10 +123,26 @@ def test_a_job_killed_by_the_oom_killer_fails_at_once_saying_killed_for_memory(
                 RUN_JOB_TASK, args=[job.id], task_id=job.id, queue=job.queue, routing_key=job.queue
             )
             client.close()
-            wait_for_job(session_maker, job.id, statuses={"running"}, timeout_s=60)
+            wait_until(
+                lambda: progress_message(session_maker, job.id) in SMALL_MESSAGES,
+                60,
+                f"job {job.id} to start its small sizes",
+                interval_s=0.02,
+            )
             lowered = memory_cgroup.usage() + ROOM_LEFT
             memory_cgroup.set_limit(lowered)
-            done = wait_for_job(session_maker, job.id, timeout_s=120)
+            after = progress_message(session_maker, job.id)
+            assert after in SMALL_MESSAGES, (
+                f"the job was at {after!r} when the limit came down: it may have drawn its {BIG} matrices "
+                "before the usage was read, and the test proves nothing",
+                worker.log(),
+            )
+            try:
+                done = wait_for_job(session_maker, job.id, timeout_s=120)
+            except pytest.fail.Exception as exc:
+                raise AssertionError(
+                    (str(exc), progress_message(session_maker, job.id), lowered, worker.log())
+                ) from None
             alive = worker.process.poll() is None
         finally:
             # Room again, so the worker's new pool process and its shutdown are not squeezed at the limit.
