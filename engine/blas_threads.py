@@ -65,17 +65,17 @@ class BlasPool:
 
     def fit(self, work: int) -> None:
         """Give the next product `work` multiply-adds' worth of threads (no call when unchanged)."""
-        if not self.active:
-            return
-        threads = min(self.ceiling, max(1, work // WORK_PER_THREAD))
-        if threads != self.current:
-            self._set(threads)
+        self._fit(work // WORK_PER_THREAD)
 
     def fit_pass(self, elements: int) -> None:
         """Give a memory-bound routine over `elements` values (a GEMV) one thread per ELEMENTS_PER_THREAD."""
+        self._fit(elements // ELEMENTS_PER_THREAD)
+
+    def _fit(self, wanted: int) -> None:
+        """`wanted` threads, at least one and at most the ceiling; no call when that is the current count."""
         if not self.active:
             return
-        threads = min(self.ceiling, max(1, elements // ELEMENTS_PER_THREAD))
+        threads = min(self.ceiling, max(1, wanted))
         if threads != self.current:
             self._set(threads)
 
