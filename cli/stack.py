@@ -46,7 +46,7 @@ from cli.render import (
 )
 from cli.supervision import RestartPolicy
 from services.core.config import DATABASE_FILE, MAX_TOKEN_NAME_CHARS, Settings, get_settings
-from services.core.data_dir import make_private_dir
+from services.core.data_dir import make_private_dir, write_atomically
 
 # The command line of a child `bpbench ...`: the same interpreter, so the same virtual environment. `-P`:
 # the working directory is not put on the path, so a folder named `cli` there cannot stand in for ours.
@@ -188,7 +188,7 @@ class Supervisor:
     def _write_pids(self) -> None:
         """`<log_dir>/../stack.pids`: who is running, for people and tests (removed when all stop)."""
         pids = {"up": os.getpid(), "children": {c.name: c.process.pid for c in self.children}}
-        self.pid_file.write_text(json.dumps(pids, indent=2) + "\n")
+        write_atomically(self.pid_file, json.dumps(pids, indent=2) + "\n")
 
     @property
     def pid_file(self) -> Path:
@@ -599,7 +599,7 @@ def run_stack(
         _wait_until(lambda: _ready(client), 60, f"the API at {api_url}", supervisor)
         _wait_until(lambda: len(_live_devices(client)) >= len(workers), 120, "the workers", supervisor)
         # The client commands run with this data directory find this API without BPBENCH_API_URL.
-        (settings.data_dir / API_URL_FILE).write_text(api_url + "\n")
+        write_atomically(settings.data_dir / API_URL_FILE, api_url + "\n")
         supervisor.watch()
         console.print(f"bpbench is up at {api_url} (docs at {api_url}/docs), data in {settings.data_dir}")
         if created:

@@ -39,6 +39,17 @@ def ensure_private_file(path: Path) -> None:
         _tighten(path, PRIVATE_FILE_MODE)
 
 
+def write_atomically(path: Path, text: str) -> None:
+    """Replace `path` with `text` in one step: a reader at any moment sees the old file or the new one,
+    never a truncated one (written to a sibling, then `os.replace`d over it)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 def disk_problem(path: Path) -> str | None:
     """None while the file system holding `path` has `MIN_FREE_BYTES` free, else what is wrong."""
     try:

@@ -8,6 +8,8 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +20,7 @@ from sqlalchemy import text
 
 from harness.processes import bpbench_command
 from services.core.config import Settings
-from services.core.data_dir import MIN_FREE_BYTES
+from services.core.data_dir import MIN_FREE_BYTES, write_atomically
 from services.core.db import make_engine
 from tests.cli.test_stack import stack_env
 from tests.support.apiserver import ADMIN_TOKEN, free_port, running_api
@@ -138,3 +140,33 @@ def test_readyz_says_not_ready_while_the_data_disk_is_full_and_ready_once_freed(
     assert str(small_tmpfs) in full.json()["checks"]["disk"]
     assert (full.json()["checks"]["database"], full.json()["checks"]["broker"]) == ("ok", "ok")
     assert after.status_code == 200, after.text
+
+
+def test_a_file_rewritten_atomically_is_never_seen_empty_or_half_written(tmp_path: Path) -> None:
+    """`bpbench up` rewrites `stack.pids` on each restart while tests and people read it: a reader sees
+    the old content or the new, never the truncated file that `Path.write_text` leaves for a moment."""
+    path = tmp_path / "stack.pids"
+    versions = [json.dumps({"children": {"worker-cpu": pid}}) * 200 + "\n" for pid in range(1000, 1400)]
+    write_atomically(path, versions[0])
+    seen: set[str] = set()
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            seen.add(path.read_text())
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # the reader runs between the writer's steps as often as it can
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for text in versions:
+            write_atomically(path, text)
+    finally:
+        done.set()
+        reader.join()
+        sys.setswitchinterval(switch)
+    assert path.read_text() == versions[-1]
+    assert len(seen) > 1, "the reader never overlapped a rewrite"
+    assert seen <= set(versions), sorted({t[:40] for t in seen - set(versions)})
+    assert list(tmp_path.iterdir()) == [path], "a temporary file was left behind"
