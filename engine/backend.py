@@ -28,6 +28,7 @@ from engine.backends import BACKENDS, backend_named, backend_of
 from engine.backends.base import Backend, Device, DeviceError, DeviceInfo, Timer
 from engine.backends.cupy_common import cupy_if_loaded
 from engine.backends.numpy_backend import cpu_model
+from engine.openblas import numpy_s_openblas
 from engine.spec import DEVICE_SPELLINGS, DTYPES, FLOAT64_ACCEPTED, DeviceSpellingError, parse_device
 
 __all__ = ["BACKENDS", "Backend", "Device", "DeviceError", "DeviceInfo", "backend_named"]
@@ -288,7 +289,13 @@ def _blas_info() -> list[dict[str, Any]]:
 
         _pools = (len(sys.modules), ThreadpoolController())  # after the import: it may add a module
     keys = ("user_api", "internal_api", "prefix", "version", "architecture", "threading_layer", "num_threads")
-    return [{k: pool.get(k) for k in keys} for pool in _pools[1].info()]
+    libs = _pools[1].lib_controllers
+    # SciPy's own OpenBLAS (loaded with Numba by engine.kernels) is not what the products run on, and
+    # listing it would give the same device another id once a process has loaded it
+    openblas = [lib for lib in libs if lib.internal_api == "openblas"]
+    numpy_s = numpy_s_openblas(openblas) if len(openblas) > 1 else None
+    kept = [lib for lib in libs if numpy_s is None or lib.internal_api != "openblas" or lib is numpy_s]
+    return [{k: pool.get(k) for k in keys} for pool in (lib.info() for lib in kept)]
 
 
 NVIDIA_PROC_VERSION = Path("/proc/driver/nvidia/version")

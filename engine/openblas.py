@@ -60,22 +60,15 @@ class OpenBlas:
             return
         from threadpoolctl import ThreadpoolController
 
-        setters, getter, numpy_lib, first = [], None, None, None
-        numpy_dir = Path(np.__file__).resolve().parent.parent
-        for lib in ThreadpoolController().select(internal_api="openblas").lib_controllers:
-            set_fn, get_fn = (
-                lib._get_symbol("openblas_set_num_threads"),
-                lib._get_symbol("openblas_get_num_threads"),
-            )
-            if set_fn is None or get_fn is None:
-                continue
-            setters.append(set_fn)
-            getter = getter or get_fn
-            first = first or lib
-            if numpy_lib is None and Path(lib.filepath).resolve().is_relative_to(numpy_dir):
-                numpy_lib = lib  # NumPy's wheel ships its copy beside the package (numpy.libs)
-        self.setters, self.getter = setters, getter
-        lib = numpy_lib or (first if len(setters) == 1 else None)  # a system NumPy's one OpenBLAS
+        libs = [
+            lib
+            for lib in ThreadpoolController().select(internal_api="openblas").lib_controllers
+            if lib._get_symbol("openblas_set_num_threads") and lib._get_symbol("openblas_get_num_threads")
+        ]
+        self.setters = [lib._get_symbol("openblas_set_num_threads") for lib in libs]
+        lib = numpy_s_openblas(libs)
+        counted = lib or (libs[0] if libs else None)  # every copy gets the same count from `setters`
+        self.getter = counted._get_symbol("openblas_get_num_threads") if counted else None
         if lib is not self._lib:
             self._lib, self._routines, self._checked = lib, {}, None
         self._found_at_modules = len(sys.modules)
@@ -101,6 +94,22 @@ class OpenBlas:
             self._checked = False  # a failing check (or an exception in it) leaves them off
             self._checked = self._lib is not None and _agrees_with_numpy()
         return self._checked
+
+
+def numpy_s_openblas(libs: list[Any]) -> Any:
+    """Of threadpoolctl's controllers of the OpenBLAS copies loaded, the one NumPy calls, or None.
+
+    NumPy's wheels ship their copy beside the package (numpy.libs: Linux, Windows) or inside it
+    (numpy/.dylibs: macOS). SciPy's wheels ship another (scipy.libs), loaded by `import scipy.linalg`
+    and by Numba, and it may be listed first; a system NumPy's one OpenBLAS lies elsewhere, and is taken
+    when it is the only copy.
+    """
+    numpy_pkg = Path(np.__file__).resolve().parent
+    numpy_dirs = (numpy_pkg, numpy_pkg.parent / "numpy.libs")
+    for lib in libs:
+        if any(Path(lib.filepath).resolve().is_relative_to(d) for d in numpy_dirs):
+            return lib
+    return libs[0] if len(libs) == 1 else None
 
 
 def _blasint(lib: Any) -> Any:

@@ -225,9 +225,12 @@ class Backend:
         process = psutil.Process()
         return lambda: {"host_rss_bytes": int(process.memory_info().rss)}
 
-    def host_memory_parts(self, ref: DeviceRef, parts: dict[str, int]) -> dict[str, int]:
+    def host_memory_parts(
+        self, ref: DeviceRef, parts: dict[str, int], relu_values: int = 0
+    ) -> dict[str, int]:
         """What this backend adds to the host's resident set of a job whose NumPy estimate has `parts`
-        (its library's runtime, its own copies of the job's arrays where they live in host memory).
+        (its library's runtime, its own copies of the job's arrays where they live in host memory);
+        `relu_values`: the most values one ReLU of the job takes at once (batch or evaluation chunk).
         Default: nothing (NumPy's arrays are the estimate's; a GPU's live in its own memory)."""
         return {}
 

@@ -11,6 +11,7 @@ from types import ModuleType
 
 import numpy as np
 
+from engine import kernels
 from engine.backends.base import Backend, Device, DeviceError, DeviceInfo
 from engine.backends.vendors import cpu_vendor
 from engine.grammar import DeviceBackend, DeviceRef
@@ -75,3 +76,12 @@ class NumpyBackend(Backend):
 
     def xp(self, device: Device) -> ModuleType:
         return np
+
+    def host_memory_parts(
+        self, ref: DeviceRef, parts: dict[str, int], relu_values: int = 0
+    ) -> dict[str, int]:
+        """Numba's runtime where the one-pass kernels (`engine.kernels`) run: a ReLU of
+        `kernels.MIN_VALUES` values or more (a smaller job never imports Numba)."""
+        if relu_values >= kernels.MIN_VALUES and kernels.installed():
+            return {"compiled_kernels": kernels.KERNELS_RUNTIME_BYTES}
+        return {}

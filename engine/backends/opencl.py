@@ -154,7 +154,9 @@ class OpenclBackend(Backend):
     def synchronize(self, device: Device) -> None:
         self.array_module(device.selector or "0:0").queue.finish()
 
-    def host_memory_parts(self, ref: DeviceRef, parts: dict[str, int]) -> dict[str, int]:
+    def host_memory_parts(
+        self, ref: DeviceRef, parts: dict[str, int], relu_values: int = 0
+    ) -> dict[str, int]:
         """PyOpenCL's runtime; on a CPU device (pocl) the buffers are host memory too, a second set of
         the job's arrays beside NumPy's copies of the data set."""
         extra = {"opencl_runtime": RUNTIME_BYTES}

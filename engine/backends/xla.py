@@ -152,7 +152,9 @@ class XlaBackend(Backend):
 
         return probe
 
-    def host_memory_parts(self, ref: DeviceRef, parts: dict[str, int]) -> dict[str, int]:
+    def host_memory_parts(
+        self, ref: DeviceRef, parts: dict[str, int], relu_values: int = 0
+    ) -> dict[str, int]:
         """JAX's runtime, and on the CPU platform a second set of the job's arrays: XLA's copies of the data
         set and parameters, and the new array every eager operation of an evaluation makes (no buffer is
         reused on JAX). Measured peaks: 357, 601 and 912 MiB for the textbook net, a 784-1024-1024-10 MLP

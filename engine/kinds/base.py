@@ -361,6 +361,17 @@ def pass_bytes(
     return _dense_pass(model, item, train)
 
 
+def relu_values(model: dict[str, Any], input_shape: tuple[int, ...]) -> int:
+    """The most values per sample one ReLU layer of the model takes (0 without one): times the batch, what
+    decides whether the CPU's compiled kernels run (`engine.kernels.MIN_VALUES`)."""
+    widths = [int(w) for w in model["layers"]]
+    if model["name"] == "simple_convnet":  # conv -> ReLU -> pool -> Affine -> ReLU -> Affine
+        _, height, width = image_shape(input_shape) or CONVNET_SYNTHETIC_IMAGE
+        conv = CONVNET_FILTERS * (height - CONVNET_FILTER_SIZE + 1) * (width - CONVNET_FILTER_SIZE + 1)
+        return max(conv, widths[1] if len(widths) >= 3 else CONVNET_HIDDEN)
+    return max(widths[1:-1], default=0) if model.get("activation", "relu") == "relu" else 0
+
+
 def parameter_count(model: dict[str, Any], input_shape: tuple[int, ...]) -> int:
     """The model's trainable scalars, as `build_network` makes them."""
     widths = [int(w) for w in model["layers"]]

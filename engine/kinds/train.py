@@ -43,6 +43,7 @@ from engine.kinds.base import (
     network_bytes,
     optimizer_copies,
     optimizer_of,
+    relu_values,
 )
 from engine.spec import parse_device
 from engine.stats import AdaptiveRepeats, headline, summarize
@@ -368,8 +369,10 @@ def estimate_memory(spec: dict[str, Any]) -> MemoryEstimate:
     # A window's batches are gathered at once into buffers of the loop (features and labels).
     window = min(int(spec["timing"]["window"]), int(spec["steps"]))
     parts["batches"] = dataset_bytes(window * batch, input_shape, item)
-    device = parse_device(spec["device"])  # JAX adds its runtime and, on a CPU, its copies of the arrays
-    parts.update(backend_of(device).host_memory_parts(device, parts))
+    # JAX adds its runtime and, on a CPU, its copies of the arrays; NumPy, Numba's where its kernels run
+    device = parse_device(spec["device"])
+    relu = relu_values(model, input_shape) * max(batch, *chunks)
+    parts.update(backend_of(device).host_memory_parts(device, parts, relu_values=relu))
     return estimate(parts)
 
 

@@ -105,6 +105,31 @@ def test_the_fingerprint_reports_the_blas_threads_of_the_moment_though_its_scan_
         assert set(_blas_threads(fingerprint(CPU)["blas"])) == {2}
 
 
+def test_the_fingerprint_names_numpy_s_blas_only_when_numba_has_loaded_scipy_s() -> None:
+    # Numba (engine.kernels, on large arrays) imports SciPy, whose wheel loads a second OpenBLAS; listing it
+    # would give the same CPU another device id from the first large job of a worker process on.
+    probe = (
+        "import json, numpy as np\n"
+        "from threadpoolctl import threadpool_info\n"
+        "from engine.backend import CPU, fingerprint\n"
+        "from engine import kernels\n"
+        "before = fingerprint(CPU)['blas']\n"
+        "x = np.ones(kernels.MIN_VALUES, np.float32)\n"
+        "assert kernels.relu_forward(x, np.empty(x.size, bool), x)\n"
+        "loaded = [i['filepath'] for i in threadpool_info() if i['internal_api'] == 'openblas']\n"
+        "print(json.dumps([before, fingerprint(CPU)['blas'], loaded]))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    if "numba" in run.stderr and "ModuleNotFoundError" in run.stderr:
+        pytest.skip("Numba is not installed")
+    assert run.returncode == 0, run.stderr
+    before, after, loaded = json.loads(run.stdout)
+    if len(loaded) < 2:
+        pytest.skip(f"Numba loaded no second OpenBLAS here: {loaded}")
+    assert [pool["prefix"] for pool in after] == [pool["prefix"] for pool in before]
+    assert after == before
+
+
 def test_the_library_scan_is_done_once_and_again_after_an_import(monkeypatch: pytest.MonkeyPatch) -> None:
     scans: list[int] = []
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ from engine import blas_threads
 from engine.blas_threads import affine, column_sums, sized_products
 from engine.layers import Affine
 from engine.networks import mlp
-from engine.openblas import MIN_VALUES, OPENBLAS, axpy, gemm_add, gemv_into
+from engine.openblas import MIN_VALUES, OPENBLAS, axpy, gemm_add, gemv_into, numpy_s_openblas
 from engine.optimizers import SGD
 
 
@@ -264,3 +265,31 @@ def test_the_bias_gradient_runs_on_every_thread_when_large_and_one_when_small() 
             assert openblas_threads() == {2}
         np.testing.assert_array_equal(out, np.full(64, float(large.shape[0])))
         assert openblas_threads() == {2}
+
+
+@pytest.mark.parametrize("order", ["as loaded", "reversed"])
+def test_the_routines_call_numpy_s_openblas_when_scipy_has_loaded_its_own(order: str) -> None:
+    # SciPy's wheels ship a second OpenBLAS (scipy.libs), loaded by `import scipy.linalg` and by Numba
+    # when it compiles engine.kernels, and threadpoolctl may list it first. Calling that copy's GEMM
+    # between NumPy's products left two thread pools spinning on the same CPUs: a training step ran three
+    # times slower. Both orders of the real controllers must give NumPy's copy.
+    import scipy.linalg  # noqa: F401  (loads SciPy's OpenBLAS)
+    from threadpoolctl import ThreadpoolController
+
+    libs = ThreadpoolController().select(internal_api="openblas").lib_controllers
+    folders = {Path(lib.filepath).resolve().parent.name for lib in libs}
+    if "scipy.libs" not in folders:
+        pytest.skip(f"SciPy has no OpenBLAS of its own here: {folders}")
+    numpy_pkg = Path(np.__file__).resolve().parent
+    chosen = numpy_s_openblas(libs if order == "as loaded" else libs[::-1])
+    assert Path(chosen.filepath).resolve().parent in (numpy_pkg.parent / "numpy.libs", numpy_pkg / ".dylibs")
+    assert OPENBLAS.usable() and OPENBLAS._lib.filepath == chosen.filepath
+
+
+def test_a_lone_openblas_outside_numpy_s_folders_is_taken_as_numpy_s() -> None:
+    # A system NumPy (Debian's python3-numpy) links the system's one OpenBLAS, outside NumPy's folders.
+    from threadpoolctl import ThreadpoolController
+
+    lone = ThreadpoolController().select(internal_api="openblas").lib_controllers[:1]
+    assert numpy_s_openblas(lone) is lone[0]
+    assert numpy_s_openblas([]) is None
