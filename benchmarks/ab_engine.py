@@ -41,7 +41,7 @@ def extract_engine(rev: str, into: Path) -> None:
     archive = subprocess.run(["git", "archive", rev, "engine"], cwd=ROOT, check=True, capture_output=True)
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
     (into / "engine").rename(into / "engine_before")
-    for path in (into / "engine_before").glob("*.py"):
+    for path in (into / "engine_before").rglob("*.py"):
         text = re.sub(r"\bfrom engine(\.| import)", r"from engine_before\1", path.read_text())
         path.write_text(re.sub(r"\bimport engine\.", "import engine_before.", text))
 
@@ -87,6 +87,13 @@ def main() -> None:
         default=None,
         help="WORK_PER_THREAD of A and of B (e.g. `--before HEAD --grain 4194304 16777216`: the grain alone)",
     )
+    parser.add_argument(
+        "--b-without-kernels",
+        action="store_true",
+        help="B runs NumPy's chains instead of engine.kernels (`--before HEAD --b-without-kernels`: the "
+        "compiled ReLU alone). An engine before them picked SciPy's OpenBLAS once Numba loaded it (three "
+        "times slower), so compare those with bench_engine_vs_torch.py runs, not in one process",
+    )
     args = parser.parse_args()
     if args.threads:
         threadpool_limits(args.threads, user_api="blas")
@@ -96,12 +103,16 @@ def main() -> None:
     if args.grain:
         importlib.import_module("engine.blas_threads").WORK_PER_THREAD = args.grain[0]
         importlib.import_module("engine_before.blas_threads").WORK_PER_THREAD = args.grain[1]
+    if args.b_without_kernels:
+        importlib.import_module("engine_before.kernels")._compiled = {}
     rev = subprocess.run(
         ["git", "rev-parse", "--short", args.before], cwd=ROOT, check=True, capture_output=True, text=True
     ).stdout.strip()
     print(f"B = engine of {args.before} ({rev}); A = this checkout; threads {args.threads or 'BLAS default'}")
     if args.grain:
         print(f"WORK_PER_THREAD: A {args.grain[0]}, B {args.grain[1]}")
+    if args.b_without_kernels:
+        print("B without engine.kernels (NumPy's chains)")
     print(f"load average before {os.getloadavg()}")
     for config in args.configs.split(","):
         widths, batch = CONFIGS[config]
