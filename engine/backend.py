@@ -279,7 +279,16 @@ def _host_info() -> dict[str, Any]:
 # threadpoolctl finds the thread pools by scanning every loaded library (/proc/self/maps): milliseconds in a
 # worker, on every job. The scan is kept per process and redone only after an import, the way a new
 # library gets loaded; the thread counts are read from the libraries on every call (threadpool_limits).
-_pools: tuple[int, Any] | None = None  # (len(sys.modules) at the scan, its ThreadpoolController)
+_pools: tuple[int, list[Any]] | None = None  # (len(sys.modules) at the scan, the pools a fingerprint lists)
+
+
+def _fingerprinted_pools(libs: list[Any]) -> list[Any]:
+    """The thread pools a fingerprint lists: all but the OpenBLAS copies NumPy does not call. SciPy's own
+    (loaded with Numba by engine.kernels) is not what the products run on, and listing it would give the
+    same device another id once a process has loaded it."""
+    openblas = [lib for lib in libs if lib.internal_api == "openblas"]
+    numpy_s = numpy_s_openblas(openblas) if len(openblas) > 1 else None
+    return [lib for lib in libs if numpy_s is None or lib.internal_api != "openblas" or lib is numpy_s]
 
 
 def _blas_info() -> list[dict[str, Any]]:
@@ -287,15 +296,10 @@ def _blas_info() -> list[dict[str, Any]]:
     if _pools is None or _pools[0] != len(sys.modules):
         from threadpoolctl import ThreadpoolController
 
-        _pools = (len(sys.modules), ThreadpoolController())  # after the import: it may add a module
+        controller = ThreadpoolController()  # after the import: it may add a module
+        _pools = (len(sys.modules), _fingerprinted_pools(controller.lib_controllers))
     keys = ("user_api", "internal_api", "prefix", "version", "architecture", "threading_layer", "num_threads")
-    libs = _pools[1].lib_controllers
-    # SciPy's own OpenBLAS (loaded with Numba by engine.kernels) is not what the products run on, and
-    # listing it would give the same device another id once a process has loaded it
-    openblas = [lib for lib in libs if lib.internal_api == "openblas"]
-    numpy_s = numpy_s_openblas(openblas) if len(openblas) > 1 else None
-    kept = [lib for lib in libs if numpy_s is None or lib.internal_api != "openblas" or lib is numpy_s]
-    return [{k: pool.get(k) for k in keys} for pool in (lib.info() for lib in kept)]
+    return [{k: pool.get(k) for k in keys} for pool in (lib.info() for lib in _pools[1])]
 
 
 NVIDIA_PROC_VERSION = Path("/proc/driver/nvidia/version")

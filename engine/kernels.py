@@ -24,6 +24,7 @@ What Numba costs a process: importing it and loading the kernels adds about 140 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from typing import Any
 
@@ -99,8 +100,9 @@ def available() -> bool:
     return bool(_kernels())
 
 
+@functools.cache
 def installed() -> bool:
-    """Whether Numba is installed, without importing it (for memory estimates)."""
+    """Whether Numba is installed, without importing it (for memory estimates; looked up once)."""
     return importlib.util.find_spec("numba") is not None
 
 

@@ -326,16 +326,21 @@ def _dense_pass(model: dict[str, Any], item: int, train: bool) -> tuple[int, int
     return kept, transient
 
 
-def _convnet_pass(model: dict[str, Any], input_shape: tuple[int, ...], item: int, train: bool) -> int:
-    """Bytes per sample `simple_convnet`'s layers keep in one pass (its temporaries are per batch)."""
+def _convnet_sizes(model: dict[str, Any], input_shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """`simple_convnet`'s (input channels, convolution output height and width, hidden width)."""
     widths = [int(w) for w in model["layers"]]
     channels, height, width = image_shape(input_shape) or CONVNET_SYNTHETIC_IMAGE
-    conv_h, conv_w = height - CONVNET_FILTER_SIZE + 1, width - CONVNET_FILTER_SIZE + 1
+    hidden = widths[1] if len(widths) >= 3 else CONVNET_HIDDEN
+    return channels, height - CONVNET_FILTER_SIZE + 1, width - CONVNET_FILTER_SIZE + 1, hidden
+
+
+def _convnet_pass(model: dict[str, Any], input_shape: tuple[int, ...], item: int, train: bool) -> int:
+    """Bytes per sample `simple_convnet`'s layers keep in one pass (its temporaries are per batch)."""
+    channels, conv_h, conv_w, hidden = _convnet_sizes(model, input_shape)
     patch = channels * CONVNET_FILTER_SIZE**2
     conv = CONVNET_FILTERS * conv_h * conv_w
     pooled = CONVNET_FILTERS * (conv_h // 2) * (conv_w // 2)
-    hidden = widths[1] if len(widths) >= 3 else CONVNET_HIDDEN
-    classes = widths[-1]
+    classes = int(model["layers"][-1])
     # Convolution: unfolded patches and output; ReLU: its mask; Pooling, Affine, ReLU, Affine: outputs.
     kept = (patch * conv_h * conv_w + conv + pooled + hidden + classes) * item + conv + hidden
     if not train:
@@ -364,11 +369,10 @@ def pass_bytes(
 def relu_values(model: dict[str, Any], input_shape: tuple[int, ...]) -> int:
     """The most values per sample one ReLU layer of the model takes (0 without one): times the batch, what
     decides whether the CPU's compiled kernels run (`engine.kernels.MIN_VALUES`)."""
-    widths = [int(w) for w in model["layers"]]
     if model["name"] == "simple_convnet":  # conv -> ReLU -> pool -> Affine -> ReLU -> Affine
-        _, height, width = image_shape(input_shape) or CONVNET_SYNTHETIC_IMAGE
-        conv = CONVNET_FILTERS * (height - CONVNET_FILTER_SIZE + 1) * (width - CONVNET_FILTER_SIZE + 1)
-        return max(conv, widths[1] if len(widths) >= 3 else CONVNET_HIDDEN)
+        _, conv_h, conv_w, hidden = _convnet_sizes(model, input_shape)
+        return max(CONVNET_FILTERS * conv_h * conv_w, hidden)
+    widths = [int(w) for w in model["layers"]]
     return max(widths[1:-1], default=0) if model.get("activation", "relu") == "relu" else 0
 
 
@@ -377,10 +381,8 @@ def parameter_count(model: dict[str, Any], input_shape: tuple[int, ...]) -> int:
     widths = [int(w) for w in model["layers"]]
     if model["name"] != "simple_convnet":
         return count_parameters(widths) + 2 * sum(widths[1:-1]) * int(bool(model.get("batchnorm")))
-    channels, height, width = image_shape(input_shape) or CONVNET_SYNTHETIC_IMAGE
-    conv_h, conv_w = height - CONVNET_FILTER_SIZE + 1, width - CONVNET_FILTER_SIZE + 1
+    channels, conv_h, conv_w, hidden = _convnet_sizes(model, input_shape)
     pooled = CONVNET_FILTERS * (conv_h // 2) * (conv_w // 2)
-    hidden = widths[1] if len(widths) >= 3 else CONVNET_HIDDEN
     filters = CONVNET_FILTERS * (channels * CONVNET_FILTER_SIZE**2 + 1)
     return filters + count_parameters([pooled, hidden, widths[-1]])
 
