@@ -17,7 +17,7 @@ array, arrays of different sizes. The caller then runs the NumPy chain. Compiled
 (`cache=True`), so a process after the first loads it instead of compiling (about half a second a kernel
 the first time).
 
-What Numba costs a process: importing it and loading the kernels adds about 140 MiB to its peak resident set
+What Numba costs a process: importing it and running the kernels adds 125-136 MiB to its peak resident set
 (LLVM, and SciPy with its own OpenBLAS, which Numba imports), counted in a job's memory estimate
 (`KERNELS_RUNTIME_BYTES`). Small arrays never pay it: below `MIN_VALUES` nothing is imported.
 """
@@ -34,8 +34,9 @@ import numpy as np
 #: "ReLU in one pass"): a forward and backward pair costs about 6 us more per call than NumPy's chain, is
 #: even with it near 2^15 values and takes 0.57-0.59 of its time from 2^18 on (0.53 right after a product).
 MIN_VALUES = 1 << 18
-#: What importing Numba and running the kernels adds to a process's peak resident set: 135 MiB loading
-#: them from the cache, 139 MiB compiling both dtypes (a fresh process, x86_64, Numba 0.68.1, SciPy 1.17.1).
+#: What importing Numba and running the kernels adds to a process's peak resident set: 125.6 MiB loading
+#: them from the cache, 135.5 MiB compiling both dtypes (`benchmarks/bench_relu_kernels.py --memory`; x86_64,
+#: Numba 0.68.1, SciPy 1.17.1).
 KERNELS_RUNTIME_BYTES = 160 * 2**20
 _REAL = (np.dtype(np.float32), np.dtype(np.float64))
 _compiled: dict[str, Any] | None = None  # name -> kernel, once Numba was looked for ({} without it)
