@@ -15,6 +15,10 @@ Run:
    lies within one point of it.
 3. Print the rates, the runs' own spread (CV of the run medians), the load average before and after, and
    a JSON line.
+
+`--device gpu:0` measures the same job on a GPU. `--save-runs FILE --series 0` only measures, and writes the
+runs (with the machine, device, time and load) to FILE; `--runs-from FILE` resamples such a file instead of
+measuring, so runs taken on a borrowed quiet host (`scripts/device_figures.sh`) are resampled anywhere.
 """
 
 from __future__ import annotations
@@ -39,11 +43,12 @@ from services.jobs.spec import JobSpec
 from services.results.changepoints import ALPHA, MIN_SEGMENT, detect_change_points
 
 
-def measured_runs(runs: int, steps: int) -> list[float]:
-    """The median samples/s of `runs` real jobs of the textbook spec, run one after another."""
+def measured_runs(runs: int, steps: int, device: str = "cpu") -> list[float]:
+    """The median samples/s of `runs` real jobs of the textbook spec on `device`, run one after another."""
     spec = JobSpec.model_validate(
         {
             "kind": "train",
+            "device": device,
             "model": {"name": "two_layer_net", "layers": [784, 50, 10]},
             "dataset": "mnist5k",
             "steps": steps,
@@ -57,6 +62,44 @@ def measured_runs(runs: int, steps: int) -> list[float]:
             medians.append(float(result["metrics"]["samples_per_s"]["median"]))
             print(f"run {index + 1}/{runs}: {medians[-1]:,.0f} samples/s", file=sys.stderr)
     return medians
+
+
+def measure(runs: int, steps: int, device: str) -> dict[str, Any]:
+    """`runs` real jobs on `device`, with the machine they ran on and the load before and after."""
+    load_before = os.getloadavg()[0]
+    started = time.monotonic()
+    medians = measured_runs(runs, steps, device)
+    return {
+        "run_medians": medians,
+        "device": device,
+        "steps": steps,
+        "machine": f"{_cpu_name()}, {os.cpu_count()} CPUs, {_gpu_name(device)}",
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "measured_s": time.monotonic() - started,
+        "load_before": load_before,
+        "load_after": os.getloadavg()[0],
+    }
+
+
+def _cpu_name() -> str:
+    """The CPU's model name as Linux reports it, or the platform's machine type."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _gpu_name(device: str) -> str:
+    """The GPU's name where the jobs ran on one ("no GPU" on the CPU)."""
+    if device.split(":")[0] == "cpu":
+        return "no GPU"
+    import cupy
+
+    properties = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+    return str(properties["name"].decode())
 
 
 def rates(
@@ -101,19 +144,37 @@ def main() -> None:
         "--min-side", type=int, default=5, help="fewest results either side of a planted step (default 5)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--device", default="cpu", help="the device the jobs run on, as a job spec names it (default cpu)"
+    )
+    parser.add_argument(
+        "--save-runs", type=Path, help="write the measured runs (medians, machine, load) to this JSON file"
+    )
+    parser.add_argument(
+        "--runs-from",
+        type=Path,
+        help="resample the runs a --save-runs file holds (measured elsewhere) instead of measuring here",
+    )
     args = parser.parse_args()
 
-    load_before = os.getloadavg()
-    started = time.monotonic()
-    pool = measured_runs(args.runs, args.steps)
-    measured_s = time.monotonic() - started
-    load_after = os.getloadavg()
+    if args.runs_from:
+        measured = json.loads(args.runs_from.read_text())
+        print(f"runs measured on {measured['machine']}, device {measured['device']}, {measured['when']}")
+    else:
+        measured = measure(args.runs, args.steps, args.device)
+        if args.save_runs:
+            args.save_runs.write_text(json.dumps(measured, indent=1) + "\n")
+    pool = measured["run_medians"]
+    load_before, load_after = measured["load_before"], measured["load_after"]
     cv = statistics.stdev(pool) / statistics.mean(pool)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
+    print(f"machine: {measured['machine']}; device {measured['device']}")
     print(
-        f"measured {args.runs} runs in {measured_s:.0f} s: median {statistics.median(pool):,.0f} samples/s, "
-        f"CV of run medians {cv:.2%}; load average before {load_before[0]:.2f}, after {load_after[0]:.2f}"
+        f"measured {len(pool)} runs in {measured['measured_s']:.0f} s: median {statistics.median(pool):,.0f} "
+        f"samples/s, CV of run medians {cv:.2%}; load average before {load_before:.2f}, "
+        f"after {load_after:.2f}"
     )
+    if args.series == 0:
+        return
     print(f"| results per history | planted step | false alarms (no change) | step found | alpha {ALPHA} |")
     print("|---|---|---|---|---|")
     table = []
@@ -129,11 +190,13 @@ def main() -> None:
         json.dumps(
             {
                 "rates": table,
-                "runs": args.runs,
+                "runs": len(pool),
                 "run_medians": pool,
                 "run_cv": cv,
-                "load_before": load_before[0],
-                "load_after": load_after[0],
+                "machine": measured["machine"],
+                "device": measured["device"],
+                "load_before": load_before,
+                "load_after": load_after,
             }
         )
     )
