@@ -346,9 +346,14 @@ def cupy_is_rocm() -> bool:
     return cupy is not None and is_rocm_build(cupy)
 
 
-def open_gpu_meter(index: int) -> tuple[NvmlDevice | AmdSmiDevice | None, str | None, str]:
-    """The meter of GPU `index` (NVML, or amdsmi under CuPy's ROCm build), a reason if none, and its name."""
-    if cupy_is_rocm():
+def open_gpu_meter(
+    index: int, vendor: str | None = None
+) -> tuple[NvmlDevice | AmdSmiDevice | None, str | None, str]:
+    """The meter of GPU `index` (NVML for NVIDIA, amdsmi for AMD; by CuPy's build where `vendor` is None),
+    a reason if none, and its name."""
+    if vendor is not None and vendor not in ("NVIDIA", "AMD"):
+        return None, f"no power meter is read for {vendor} GPUs", "none"
+    if vendor == "AMD" if vendor is not None else cupy_is_rocm():
         amd, reason = AmdSmiDevice.open(index)
         return amd, reason, "amdsmi"
     nvidia, reason = NvmlDevice.open(index)
@@ -361,7 +366,8 @@ def open_gpu_meter(index: int) -> tuple[NvmlDevice | AmdSmiDevice | None, str | 
 class TelemetrySource:
     """Energy and conditions around timed windows of one job on one device (`gpu_index` None: CPU).
 
-    `gpu_meter` replaces the meter `open_gpu_meter` would open (readings played back in tests).
+    `vendor` names the GPU's vendor where the array library does not say it (JAX's `xla:gpu:N`); `gpu_meter`
+    replaces the meter `open_gpu_meter` would open (readings played back in tests).
     """
 
     def __init__(
@@ -374,6 +380,7 @@ class TelemetrySource:
         clock: Callable[[], float] = time.perf_counter,
         loadavg: Callable[[], tuple[float, float, float]] = os.getloadavg,
         gpu_meter: GpuMeter | None = None,
+        vendor: str | None = None,
     ) -> None:
         self._clock = clock
         self._loadavg = loadavg
@@ -393,7 +400,7 @@ class TelemetrySource:
                 self._gpu, self.energy_reason = gpu_meter, None
                 meter = "amdsmi" if isinstance(gpu_meter, AmdSmiDevice) else "nvml"
             else:
-                self._gpu, self.energy_reason, meter = open_gpu_meter(gpu_index)
+                self._gpu, self.energy_reason, meter = open_gpu_meter(gpu_index, vendor)
             self.energy_source = meter if self._gpu is not None else None
         self._start: tuple[float, float, list[int], float | None] | None = None
 

@@ -72,6 +72,12 @@ class Device:
         with _registry_backend(self.backend).use(self):
             yield
 
+    def energy_meter(self) -> tuple[int, str] | None:
+        """(GPU index, vendor) of the GPU meter that reads this device's energy; None: the host's (RAPL)."""
+        if self.backend == "numpy":
+            return None
+        return _registry_backend(self.backend).energy_meter(self)
+
 
 CUPY_BACKENDS = ("cuda", "rocm")
 
@@ -178,6 +184,13 @@ class Backend:
     def vendor(self, device: Device) -> str:
         """The hardware vendor of the device, as the timeline's rows name them (`NVIDIA`, `Intel`, ...)."""
         return "unknown"
+
+    def energy_meter(self, device: Device) -> tuple[int, str] | None:
+        """(GPU index, vendor) of the vendor's GPU meter for this device (NVML for NVIDIA, amdsmi for AMD),
+        or None where the host's CPU meter (RAPL) is the one: a CPU, or hardware with no meter read here."""
+        if device.kind != "gpu":
+            return None
+        return device.index or 0, self.vendor(device)
 
     def hardware_name(self, device: Device) -> str | None:
         """The hardware's own name (a CPU's model, a GPU's name): what identifies it across stacks."""

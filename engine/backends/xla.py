@@ -9,6 +9,11 @@ float64: TPUs have none. On a CPU or GPU, JAX computes in float64 once `jax_enab
 resolving such a device turns on (for the process: a worker runs one device). The engine names every
 array's dtype, so a float32 job stays float32 with it on (tests/engine/test_backend_xla.py).
 Resolving a device also makes it JAX's default device, where every array of the job is then made.
+
+float32 means float32: resolving a device sets JAX's default matrix-product precision to "highest". Left at
+its default, XLA on an NVIDIA GPU multiplies float32 matrices in TF32 (10-bit mantissas): on the H200 every
+float32 parity preset missed the 2e-3 bound (worst relative error 0.42, 4 Dec 2026), where CuPy, which
+keeps TF32 off unless CUPY_TF32=1, passed all seven. The fingerprint records the precision.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ RUNTIME_BYTES = 320 * 2**20
 # TPUs have no float64 unit; JAX on a CPU or GPU has float64 once `jax_enable_x64` is set.
 _PLATFORM_FLOAT64 = {"cpu": True, "gpu": True, "cuda": True, "rocm": True, "tpu": False}
 _PLATFORM_VENDOR = {"cuda": "NVIDIA", "rocm": "AMD", "tpu": "Google"}
+# float32 products in float32 (not TF32 or bfloat16 passes), on every platform; see the module's docstring.
+MATMUL_PRECISION = "highest"
 
 
 def platform_of(selector: str | None) -> str:
@@ -81,6 +88,7 @@ class XlaBackend(Backend):
         if _PLATFORM_FLOAT64.get(platform, True):
             jax.config.update("jax_enable_x64", True)
         jax.config.update("jax_default_device", found[index])
+        jax.config.update("jax_default_matmul_precision", MATMUL_PRECISION)
         return device
 
     def devices(self) -> list[DeviceInfo]:
@@ -186,4 +194,5 @@ class XlaBackend(Backend):
         fields["platform"] = str(jax_device.platform)
         fields["platform_version"] = str(jax_device.client.platform_version)
         fields["device_kind"] = str(jax_device.device_kind)
+        fields["matmul_precision"] = str(self.import_library().config.jax_default_matmul_precision)
         return fields

@@ -128,7 +128,8 @@ class TrainingLoop:
         self.peak: dict[str, int] = self.probe()
         self.train_time = 0.0  # seconds spent in training steps only (no evaluation, no bookkeeping)
         self.stopwatch = Stopwatch(device)
-        self.telemetry = TelemetrySource(device.index if device.is_gpu else None)
+        meter = device.energy_meter()  # a GPU's own meter (CuPy's or JAX's GPU); None: the host's RAPL
+        self.telemetry = TelemetrySource(meter[0], vendor=meter[1]) if meter else TelemetrySource()
         self.readings: list[WindowReading] = []  # one per timed window, clean or marked
         self.done = 0
 

@@ -97,5 +97,11 @@ def test_sigmoid_on_the_gpu_is_within_a_few_ulp_too(gpu: Device, dtype: str) -> 
     x_gpu = gpu.xp.asarray(x)
     y = as_numpy(layer.forward(x_gpu))
     dy = as_numpy(layer.backward(gpu.xp.ones_like(x_gpu)))
-    assert ulp_error(y, reference[:, 0], dtype).max() <= MAX_ULP
-    assert ulp_error(dy, reference[:, 1], dtype).max() <= MAX_ULP
+    # CuPy compiles its CUDA kernels with -ftz=true (cupy/cupy#8382, #9576): a float32 result below the
+    # smallest normal is flushed to 0 (seen on the H200, 4 Dec 2026: 0 where sigmoid(-87.4) = 1.17e-38).
+    # Above it the bound is the CPU's; below it, 0 or the value, off by less than the smallest normal.
+    smallest_normal = float(np.finfo(dtype).smallest_normal) if gpu.backend == "cuda" else 0.0
+    for got, want in ((y, reference[:, 0]), (dy, reference[:, 1])):
+        normal = np.abs(want) >= smallest_normal
+        assert ulp_error(got[normal], want[normal], dtype).max() <= MAX_ULP
+        assert np.all(np.abs(got[~normal].astype(np.float64) - want[~normal]) < smallest_normal)

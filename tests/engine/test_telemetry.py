@@ -9,11 +9,13 @@ from typing import Any
 
 import pytest
 
+from engine.backend import CPU, Device
 from engine.telemetry import (
     TelemetrySource,
     cpu_clock_mhz,
     energy_delta_uj,
     nominal_clock_mhz,
+    open_gpu_meter,
     rapl_domains,
     throttle_reasons,
 )
@@ -210,3 +212,23 @@ def test_this_host_says_plainly_whether_it_has_rapl() -> None:
         assert reading.energy_j is not None and reading.energy_j >= 0
     else:
         assert reading.energy_j is None and reading.energy_reason
+
+
+def test_the_vendor_picks_the_gpu_meter_and_unmetered_gpus_say_so() -> None:
+    # An Intel GPU (dpnp, OpenCL) has no meter read here: null energy with the reason, never the host's RAPL.
+    meter, reason, name = open_gpu_meter(0, "Intel")
+    assert (meter, name) == (None, "none") and reason == "no power meter is read for Intel GPUs"
+    source = TelemetrySource(0, vendor="Intel", loadavg=lambda: (0.0, 0, 0))
+    source.begin()
+    reading = source.end()
+    assert (reading.energy_source, reading.energy_j) == (None, None)
+    assert reading.energy_reason == "no power meter is read for Intel GPUs"
+    # AMD's meter is amdsmi whatever CuPy build is loaded (JAX's ROCm GPU has no CuPy to ask).
+    assert open_gpu_meter(0, "AMD")[2] == "amdsmi" and open_gpu_meter(0, "NVIDIA")[2] == "nvml"
+
+
+def test_each_device_names_the_meter_that_reads_its_energy() -> None:
+    assert CPU.energy_meter() is None  # the host's RAPL
+    assert Device("gpu", 1, "cuda").energy_meter() == (1, "NVIDIA")
+    assert Device("gpu", 0, "rocm").energy_meter() == (0, "AMD")
+    assert Device("cpu", 0, "xla", "cpu:0").energy_meter() is None
