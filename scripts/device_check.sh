@@ -2,7 +2,8 @@
 # The accelerator check: every check that needs the accelerator, in one call of under 8 minutes, on a host with
 # no internet (today's image: an NVIDIA H100/H200 with CuPy for CUDA 13 and PyTorch, no JAX; a ROCm host with
 # CuPy's ROCm build; a TPU or GPU host with JAX), each step timed in the output and in $OUT/steps.txt:
-#   1. `pytest -m gpu` (the engine on CuPy, and a GPU worker running a job end to end), under a hard timeout,
+#   1. `pytest -m gpu` (the engine on CuPy and on JAX's GPU, and a GPU worker running a job end to end, its
+#      compare answer kept in $OUT/compare_gpu.json), under a hard timeout,
 #      the engine tests' GPU named as the stack found (BPBENCH_TEST_GPU: `gpu:0`, or `rocm:0` on ROCm);
 #   2. the `parity` job kind on the GPU CuPy has, float32 and float64 (`gpu:0` on CUDA, `rocm:0` on ROCm):
 #      every preset's gradients against the NumPy float64 reference, one summary line per dtype;
@@ -130,7 +131,11 @@ else
   # BPBENCH_TEST_GPU: the engine tests' GPU in the spelling of the stack found (`rocm:0` on ROCm).
   test_gpu=gpu
   [ "$gpu_stack" = none ] || test_gpu=$gpu_device
-  BPBENCH_TEST_GPU=$test_gpu DEVICE_CHECK_RUN=$run_id timeout --kill-after=10 "$pytest_limit" \
+  # DEVICE_CHECK_OUT: where the end-to-end worker test keeps its compare answer (compare_gpu.json).
+  # XLA_PYTHON_CLIENT_PREALLOCATE=false: JAX's GPU tests share the process with CuPy's, and JAX would
+  # otherwise take 75% of the GPU's memory at its first array.
+  BPBENCH_TEST_GPU=$test_gpu DEVICE_CHECK_RUN=$run_id DEVICE_CHECK_OUT=$OUT XLA_PYTHON_CLIENT_PREALLOCATE=false \
+    timeout --kill-after=10 "$pytest_limit" \
     "$PY" -m pytest -m gpu -p no:cacheprovider -q -rs -o addopts="" --timeout="$per_test_s" \
     --junitxml="$OUT/pytest_gpu.xml" tests >"$OUT/pytest_gpu.txt" 2>&1
   pytest_status=$?

@@ -8,6 +8,8 @@ before the one run it gets on a GPU host.
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -150,11 +152,14 @@ def test_a_worker_runs_a_job_end_to_end(
 ) -> None:
     from sqlalchemy.orm import sessionmaker
 
+    from engine.backends import backend_named
     from services.core import queue
     from services.core.config import get_settings
     from services.core.db import make_engine
     from services.core.migrate import upgrade_to_head
     from services.jobs import service as jobs
+    from services.results.compare import compare
+    from services.results.filters import ResultFilter
     from services.results.models import Result
     from tests.support.jobs import wait_for_job
     from tests.support.workers import start_worker
@@ -189,7 +194,20 @@ def test_a_worker_runs_a_job_end_to_end(
         with maker() as session:
             result = session.query(Result).filter(Result.job_id == job_id).one()
             assert result.samples_per_s is not None and result.samples_per_s > 0
+            answer = compare(session, ResultFilter(spec_hash=result.spec_hash))
         assert device in worker.queues
+        # The compare answer's energy column: NVML's samples per joule on an NVIDIA GPU; on a CPU, RAPL's
+        # where the host exposes it, else null with the reason. DEVICE_CHECK_OUT keeps the answer.
+        if os.environ.get("DEVICE_CHECK_OUT"):
+            out = Path(os.environ["DEVICE_CHECK_OUT"], f"compare_{device}.json")
+            out.write_text(json.dumps(answer, indent=1, default=str))
+        (row,) = answer["rows"]
+        if device == "gpu" and backend_named("cuda").installed():
+            assert row["samples_per_j"] > 0 and row["mean_power_w"] > 0, row
+        elif row["samples_per_j"] is None:
+            assert row["energy_note"], row
+        else:
+            assert row["samples_per_j"] > 0, row
     finally:
         worker.stop()
         engine.dispose()
