@@ -12,7 +12,7 @@ Run:
    planted step, the points from a random index on (at least `--min-side` from either end, default 5:
    three results after a change are too few for any test at 1% over a 20-point series) are multiplied
    by `1 + step` for each `--step`, and the step counts as found when a change point of the right sign
-   lies within one point of it.
+   lies within `--tolerance` results of it (default 1).
 3. Print the rates, the runs' own spread (CV of the run medians), the load average before and after, and
    a JSON line.
 
@@ -103,7 +103,13 @@ def _gpu_name(device: str) -> str:
 
 
 def rates(
-    pool: list[float], series: int, length: int, step: float, seed: int, min_side: int = MIN_SEGMENT
+    pool: list[float],
+    series: int,
+    length: int,
+    step: float,
+    seed: int,
+    min_side: int = MIN_SEGMENT,
+    tolerance: int = 1,
 ) -> dict[str, Any]:
     """The share of no-change histories flagged, and of planted steps found, over `series` each."""
     rng = np.random.default_rng(seed)
@@ -117,7 +123,7 @@ def rates(
         stepped = rng.choice(values, size=length, replace=True)
         stepped[at:] *= 1 + step
         points = detect_change_points(stepped, seed=series + index)
-        if any(abs(p.index - at) <= 1 and np.sign(p.change) == np.sign(step) for p in points):
+        if any(abs(p.index - at) <= tolerance and np.sign(p.change) == np.sign(step) for p in points):
             found += 1
     return {
         "false_alarm_rate": false_alarms / series,
@@ -126,6 +132,7 @@ def rates(
         "length": length,
         "step": step,
         "min_side": min_side,
+        "tolerance": tolerance,
     }
 
 
@@ -144,6 +151,12 @@ def main() -> None:
         "--min-side", type=int, default=5, help="fewest results either side of a planted step (default 5)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--tolerance",
+        type=int,
+        default=1,
+        help="a step counts as found when a change point of its sign lies this many results from it (default 1)",
+    )
     parser.add_argument(
         "--device", default="cpu", help="the device the jobs run on, as a job spec names it (default cpu)"
     )
@@ -180,7 +193,7 @@ def main() -> None:
     table = []
     for length in args.length:
         for step in args.step:
-            figures = rates(pool, args.series, length, step, args.seed, args.min_side)
+            figures = rates(pool, args.series, length, step, args.seed, args.min_side, args.tolerance)
             table.append(figures)
             print(
                 f"| {length} | {step:+.0%} | {figures['false_alarm_rate']:.1%} | "
