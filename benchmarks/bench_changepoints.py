@@ -155,7 +155,7 @@ def main() -> None:
         "--tolerance",
         type=int,
         default=1,
-        help="a step counts as found when a change point of its sign lies this many results from it (default 1)",
+        help="a step is found when a change point of its sign lies this many results from it (default 1)",
     )
     parser.add_argument(
         "--device", default="cpu", help="the device the jobs run on, as a job spec names it (default cpu)"
