@@ -352,7 +352,11 @@ def open_gpu_meter(
     """The meter of GPU `index` (NVML for NVIDIA, amdsmi for AMD; by CuPy's build where `vendor` is None),
     a reason if none, and its name."""
     if vendor is not None and vendor not in ("NVIDIA", "AMD"):
-        return None, f"no power meter is read for {vendor} GPUs", "none"
+        return (
+            None,
+            f"no power meter is read for {vendor} accelerators (NVML and amdsmi read NVIDIA's and AMD's)",
+            "none",
+        )
     if vendor == "AMD" if vendor is not None else cupy_is_rocm():
         amd, reason = AmdSmiDevice.open(index)
         return amd, reason, "amdsmi"

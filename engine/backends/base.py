@@ -73,7 +73,7 @@ class Device:
             yield
 
     def energy_meter(self) -> tuple[int, str] | None:
-        """(GPU index, vendor) of the GPU meter that reads this device's energy; None: the host's (RAPL)."""
+        """(index, vendor) of the meter that reads this accelerator's energy; None for a CPU (RAPL)."""
         if self.backend == "numpy":
             return None
         return _registry_backend(self.backend).energy_meter(self)
@@ -186,9 +186,10 @@ class Backend:
         return "unknown"
 
     def energy_meter(self, device: Device) -> tuple[int, str] | None:
-        """(GPU index, vendor) of the vendor's GPU meter for this device (NVML for NVIDIA, amdsmi for AMD),
-        or None where the host's CPU meter (RAPL) is the one: a CPU, or hardware with no meter read here."""
-        if device.kind != "gpu":
+        """(index, vendor) of the device's own meter (NVML for NVIDIA's GPUs, amdsmi for AMD's; other
+        vendors' accelerators have none here and report why), or None for a CPU, which the host's RAPL reads.
+        A TPU's or an FPGA's energy is never the host CPU's."""
+        if device.kind == "cpu":
             return None
         return device.index or 0, self.vendor(device)
 

@@ -215,14 +215,17 @@ def test_this_host_says_plainly_whether_it_has_rapl() -> None:
 
 
 def test_the_vendor_picks_the_gpu_meter_and_unmetered_gpus_say_so() -> None:
-    # An Intel GPU (dpnp, OpenCL) has no meter read here: null energy with the reason, never the host's RAPL.
+    # An Intel GPU (dpnp, OpenCL) or a TPU has no meter read here: null energy with the reason, never the
+    # host CPU's RAPL.
     meter, reason, name = open_gpu_meter(0, "Intel")
-    assert (meter, name) == (None, "none") and reason == "no power meter is read for Intel GPUs"
-    source = TelemetrySource(0, vendor="Intel", loadavg=lambda: (0.0, 0, 0))
+    assert (meter, name) == (None, "none") and reason.startswith(
+        "no power meter is read for Intel accelerators"
+    )
+    source = TelemetrySource(0, vendor="Google", loadavg=lambda: (0.0, 0, 0))
     source.begin()
     reading = source.end()
     assert (reading.energy_source, reading.energy_j) == (None, None)
-    assert reading.energy_reason == "no power meter is read for Intel GPUs"
+    assert reading.energy_reason.startswith("no power meter is read for Google accelerators")
     # AMD's meter is amdsmi whatever CuPy build is loaded (JAX's ROCm GPU has no CuPy to ask).
     assert open_gpu_meter(0, "AMD")[2] == "amdsmi" and open_gpu_meter(0, "NVIDIA")[2] == "nvml"
 
@@ -232,3 +235,4 @@ def test_each_device_names_the_meter_that_reads_its_energy() -> None:
     assert Device("gpu", 1, "cuda").energy_meter() == (1, "NVIDIA")
     assert Device("gpu", 0, "rocm").energy_meter() == (0, "AMD")
     assert Device("cpu", 0, "xla", "cpu:0").energy_meter() is None
+    assert Device("tpu", 0, "xla", "tpu:0").energy_meter() == (0, "Google")  # no meter: null, not RAPL
