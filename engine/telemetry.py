@@ -200,6 +200,49 @@ def throttle_reasons(mask: int) -> list[str]:
     return [name for bit, name in NVML_THROTTLE_REASONS.items() if mask & bit]
 
 
+def visible_entry(index: int, variable: str) -> str | None:
+    """The entry of a visible-devices variable (`CUDA_VISIBLE_DEVICES`, `HIP_VISIBLE_DEVICES`) that the
+    runtime's GPU `index` stands for (a physical index or a UUID), or None where the variable is unset."""
+    value = os.environ.get(variable)
+    if value is None:
+        return None
+    entries = [entry.strip() for entry in value.split(",") if entry.strip()]
+    return entries[index] if index < len(entries) else None
+
+
+def cupy_pci_bus_id(index: int) -> str | None:
+    """The PCI address of the runtime's GPU `index`, where CuPy is already loaded (its CUDA or HIP build)."""
+    cupy = cupy_if_loaded()
+    if cupy is None:
+        return None
+    try:
+        return str(cupy.cuda.Device(index).pci_bus_id)
+    except Exception:  # CUDA/HIP errors: the meter falls back to the visible-devices mapping
+        return None
+
+
+def nvml_handle(nvml: Any, index: int) -> Any:
+    """NVML's handle of the GPU that CUDA numbers `index` in this process.
+
+    NVML numbers every GPU of the host in PCI order and ignores `CUDA_VISIBLE_DEVICES`, with which a
+    bpbench worker for `gpu:3` runs its jobs on `gpu:0`: opened by index, every such worker read GPU 0's
+    energy. So: by PCI address where CuPy says it, else through the visible-devices entry (a physical index
+    or a `GPU-` UUID), else by index (no variable: the two numberings agree but for CUDA_DEVICE_ORDER).
+    """
+    bus_id = cupy_pci_bus_id(index)
+    if bus_id:
+        try:
+            return nvml.nvmlDeviceGetHandleByPciBusId(bus_id)
+        except Exception:  # an address NVML does not parse: the mapping below still holds
+            pass
+    entry = visible_entry(index, "CUDA_VISIBLE_DEVICES")
+    if entry is not None and entry.isdigit():
+        return nvml.nvmlDeviceGetHandleByIndex(int(entry))
+    if entry is not None and entry.startswith("GPU-"):
+        return nvml.nvmlDeviceGetHandleByUUID(entry)
+    return nvml.nvmlDeviceGetHandleByIndex(index)
+
+
 class NvmlDevice:
     """One NVIDIA GPU through NVML; `open(index)` returns None and a reason when NVML is not there."""
 
@@ -215,7 +258,7 @@ class NvmlDevice:
             return None, "NVML is not installed (pip install nvidia-ml-py)"
         try:
             pynvml.nvmlInit()
-            return cls(pynvml, pynvml.nvmlDeviceGetHandleByIndex(index)), None
+            return cls(pynvml, nvml_handle(pynvml, index)), None
         except Exception as exc:  # NVMLError and its many subclasses
             return None, f"NVML could not open GPU {index}: {exc}"
 
@@ -308,6 +351,21 @@ def amd_sample(power_info: dict[str, Any], metrics: dict[str, Any]) -> dict[str,
     }
 
 
+def amdsmi_handle(amdsmi: Any, index: int) -> Any:
+    """amdsmi's handle of the GPU that HIP numbers `index` here (by PCI address where CuPy says it, else
+    through `HIP_VISIBLE_DEVICES`, else by index, as `nvml_handle`), or None where there is no such GPU."""
+    bus_id = cupy_pci_bus_id(index)
+    if bus_id:
+        try:
+            return amdsmi.amdsmi_get_processor_handle_from_bdf(bus_id)
+        except Exception:  # an address amdsmi does not take: the mapping below still holds
+            pass
+    entry = visible_entry(index, "HIP_VISIBLE_DEVICES")
+    physical = int(entry) if entry is not None and entry.isdigit() else index
+    handles = amdsmi.amdsmi_get_processor_handles()
+    return handles[physical] if physical < len(handles) else None
+
+
 class AmdSmiDevice:
     """One AMD GPU through amdsmi; `open(index)` returns None and a reason when amdsmi is not there."""
 
@@ -323,10 +381,11 @@ class AmdSmiDevice:
             return None, "amdsmi is not installed (pip install amdsmi, matching the host's ROCm)"
         try:
             amdsmi.amdsmi_init()
-            handles = amdsmi.amdsmi_get_processor_handles()
-            if index >= len(handles):
-                return None, f"amdsmi sees {len(handles)} GPU(s); there is no GPU {index}"
-            device = cls(amdsmi, handles[index])
+            handle = amdsmi_handle(amdsmi, index)
+            if handle is None:
+                count = len(amdsmi.amdsmi_get_processor_handles())
+                return None, f"amdsmi sees {count} GPU(s); there is no GPU {index}"
+            device = cls(amdsmi, handle)
             device.energy_mj()  # unsupported in VM guests: say so now, not mid-window
             return device, None
         except Exception as exc:  # AmdSmiException and its subclasses

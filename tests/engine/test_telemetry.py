@@ -4,6 +4,7 @@ host load marks, and NVML's throttle reasons."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,11 @@ import pytest
 from engine.backend import CPU, Device
 from engine.telemetry import (
     TelemetrySource,
+    amdsmi_handle,
     cpu_clock_mhz,
     energy_delta_uj,
     nominal_clock_mhz,
+    nvml_handle,
     open_gpu_meter,
     rapl_domains,
     throttle_reasons,
@@ -236,3 +239,87 @@ def test_each_device_names_the_meter_that_reads_its_energy() -> None:
     assert Device("gpu", 0, "rocm").energy_meter() == (0, "AMD")
     assert Device("cpu", 0, "xla", "cpu:0").energy_meter() is None
     assert Device("tpu", 0, "xla", "tpu:0").energy_meter() == (0, "Google")  # no meter: null, not RAPL
+
+
+class LookupLog:
+    """Stands in for pynvml's and amdsmi's handle lookups: records which one was asked, and with what."""
+
+    def __init__(self, gpus: int = 4, bad_bus_id: bool = False) -> None:
+        self.asked: list[tuple[str, Any]] = []
+        self.gpus = gpus
+        self.bad_bus_id = bad_bus_id
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> str:
+        self.asked.append(("index", index))
+        return f"gpu{index}"
+
+    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> str:
+        self.asked.append(("uuid", uuid))
+        return uuid
+
+    def nvmlDeviceGetHandleByPciBusId(self, bus_id: str) -> str:
+        self.asked.append(("pci", bus_id))
+        if self.bad_bus_id:
+            raise ValueError("NVML_ERROR_INVALID_ARGUMENT")
+        return bus_id
+
+    def amdsmi_get_processor_handle_from_bdf(self, bdf: str) -> str:
+        self.asked.append(("bdf", bdf))
+        return bdf
+
+    def amdsmi_get_processor_handles(self) -> list[str]:
+        return [f"amd{i}" for i in range(self.gpus)]
+
+
+class CupyWithBusIds:
+    """Stands in for a loaded CuPy: `cuda.Device(i).pci_bus_id` of the GPUs this process sees."""
+
+    def __init__(self, bus_ids: list[str]) -> None:
+        class _Device:
+            def __init__(self, index: int) -> None:
+                self.pci_bus_id = bus_ids[index]
+
+        self.cuda = type("cuda", (), {"Device": _Device})
+
+
+def test_nvml_reads_the_gpu_a_pinned_worker_runs_on_not_gpu_0(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A worker for gpu:3 runs with CUDA_VISIBLE_DEVICES=3 and its jobs on gpu:0; NVML ignores the variable.
+    monkeypatch.delitem(sys.modules, "cupy", raising=False)
+    nvml = LookupLog()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    assert nvml_handle(nvml, 0) == "gpu3"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2, 0")
+    assert (nvml_handle(nvml, 0), nvml_handle(nvml, 1)) == ("gpu2", "gpu0")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-5c1b7a0e-1234")
+    assert nvml_handle(nvml, 0) == "GPU-5c1b7a0e-1234"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert nvml_handle(nvml, 1) == "gpu1"
+    assert nvml.asked == [
+        ("index", 3),
+        ("index", 2),
+        ("index", 0),
+        ("uuid", "GPU-5c1b7a0e-1234"),
+        ("index", 1),
+    ]
+
+
+def test_nvml_takes_the_pci_address_where_cupy_gives_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "cupy", CupyWithBusIds(["0000:9B:00.0"]))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5")
+    nvml = LookupLog()
+    assert nvml_handle(nvml, 0) == "0000:9B:00.0" and nvml.asked == [("pci", "0000:9B:00.0")]
+    # An address NVML refuses: the visible-devices entry still names the GPU.
+    refusing = LookupLog(bad_bus_id=True)
+    assert nvml_handle(refusing, 0) == "gpu5"
+    assert refusing.asked == [("pci", "0000:9B:00.0"), ("index", 5)]
+
+
+def test_amdsmi_follows_hip_visible_devices_or_the_pci_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(sys.modules, "cupy", raising=False)
+    monkeypatch.setenv("HIP_VISIBLE_DEVICES", "1,3")
+    amd = LookupLog(gpus=4)
+    assert (amdsmi_handle(amd, 0), amdsmi_handle(amd, 1)) == ("amd1", "amd3")
+    monkeypatch.setenv("HIP_VISIBLE_DEVICES", "7")
+    assert amdsmi_handle(amd, 0) is None  # no such GPU on a 4-GPU host
+    monkeypatch.setitem(sys.modules, "cupy", CupyWithBusIds(["0000:c1:00.0"]))
+    assert amdsmi_handle(amd, 0) == "0000:c1:00.0" and amd.asked == [("bdf", "0000:c1:00.0")]
