@@ -221,6 +221,18 @@ def cupy_pci_bus_id(index: int) -> str | None:
         return None
 
 
+def by_pci_address(lookup: Callable[[str], Any], index: int) -> Any:
+    """`lookup(address)` for the runtime's GPU `index`, where CuPy gives its PCI address and the meter's
+    library takes it; None otherwise (the caller then maps through the visible-devices variable)."""
+    bus_id = cupy_pci_bus_id(index)
+    if not bus_id:
+        return None
+    try:
+        return lookup(bus_id)
+    except Exception:  # an address the library does not parse
+        return None
+
+
 def nvml_handle(nvml: Any, index: int) -> Any:
     """NVML's handle of the GPU that CUDA numbers `index` in this process.
 
@@ -229,12 +241,9 @@ def nvml_handle(nvml: Any, index: int) -> Any:
     energy. So: by PCI address where CuPy says it, else through the visible-devices entry (a physical index
     or a `GPU-` UUID), else by index (no variable: the two numberings agree but for CUDA_DEVICE_ORDER).
     """
-    bus_id = cupy_pci_bus_id(index)
-    if bus_id:
-        try:
-            return nvml.nvmlDeviceGetHandleByPciBusId(bus_id)
-        except Exception:  # an address NVML does not parse: the mapping below still holds
-            pass
+    handle = by_pci_address(lambda address: nvml.nvmlDeviceGetHandleByPciBusId(address), index)
+    if handle is not None:
+        return handle
     entry = visible_entry(index, "CUDA_VISIBLE_DEVICES")
     if entry is not None and entry.isdigit():
         return nvml.nvmlDeviceGetHandleByIndex(int(entry))
@@ -354,12 +363,9 @@ def amd_sample(power_info: dict[str, Any], metrics: dict[str, Any]) -> dict[str,
 def amdsmi_handle(amdsmi: Any, index: int) -> Any:
     """amdsmi's handle of the GPU that HIP numbers `index` here (by PCI address where CuPy says it, else
     through `HIP_VISIBLE_DEVICES`, else by index, as `nvml_handle`), or None where there is no such GPU."""
-    bus_id = cupy_pci_bus_id(index)
-    if bus_id:
-        try:
-            return amdsmi.amdsmi_get_processor_handle_from_bdf(bus_id)
-        except Exception:  # an address amdsmi does not take: the mapping below still holds
-            pass
+    handle = by_pci_address(lambda address: amdsmi.amdsmi_get_processor_handle_from_bdf(address), index)
+    if handle is not None:
+        return handle
     entry = visible_entry(index, "HIP_VISIBLE_DEVICES")
     physical = int(entry) if entry is not None and entry.isdigit() else index
     handles = amdsmi.amdsmi_get_processor_handles()
