@@ -422,9 +422,10 @@ def open_gpu_meter(
             f"no power meter is read for {vendor} accelerators (NVML and amdsmi read NVIDIA's and AMD's)",
             "none",
         )
-    if vendor == "AMD" if vendor is not None else cupy_is_rocm():
-        amd, reason = AmdSmiDevice.open(index)
-        return amd, reason, "amdsmi"
+    amd = cupy_is_rocm() if vendor is None else vendor == "AMD"
+    if amd:
+        amd_meter, reason = AmdSmiDevice.open(index)
+        return amd_meter, reason, "amdsmi"
     nvidia, reason = NvmlDevice.open(index)
     return nvidia, reason, "nvml"
 
